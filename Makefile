@@ -1,0 +1,58 @@
+# vwire's make targets. `make test` is the test command the README promises.
+SHELL := /bin/bash
+GO ?= go
+BIN ?= bin
+# Binaries of real components the tests run (etcd), built once per version
+# from e2e/tools and cached here.
+VWIRE_TOOLS_BIN ?= $(HOME)/.cache/vwire/tools
+export VWIRE_TOOLS_BIN
+
+PROTOS := registry/registrypb/registry.proto proxy/proxypb/networkservice.proto
+
+.PHONY: all build test test-short bench generate verify fix tools demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/vwire ./cmd/vwire
+
+# The test command: unit tests, embedded etcd, a real 3-member etcd cluster.
+test: tools
+	$(GO) test -count=1 -timeout 20m ./...
+
+test-short:
+	$(GO) test -short ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2000x ./registry/
+
+# Real component binaries, cached by version (etcd server v3.7.3).
+tools:
+	./e2e/tools/build.sh
+
+generate:
+	PATH="$$(dirname $$($(GO) tool -n protoc-gen-go)):$$(dirname $$($(GO) tool -n protoc-gen-go-grpc)):$$PATH" \
+	  protoc -I . -I /usr/include \
+	    --go_out=. --go_opt=paths=source_relative \
+	    --go-grpc_out=. --go-grpc_opt=paths=source_relative \
+	    $(PROTOS)
+
+# verify fails when formatting, vet, lint, generated code or go.mod are off.
+verify:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	  cp go.mod go.sum $$tmp/; $(GO) mod tidy; \
+	  if ! diff -q go.mod $$tmp/go.mod >/dev/null || ! diff -q go.sum $$tmp/go.sum >/dev/null; then \
+	    cp $$tmp/go.mod $$tmp/go.sum .; echo "go.mod/go.sum not tidy: run make fix"; exit 1; fi
+	@$(MAKE) -s generate && if ! git diff --quiet -- '*.pb.go'; then \
+	  git diff --stat -- '*.pb.go'; echo "generated code is stale: run make generate and commit"; exit 1; fi
+
+fix:
+	gofmt -w $$(git ls-files '*.go')
+	$(GO) mod tidy
+	$(MAKE) generate
+
+clean:
+	rm -rf $(BIN)

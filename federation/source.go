@@ -1,0 +1,173 @@
+package federation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+)
+
+// Source supplies one component's current X.509 SVID and the bundles it
+// trusts. go-spiffe's workloadapi.X509Source is one; the built-in CA and a
+// credentials directory make the others.
+type Source interface {
+	x509svid.Source
+	x509bundle.Source
+	Close() error
+}
+
+// ErrNoSVID is returned by an identity that has no usable SVID.
+var ErrNoSVID = errors.New("no X.509 SVID")
+
+// CASource is a Source whose SVID the built-in CA issues and renews at half
+// its lifetime, and whose bundles come from a Trust.
+type CASource struct {
+	*Trust
+	ca  *CA
+	id  spiffeid.ID
+	ttl time.Duration
+	log *slog.Logger
+
+	mu   sync.RWMutex
+	svid *x509svid.SVID
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// NewSource issues an SVID for id (lifetime ttl, DefaultSVIDLifetime if 0)
+// and keeps it fresh until Close. trust is what the source accepts; nil
+// means the CA's own bundle only.
+func (ca *CA) NewSource(id spiffeid.ID, ttl time.Duration, trust *Trust, log *slog.Logger) (*CASource, error) {
+	if ttl <= 0 {
+		ttl = DefaultSVIDLifetime
+	}
+	if trust == nil {
+		trust = NewTrust(ca.Bundle())
+	}
+	s := &CASource{Trust: trust, ca: ca, id: id, ttl: ttl, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	if err := s.renew(); err != nil {
+		return nil, err
+	}
+	go s.run()
+	return s, nil
+}
+
+func (s *CASource) renew() error {
+	svid, err := s.ca.Issue(s.id, s.ttl)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.svid = svid
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *CASource) run() {
+	defer close(s.done)
+	wait := s.ttl / 2
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(wait):
+		}
+		if err := s.renew(); err != nil {
+			s.log.Error("renewing SVID failed; retrying", "id", s.id, "err", err)
+			wait = time.Second
+			continue
+		}
+		wait = s.ttl / 2
+	}
+}
+
+// GetX509SVID implements x509svid.Source.
+func (s *CASource) GetX509SVID() (*x509svid.SVID, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.svid, nil
+}
+
+// Close stops renewal.
+func (s *CASource) Close() error {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.done
+	return nil
+}
+
+// WorkloadSource gets SVIDs and bundles from a SPIRE agent's Workload API at
+// socket (a path or unix:// URL; empty means SPIFFE_ENDPOINT_SOCKET). When
+// the agent hands the process several SVIDs, the one with ID want is used
+// (any, if want is zero).
+func WorkloadSource(ctx context.Context, socket string, want spiffeid.ID) (Source, error) {
+	var opts []workloadapi.X509SourceOption
+	if socket != "" {
+		addr := socket
+		if filepath.IsAbs(socket) {
+			addr = "unix://" + socket
+		}
+		opts = append(opts, workloadapi.WithClientOptions(workloadapi.WithAddr(addr)))
+	}
+	if !want.IsZero() {
+		opts = append(opts, workloadapi.WithDefaultX509SVIDPicker(func(svids []*x509svid.SVID) *x509svid.SVID {
+			for _, s := range svids {
+				if s.ID == want {
+					return s
+				}
+			}
+			return svids[0]
+		}))
+	}
+	src, err := workloadapi.NewX509Source(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("SPIFFE Workload API at %q: %w", socket, err)
+	}
+	return src, nil
+}
+
+// FileSource is a fixed SVID and bundle read from a credentials directory
+// (svid.pem, svid.key, bundle.pem), as `vwire domain` writes for its admin.
+type FileSource struct {
+	*Trust
+	svid *x509svid.SVID
+}
+
+// LoadCredentials reads dir. The bundle is taken as the SVID's own trust
+// domain's.
+func LoadCredentials(dir string) (*FileSource, error) {
+	svid, err := x509svid.Load(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid.key"))
+	if err != nil {
+		return nil, fmt.Errorf("credentials %s: %w", dir, err)
+	}
+	if leaf := svid.Certificates[0]; time.Now().After(leaf.NotAfter) {
+		return nil, fmt.Errorf("credentials %s: the SVID %s expired at %s; restart the domain or get new credentials",
+			dir, svid.ID, leaf.NotAfter.Format(time.RFC3339))
+	}
+	bundle, err := x509bundle.Load(svid.ID.TrustDomain(), filepath.Join(dir, "bundle.pem"))
+	if err != nil {
+		return nil, fmt.Errorf("credentials %s: %w", dir, err)
+	}
+	return &FileSource{Trust: NewTrust(bundle), svid: svid}, nil
+}
+
+// GetX509SVID implements x509svid.Source.
+func (s *FileSource) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
+
+// Close implements Source.
+func (s *FileSource) Close() error { return nil }
+
+// ID is the SVID's SPIFFE ID.
+func (s *FileSource) ID() spiffeid.ID { return s.svid.ID }

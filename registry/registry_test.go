@@ -1,0 +1,284 @@
+package registry_test
+
+import (
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/vwire/vwire/registry"
+	"github.com/vwire/vwire/registry/registrypb"
+)
+
+func applyFiles(t *testing.T, c registrypb.RegistryClient, files ...string) {
+	t.Helper()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := registry.DecodeManifests(strings.NewReader(string(b)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Apply(ctx(t), objs); err != nil {
+			t.Fatalf("apply %s: %v", f, err)
+		}
+	}
+}
+
+func find(t *testing.T, c registrypb.RegistryClient, service string, labels map[string]string) []string {
+	t.Helper()
+	stream, err := c.Find(ctx(t), &registrypb.FindRequest{Service: service, SourceLabels: labels})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("find %s %v: %v", service, labels, err)
+	}
+	return names(resp.GetSnapshot().GetEndpoints())
+}
+
+// The issue's "done when": the reference manifest routes firewalls to the
+// vpn-gateway and everyone else to the firewall.
+func TestReferenceManifestSelection(t *testing.T) {
+	d := startDomain(t, "a.example")
+	admin := d.admin()
+	applyFiles(t, admin, "testdata/secure-intranet-connectivity.yaml", "testdata/endpoints.yaml")
+
+	if got := find(t, admin, "secure-intranet-connectivity", map[string]string{"app": "firewall"}); !slices.Equal(got, []string{"vpn-gateway-1"}) {
+		t.Errorf("app=firewall selects %v, want [vpn-gateway-1]", got)
+	}
+	for _, labels := range []map[string]string{nil, {"app": "web"}, {"team": "x"}} {
+		if got := find(t, admin, "secure-intranet-connectivity", labels); !slices.Equal(got, []string{"firewall-1"}) {
+			t.Errorf("%v selects %v, want [firewall-1]", labels, got)
+		}
+	}
+	_, err := admin.Find(ctx(t), &registrypb.FindRequest{Service: "nope"})
+	if err == nil {
+		stream, _ := admin.Find(ctx(t), &registrypb.FindRequest{Service: "nope"})
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), `"nope" is not registered`) {
+		t.Errorf("find of an unknown service: %v, want NotFound naming it", err)
+	}
+}
+
+func TestEndpointOwnership(t *testing.T) {
+	d := startDomain(t, "a.example")
+	alice, mallory := d.client("/ns/default/sa/alice"), d.client("/ns/default/sa/mallory")
+	ep := &registrypb.Endpoint{Name: "nse-1", NetworkServiceNames: []string{"svc"}, Labels: map[string]string{"app": "x"}}
+
+	got, err := alice.RegisterEndpoint(ctx(t), &registrypb.RegisterEndpointRequest{Endpoint: ep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetOwner() != "spiffe://a.example/ns/default/sa/alice" {
+		t.Errorf("owner %q", got.GetOwner())
+	}
+	if left := time.Until(got.GetExpiresAt().AsTime()); left < 55*time.Second || left > 61*time.Second {
+		t.Errorf("default registration expires in %v, want 60s", left)
+	}
+	for what, err := range map[string]error{
+		"register":   second(mallory.RegisterEndpoint(ctx(t), &registrypb.RegisterEndpointRequest{Endpoint: ep})),
+		"refresh":    second(mallory.RefreshEndpoint(ctx(t), &registrypb.RefreshEndpointRequest{Name: "nse-1"})),
+		"unregister": second(mallory.UnregisterEndpoint(ctx(t), &registrypb.UnregisterEndpointRequest{Name: "nse-1"})),
+	} {
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "belongs to spiffe://a.example/ns/default/sa/alice") {
+			t.Errorf("mallory's %s: %v, want PermissionDenied naming the owner", what, err)
+		}
+	}
+	// Workloads may not define services; the admin may.
+	svc := &registrypb.NetworkService{Name: "svc", Payload: registrypb.Payload_IP}
+	if _, err := alice.RegisterService(ctx(t), &registrypb.RegisterServiceRequest{Service: svc}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a workload registered a service: %v", err)
+	}
+	if _, err := d.admin().RegisterService(ctx(t), &registrypb.RegisterServiceRequest{Service: svc}); err != nil {
+		t.Errorf("admin: %v", err)
+	}
+	// The owner keeps full control.
+	if _, err := alice.RefreshEndpoint(ctx(t), &registrypb.RefreshEndpointRequest{Name: "nse-1"}); err != nil {
+		t.Errorf("owner refresh: %v", err)
+	}
+	if _, err := alice.UnregisterEndpoint(ctx(t), &registrypb.UnregisterEndpointRequest{Name: "nse-1"}); err != nil {
+		t.Errorf("owner unregister: %v", err)
+	}
+	if _, err := alice.GetEndpoint(ctx(t), &registrypb.GetEndpointRequest{Name: "nse-1"}); status.Code(err) != codes.NotFound {
+		t.Errorf("after unregister: %v", err)
+	}
+}
+
+func second[T any](_ T, err error) error { return err }
+
+// An endpoint that is not refreshed expires through its etcd lease, and a
+// watcher sees it go; one that is refreshed stays.
+func TestLeaseExpiryAndWatch(t *testing.T) {
+	d := startDomain(t, "a.example")
+	admin, nse := d.admin(), d.client("/nse")
+	if _, err := admin.RegisterService(ctx(t), &registrypb.RegisterServiceRequest{Service: &registrypb.NetworkService{Name: "svc", Payload: registrypb.Payload_IP}}); err != nil {
+		t.Fatal(err)
+	}
+	watch, err := admin.Find(ctx(t), &registrypb.FindRequest{Service: "svc", Watch: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := watch.Recv()
+	if err != nil || len(first.GetSnapshot().GetEndpoints()) != 0 {
+		t.Fatalf("first message %v, %v; want an empty snapshot", first, err)
+	}
+	register := func(name string) {
+		_, err := nse.RegisterEndpoint(ctx(t), &registrypb.RegisterEndpointRequest{
+			Endpoint: &registrypb.Endpoint{Name: name, NetworkServiceNames: []string{"svc"}},
+			Lifetime: durationpb.New(2 * time.Second),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	register("lapsing")
+	register("kept")
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // refresh "kept" at a third of its lifetime, as endpoints do
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(600 * time.Millisecond):
+				nse.RefreshEndpoint(ctx(t), &registrypb.RefreshEndpointRequest{Name: "kept"})
+			}
+		}
+	}()
+	start := time.Now()
+	var deleted string
+	for deleted == "" {
+		ev, err := watch.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if del := ev.GetDelete(); del != nil {
+			deleted = del.GetName()
+		}
+	}
+	if deleted != "lapsing" {
+		t.Fatalf("watch saw %q deleted, want lapsing", deleted)
+	}
+	t.Logf("lease expiry seen by the watcher %v after registration (lifetime 2s)", time.Since(start).Round(time.Millisecond))
+	time.Sleep(2 * time.Second)
+	list, err := admin.ListEndpoints(ctx(t), &registrypb.ListEndpointsRequest{Service: "svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(list.GetEndpoints()); !slices.Equal(got, []string{"kept"}) {
+		t.Errorf("after expiry: %v, want [kept]", got)
+	}
+	if _, err := nse.RefreshEndpoint(ctx(t), &registrypb.RefreshEndpointRequest{Name: "lapsing"}); status.Code(err) != codes.NotFound {
+		t.Errorf("refresh of an expired endpoint: %v, want NotFound", err)
+	}
+}
+
+// Stopping the registry and starting it on the same data directory keeps
+// services, static endpoints, expiring endpoints and the CA.
+func TestRestartKeepsEverything(t *testing.T) {
+	d := startDomain(t, "a.example")
+	applyFiles(t, d.admin(), "testdata/secure-intranet-connectivity.yaml", "testdata/endpoints.yaml")
+	if _, err := d.client("/nse").RegisterEndpoint(ctx(t), &registrypb.RegisterEndpointRequest{
+		Endpoint: &registrypb.Endpoint{Name: "leased", NetworkServiceNames: []string{"secure-intranet-connectivity"}, Labels: map[string]string{"app": "firewall"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	bundle := d.ca.Bundle()
+	d.stop()
+	d.start()
+	if !d.ca.Bundle().Equal(bundle) {
+		t.Error("the CA changed across a restart: peers would stop trusting the domain")
+	}
+	admin := d.admin()
+	svcs, err := admin.ListServices(ctx(t), &registrypb.ListServicesRequest{})
+	if err != nil || len(svcs.GetServices()) != 1 || len(svcs.GetServices()[0].GetMatches()) != 2 {
+		t.Fatalf("services after restart: %v, %v", svcs, err)
+	}
+	if got := find(t, admin, "secure-intranet-connectivity", nil); !slices.Equal(got, []string{"firewall-1", "leased"}) {
+		t.Errorf("after restart the firewall route selects %v", got)
+	}
+	ep, err := admin.GetEndpoint(ctx(t), &registrypb.GetEndpointRequest{Name: "leased"})
+	if err != nil || ep.GetOwner() != "spiffe://a.example/nse" {
+		t.Errorf("leased endpoint after restart: %v, %v", ep, err)
+	}
+}
+
+// Apply stores everything or nothing.
+func TestApplyAllOrNothing(t *testing.T) {
+	d := startDomain(t, "a.example")
+	nse := d.client("/nse")
+	if _, err := nse.RegisterEndpoint(ctx(t), &registrypb.RegisterEndpointRequest{Endpoint: &registrypb.Endpoint{Name: "taken", NetworkServiceNames: []string{"svc"}}}); err != nil {
+		t.Fatal(err)
+	}
+	admin := d.admin()
+	_, err := admin.Apply(ctx(t), &registrypb.ApplyRequest{
+		Services: []*registrypb.NetworkService{{Name: "svc", Payload: registrypb.Payload_IP}},
+		Endpoints: []*registrypb.ApplyEndpoint{
+			{Endpoint: &registrypb.Endpoint{Name: "fresh", NetworkServiceNames: []string{"svc"}}},
+			{Endpoint: &registrypb.Endpoint{Name: "taken", NetworkServiceNames: []string{"svc"}}},
+		},
+	})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("apply over another's endpoint: %v, want PermissionDenied", err)
+	}
+	if _, err := admin.GetService(ctx(t), &registrypb.GetServiceRequest{Name: "svc"}); status.Code(err) != codes.NotFound {
+		t.Errorf("the service of a refused apply was stored: %v", err)
+	}
+	if _, err := admin.GetEndpoint(ctx(t), &registrypb.GetEndpointRequest{Name: "fresh"}); status.Code(err) != codes.NotFound {
+		t.Errorf("an endpoint of a refused apply was stored: %v", err)
+	}
+	// Invalid objects are refused by the server too, not only by the CLI.
+	_, err = admin.Apply(ctx(t), &registrypb.ApplyRequest{Services: []*registrypb.NetworkService{{Name: "Bad_Name", Payload: registrypb.Payload_IP}}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "Bad_Name") {
+		t.Errorf("invalid service: %v", err)
+	}
+}
+
+func TestWatchFollowsRuleChanges(t *testing.T) {
+	d := startDomain(t, "a.example")
+	admin := d.admin()
+	applyFiles(t, admin, "testdata/secure-intranet-connectivity.yaml", "testdata/endpoints.yaml")
+	watch, err := admin.Find(ctx(t), &registrypb.FindRequest{Service: "secure-intranet-connectivity", SourceLabels: map[string]string{"app": "firewall"}, Watch: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := watch.Recv(); err != nil || !slices.Equal(names(ev.GetSnapshot().GetEndpoints()), []string{"vpn-gateway-1"}) {
+		t.Fatalf("snapshot %v %v", ev, err)
+	}
+	// Drop the firewall rule: firewalls now reach the firewall endpoint.
+	svc, err := admin.GetService(ctx(t), &registrypb.GetServiceRequest{Name: "secure-intranet-connectivity"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Matches = svc.Matches[1:]
+	if _, err := admin.RegisterService(ctx(t), &registrypb.RegisterServiceRequest{Service: svc}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for len(got) < 2 {
+		ev, err := watch.Recv()
+		if err == io.EOF || err != nil {
+			t.Fatal(err)
+		}
+		if ev.GetDelete() != nil {
+			got = append(got, "-"+ev.GetDelete().GetName())
+		}
+		if ev.GetUpdate() != nil {
+			got = append(got, "+"+ev.GetUpdate().GetName())
+		}
+	}
+	if !slices.Equal(got, []string{"-vpn-gateway-1", "+firewall-1"}) {
+		t.Errorf("events %v", got)
+	}
+}

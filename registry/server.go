@@ -1,0 +1,212 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/registry/registrypb"
+)
+
+// server serves the registry API on a Store. The transport has already
+// admitted only members of the domain's trust domain; here each call checks
+// what that member may do.
+type server struct {
+	registrypb.UnimplementedRegistryServer
+	store    *Store
+	td       spiffeid.TrustDomain
+	lifetime time.Duration
+	log      *slog.Logger
+}
+
+// caller is the SPIFFE ID of the client, as mTLS proved it.
+func caller(ctx context.Context) (spiffeid.ID, error) {
+	id, ok := federation.PeerID(ctx)
+	if !ok {
+		return spiffeid.ID{}, fmt.Errorf("%w: the connection carries no SPIFFE ID", ErrPermission)
+	}
+	return id, nil
+}
+
+// controlPlane admits the domain's own vwire components and admin, the only
+// callers that may define network services.
+func (s *server) controlPlane(ctx context.Context) (spiffeid.ID, error) {
+	id, err := caller(ctx)
+	if err != nil {
+		return id, err
+	}
+	if id.TrustDomain() != s.td || !strings.HasPrefix(id.Path(), "/vwire/") {
+		return id, fmt.Errorf("%w: %s may not change network services (only %s/vwire/... may)", ErrPermission, id, s.td.IDString())
+	}
+	return id, nil
+}
+
+func (s *server) RegisterService(ctx context.Context, req *registrypb.RegisterServiceRequest) (*registrypb.NetworkService, error) {
+	id, err := s.controlPlane(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.store.PutService(ctx, req.GetService()); err != nil {
+		return nil, err
+	}
+	s.log.Info("network service registered", "name", req.GetService().GetName(), "by", id)
+	return req.GetService(), nil
+}
+
+func (s *server) GetService(ctx context.Context, req *registrypb.GetServiceRequest) (*registrypb.NetworkService, error) {
+	return s.store.GetService(ctx, req.GetName())
+}
+
+func (s *server) ListServices(ctx context.Context, _ *registrypb.ListServicesRequest) (*registrypb.ListServicesResponse, error) {
+	svcs, err := s.store.ListServices(ctx)
+	return &registrypb.ListServicesResponse{Services: svcs}, err
+}
+
+func (s *server) DeleteService(ctx context.Context, req *registrypb.DeleteServiceRequest) (*registrypb.DeleteServiceResponse, error) {
+	id, err := s.controlPlane(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.store.DeleteService(ctx, req.GetName()); err != nil {
+		return nil, err
+	}
+	s.log.Info("network service deleted", "name", req.GetName(), "by", id)
+	return &registrypb.DeleteServiceResponse{}, nil
+}
+
+func (s *server) RegisterEndpoint(ctx context.Context, req *registrypb.RegisterEndpointRequest) (*registrypb.Endpoint, error) {
+	id, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lifetime := req.GetLifetime().AsDuration()
+	if lifetime <= 0 {
+		lifetime = s.lifetime
+	}
+	ep, err := s.store.RegisterEndpoint(ctx, id.String(), req.GetEndpoint(), lifetime)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("endpoint registered", "name", ep.GetName(), "services", ep.GetNetworkServiceNames(), "owner", id, "lifetime", lifetime)
+	return ep, nil
+}
+
+func (s *server) RefreshEndpoint(ctx context.Context, req *registrypb.RefreshEndpointRequest) (*registrypb.Endpoint, error) {
+	id, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.store.RefreshEndpoint(ctx, id.String(), req.GetName())
+}
+
+func (s *server) UnregisterEndpoint(ctx context.Context, req *registrypb.UnregisterEndpointRequest) (*registrypb.UnregisterEndpointResponse, error) {
+	id, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.store.UnregisterEndpoint(ctx, id.String(), req.GetName()); err != nil {
+		return nil, err
+	}
+	s.log.Info("endpoint unregistered", "name", req.GetName(), "by", id)
+	return &registrypb.UnregisterEndpointResponse{}, nil
+}
+
+func (s *server) GetEndpoint(ctx context.Context, req *registrypb.GetEndpointRequest) (*registrypb.Endpoint, error) {
+	return s.store.GetEndpoint(ctx, req.GetName())
+}
+
+func (s *server) ListEndpoints(ctx context.Context, req *registrypb.ListEndpointsRequest) (*registrypb.ListEndpointsResponse, error) {
+	eps, err := s.store.ListEndpoints(ctx, req.GetService())
+	return &registrypb.ListEndpointsResponse{Endpoints: eps}, err
+}
+
+func (s *server) Find(req *registrypb.FindRequest, stream grpc.ServerStreamingServer[registrypb.FindResponse]) error {
+	name, err := ParseName(req.GetService())
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if name.Domain != "" {
+		return fmt.Errorf("%w: %q names another domain; ask this domain's proxy, which forwards it", ErrInvalid, name)
+	}
+	if !req.GetWatch() {
+		eps, err := s.store.Find(stream.Context(), name.Service, req.GetSourceLabels())
+		if err != nil {
+			return err
+		}
+		return stream.Send(&registrypb.FindResponse{Event: &registrypb.FindResponse_Snapshot{Snapshot: &registrypb.ListEndpointsResponse{Endpoints: eps}}})
+	}
+	err = s.store.Watch(stream.Context(), name.Service, req.GetSourceLabels(), stream.Send)
+	if stream.Context().Err() != nil {
+		return nil // the client went away
+	}
+	return err
+}
+
+func (s *server) Apply(ctx context.Context, req *registrypb.ApplyRequest) (*registrypb.ApplyResponse, error) {
+	id, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetServices()) > 0 {
+		if _, err := s.controlPlane(ctx); err != nil {
+			return nil, err
+		}
+	}
+	resp, err := s.store.Apply(ctx, id.String(), req, nil)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("applied", "services", len(resp.GetServices()), "endpoints", len(resp.GetEndpoints()), "by", id)
+	return resp, nil
+}
+
+// grpcCode maps the package's errors to gRPC status codes: the one place
+// where that happens.
+func grpcCode(err error) codes.Code {
+	switch {
+	case errors.Is(err, ErrInvalid), errors.Is(err, ErrInvalidName), errors.Is(err, ErrManifest):
+		return codes.InvalidArgument
+	case errors.Is(err, ErrNotFound):
+		return codes.NotFound
+	case errors.Is(err, ErrPermission):
+		return codes.PermissionDenied
+	case errors.Is(err, ErrConflict):
+		return codes.Aborted
+	case errors.Is(err, context.Canceled):
+		return codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded
+	default:
+		return codes.Unavailable // etcd could not be reached or failed
+	}
+}
+
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(grpcCode(err), err.Error())
+}
+
+// errorInterceptors turn errors into gRPC statuses for unary and streaming
+// calls.
+func errorInterceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			resp, err := h(ctx, req)
+			return resp, toStatus(err)
+		}, func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			return toStatus(h(srv, ss))
+		}
+}
