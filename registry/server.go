@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"strings"
 	"time"
@@ -32,7 +31,7 @@ type server struct {
 func caller(ctx context.Context) (spiffeid.ID, error) {
 	id, ok := federation.PeerID(ctx)
 	if !ok {
-		return spiffeid.ID{}, fmt.Errorf("%w: the connection carries no SPIFFE ID", ErrPermission)
+		return spiffeid.ID{}, errorf(ErrPermission, "the connection carries no SPIFFE ID")
 	}
 	return id, nil
 }
@@ -45,7 +44,7 @@ func (s *server) controlPlane(ctx context.Context) (spiffeid.ID, error) {
 		return id, err
 	}
 	if id.TrustDomain() != s.td || !strings.HasPrefix(id.Path(), "/vwire/") {
-		return id, fmt.Errorf("%w: %s may not change network services (only %s/vwire/... may)", ErrPermission, id, s.td.IDString())
+		return id, errorf(ErrPermission, "%s may not change network services (only %s/vwire/... may)", id, s.td.IDString())
 	}
 	return id, nil
 }
@@ -132,10 +131,10 @@ func (s *server) ListEndpoints(ctx context.Context, req *registrypb.ListEndpoint
 func (s *server) Find(req *registrypb.FindRequest, stream grpc.ServerStreamingServer[registrypb.FindResponse]) error {
 	name, err := ParseName(req.GetService())
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+		return errorf(ErrInvalid, "%v", err)
 	}
 	if name.Domain != "" {
-		return fmt.Errorf("%w: %q names another domain; ask this domain's proxy, which forwards it", ErrInvalid, name)
+		return errorf(ErrInvalid, "%q names another domain; ask this domain's proxy, which forwards it", name)
 	}
 	if !req.GetWatch() {
 		eps, err := s.store.Find(stream.Context(), name.Service, req.GetSourceLabels())

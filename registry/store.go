@@ -62,7 +62,7 @@ func (s *Store) GetService(ctx context.Context, name string) (*registrypb.Networ
 		return nil, err
 	}
 	if len(resp.Kvs) == 0 {
-		return nil, fmt.Errorf("%w: network service %q is not registered", ErrNotFound, name)
+		return nil, errorf(ErrNotFound, "network service %q is not registered", name)
 	}
 	return unmarshal[registrypb.NetworkService](resp.Kvs[0].Value)
 }
@@ -83,7 +83,7 @@ func (s *Store) DeleteService(ctx context.Context, name string) error {
 		return err
 	}
 	if resp.Deleted == 0 {
-		return fmt.Errorf("%w: network service %q is not registered", ErrNotFound, name)
+		return errorf(ErrNotFound, "network service %q is not registered", name)
 	}
 	return nil
 }
@@ -123,7 +123,7 @@ func (s *Store) getEndpoint(ctx context.Context, name string) (existing, error) 
 
 func checkOwner(old existing, owner, name string) error {
 	if old.ep != nil && old.ep.GetOwner() != owner {
-		return fmt.Errorf("%w: endpoint %q belongs to %s, not %s", ErrPermission, name, old.ep.GetOwner(), owner)
+		return errorf(ErrPermission, "endpoint %q belongs to %s, not %s", name, old.ep.GetOwner(), owner)
 	}
 	return nil
 }
@@ -147,7 +147,7 @@ func (s *Store) Apply(ctx context.Context, owner string, req *registrypb.ApplyRe
 			return nil, err
 		}
 		if names[ae.GetEndpoint().GetName()] {
-			return nil, fmt.Errorf("%w: endpoint %q appears twice", ErrInvalid, ae.GetEndpoint().GetName())
+			return nil, errorf(ErrInvalid, "endpoint %q appears twice", ae.GetEndpoint().GetName())
 		}
 		names[ae.GetEndpoint().GetName()] = true
 		if d := ae.GetExpiresIn().AsDuration(); d > 0 {
@@ -161,7 +161,7 @@ func (s *Store) Apply(ctx context.Context, owner string, req *registrypb.ApplyRe
 			return resp, err
 		}
 	}
-	return nil, fmt.Errorf("%w: gave up after 5 attempts; try again", ErrConflict)
+	return nil, errorf(ErrConflict, "gave up after 5 attempts; try again")
 }
 
 func (s *Store) tryApply(ctx context.Context, owner string, req *registrypb.ApplyRequest, lifetimes map[string]time.Duration) (_ *registrypb.ApplyResponse, retry bool, _ error) {
@@ -254,7 +254,7 @@ func (s *Store) RefreshEndpoint(ctx context.Context, owner, name string) (*regis
 			return nil, err
 		}
 		if prev.ep == nil {
-			return nil, fmt.Errorf("%w: endpoint %q is not registered (or expired): register it again", ErrNotFound, name)
+			return nil, errorf(ErrNotFound, "endpoint %q is not registered (or expired): register it again", name)
 		}
 		if err := checkOwner(prev, owner, name); err != nil {
 			return nil, err
@@ -264,7 +264,7 @@ func (s *Store) RefreshEndpoint(ctx context.Context, owner, name string) (*regis
 		}
 		ka, err := s.cli.KeepAliveOnce(ctx, prev.lease)
 		if err != nil {
-			return nil, fmt.Errorf("%w: endpoint %q expired while refreshing (%v): register it again", ErrNotFound, name, err)
+			return nil, errorf(ErrNotFound, "endpoint %q expired while refreshing (%v): register it again", name, err)
 		}
 		ep := proto.Clone(prev.ep).(*registrypb.Endpoint)
 		ep.ExpiresAt = timestamppb.New(s.now().Add(time.Duration(ka.TTL) * time.Second))
@@ -278,7 +278,7 @@ func (s *Store) RefreshEndpoint(ctx context.Context, owner, name string) (*regis
 			return ep, nil
 		}
 	}
-	return nil, fmt.Errorf("%w: endpoint %q changed during every refresh attempt", ErrConflict, name)
+	return nil, errorf(ErrConflict, "endpoint %q changed during every refresh attempt", name)
 }
 
 // UnregisterEndpoint removes an endpoint. Only its owner may.
@@ -289,7 +289,7 @@ func (s *Store) UnregisterEndpoint(ctx context.Context, owner, name string) erro
 			return err
 		}
 		if prev.ep == nil {
-			return fmt.Errorf("%w: endpoint %q is not registered", ErrNotFound, name)
+			return errorf(ErrNotFound, "endpoint %q is not registered", name)
 		}
 		if err := checkOwner(prev, owner, name); err != nil {
 			return err
@@ -309,7 +309,7 @@ func (s *Store) UnregisterEndpoint(ctx context.Context, owner, name string) erro
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: endpoint %q changed during every attempt to remove it", ErrConflict, name)
+	return errorf(ErrConflict, "endpoint %q changed during every attempt to remove it", name)
 }
 
 // GetEndpoint returns the named endpoint.
@@ -319,7 +319,7 @@ func (s *Store) GetEndpoint(ctx context.Context, name string) (*registrypb.Endpo
 		return nil, err
 	}
 	if e.ep == nil {
-		return nil, fmt.Errorf("%w: endpoint %q is not registered", ErrNotFound, name)
+		return nil, errorf(ErrNotFound, "endpoint %q is not registered", name)
 	}
 	return e.ep, nil
 }
@@ -358,7 +358,7 @@ func (s *Store) snapshot(ctx context.Context, service string) (*registrypb.Netwo
 	}
 	svcKvs := resp.Responses[0].GetResponseRange().Kvs
 	if len(svcKvs) == 0 {
-		return nil, nil, 0, fmt.Errorf("%w: network service %q is not registered", ErrNotFound, service)
+		return nil, nil, 0, errorf(ErrNotFound, "network service %q is not registered", service)
 	}
 	svc, err := unmarshal[registrypb.NetworkService](svcKvs[0].Value)
 	if err != nil {

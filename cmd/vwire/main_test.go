@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var vwireBin string
+
+// TestMain builds the real binary once; the tests run it as a user would.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "vwire-bin")
+	if err != nil {
+		panic(err)
+	}
+	vwireBin = filepath.Join(dir, "vwire")
+	if out, err := exec.Command("go", "build", "-o", vwireBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building vwire: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startVwire runs `vwire args...` until the test ends and waits for its
+// "ready" line.
+func startVwire(t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, vwireBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		cmd.Wait()
+	})
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), " ready in ") {
+				ready <- sc.Text()
+			}
+		}
+		close(ready)
+	}()
+	select {
+	case line, ok := <-ready:
+		if !ok {
+			cmd.Wait()
+			t.Fatalf("vwire %v exited before it was ready:\n%s", args, stderr.String())
+		}
+		return line
+	case <-time.After(60 * time.Second):
+		t.Fatalf("vwire %v not ready after 60s:\n%s", args, stderr.String())
+	}
+	return ""
+}
+
+// vwire runs a client command and returns its output; it fails the test if
+// the command's success differs from wantOK.
+func vwire(t *testing.T, wantOK bool, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(vwireBin, args...).CombinedOutput()
+	if (err == nil) != wantOK {
+		t.Fatalf("vwire %s: err=%v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// The foundation issue's "done when", through the real binary.
+func TestDomainApplyGetSelect(t *testing.T) {
+	dataDir, addr := filepath.Join(t.TempDir(), "data-a"), freeAddr(t)
+	startVwire(t, nil, "domain", "--name", "a.example", "--data-dir", dataDir, "--listen", addr)
+	c := []string{"--registry", addr, "--credentials", filepath.Join(dataDir, "admin")}
+
+	out := vwire(t, true, append([]string{"apply", "-f", "../../registry/testdata/secure-intranet-connectivity.yaml"}, c...)...)
+	if out != "networkservice/secure-intranet-connectivity applied\n" {
+		t.Errorf("apply printed %q", out)
+	}
+	vwire(t, true, append([]string{"apply", "-f", "../../registry/testdata/endpoints.yaml"}, c...)...)
+
+	firewall := vwire(t, true, append([]string{"get", "endpoints", "--service", "secure-intranet-connectivity", "--source-labels", "app=firewall"}, c...)...)
+	if !strings.Contains(firewall, "vpn-gateway-1") || strings.Contains(firewall, "firewall-1") {
+		t.Errorf("a firewall client selects:\n%s", firewall)
+	}
+	other := vwire(t, true, append([]string{"get", "endpoints", "--service", "secure-intranet-connectivity", "--source-labels", "app=web"}, c...)...)
+	if !strings.Contains(other, "firewall-1") || strings.Contains(other, "vpn-gateway-1") {
+		t.Errorf("any other client selects:\n%s", other)
+	}
+
+	// -o yaml applies again; -o json is an object.
+	y := vwire(t, true, append([]string{"get", "services", "-o", "yaml"}, c...)...)
+	cmd := exec.Command(vwireBin, append([]string{"apply", "-f", "-"}, c...)...)
+	cmd.Stdin = strings.NewReader(y)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("re-applying get -o yaml: %v\n%s", err, out)
+	}
+	if j := vwire(t, true, append([]string{"get", "endpoint", "firewall-1", "-o", "json"}, c...)...); !strings.Contains(j, `"kind": "NetworkServiceEndpoint"`) {
+		t.Errorf("json: %s", j)
+	}
+
+	// A bad manifest names its document and field, and stores nothing.
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: new-svc}\nspec: {payload: IP}\n---\napiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: other}\nspec: {payload: QUIC}\n"), 0o644)
+	if out := vwire(t, false, append([]string{"apply", "-f", bad}, c...)...); !strings.Contains(out, `document 2 (NetworkService "other"): spec.payload: unknown payload "QUIC"`) {
+		t.Errorf("bad manifest: %s", out)
+	}
+	if out := vwire(t, false, append([]string{"get", "service", "new-svc"}, c...)...); !strings.Contains(out, "NotFound") {
+		t.Errorf("part of a refused apply was stored: %s", out)
+	}
+
+	if out := vwire(t, true, append([]string{"delete", "endpoint", "firewall-1"}, c...)...); out != "endpoint/firewall-1 deleted\n" {
+		t.Errorf("delete printed %q", out)
+	}
+	if out := vwire(t, false, append([]string{"get", "endpoint", "firewall-1"}, c...)...); !strings.Contains(out, `NotFound: endpoint "firewall-1" is not registered`) {
+		t.Errorf("after delete: %s", out)
+	}
+}
+
+// Settings come from flags, then VWIRE_<FLAG>, then the --config file.
+func TestSettingsPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	fileAddr, envAddr := freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "a.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("name: a.example\nlisten: %s\ndata-dir: %s\nendpoint-lifetime: 30s\n", fileAddr, filepath.Join(dir, "data"))), 0o644)
+
+	line := startVwire(t, []string{"VWIRE_CONFIG=" + cfg}, "domain")
+	if !strings.Contains(line, fileAddr) {
+		t.Errorf("config file ignored: %s", line)
+	}
+	line = startVwire(t, []string{"VWIRE_LISTEN=" + envAddr, "VWIRE_DATA_DIR=" + filepath.Join(dir, "data2")}, "domain", "--config", cfg)
+	if !strings.Contains(line, envAddr) {
+		t.Errorf("environment did not win over the file: %s", line)
+	}
+	flagAddr := freeAddr(t)
+	line = startVwire(t, []string{"VWIRE_LISTEN=" + envAddr}, "domain", "--config", cfg, "--listen", flagAddr, "--data-dir", filepath.Join(dir, "data3"))
+	if !strings.Contains(line, flagAddr) {
+		t.Errorf("flag did not win over the environment: %s", line)
+	}
+}
+
+// Bad settings are refused with the field named.
+func TestBadSettings(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(cfg, []byte("name: a.example\nlisen: 127.0.0.1:1\n"), 0o644)
+	for _, c := range []struct {
+		env  []string
+		args []string
+		want string
+	}{
+		{nil, []string{"domain", "--data-dir", dir}, "--name: the domain name is required"},
+		{nil, []string{"domain", "--name", "A_b"}, `--name: domain "A_b"`},
+		{nil, []string{"domain", "--config", cfg}, "unknown setting(s) lisen"},
+		{[]string{"VWIRE_ENDPOINT_LIFETIME=soon"}, []string{"domain", "--name", "a.example"}, `VWIRE_ENDPOINT_LIFETIME="soon"`},
+		{nil, []string{"domain", "--name", "a.example", "--listen", "nowhere"}, `--listen "nowhere"`},
+		{nil, []string{"domain", "--name", "a.example", "--etcd-endpoints", "localhost:2379"}, `is not an http:// or https:// URL`},
+		{nil, []string{"get", "connections"}, `unknown resource "connections"`},
+		{nil, []string{"get", "endpoints", "--source-labels", "app=x"}, "--source-labels needs --service"},
+		{nil, []string{"get", "services", "--credentials", filepath.Join(dir, "none")}, "credentials " + filepath.Join(dir, "none")},
+	} {
+		cmd := exec.Command(vwireBin, c.args...)
+		cmd.Env = append(os.Environ(), c.env...)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("vwire %v: err=%v, output:\n%s\nwant %q", c.args, err, out, c.want)
+		}
+	}
+}
