@@ -74,8 +74,11 @@ func (s *CASource) renew() error {
 
 func (s *CASource) run() {
 	defer close(s.done)
-	wait := s.ttl / 2
 	for {
+		// Renew at half the remaining lifetime of the SVID in hand.
+		s.mu.RLock()
+		wait := max(time.Until(s.svid.Certificates[0].NotAfter)/2, 100*time.Millisecond)
+		s.mu.RUnlock()
 		select {
 		case <-s.stop:
 			return
@@ -83,10 +86,7 @@ func (s *CASource) run() {
 		}
 		if err := s.renew(); err != nil {
 			s.log.Error("renewing SVID failed; retrying", "id", s.id, "err", err)
-			wait = time.Second
-			continue
 		}
-		wait = s.ttl / 2
 	}
 }
 

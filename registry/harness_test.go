@@ -19,7 +19,7 @@ import (
 // etcd and the built-in CA in a temporary data directory, on a kernel-chosen
 // loopback port.
 type domain struct {
-	t       *testing.T
+	t       testing.TB
 	name    string
 	dataDir string
 	reg     *registry.Registry
@@ -27,7 +27,7 @@ type domain struct {
 	logs    *syncBuffer
 }
 
-func startDomain(t *testing.T, name string, opts ...func(*registry.Config)) *domain {
+func startDomain(t testing.TB, name string, opts ...func(*registry.Config)) *domain {
 	t.Helper()
 	d := &domain{t: t, name: name, dataDir: t.TempDir(), logs: &syncBuffer{}}
 	d.start(opts...)
@@ -112,7 +112,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func ctx(t *testing.T) context.Context {
+func ctx(t testing.TB) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return c

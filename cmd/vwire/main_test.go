@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -44,7 +44,7 @@ func freeAddr(t *testing.T) string {
 
 // startVwire runs `vwire args...` until the test ends and waits for its
 // "ready" line.
-func startVwire(t *testing.T, env []string, args ...string) string {
+func startVwire(t testing.TB, env []string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, vwireBin, args...)
