@@ -9,12 +9,16 @@ export VWIRE_TOOLS_BIN
 
 PROTOS := registry/registrypb/registry.proto proxy/proxypb/networkservice.proto
 
-.PHONY: all build test test-short bench generate verify fix tools demo clean
+.PHONY: all build run test test-short bench generate verify fix tools clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/vwire ./cmd/vwire
+
+# The main job on its embedded default: one domain, as the README shows.
+run: build
+	./$(BIN)/vwire domain --name a.example --data-dir ./data-a --listen 127.0.0.1:7001
 
 # The test command: unit tests, embedded etcd, a real 3-member etcd cluster.
 test: tools
@@ -23,8 +27,10 @@ test: tools
 test-short:
 	$(GO) test -short ./...
 
+# Benchmarks for the registry's targets; the output is benchstat's format.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2000x ./registry/
+	$(GO) test -run '^$$' -bench . -benchtime 1000x ./registry/
+	$(GO) test -run '^$$' -bench . -benchtime 5x ./cmd/vwire/
 
 # Real component binaries, cached by version (etcd server v3.7.3).
 tools:

@@ -20,5 +20,7 @@ build() {
 	ln -sfn "$name-$version" "$bin/$name"
 }
 
-# The version must match the one e2e/tools/go.mod pins.
-build etcd v3.7.3 go.etcd.io/etcd/server/v3
+# version MODULE: the version this module's go.mod pins.
+version() { (cd "$here" && go list -m -f '{{.Version}}' "$1"); }
+
+build etcd "$(version go.etcd.io/etcd/server/v3)" go.etcd.io/etcd/server/v3
