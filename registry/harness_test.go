@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/goleak"
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -124,4 +125,8 @@ func names(eps []*registrypb.Endpoint) []string {
 		out = append(out, e.GetName())
 	}
 	return out
+}
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
 }
