@@ -84,15 +84,22 @@ func (d *domain) client(path string) registrypb.RegistryClient {
 // admin connects with the credentials the domain wrote for the CLI.
 func (d *domain) admin() registrypb.RegistryClient {
 	d.t.Helper()
-	src, err := federation.LoadCredentials(filepath.Join(d.dataDir, "admin"))
+	return dialCredentials(d.t, d.reg.Addr().String(), filepath.Join(d.dataDir, "admin"))
+}
+
+// dialCredentials connects to addr as Dial does, with the SVID of a
+// credentials directory.
+func dialCredentials(t testing.TB, addr, dir string) registrypb.RegistryClient {
+	t.Helper()
+	src, err := federation.LoadCredentials(dir)
 	if err != nil {
-		d.t.Fatal(err)
+		t.Fatal(err)
 	}
-	c, conn, err := registry.Dial(d.reg.Addr().String(), src)
+	c, conn, err := registry.Dial(addr, src)
 	if err != nil {
-		d.t.Fatal(err)
+		t.Fatal(err)
 	}
-	d.t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { conn.Close() })
 	return c
 }
 

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vwire/vwire/federation"
-	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
 )
 
@@ -97,15 +96,7 @@ func TestDialRefusesImpostor(t *testing.T) {
 	go srv.Serve(lis)
 	defer srv.Stop()
 
-	admin, err := federation.LoadCredentials(d.dataDir + "/admin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, conn, err := registry.Dial(lis.Addr().String(), admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	c := dialCredentials(t, lis.Addr().String(), d.dataDir+"/admin")
 	_, err = c.ListServices(ctx(t), &registrypb.ListServicesRequest{})
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "unexpected ID") {
 		t.Errorf("impostor accepted or refused unclearly: %v", err)

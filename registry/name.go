@@ -70,36 +70,26 @@ func ValidateLabel(l string) error {
 
 // ValidateDomain checks a domain name: dot-separated DNS labels, at most 253
 // characters, no trailing dot.
-func ValidateDomain(d string) error {
-	if d == "" {
-		return errors.New("domain is empty")
-	}
-	if len(d) > 253 {
-		return fmt.Errorf("domain %q is %d characters long; at most 253", d, len(d))
-	}
-	for i, label := range strings.Split(d, ".") {
-		if label == "" {
-			return fmt.Errorf("domain %q: empty label (at position %d)", d, i+1)
-		}
-		if err := ValidateLabel(label); err != nil {
-			return fmt.Errorf("domain %q: label %v", d, err)
-		}
-	}
-	return nil
-}
+func ValidateDomain(d string) error { return dnsName("domain", d) }
 
 // ValidateEndpointName checks an endpoint name: like a Kubernetes object
 // name, dot-separated DNS labels of at most 253 characters in all.
-func ValidateEndpointName(n string) error {
-	if n == "" {
-		return errors.New("endpoint name is empty")
+func ValidateEndpointName(n string) error { return dnsName("endpoint name", n) }
+
+// dnsName checks s, a what, as dot-separated DNS labels.
+func dnsName(what, s string) error {
+	if s == "" {
+		return fmt.Errorf("%s is empty", what)
 	}
-	if len(n) > 253 {
-		return fmt.Errorf("endpoint name %q is %d characters long; at most 253", n, len(n))
+	if len(s) > 253 {
+		return fmt.Errorf("%s %q is %d characters long; at most 253", what, s, len(s))
 	}
-	for _, label := range strings.Split(n, ".") {
+	for i, label := range strings.Split(s, ".") {
+		if label == "" {
+			return fmt.Errorf("%s %q: empty label (at position %d)", what, s, i+1)
+		}
 		if err := ValidateLabel(label); err != nil {
-			return fmt.Errorf("endpoint name %q: %v", n, err)
+			return fmt.Errorf("%s %q: label %v", what, s, err)
 		}
 	}
 	return nil

@@ -87,15 +87,7 @@ func TestRegistryWithWorkloadAPI(t *testing.T) {
 	if err := ca.WriteCredentials(adminDir, federation.AdminID(td), time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	admin, err := federation.LoadCredentials(adminDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, conn, err := registry.Dial(reg.Addr().String(), admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	cl := dialCredentials(t, reg.Addr().String(), adminDir)
 	if _, err := cl.ListServices(c, &registrypb.ListServicesRequest{}); err != nil {
 		t.Fatalf("call to the registry on SPIRE SVIDs: %v", err)
 	}
