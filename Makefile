@@ -32,9 +32,9 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1000x ./registry/
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./cmd/vwire/
 
-# Real component binaries, cached by version (etcd server v3.7.3).
+# Real component binaries the tests run, cached by version (e2e/tools).
 tools:
-	./e2e/tools/build.sh
+	./e2e/tools/build.sh etcd
 
 generate:
 	PATH="$$(dirname $$($(GO) tool -n protoc-gen-go)):$$(dirname $$($(GO) tool -n protoc-gen-go-grpc)):$$PATH" \

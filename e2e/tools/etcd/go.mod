@@ -1,4 +1,4 @@
-module github.com/vwire/vwire/e2e/tools
+module github.com/vwire/vwire/e2e/tools/etcd
 
 go 1.26.0
 
