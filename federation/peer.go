@@ -1,0 +1,215 @@
+package federation
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/federation"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Peer is a domain this one federates with: which trust domain speaks for
+// it, and where and from whom to fetch that trust domain's bundle.
+type Peer struct {
+	// Domain is the peer's DNS name; TrustDomain its SPIFFE trust domain
+	// (by default the same name).
+	Domain      string
+	TrustDomain spiffeid.TrustDomain
+	// BundleEndpointURL is the peer's SPIFFE bundle endpoint (https_spiffe).
+	BundleEndpointURL string
+	// EndpointID is the SPIFFE ID the bundle endpoint must present.
+	EndpointID spiffeid.ID
+}
+
+// PeerStatus is what a Follower knows of its peer's bundle.
+type PeerStatus struct {
+	Peer
+	// LastFetched is when a valid bundle last arrived (zero: only the
+	// bootstrap bundle so far).
+	LastFetched time.Time
+	// Expires is when the bundle in use stops verifying anything: the
+	// latest NotAfter of its authorities.
+	Expires     time.Time
+	Authorities int
+	// LastError is the last failed fetch's reason, cleared by a good one.
+	LastError string
+	NextFetch time.Time
+}
+
+// Refresh bounds: a peer's refresh hint is honoured within these.
+const (
+	MinRefresh = time.Second
+	MaxRefresh = time.Hour
+)
+
+// Follower keeps one peer's bundle fresh in a Trust: it fetches at the
+// bundle's refresh hint, backs off on failure, and keeps the last good
+// bundle until a newer valid one arrives.
+type Follower struct {
+	peer  Peer
+	trust *Trust
+	log   *slog.Logger
+	now   func() time.Time
+
+	mu     sync.Mutex
+	status PeerStatus
+
+	cancel context.CancelFunc
+	done   chan struct{}
+	// OnUpdate, if set before Start, is called with each new valid bundle
+	// (to persist it).
+	OnUpdate func(*spiffebundle.Bundle)
+}
+
+// NewFollower puts the bootstrap bundle into trust (after checking it) and
+// returns a Follower for peer; Start begins fetching.
+func NewFollower(peer Peer, bootstrap *spiffebundle.Bundle, trust *Trust, log *slog.Logger) (*Follower, error) {
+	f := &Follower{peer: peer, trust: trust, log: log.With("peer", peer.Domain, "trust_domain", peer.TrustDomain.Name()), now: time.Now}
+	usable, err := ValidateBundle(bootstrap, peer.TrustDomain, f.now())
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap bundle of %q: %w", peer.Domain, err)
+	}
+	trust.Set(usable.X509Bundle())
+	f.status = PeerStatus{Peer: peer, Expires: latestExpiry(usable), Authorities: len(usable.X509Authorities())}
+	return f, nil
+}
+
+// Start fetches in the background until Close.
+func (f *Follower) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel, f.done = cancel, make(chan struct{})
+	go f.run(ctx)
+}
+
+// Status reports the peer's bundle state.
+func (f *Follower) Status() PeerStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.status
+}
+
+// Close stops fetching. The peer's last good bundle stays trusted.
+func (f *Follower) Close() {
+	if f.cancel != nil {
+		f.cancel()
+		<-f.done
+	}
+}
+
+func (f *Follower) run(ctx context.Context) {
+	defer close(f.done)
+	hint, backoff := DefaultRefreshHint, MinRefresh
+	for {
+		next, err := f.fetch(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			// Retry sooner than the usual interval, never later.
+			next, backoff = min(backoff, hint), min(2*backoff, MaxRefresh)
+			f.log.Warn("federated bundle refused; keeping the last good one", "url", f.peer.BundleEndpointURL, "err", err, "retry_in", next)
+		} else {
+			hint, backoff = next, MinRefresh
+		}
+		f.mu.Lock()
+		if err != nil {
+			f.status.LastError = err.Error()
+		}
+		f.status.NextFetch = f.now().Add(next)
+		f.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(next):
+		}
+	}
+}
+
+// fetch gets, checks and installs the peer's bundle; it returns when to
+// fetch next.
+func (f *Follower) fetch(ctx context.Context) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	b, err := federation.FetchBundle(ctx, f.peer.TrustDomain, f.peer.BundleEndpointURL, federation.WithSPIFFEAuth(f.trust, f.peer.EndpointID))
+	if err != nil {
+		return 0, err
+	}
+	usable, err := ValidateBundle(b, f.peer.TrustDomain, f.now())
+	if err != nil {
+		return 0, err
+	}
+	prev, _ := f.trust.GetX509BundleForTrustDomain(f.peer.TrustDomain)
+	f.trust.Set(usable.X509Bundle())
+	if prev == nil || !prev.Equal(usable.X509Bundle()) {
+		f.log.Info("federated bundle updated", "authorities", len(usable.X509Authorities()))
+		if f.OnUpdate != nil {
+			f.OnUpdate(usable)
+		}
+	}
+	f.mu.Lock()
+	f.status.LastFetched, f.status.LastError = f.now(), ""
+	f.status.Expires, f.status.Authorities = latestExpiry(usable), len(usable.X509Authorities())
+	f.mu.Unlock()
+	hint, ok := b.RefreshHint()
+	if !ok {
+		hint = DefaultRefreshHint
+	}
+	return min(max(hint, MinRefresh), MaxRefresh), nil
+}
+
+// ErrBadBundle wraps every reason to refuse a peer's bundle.
+var ErrBadBundle = errors.New("bad bundle")
+
+// ValidateBundle checks a bundle claimed for td and returns the part to
+// trust: its X.509 authorities that are valid now. It refuses a bundle with
+// none, or with an authority that names another trust domain.
+func ValidateBundle(b *spiffebundle.Bundle, td spiffeid.TrustDomain, now time.Time) (*spiffebundle.Bundle, error) {
+	if b == nil || len(b.X509Authorities()) == 0 {
+		return nil, fmt.Errorf("%w: no X.509 authorities for %q", ErrBadBundle, td)
+	}
+	var valid []*x509.Certificate
+	var latest time.Time
+	for _, ca := range b.X509Authorities() {
+		for _, u := range ca.URIs {
+			if id, err := spiffeid.FromURI(u); err == nil && id.TrustDomain() != td {
+				return nil, fmt.Errorf("%w: an authority of the bundle for %q belongs to trust domain %q", ErrBadBundle, td, id.TrustDomain())
+			}
+		}
+		if !ca.IsCA {
+			return nil, fmt.Errorf("%w: authority %q of %q is not a CA certificate", ErrBadBundle, ca.Subject, td)
+		}
+		if ca.NotAfter.After(latest) {
+			latest = ca.NotAfter
+		}
+		if now.Before(ca.NotAfter) && !now.Before(ca.NotBefore) {
+			valid = append(valid, ca)
+		}
+	}
+	if len(valid) == 0 {
+		return nil, fmt.Errorf("%w: every authority of the bundle for %q has expired (the latest at %s)", ErrBadBundle, td, latest.Format(time.RFC3339))
+	}
+	out := spiffebundle.FromX509Authorities(td, valid)
+	if hint, ok := b.RefreshHint(); ok {
+		out.SetRefreshHint(hint)
+	}
+	if seq, ok := b.SequenceNumber(); ok {
+		out.SetSequenceNumber(seq)
+	}
+	return out, nil
+}
+
+func latestExpiry(b *spiffebundle.Bundle) time.Time {
+	var t time.Time
+	for _, ca := range b.X509Authorities() {
+		if ca.NotAfter.After(t) {
+			t = ca.NotAfter
+		}
+	}
+	return t
+}
