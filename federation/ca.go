@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -28,79 +29,154 @@ const (
 	DefaultCALifetime   = 365 * 24 * time.Hour
 	DefaultSVIDLifetime = time.Hour
 	// The admin credential is read from files by the CLI, so it lives longer;
-	// `vwire domain` rewrites it at every start and before it expires.
+	// `vwire domain` rewrites it at every start, after a CA switch and
+	// before it expires.
 	DefaultAdminLifetime = 24 * time.Hour
 )
 
+// ErrRotation wraps refusals of a rotation step.
+var ErrRotation = errors.New("CA rotation")
+
 // CA is the built-in development certificate authority of one trust domain.
-// Its key and certificate persist in a directory (created on first use), so
-// a restarted domain keeps its identity and its peers' trust. It is meant for
-// the embedded default and tests; production domains use SPIRE.
+// Its keys and certificates persist in a directory (created on first use),
+// so a restarted domain keeps its identity and its peers' trust. It is meant
+// for the embedded default and tests; production domains use SPIRE.
+//
+// Rotation has three steps, so that peers that follow the bundle never see
+// an SVID they cannot verify: Prepare makes a new root and publishes it
+// beside the old one; Activate switches issuance to it (every Source renews
+// at once); Retire drops the old roots from the bundle once no SVID they
+// signed is in use. Rotate schedules all three.
+//
+// Files: ca.pem/ca.key (the active root), next.pem/next.key (a prepared
+// root), bundle.pem (the published roots, when more than the active one),
+// rotation.json (the times of the scheduled steps).
 type CA struct {
 	td  spiffeid.TrustDomain
+	dir string
 	now func() time.Time
 
-	mu   sync.RWMutex
-	key  crypto.Signer
-	cert *x509.Certificate
+	mu        sync.RWMutex
+	active    authority
+	next      *authority
+	published []*x509.Certificate
+	schedule  rotation
+	changed   chan struct{}
 }
 
-// OpenCA loads the CA kept in dir (ca.pem, ca.key), creating it on first use.
+type authority struct {
+	cert *x509.Certificate
+	key  crypto.Signer
+}
+
+// rotation is the persisted schedule of a rotation in progress.
+type rotation struct {
+	ActivateAt time.Time `json:"activate_at,omitzero"`
+	RetireAt   time.Time `json:"retire_at,omitzero"`
+	Overlap    Duration  `json:"overlap,omitzero"`
+}
+
+// Duration is a time.Duration that JSON spells as "90s".
+type Duration time.Duration
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	*d = Duration(v)
+	return err
+}
+
+// OpenCA loads the CA kept in dir, creating it on first use.
 func OpenCA(dir string, td spiffeid.TrustDomain) (*CA, error) {
-	ca := &CA{td: td, now: time.Now}
-	certPath, keyPath := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key")
-	certPEM, err := os.ReadFile(certPath)
+	ca := &CA{td: td, dir: dir, now: time.Now, changed: make(chan struct{})}
+	active, err := ca.loadAuthority("ca")
 	if errors.Is(err, fs.ErrNotExist) {
-		return ca, ca.create(dir, certPath, keyPath)
+		if active, err = ca.createAuthority("ca"); err != nil {
+			return nil, fmt.Errorf("built-in CA in %s: %w", dir, err)
+		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("built-in CA: %w", err)
-	}
-	keyPEM, err := os.ReadFile(keyPath)
-	if err != nil {
-		return nil, fmt.Errorf("built-in CA: %w", err)
-	}
-	if err := ca.load(certPEM, keyPEM); err != nil {
 		return nil, fmt.Errorf("built-in CA in %s: %w", dir, err)
+	}
+	if ca.now().After(active.cert.NotAfter) {
+		return nil, fmt.Errorf("built-in CA in %s: the CA certificate expired on %s; rotate it (vwire ca rotate) before it does, or remove the directory to start a new trust domain",
+			dir, active.cert.NotAfter.Format(time.RFC3339))
+	}
+	ca.active = active
+	if next, err := ca.loadAuthority("next"); err == nil {
+		ca.next = &next
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("built-in CA in %s: %w", dir, err)
+	}
+	if ca.published, err = ca.loadPublished(); err != nil {
+		return nil, fmt.Errorf("built-in CA in %s: %w", dir, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "rotation.json")); err == nil {
+		if err := json.Unmarshal(b, &ca.schedule); err != nil {
+			return nil, fmt.Errorf("built-in CA in %s: rotation.json: %w", dir, err)
+		}
 	}
 	return ca, nil
 }
 
-func (ca *CA) load(certPEM, keyPEM []byte) error {
+func (ca *CA) loadAuthority(name string) (authority, error) {
+	certPEM, err := os.ReadFile(filepath.Join(ca.dir, name+".pem"))
+	if err != nil {
+		return authority{}, err
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(ca.dir, name+".key"))
+	if err != nil {
+		return authority{}, err
+	}
 	cb, _ := pem.Decode(certPEM)
 	if cb == nil || cb.Type != "CERTIFICATE" {
-		return errors.New("ca.pem holds no PEM certificate")
+		return authority{}, fmt.Errorf("%s.pem holds no PEM certificate", name)
 	}
 	cert, err := x509.ParseCertificate(cb.Bytes)
 	if err != nil {
-		return fmt.Errorf("ca.pem: %w", err)
+		return authority{}, fmt.Errorf("%s.pem: %w", name, err)
 	}
 	kb, _ := pem.Decode(keyPEM)
 	if kb == nil {
-		return errors.New("ca.key holds no PEM key")
+		return authority{}, fmt.Errorf("%s.key holds no PEM key", name)
 	}
 	key, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
 	if err != nil {
-		return fmt.Errorf("ca.key: %w", err)
+		return authority{}, fmt.Errorf("%s.key: %w", name, err)
 	}
 	signer, ok := key.(crypto.Signer)
 	if !ok {
-		return errors.New("ca.key is not a signing key")
+		return authority{}, fmt.Errorf("%s.key is not a signing key", name)
 	}
 	if len(cert.URIs) != 1 || cert.URIs[0].String() != ca.td.IDString() {
-		return fmt.Errorf("ca.pem is the CA of another trust domain (%v), not %q", cert.URIs, ca.td)
+		return authority{}, fmt.Errorf("%s.pem is the CA of another trust domain (%v), not %q", name, cert.URIs, ca.td)
 	}
-	if ca.now().After(cert.NotAfter) {
-		return fmt.Errorf("the CA certificate expired on %s; remove the ca directory to start a new trust domain", cert.NotAfter.Format(time.RFC3339))
+	if pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cert.PublicKey) {
+		return authority{}, fmt.Errorf("%s.key is not the key of %s.pem", name, name)
 	}
-	ca.cert, ca.key = cert, signer
-	return nil
+	return authority{cert: cert, key: signer}, nil
 }
 
-func (ca *CA) create(dir, certPath, keyPath string) error {
+// loadPublished reads bundle.pem; without it, the bundle is the active root.
+func (ca *CA) loadPublished() ([]*x509.Certificate, error) {
+	path := filepath.Join(ca.dir, "bundle.pem")
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return []*x509.Certificate{ca.active.cert}, nil
+	}
+	b, err := x509bundle.Load(ca.td, path)
+	if err != nil {
+		return nil, err
+	}
+	if !b.HasX509Authority(ca.active.cert) {
+		return nil, errors.New("bundle.pem does not hold the active root ca.pem")
+	}
+	return b.X509Authorities(), nil
+}
+
+func (ca *CA) createAuthority(name string) (authority, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return err
+		return authority{}, err
 	}
 	now := ca.now()
 	tmpl := &x509.Certificate{
@@ -115,38 +191,52 @@ func (ca *CA) create(dir, certPath, keyPath string) error {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return err
+		return authority{}, err
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return err
+		return authority{}, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("built-in CA: %w", err)
+	if err := os.MkdirAll(ca.dir, 0o700); err != nil {
+		return authority{}, err
 	}
-	if err := writeFileAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return err
+	if err := writeFileAtomic(filepath.Join(ca.dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return authority{}, err
 	}
-	if err := writeFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return err
+	if err := writeFileAtomic(filepath.Join(ca.dir, name+".pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return authority{}, err
 	}
-	ca.cert, _ = x509.ParseCertificate(der)
-	ca.key = key
-	return nil
+	cert, err := x509.ParseCertificate(der)
+	return authority{cert: cert, key: key}, err
 }
 
 // TrustDomain is the trust domain the CA issues for.
 func (ca *CA) TrustDomain() spiffeid.TrustDomain { return ca.td }
 
-// Bundle is the CA's trust bundle: the roots that verify its SVIDs.
+// Bundle is the CA's trust bundle: every published root (the active one,
+// and during a rotation the prepared or retiring one).
 func (ca *CA) Bundle() *x509bundle.Bundle {
 	ca.mu.RLock()
 	defer ca.mu.RUnlock()
-	return x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
+	return x509bundle.FromX509Authorities(ca.td, ca.published)
 }
 
-// Issue signs a new X.509 SVID for id, valid for ttl (or until the CA
-// expires, whichever is sooner). The key is new with every SVID.
+// Changed returns a channel that is closed at the next change of the
+// bundle or of the active root.
+func (ca *CA) Changed() <-chan struct{} {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	return ca.changed
+}
+
+// changedLocked wakes the watchers of Changed.
+func (ca *CA) changedLocked() {
+	close(ca.changed)
+	ca.changed = make(chan struct{})
+}
+
+// Issue signs a new X.509 SVID for id, valid for ttl (or until the active
+// root expires, whichever is sooner). The key is new with every SVID.
 func (ca *CA) Issue(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
 	if id.TrustDomain() != ca.td {
 		return nil, fmt.Errorf("built-in CA of %q cannot issue %q", ca.td, id)
@@ -159,8 +249,8 @@ func (ca *CA) Issue(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
 	defer ca.mu.RUnlock()
 	now := ca.now()
 	notAfter := now.Add(ttl)
-	if notAfter.After(ca.cert.NotAfter) {
-		notAfter = ca.cert.NotAfter
+	if notAfter.After(ca.active.cert.NotAfter) {
+		notAfter = ca.active.cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
@@ -173,7 +263,7 @@ func (ca *CA) Issue(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
 		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyAgreement,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.active.cert, key.Public(), ca.active.key)
 	if err != nil {
 		return nil, fmt.Errorf("issue %q: %w", id, err)
 	}
@@ -182,6 +272,141 @@ func (ca *CA) Issue(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
 		return nil, err
 	}
 	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: key}, nil
+}
+
+// Prepare makes a new root and publishes it beside the active one; it does
+// not issue yet. Peers fetching the bundle learn it.
+func (ca *CA) Prepare() error {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	if ca.next != nil {
+		return fmt.Errorf("%w: a new root is already prepared; activate it first", ErrRotation)
+	}
+	next, err := ca.createAuthority("next")
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrRotation, err)
+	}
+	if err := ca.publishLocked(append(append([]*x509.Certificate(nil), ca.published...), next.cert)); err != nil {
+		return err
+	}
+	ca.next = &next
+	ca.changedLocked()
+	return nil
+}
+
+// Activate switches issuance to the prepared root. The old root stays
+// published until Retire.
+func (ca *CA) Activate() error {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	if ca.next == nil {
+		return fmt.Errorf("%w: no prepared root to activate", ErrRotation)
+	}
+	for _, ext := range []string{".pem", ".key"} {
+		if err := os.Rename(filepath.Join(ca.dir, "next"+ext), filepath.Join(ca.dir, "ca"+ext)); err != nil {
+			return fmt.Errorf("%w: %v", ErrRotation, err)
+		}
+	}
+	ca.active, ca.next = *ca.next, nil
+	ca.changedLocked()
+	return nil
+}
+
+func (ca *CA) prepared() bool {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	return ca.next != nil
+}
+
+// Retire drops every published root but the active (and a prepared) one.
+func (ca *CA) Retire() error {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	keep := []*x509.Certificate{ca.active.cert}
+	if ca.next != nil {
+		keep = append(keep, ca.next.cert)
+	}
+	if err := ca.publishLocked(keep); err != nil {
+		return err
+	}
+	ca.changedLocked()
+	return nil
+}
+
+func (ca *CA) publishLocked(roots []*x509.Certificate) error {
+	b, err := x509bundle.FromX509Authorities(ca.td, roots).Marshal()
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(ca.dir, "bundle.pem"), b, 0o644); err != nil {
+		return fmt.Errorf("%w: %v", ErrRotation, err)
+	}
+	ca.published = roots
+	return nil
+}
+
+// Rotate prepares a new root now, activates it after propagation (long
+// enough for every peer to fetch the bundle: more than their refresh
+// interval) and retires the old root overlap after that (long enough for
+// every SVID it signed to expire or be renewed). Tick carries out the
+// steps when they are due; the schedule survives a restart.
+func (ca *CA) Rotate(propagation, overlap time.Duration) error {
+	if err := ca.Prepare(); err != nil {
+		return err
+	}
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	ca.schedule = rotation{ActivateAt: ca.now().Add(propagation), Overlap: Duration(overlap)}
+	return ca.saveScheduleLocked()
+}
+
+// Tick carries out the rotation steps that are due.
+func (ca *CA) Tick() error {
+	ca.mu.RLock()
+	s, now := ca.schedule, ca.now()
+	ca.mu.RUnlock()
+	switch {
+	case !s.ActivateAt.IsZero() && !now.Before(s.ActivateAt):
+		// After a crash between the switch and saving the schedule, the
+		// switch is already done.
+		if err := ca.Activate(); err != nil && ca.prepared() {
+			return err
+		}
+		ca.mu.Lock()
+		defer ca.mu.Unlock()
+		ca.schedule = rotation{RetireAt: now.Add(time.Duration(s.Overlap))}
+		return ca.saveScheduleLocked()
+	case !s.RetireAt.IsZero() && !now.Before(s.RetireAt):
+		if err := ca.Retire(); err != nil {
+			return err
+		}
+		ca.mu.Lock()
+		defer ca.mu.Unlock()
+		ca.schedule = rotation{}
+		return ca.saveScheduleLocked()
+	}
+	return nil
+}
+
+// RotationStatus says which step of a rotation is next, and when.
+func (ca *CA) RotationStatus() (step string, at time.Time) {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	switch {
+	case !ca.schedule.ActivateAt.IsZero():
+		return "activate", ca.schedule.ActivateAt
+	case !ca.schedule.RetireAt.IsZero():
+		return "retire", ca.schedule.RetireAt
+	}
+	return "", time.Time{}
+}
+
+func (ca *CA) saveScheduleLocked() error {
+	b, err := json.Marshal(ca.schedule)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(ca.dir, "rotation.json"), b, 0o644)
 }
 
 // WriteCredentials writes an SVID for id with the CA's bundle into dir as

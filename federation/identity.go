@@ -28,6 +28,7 @@ func OpenIdentity(ctx context.Context, socket, dataDir string, id spiffeid.ID, l
 	}
 	adminDir := filepath.Join(dataDir, "admin")
 	write := func() error { return ca.WriteCredentials(adminDir, AdminID(id.TrustDomain()), DefaultAdminLifetime) }
+	changed := ca.Changed()
 	if err := write(); err != nil {
 		src.Close()
 		return nil, err
@@ -36,11 +37,15 @@ func OpenIdentity(ctx context.Context, socket, dataDir string, id spiffeid.ID, l
 	go func() {
 		defer close(done)
 		for {
+			// Rewrite before expiry, and when the CA switches roots or
+			// changes its bundle (the CLI verifies the domain with it).
 			select {
 			case <-stop:
 				return
 			case <-time.After(DefaultAdminLifetime / 2):
+			case <-changed:
 			}
+			changed = ca.Changed()
 			if err := write(); err != nil {
 				log.Error("rewriting admin credentials failed", "dir", adminDir, "err", err)
 			}

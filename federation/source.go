@@ -54,10 +54,11 @@ func (ca *CA) NewSource(id spiffeid.ID, ttl time.Duration, trust *Trust, log *sl
 		trust = NewTrust(ca.Bundle())
 	}
 	s := &CASource{Trust: trust, ca: ca, id: id, ttl: ttl, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	changed := ca.Changed() // taken before issuing, so no switch goes unseen
 	if err := s.renew(); err != nil {
 		return nil, err
 	}
-	go s.run()
+	go s.run(changed)
 	return s, nil
 }
 
@@ -72,10 +73,11 @@ func (s *CASource) renew() error {
 	return nil
 }
 
-func (s *CASource) run() {
+func (s *CASource) run(changed <-chan struct{}) {
 	defer close(s.done)
 	for {
-		// Renew at half the remaining lifetime of the SVID in hand.
+		// Renew at half the remaining lifetime of the SVID in hand, and at
+		// once when the CA switches roots.
 		s.mu.RLock()
 		wait := max(time.Until(s.svid.Certificates[0].NotAfter)/2, 100*time.Millisecond)
 		s.mu.RUnlock()
@@ -83,7 +85,12 @@ func (s *CASource) run() {
 		case <-s.stop:
 			return
 		case <-time.After(wait):
+		case <-changed:
+			if _, err := s.Trust.GetX509BundleForTrustDomain(s.ca.TrustDomain()); err == nil {
+				s.Trust.Set(s.ca.Bundle())
+			}
 		}
+		changed = s.ca.Changed()
 		if err := s.renew(); err != nil {
 			s.log.Error("renewing SVID failed; retrying", "id", s.id, "err", err)
 		}

@@ -10,10 +10,11 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/goleak"
+
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
-	"go.uber.org/goleak"
 )
 
 // domain is a registry started the way `vwire domain` starts it: embedded
