@@ -7,7 +7,7 @@ BIN ?= bin
 VWIRE_TOOLS_BIN ?= $(HOME)/.cache/vwire/tools
 export VWIRE_TOOLS_BIN
 
-PROTOS := registry/registrypb/registry.proto proxy/proxypb/networkservice.proto
+PROTOS := registry/registrypb/registry.proto proxy/proxypb/networkservice.proto federation/federationpb/federation.proto
 
 .PHONY: all build run test test-short bench generate verify fix tools clean
 

@@ -9,20 +9,36 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// OpenIdentity returns the Source of component id: the SPIRE agent's
+// Identity is a process's identity: its Source, and with the built-in CA
+// the CA and the Trust that federation adds peers to.
+type Identity struct {
+	Source
+	// CA and Trust are nil when a SPIRE agent supplies SVIDs and bundles.
+	CA    *CA
+	Trust *Trust
+
+	stop, done chan struct{}
+}
+
+// OpenIdentity returns the identity of component id: the SPIRE agent's
 // Workload API at socket when it is set, else an SVID from the built-in CA
 // kept in dataDir/ca. With the built-in CA it also keeps admin credentials
-// for the CLI in dataDir/admin, rewriting them before they expire, until the
-// Source is closed.
-func OpenIdentity(ctx context.Context, socket, dataDir string, id spiffeid.ID, log *slog.Logger) (Source, error) {
+// for the CLI in dataDir/admin, rewriting them before they expire and when
+// the CA changes roots, until Close.
+func OpenIdentity(ctx context.Context, socket, dataDir string, id spiffeid.ID, log *slog.Logger) (*Identity, error) {
 	if socket != "" {
-		return WorkloadSource(ctx, socket, id)
+		src, err := WorkloadSource(ctx, socket, id)
+		if err != nil {
+			return nil, err
+		}
+		return &Identity{Source: src}, nil
 	}
 	ca, err := OpenCA(filepath.Join(dataDir, "ca"), id.TrustDomain())
 	if err != nil {
 		return nil, err
 	}
-	src, err := ca.NewSource(id, 0, nil, log)
+	trust := NewTrust(ca.Bundle())
+	src, err := ca.NewSource(id, 0, trust, log)
 	if err != nil {
 		return nil, err
 	}
@@ -33,14 +49,14 @@ func OpenIdentity(ctx context.Context, socket, dataDir string, id spiffeid.ID, l
 		src.Close()
 		return nil, err
 	}
-	stop, done := make(chan struct{}), make(chan struct{})
+	ident := &Identity{Source: src, CA: ca, Trust: trust, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
-		defer close(done)
+		defer close(ident.done)
 		for {
 			// Rewrite before expiry, and when the CA switches roots or
 			// changes its bundle (the CLI verifies the domain with it).
 			select {
-			case <-stop:
+			case <-ident.stop:
 				return
 			case <-time.After(DefaultAdminLifetime / 2):
 			case <-changed:
@@ -51,16 +67,14 @@ func OpenIdentity(ctx context.Context, socket, dataDir string, id spiffeid.ID, l
 			}
 		}
 	}()
-	return &builtinSource{CASource: src, stop: stop, done: done}, nil
+	return ident, nil
 }
 
-type builtinSource struct {
-	*CASource
-	stop, done chan struct{}
-}
-
-func (s *builtinSource) Close() error {
-	close(s.stop)
-	<-s.done
-	return s.CASource.Close()
+// Close stops renewing.
+func (i *Identity) Close() error {
+	if i.stop != nil {
+		close(i.stop)
+		<-i.done
+	}
+	return i.Source.Close()
 }

@@ -3,12 +3,14 @@ package federation
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"log/slog"
 	"net"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 )
@@ -73,3 +75,19 @@ func AuthorizeOf(ids ...spiffeid.ID) Authorizer { return tlsconfig.AuthorizeOneO
 
 // AuthorizeMember admits any ID of trust domain td (and no other).
 func AuthorizeMember(td spiffeid.TrustDomain) Authorizer { return tlsconfig.AuthorizeMemberOf(td) }
+
+// DialDomain connects to the domain of src's own trust domain at addr: the
+// server must prove it is that domain's registry or proxy (`vwire domain`
+// serves every role on one listener as its proxy).
+func DialDomain(addr string, src Source) (*grpc.ClientConn, error) {
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", addr, ErrNoSVID, err)
+	}
+	td := svid.ID.TrustDomain()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(ClientCredentials(src, AuthorizeOf(RegistryID(td), ProxyID(td)))))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", addr, err)
+	}
+	return conn, nil
+}

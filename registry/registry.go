@@ -8,7 +8,6 @@ import (
 	"net"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"google.golang.org/grpc"
@@ -17,16 +16,69 @@ import (
 	"github.com/vwire/vwire/registry/registrypb"
 )
 
-// Registry is a running registry: etcd (embedded or a client of an external
-// cluster), the store, and the gRPC server.
+// Etcd is the registry's etcd: an embedded member, or a client of an
+// external cluster.
+type Etcd struct {
+	*clientv3.Client
+	embedded *embed.Etcd
+}
+
+// OpenEtcd starts the embedded etcd under cfg.DataDir, or connects to
+// cfg.EtcdEndpoints.
+func OpenEtcd(ctx context.Context, cfg *Config) (*Etcd, error) {
+	if len(cfg.EtcdEndpoints) > 0 {
+		cli, err := dialEtcd(ctx, cfg.EtcdEndpoints, cfg.EtcdCAFile, cfg.EtcdCertFile, cfg.EtcdKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		return &Etcd{Client: cli}, nil
+	}
+	e, err := startEmbeddedEtcd(etcdDir(cfg.DataDir))
+	if err != nil {
+		return nil, err
+	}
+	cli, err := dialEtcd(ctx, []string{e.Clients[0].Addr().String()}, "", "", "")
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	return &Etcd{Client: cli, embedded: e}, nil
+}
+
+// Err reports a failure of the embedded etcd (never, for an external one).
+func (e *Etcd) Err() <-chan error {
+	if e.embedded == nil {
+		return nil
+	}
+	return e.embedded.Err()
+}
+
+// Close closes the client and stops the embedded member.
+func (e *Etcd) Close() error {
+	err := e.Client.Close()
+	if e.embedded != nil {
+		e.embedded.Close()
+	}
+	return err
+}
+
+// Summary says where the data lives, for logs.
+func (e *Etcd) Summary(cfg *Config) string {
+	if e.embedded != nil {
+		return "embedded in " + etcdDir(cfg.DataDir)
+	}
+	return fmt.Sprint(cfg.EtcdEndpoints)
+}
+
+// Registry is a running registry on its own: etcd, the store, and a gRPC
+// server that admits members of the domain's trust domain. (`vwire domain`
+// serves the registry with the other roles on one listener instead.)
 type Registry struct {
 	Store *Store
-	Etcd  *clientv3.Client
+	Etcd  *Etcd
 
-	cfg      *Config
 	identity federation.Source
 	ownsID   bool
-	embedded *embed.Etcd
 	srv      *grpc.Server
 	lis      net.Listener
 	errc     chan error
@@ -46,7 +98,7 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("--trust-domain %q: %w", cfg.TD(), err)
 	}
-	r = &Registry{cfg: cfg, errc: make(chan error, 1)}
+	r = &Registry{errc: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			r.Close()
@@ -55,61 +107,45 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 
 	r.identity = cfg.Identity
 	if r.identity == nil {
-		if r.identity, err = federation.OpenIdentity(ctx, cfg.SpiffeSocket, cfg.DataDir, federation.RegistryID(td), log); err != nil {
+		id, err := federation.OpenIdentity(ctx, cfg.SpiffeSocket, cfg.DataDir, federation.RegistryID(td), log)
+		if err != nil {
 			return nil, err
 		}
-		r.ownsID = true
+		r.identity, r.ownsID = id, true
 	}
-
-	if len(cfg.EtcdEndpoints) == 0 {
-		if r.embedded, err = startEmbeddedEtcd(etcdDir(cfg.DataDir)); err != nil {
-			return nil, err
-		}
-		go func(etcdErr <-chan error) {
+	if r.Etcd, err = OpenEtcd(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if etcdErr := r.Etcd.Err(); etcdErr != nil {
+		go func() { // ends when Close closes the channel
 			if err, ok := <-etcdErr; ok && err != nil {
 				r.fail(fmt.Errorf("embedded etcd: %w", err))
 			}
-		}(r.embedded.Err())
-		r.Etcd, err = dialEtcd(ctx, []string{r.embedded.Clients[0].Addr().String()}, "", "", "")
-	} else {
-		r.Etcd, err = dialEtcd(ctx, cfg.EtcdEndpoints, cfg.EtcdCAFile, cfg.EtcdCertFile, cfg.EtcdKeyFile)
+		}()
 	}
-	if err != nil {
-		return nil, err
-	}
-	r.Store = NewStore(r.Etcd, cfg.Name)
+	r.Store = NewStore(r.Etcd.Client, cfg.Name)
 
 	if r.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
-	unary, stream := errorInterceptors()
+	unary, stream := ErrorInterceptors()
 	r.srv = grpc.NewServer(
-		grpc.Creds(federation.ServerCredentials(r.identity, tlsconfig.AuthorizeMemberOf(td), log)),
+		grpc.Creds(federation.ServerCredentials(r.identity, federation.AuthorizeMember(td), log)),
 		grpc.ChainUnaryInterceptor(unary),
 		grpc.ChainStreamInterceptor(stream),
 	)
-	registrypb.RegisterRegistryServer(r.srv, &server{store: r.Store, td: td, lifetime: cfg.EndpointLifetime, log: log})
+	registrypb.RegisterRegistryServer(r.srv, NewServer(r.Store, td, cfg.EndpointLifetime, log))
 	go func() {
 		if err := r.srv.Serve(r.lis); err != nil {
 			r.fail(err)
 		}
 	}()
-	log.Info("registry serving", "domain", cfg.Name, "addr", r.lis.Addr().String(), "trust_domain", td.Name(), "etcd", etcdSummary(cfg))
+	log.Info("registry serving", "domain", cfg.Name, "addr", r.lis.Addr().String(), "trust_domain", td.Name(), "etcd", r.Etcd.Summary(cfg))
 	return r, nil
-}
-
-func etcdSummary(cfg *Config) string {
-	if len(cfg.EtcdEndpoints) == 0 {
-		return "embedded in " + etcdDir(cfg.DataDir)
-	}
-	return fmt.Sprint(cfg.EtcdEndpoints)
 }
 
 // Addr is the address the gRPC server listens on.
 func (r *Registry) Addr() net.Addr { return r.lis.Addr() }
-
-// Identity is the registry's SVID source.
-func (r *Registry) Identity() federation.Source { return r.identity }
 
 // Err reports a failure of the server or of the embedded etcd.
 func (r *Registry) Err() <-chan error { return r.errc }
@@ -131,9 +167,6 @@ func (r *Registry) Close() error {
 	var errs []error
 	if r.Etcd != nil {
 		errs = append(errs, r.Etcd.Close())
-	}
-	if r.embedded != nil {
-		r.embedded.Close()
 	}
 	if r.ownsID && r.identity != nil {
 		errs = append(errs, r.identity.Close())

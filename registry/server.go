@@ -16,9 +16,16 @@ import (
 	"github.com/vwire/vwire/registry/registrypb"
 )
 
-// server serves the registry API on a Store. The transport has already
-// admitted only members of the domain's trust domain; here each call checks
-// what that member may do.
+// NewServer serves the registry API on store for trust domain td; lifetime
+// is the default of registrations that name none.
+func NewServer(store *Store, td spiffeid.TrustDomain, lifetime time.Duration, log *slog.Logger) registrypb.RegistryServer {
+	return &server{store: store, td: td, lifetime: lifetime, log: log}
+}
+
+// server serves the registry API on a Store. Each call checks what its
+// caller may do: members of the domain's trust domain read and register
+// endpoints, its vwire components and admin also define services, and a
+// federated domain's proxy (admitted by federation.Binding) may only find.
 type server struct {
 	registrypb.UnimplementedRegistryServer
 	store    *Store
@@ -27,23 +34,37 @@ type server struct {
 	log      *slog.Logger
 }
 
-// caller is the SPIFFE ID of the client, as mTLS proved it.
-func caller(ctx context.Context) (spiffeid.ID, error) {
+// caller is the SPIFFE ID of the client, as mTLS proved it, if it is a
+// member of the domain's trust domain.
+func (s *server) caller(ctx context.Context) (spiffeid.ID, error) {
 	id, ok := federation.PeerID(ctx)
 	if !ok {
 		return spiffeid.ID{}, errorf(ErrPermission, "the connection carries no SPIFFE ID")
 	}
+	if !id.MemberOf(s.td) {
+		return id, errorf(ErrPermission, "%s is not a member of trust domain %q", id, s.td)
+	}
 	return id, nil
+}
+
+// reader admits members of the trust domain and the proxies of federated
+// domains that federation.Binding verified.
+func (s *server) reader(ctx context.Context) error {
+	if federation.SourceDomain(ctx) != "" {
+		return nil
+	}
+	_, err := s.caller(ctx)
+	return err
 }
 
 // controlPlane admits the domain's own vwire components and admin, the only
 // callers that may define network services.
 func (s *server) controlPlane(ctx context.Context) (spiffeid.ID, error) {
-	id, err := caller(ctx)
+	id, err := s.caller(ctx)
 	if err != nil {
 		return id, err
 	}
-	if id.TrustDomain() != s.td || !strings.HasPrefix(id.Path(), "/vwire/") {
+	if !strings.HasPrefix(id.Path(), "/vwire/") {
 		return id, errorf(ErrPermission, "%s may not change network services (only %s/vwire/... may)", id, s.td.IDString())
 	}
 	return id, nil
@@ -62,10 +83,16 @@ func (s *server) RegisterService(ctx context.Context, req *registrypb.RegisterSe
 }
 
 func (s *server) GetService(ctx context.Context, req *registrypb.GetServiceRequest) (*registrypb.NetworkService, error) {
+	if err := s.reader(ctx); err != nil {
+		return nil, err
+	}
 	return s.store.GetService(ctx, req.GetName())
 }
 
 func (s *server) ListServices(ctx context.Context, _ *registrypb.ListServicesRequest) (*registrypb.ListServicesResponse, error) {
+	if err := s.reader(ctx); err != nil {
+		return nil, err
+	}
 	svcs, err := s.store.ListServices(ctx)
 	return &registrypb.ListServicesResponse{Services: svcs}, err
 }
@@ -83,7 +110,7 @@ func (s *server) DeleteService(ctx context.Context, req *registrypb.DeleteServic
 }
 
 func (s *server) RegisterEndpoint(ctx context.Context, req *registrypb.RegisterEndpointRequest) (*registrypb.Endpoint, error) {
-	id, err := caller(ctx)
+	id, err := s.caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +127,7 @@ func (s *server) RegisterEndpoint(ctx context.Context, req *registrypb.RegisterE
 }
 
 func (s *server) RefreshEndpoint(ctx context.Context, req *registrypb.RefreshEndpointRequest) (*registrypb.Endpoint, error) {
-	id, err := caller(ctx)
+	id, err := s.caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +135,7 @@ func (s *server) RefreshEndpoint(ctx context.Context, req *registrypb.RefreshEnd
 }
 
 func (s *server) UnregisterEndpoint(ctx context.Context, req *registrypb.UnregisterEndpointRequest) (*registrypb.UnregisterEndpointResponse, error) {
-	id, err := caller(ctx)
+	id, err := s.caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -120,15 +147,24 @@ func (s *server) UnregisterEndpoint(ctx context.Context, req *registrypb.Unregis
 }
 
 func (s *server) GetEndpoint(ctx context.Context, req *registrypb.GetEndpointRequest) (*registrypb.Endpoint, error) {
+	if err := s.reader(ctx); err != nil {
+		return nil, err
+	}
 	return s.store.GetEndpoint(ctx, req.GetName())
 }
 
 func (s *server) ListEndpoints(ctx context.Context, req *registrypb.ListEndpointsRequest) (*registrypb.ListEndpointsResponse, error) {
+	if err := s.reader(ctx); err != nil {
+		return nil, err
+	}
 	eps, err := s.store.ListEndpoints(ctx, req.GetService())
 	return &registrypb.ListEndpointsResponse{Endpoints: eps}, err
 }
 
 func (s *server) Find(req *registrypb.FindRequest, stream grpc.ServerStreamingServer[registrypb.FindResponse]) error {
+	if err := s.reader(stream.Context()); err != nil {
+		return err
+	}
 	name, err := ParseName(req.GetService())
 	if err != nil {
 		return errorf(ErrInvalid, "%v", err)
@@ -151,7 +187,7 @@ func (s *server) Find(req *registrypb.FindRequest, stream grpc.ServerStreamingSe
 }
 
 func (s *server) Apply(ctx context.Context, req *registrypb.ApplyRequest) (*registrypb.ApplyResponse, error) {
-	id, err := caller(ctx)
+	id, err := s.caller(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -199,9 +235,9 @@ func toStatus(err error) error {
 	return status.Error(grpcCode(err), err.Error())
 }
 
-// errorInterceptors turn errors into gRPC statuses for unary and streaming
-// calls.
-func errorInterceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+// ErrorInterceptors turn the package's errors into gRPC statuses for unary
+// and streaming calls.
+func ErrorInterceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
 	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			resp, err := h(ctx, req)
 			return resp, toStatus(err)

@@ -1,0 +1,259 @@
+// Package domain runs every role of one vwire domain in one process, as
+// `vwire domain` does and as tests compose several: etcd (embedded or
+// external), the registry, the built-in CA (or a SPIRE agent), federation
+// with peer domains and the SPIFFE bundle endpoint, all behind one gRPC
+// listener whose SVID is the domain's proxy ID. Later roles (the proxy's
+// request handling, the gateway) join the same listener.
+package domain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/federation/federationpb"
+	"github.com/vwire/vwire/registry"
+	"github.com/vwire/vwire/registry/registrypb"
+)
+
+// Config configures a domain: the registry's settings and federation's.
+type Config struct {
+	registry.Config
+	// BundleListen serves the domain's SPIFFE bundle endpoint; empty: none.
+	BundleListen string
+	// RefreshHint is how often peers are told to fetch the bundle.
+	RefreshHint time.Duration
+	// RotationPropagation and RotationOverlap time `vwire ca rotate`: a new
+	// root is published this long before it issues, and the old one stays
+	// published this long after.
+	RotationPropagation time.Duration
+	RotationOverlap     time.Duration
+}
+
+// NewConfig returns a Config with the defaults.
+func NewConfig() *Config {
+	return &Config{
+		Config:              *registry.NewConfig(),
+		RefreshHint:         federation.DefaultRefreshHint,
+		RotationPropagation: 2 * federation.DefaultRefreshHint,
+		RotationOverlap:     federation.DefaultSVIDLifetime + time.Minute,
+	}
+}
+
+// AddFlags binds the config to flags.
+func (c *Config) AddFlags(fs *pflag.FlagSet) {
+	c.Config.AddFlags(fs)
+	fs.StringVar(&c.BundleListen, "bundle-listen", c.BundleListen, "serve the SPIFFE bundle endpoint (https_spiffe) on this address")
+	fs.DurationVar(&c.RefreshHint, "bundle-refresh-hint", c.RefreshHint, "how often peers should fetch this domain's bundle")
+	fs.DurationVar(&c.RotationPropagation, "ca-rotation-propagation", c.RotationPropagation, "vwire ca rotate: publish a new root this long before it issues (more than peers' refresh interval)")
+	fs.DurationVar(&c.RotationOverlap, "ca-rotation-overlap", c.RotationOverlap, "vwire ca rotate: keep the old root published this long after the switch (more than an SVID's lifetime)")
+}
+
+// Validate reports the first wrong field by its flag name.
+func (c *Config) Validate() error {
+	if err := c.Config.Validate(); err != nil {
+		return err
+	}
+	if c.BundleListen != "" {
+		if _, _, err := net.SplitHostPort(c.BundleListen); err != nil {
+			return fmt.Errorf("--bundle-listen %q: %v (want host:port)", c.BundleListen, err)
+		}
+	}
+	if c.RefreshHint < federation.MinRefresh || c.RefreshHint > federation.MaxRefresh {
+		return fmt.Errorf("--bundle-refresh-hint %v: between %v and %v", c.RefreshHint, federation.MinRefresh, federation.MaxRefresh)
+	}
+	if c.RotationPropagation <= c.RefreshHint {
+		return fmt.Errorf("--ca-rotation-propagation %v: must exceed --bundle-refresh-hint %v, or peers may not have the new root when it starts issuing",
+			c.RotationPropagation, c.RefreshHint)
+	}
+	if c.RotationOverlap <= 0 {
+		return fmt.Errorf("--ca-rotation-overlap %v: must be positive", c.RotationOverlap)
+	}
+	return nil
+}
+
+// peerMethods are what a federated domain's proxy may call.
+var peerMethods = map[string]bool{
+	registrypb.Registry_Find_FullMethodName: true,
+}
+
+// Domain is a running domain.
+type Domain struct {
+	Name     string
+	TD       spiffeid.TrustDomain
+	Etcd     *registry.Etcd
+	Store    *registry.Store
+	Identity *federation.Identity
+	Peers    *federation.Peers
+
+	srv    *grpc.Server
+	lis    net.Listener
+	bundle *federation.BundleEndpoint
+	errc   chan error
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	closed sync.Once
+	err    error
+}
+
+// Start starts a domain as cfg says; it returns once it serves.
+func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	td, err := spiffeid.TrustDomainFromString(cfg.TD())
+	if err != nil {
+		return nil, fmt.Errorf("--trust-domain %q: %w", cfg.TD(), err)
+	}
+	d = &Domain{Name: cfg.Name, TD: td, errc: make(chan error, 1), stop: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if d.Identity, err = federation.OpenIdentity(ctx, cfg.SpiffeSocket, cfg.DataDir, federation.ProxyID(td), log); err != nil {
+		return nil, err
+	}
+	if d.Etcd, err = registry.OpenEtcd(ctx, &cfg.Config); err != nil {
+		return nil, err
+	}
+	if etcdErr := d.Etcd.Err(); etcdErr != nil {
+		go func() {
+			if err, ok := <-etcdErr; ok && err != nil {
+				d.fail(fmt.Errorf("embedded etcd: %w", err))
+			}
+		}()
+	}
+	d.Store = registry.NewStore(d.Etcd.Client, cfg.Name)
+	// With SPIRE, SPIRE federates the bundles; vwire only binds domains.
+	if d.Peers, err = federation.OpenPeers(ctx, d.Etcd.Client, cfg.Name, d.Identity.Trust, log); err != nil {
+		return nil, err
+	}
+
+	if d.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("--listen: %w", err)
+	}
+	binding := &federation.Binding{Own: td, Peers: d.Peers, PeerMethods: peerMethods}
+	bindUnary, bindStream := binding.Interceptors()
+	errUnary, errStream := registry.ErrorInterceptors()
+	d.srv = grpc.NewServer(
+		grpc.Creds(federation.ServerCredentials(d.Identity, federation.DomainAuthorizer(td, d.Peers), log)),
+		grpc.ChainUnaryInterceptor(bindUnary, errUnary),
+		grpc.ChainStreamInterceptor(bindStream, errStream),
+	)
+	registrypb.RegisterRegistryServer(d.srv, registry.NewServer(d.Store, td, cfg.EndpointLifetime, log))
+	fed := &federation.Service{Own: td, Peers: d.Peers, CA: d.Identity.CA,
+		Propagation: cfg.RotationPropagation, Overlap: cfg.RotationOverlap, ValidateDomain: registry.ValidateDomain}
+	fed.Bundle = func() (*spiffebundle.Bundle, error) { return nil, errors.New("this domain's bundle is SPIRE's: see spire-server bundle show") }
+	if ca := d.Identity.CA; ca != nil {
+		fed.Bundle = federation.OwnBundle(ca, cfg.RefreshHint)
+		d.wg.Add(1)
+		go d.tickCA(ca, log)
+	}
+	federationpb.RegisterFederationServer(d.srv, fed)
+	go func() {
+		if err := d.srv.Serve(d.lis); err != nil {
+			d.fail(err)
+		}
+	}()
+
+	if cfg.BundleListen != "" {
+		if d.Identity.CA == nil {
+			return nil, errors.New("--bundle-listen: with --spiffe-socket, the SPIRE server serves the bundle endpoint")
+		}
+		blis, err := net.Listen("tcp", cfg.BundleListen)
+		if err != nil {
+			return nil, fmt.Errorf("--bundle-listen: %w", err)
+		}
+		if d.bundle, err = federation.ServeBundleEndpoint(blis, td, fed.Bundle, d.Identity, log); err != nil {
+			return nil, err
+		}
+	}
+	log.Info("domain serving", "domain", cfg.Name, "addr", d.lis.Addr().String(), "trust_domain", td.Name(),
+		"etcd", d.Etcd.Summary(&cfg.Config), "bundle_endpoint", d.BundleURL())
+	return d, nil
+}
+
+// tickCA carries out the CA rotation steps when they are due.
+func (d *Domain) tickCA(ca *federation.CA, log *slog.Logger) {
+	defer d.wg.Done()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		before, _ := ca.RotationStatus()
+		if err := ca.Tick(); err != nil {
+			log.Error("CA rotation step failed; retrying", "err", err)
+		} else if after, at := ca.RotationStatus(); after != before {
+			log.Info("CA rotation step done", "done", before, "next", after, "at", at)
+		}
+	}
+}
+
+// Addr is the gRPC listener's address.
+func (d *Domain) Addr() net.Addr { return d.lis.Addr() }
+
+// BundleURL is the bundle endpoint's URL, or "" without one.
+func (d *Domain) BundleURL() string {
+	if d.bundle == nil {
+		return ""
+	}
+	return d.bundle.URL()
+}
+
+// Err reports a failure of the server or of the embedded etcd.
+func (d *Domain) Err() <-chan error { return d.errc }
+
+func (d *Domain) fail(err error) {
+	select {
+	case d.errc <- err:
+	default:
+	}
+}
+
+// Close stops everything; it is safe on a partly started Domain and more
+// than once.
+func (d *Domain) Close() error {
+	d.closed.Do(func() { d.err = d.close() })
+	return d.err
+}
+
+func (d *Domain) close() error {
+	close(d.stop)
+	d.wg.Wait()
+	if d.bundle != nil {
+		d.bundle.Close()
+	}
+	if d.srv != nil {
+		d.srv.Stop()
+	} else if d.lis != nil {
+		d.lis.Close()
+	}
+	if d.Peers != nil {
+		d.Peers.Close()
+	}
+	var errs []error
+	if d.Etcd != nil {
+		errs = append(errs, d.Etcd.Close())
+	}
+	if d.Identity != nil {
+		errs = append(errs, d.Identity.Close())
+	}
+	return errors.Join(errs...)
+}

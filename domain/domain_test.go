@@ -1,0 +1,305 @@
+package domain
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/federation/federationpb"
+	"github.com/vwire/vwire/registry"
+	"github.com/vwire/vwire/registry/registrypb"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type testDomain struct {
+	*Domain
+	dataDir string
+	admin   *grpc.ClientConn
+}
+
+func start(t *testing.T, name string) *testDomain {
+	t.Helper()
+	cfg := NewConfig()
+	cfg.Name, cfg.DataDir, cfg.Listen, cfg.BundleListen = name, filepath.Join(t.TempDir(), name), "127.0.0.1:0", "127.0.0.1:0"
+	cfg.RefreshHint, cfg.RotationPropagation, cfg.RotationOverlap = time.Second, 2500*time.Millisecond, 2*time.Second
+	cfg.Logger = slog.New(slog.NewTextHandler(testLog{t, name}, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	admin, err := federation.LoadCredentials(filepath.Join(cfg.DataDir, "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := federation.DialDomain(d.Addr().String(), admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &testDomain{Domain: d, dataDir: cfg.DataDir, admin: conn}
+}
+
+func (d *testDomain) fed() federationpb.FederationClient { return federationpb.NewFederationClient(d.admin) }
+
+// federate makes d federate with peer as `vwire federation add` does.
+func (d *testDomain) federate(t *testing.T, peer *testDomain) {
+	t.Helper()
+	b, err := peer.fed().GetBundle(ctx(t), &federationpb.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.fed().AddPeer(ctx(t), &federationpb.AddPeerRequest{
+		Peer:   &federationpb.Peer{Domain: peer.Name, BundleEndpointUrl: peer.BundleURL()},
+		Bundle: b.GetSpiffe(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// asPeer is d's proxy calling peer's registry, saying it speaks for domain.
+func (d *testDomain) asPeer(t *testing.T, peer *testDomain, speaksFor string) registrypb.RegistryClient {
+	t.Helper()
+	p, ok := d.Peers.Lookup(peer.Name)
+	if !ok { // calling a domain d does not federate with: assume its defaults
+		p = federation.Peer{Domain: peer.Name, TrustDomain: peer.TD}
+	}
+	conn, err := federation.DialPeer(peer.Addr().String(), d.Identity, speaksFor, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return registrypb.NewRegistryClient(conn)
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func findOnce(ctx context.Context, c registrypb.RegistryClient, svc string) ([]*registrypb.Endpoint, error) {
+	stream, err := c.Find(ctx, &registrypb.FindRequest{Service: svc, SourceLabels: map[string]string{"app": "firewall"}})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := stream.Recv()
+	return resp.GetSnapshot().GetEndpoints(), err
+}
+
+func applyReference(t *testing.T, d *testDomain) {
+	t.Helper()
+	objs, err := registry.DecodeManifests(strings.NewReader(`
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: secure-intranet-connectivity}
+spec:
+  payload: IP
+  matches:
+    - source_selector: {app: firewall}
+      routes: [{destination_selector: {app: vpn-gateway}}]
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkServiceEndpoint
+metadata: {name: vpn-gateway-1, labels: {app: vpn-gateway}}
+spec: {networkServiceNames: [secure-intranet-connectivity]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := registrypb.NewRegistryClient(d.admin).Apply(ctx(t), objs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Two domains federate with one call each, list each other, and a proxy
+// of one may look up the other's services; spoofing, unknown and
+// unfederated domains, and calls beyond look-ups are refused.
+func TestFederationAndDomainBinding(t *testing.T) {
+	a, b, c := start(t, "a.example"), start(t, "b.example"), start(t, "c.example")
+	a.federate(t, b)
+	b.federate(t, a)
+	b.federate(t, c) // c is federated with b, but not with a
+	c.federate(t, b)
+	applyReference(t, b)
+
+	list, err := a.fed().ListPeers(ctx(t), &federationpb.ListPeersRequest{})
+	if err != nil || len(list.GetPeers()) != 1 || list.GetPeers()[0].GetPeer().GetDomain() != "b.example" {
+		t.Fatalf("a's peers: %v, %v", list, err)
+	}
+	waitFor(t, "a fetched b's bundle", func() bool {
+		l, _ := a.fed().ListPeers(ctx(t), &federationpb.ListPeersRequest{})
+		return l.GetPeers()[0].GetLastFetched() != nil && l.GetPeers()[0].GetLastError() == ""
+	})
+
+	eps, err := findOnce(ctx(t), a.asPeer(t, b, "a.example"), "secure-intranet-connectivity")
+	if err != nil || len(eps) != 1 || eps[0].GetName() != "vpn-gateway-1" {
+		t.Fatalf("a's proxy finding on b: %v, %v", eps, err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want string
+	}{
+		{"c speaks for a", func() error { _, err := findOnce(ctx(t), c.asPeer(t, b, "a.example"), "secure-intranet-connectivity"); return err },
+			`spiffe://c.example/vwire/proxy may not speak for domain "a.example": only spiffe://a.example/vwire/proxy may`},
+		{"a claims an unknown domain", func() error { _, err := findOnce(ctx(t), a.asPeer(t, b, "z.example"), "secure-intranet-connectivity"); return err },
+			`domain "z.example" is not federated with this domain`},
+		{"c calls a, which does not federate with it", func() error { _, err := findOnce(ctx(t), c.asPeer(t, a, "c.example"), "secure-intranet-connectivity"); return err },
+			"authentication handshake failed"},
+		{"a's proxy writes to b", func() error {
+			_, err := a.asPeer(t, b, "a.example").Apply(ctx(t), &registrypb.ApplyRequest{})
+			return err
+		}, `domain "a.example" may not call /vwire.registry.v1.Registry/Apply`},
+	} {
+		err := tc.call()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v\nwant %q", tc.name, err, tc.want)
+		}
+	}
+	// Federation is the admin's: a's proxy may not add peers to b.
+	proxyConn, _ := federation.DialDomain(a.Addr().String(), a.Identity)
+	defer proxyConn.Close()
+	if _, err := federationpb.NewFederationClient(proxyConn).AddPeer(ctx(t), &federationpb.AddPeerRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a non-admin changed federation: %v", err)
+	}
+}
+
+// Peers and their latest bundles survive a restart of the domain.
+func TestPeersPersist(t *testing.T) {
+	a, b := start(t, "a.example"), start(t, "b.example")
+	a.federate(t, b)
+	b.federate(t, a)
+	cfg := NewConfig()
+	cfg.Name, cfg.DataDir, cfg.Listen = "a.example", a.dataDir, "127.0.0.1:0"
+	cfg.Logger = slog.New(slog.NewTextHandler(testLog{t, "a2"}, nil))
+	a.Close()
+	restarted, err := Start(ctx(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restarted.Close()
+	p, ok := restarted.Peers.Lookup("b.example")
+	if !ok || p.BundleEndpointURL != b.BundleURL() {
+		t.Fatalf("after restart: %+v, %v", p, ok)
+	}
+	conn, err := federation.DialPeer(b.Addr().String(), restarted.Identity, "a.example", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := findOnce(ctx(t), registrypb.NewRegistryClient(conn), "none"); status.Code(err) != codes.NotFound {
+		t.Errorf("a cross-domain call after restart: %v, want it to reach b (NotFound)", err)
+	}
+}
+
+// `vwire ca rotate` on b, twice, while a's proxy keeps calling b over a
+// pooled and over new connections: no call fails.
+func TestCARotateAcrossDomains(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes about 12 s")
+	}
+	a, b := start(t, "a.example"), start(t, "b.example")
+	a.federate(t, b)
+	b.federate(t, a)
+	applyReference(t, b)
+	pooled := a.asPeer(t, b, "a.example")
+	p, _ := a.Peers.Lookup("b.example")
+
+	var calls, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			fresh, err := federation.DialPeer(b.Addr().String(), a.Identity, "a.example", p)
+			if err != nil {
+				t.Error(err)
+				continue
+			}
+			for _, c := range []registrypb.RegistryClient{pooled, registrypb.NewRegistryClient(fresh)} {
+				calls.Add(1)
+				c2, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				if _, err := findOnce(c2, c, "secure-intranet-connectivity"); err != nil {
+					failed.Add(1)
+					t.Errorf("cross-domain call failed: %v", err)
+				}
+				cancel()
+			}
+			fresh.Close()
+		}
+	}()
+	old, _ := b.fed().GetBundle(ctx(t), &federationpb.GetBundleRequest{})
+	for i := 0; i < 2; i++ {
+		if _, err := b.fed().RotateCA(ctx(t), &federationpb.RotateCARequest{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "rotation done", func() bool { step, _ := b.Identity.CA.RotationStatus(); return step == "" })
+	}
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d cross-domain calls, %d failed, across two rotations of b's CA", calls.Load(), failed.Load())
+	now, _ := b.fed().GetBundle(ctx(t), &federationpb.GetBundleRequest{})
+	if bytes.Equal(old.GetSpiffe(), now.GetSpiffe()) {
+		t.Error("b's bundle did not change")
+	}
+	// The admin credentials were rewritten: the CLI still reaches b.
+	if _, err := b.fed().ListPeers(ctx(t), &federationpb.ListPeersRequest{}); err != nil {
+		t.Errorf("admin after rotation: %v", err)
+	}
+	admin, err := federation.LoadCredentials(filepath.Join(b.dataDir, "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := federation.DialDomain(b.Addr().String(), admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := federationpb.NewFederationClient(conn).ListPeers(ctx(t), &federationpb.ListPeersRequest{}); err != nil {
+		t.Errorf("a new admin connection after rotation: %v", err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("not within 20s: %s", what)
+}
+
+type testLog struct {
+	t    *testing.T
+	name string
+}
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(l.name + ": " + strings.TrimSpace(string(p)))
+	return len(p), nil
+}

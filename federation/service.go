@@ -1,0 +1,162 @@
+package federation
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/vwire/vwire/federation/federationpb"
+)
+
+// Service serves the federation API to the domain's admin.
+type Service struct {
+	federationpb.UnimplementedFederationServer
+	Own   spiffeid.TrustDomain
+	Peers *Peers
+	// Bundle is the domain's own bundle, as its bundle endpoint serves it.
+	Bundle BundleFunc
+	// CA is the built-in CA; nil when SPIRE issues the domain's SVIDs.
+	CA *CA
+	// Rotation timings for RotateCA.
+	Propagation, Overlap time.Duration
+	// ValidateDomain checks a peer's domain name.
+	ValidateDomain func(string) error
+}
+
+func (s *Service) admin(ctx context.Context) error {
+	id, ok := PeerID(ctx)
+	if !ok || id != AdminID(s.Own) {
+		return status.Errorf(codes.PermissionDenied, "only %s may change federation", AdminID(s.Own))
+	}
+	return nil
+}
+
+func (s *Service) GetBundle(context.Context, *federationpb.GetBundleRequest) (*federationpb.Bundle, error) {
+	b, err := s.Bundle()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	raw, err := b.Marshal()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &federationpb.Bundle{TrustDomain: s.Own.Name(), Spiffe: raw}, nil
+}
+
+func (s *Service) AddPeer(ctx context.Context, req *federationpb.AddPeerRequest) (*federationpb.PeerStatus, error) {
+	if err := s.admin(ctx); err != nil {
+		return nil, err
+	}
+	peer, err := s.peerFromProto(req.GetPeer())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := s.Peers.Add(ctx, peer, req.GetBundle()); err != nil {
+		if errors.Is(err, ErrBadPeer) {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	for _, st := range s.Peers.List() {
+		if st.Domain == peer.Domain {
+			return statusProto(st), nil
+		}
+	}
+	return nil, status.Errorf(codes.Internal, "peer %q vanished", peer.Domain)
+}
+
+func (s *Service) peerFromProto(p *federationpb.Peer) (Peer, error) {
+	if err := s.ValidateDomain(p.GetDomain()); err != nil {
+		return Peer{}, err
+	}
+	tdName := p.GetTrustDomain()
+	if tdName == "" {
+		tdName = p.GetDomain()
+	}
+	td, err := spiffeid.TrustDomainFromString(tdName)
+	if err != nil {
+		return Peer{}, errors.New("trust domain " + tdName + ": " + err.Error())
+	}
+	if td == s.Own {
+		return Peer{}, errors.New("a domain cannot federate with its own trust domain " + td.Name())
+	}
+	peer := Peer{Domain: p.GetDomain(), TrustDomain: td, BundleEndpointURL: p.GetBundleEndpointUrl()}
+	if p.GetEndpointId() != "" {
+		if peer.EndpointID, err = spiffeid.FromString(p.GetEndpointId()); err != nil {
+			return Peer{}, errors.New("endpoint ID " + p.GetEndpointId() + ": " + err.Error())
+		}
+	}
+	return peer, nil
+}
+
+func (s *Service) ListPeers(ctx context.Context, _ *federationpb.ListPeersRequest) (*federationpb.ListPeersResponse, error) {
+	if err := s.admin(ctx); err != nil {
+		return nil, err
+	}
+	resp := &federationpb.ListPeersResponse{}
+	for _, st := range s.Peers.List() {
+		resp.Peers = append(resp.Peers, statusProto(st))
+	}
+	return resp, nil
+}
+
+func (s *Service) RemovePeer(ctx context.Context, req *federationpb.RemovePeerRequest) (*federationpb.RemovePeerResponse, error) {
+	if err := s.admin(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.Peers.Remove(ctx, req.GetDomain()); err != nil {
+		if errors.Is(err, ErrNotFederated) {
+			return nil, status.Error(codes.NotFound, err.Error())
+		}
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return &federationpb.RemovePeerResponse{}, nil
+}
+
+func (s *Service) RotateCA(ctx context.Context, _ *federationpb.RotateCARequest) (*federationpb.RotateCAResponse, error) {
+	if err := s.admin(ctx); err != nil {
+		return nil, err
+	}
+	if s.CA == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this domain's SVIDs come from SPIRE: rotate with SPIRE")
+	}
+	if err := s.CA.Rotate(s.Propagation, s.Overlap); err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	step, at := s.CA.RotationStatus()
+	return &federationpb.RotateCAResponse{NextStep: step, At: timestamppb.New(at)}, nil
+}
+
+func statusProto(st PeerStatus) *federationpb.PeerStatus {
+	ts := func(t time.Time) *timestamppb.Timestamp {
+		if t.IsZero() {
+			return nil
+		}
+		return timestamppb.New(t)
+	}
+	p := &federationpb.PeerStatus{
+		Peer: &federationpb.Peer{Domain: st.Domain, TrustDomain: st.TrustDomain.Name(), BundleEndpointUrl: st.BundleEndpointURL},
+		LastFetched: ts(st.LastFetched), Expires: ts(st.Expires), Authorities: int32(st.Authorities),
+		LastError: st.LastError, NextFetch: ts(st.NextFetch),
+	}
+	if !st.EndpointID.IsZero() {
+		p.Peer.EndpointId = st.EndpointID.String()
+	}
+	return p
+}
+
+// OwnBundle is the BundleFunc of a domain with the built-in CA: its
+// published roots, with the refresh hint its peers should follow.
+func OwnBundle(ca *CA, refreshHint time.Duration) BundleFunc {
+	return func() (*spiffebundle.Bundle, error) {
+		b := spiffebundle.FromX509Bundle(ca.Bundle())
+		b.SetRefreshHint(refreshHint)
+		return b, nil
+	}
+}
