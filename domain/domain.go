@@ -158,7 +158,9 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 	registrypb.RegisterRegistryServer(d.srv, registry.NewServer(d.Store, td, cfg.EndpointLifetime, log))
 	fed := &federation.Service{Own: td, Peers: d.Peers, CA: d.Identity.CA,
 		Propagation: cfg.RotationPropagation, Overlap: cfg.RotationOverlap, ValidateDomain: registry.ValidateDomain}
-	fed.Bundle = func() (*spiffebundle.Bundle, error) { return nil, errors.New("this domain's bundle is SPIRE's: see spire-server bundle show") }
+	fed.Bundle = func() (*spiffebundle.Bundle, error) {
+		return nil, errors.New("this domain's bundle is SPIRE's: see spire-server bundle show")
+	}
 	if ca := d.Identity.CA; ca != nil {
 		fed.Bundle = federation.OwnBundle(ca, cfg.RefreshHint)
 		d.wg.Add(1)

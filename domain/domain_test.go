@@ -55,7 +55,9 @@ func start(t *testing.T, name string) *testDomain {
 	return &testDomain{Domain: d, dataDir: cfg.DataDir, admin: conn}
 }
 
-func (d *testDomain) fed() federationpb.FederationClient { return federationpb.NewFederationClient(d.admin) }
+func (d *testDomain) fed() federationpb.FederationClient {
+	return federationpb.NewFederationClient(d.admin)
+}
 
 // federate makes d federate with peer as `vwire federation add` does.
 func (d *testDomain) federate(t *testing.T, peer *testDomain) {
@@ -157,11 +159,20 @@ func TestFederationAndDomainBinding(t *testing.T) {
 		call func() error
 		want string
 	}{
-		{"c speaks for a", func() error { _, err := findOnce(ctx(t), c.asPeer(t, b, "a.example"), "secure-intranet-connectivity"); return err },
+		{"c speaks for a", func() error {
+			_, err := findOnce(ctx(t), c.asPeer(t, b, "a.example"), "secure-intranet-connectivity")
+			return err
+		},
 			`spiffe://c.example/vwire/proxy may not speak for domain "a.example": only spiffe://a.example/vwire/proxy may`},
-		{"a claims an unknown domain", func() error { _, err := findOnce(ctx(t), a.asPeer(t, b, "z.example"), "secure-intranet-connectivity"); return err },
+		{"a claims an unknown domain", func() error {
+			_, err := findOnce(ctx(t), a.asPeer(t, b, "z.example"), "secure-intranet-connectivity")
+			return err
+		},
 			`domain "z.example" is not federated with this domain`},
-		{"c calls a, which does not federate with it", func() error { _, err := findOnce(ctx(t), c.asPeer(t, a, "c.example"), "secure-intranet-connectivity"); return err },
+		{"c calls a, which does not federate with it", func() error {
+			_, err := findOnce(ctx(t), c.asPeer(t, a, "c.example"), "secure-intranet-connectivity")
+			return err
+		},
 			"authentication handshake failed"},
 		{"a's proxy writes to b", func() error {
 			_, err := a.asPeer(t, b, "a.example").Apply(ctx(t), &registrypb.ApplyRequest{})

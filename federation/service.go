@@ -141,7 +141,7 @@ func statusProto(st PeerStatus) *federationpb.PeerStatus {
 		return timestamppb.New(t)
 	}
 	p := &federationpb.PeerStatus{
-		Peer: &federationpb.Peer{Domain: st.Domain, TrustDomain: st.TrustDomain.Name(), BundleEndpointUrl: st.BundleEndpointURL},
+		Peer:        &federationpb.Peer{Domain: st.Domain, TrustDomain: st.TrustDomain.Name(), BundleEndpointUrl: st.BundleEndpointURL},
 		LastFetched: ts(st.LastFetched), Expires: ts(st.Expires), Authorities: int32(st.Authorities),
 		LastError: st.LastError, NextFetch: ts(st.NextFetch),
 	}
