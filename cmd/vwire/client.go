@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/registry"
@@ -34,8 +35,10 @@ func (c *clientFlags) add(cmd *cobra.Command) {
 	cmd.Flags().DurationVar(&c.timeout, "timeout", 30*time.Second, "how long a command may take")
 }
 
-// dial connects to the registry with the chosen credentials.
-func (c *clientFlags) dial(ctx context.Context) (registrypb.RegistryClient, func(), error) {
+// run connects to the domain with the chosen credentials and calls f.
+func (c *clientFlags) run(cmd *cobra.Command, f func(context.Context, *grpc.ClientConn) error) error {
+	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+	defer cancel()
 	var src federation.Source
 	var err error
 	if c.spiffeSocket != "" {
@@ -44,25 +47,22 @@ func (c *clientFlags) dial(ctx context.Context) (registrypb.RegistryClient, func
 		src, err = federation.LoadCredentials(c.credentials)
 	}
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
-	cl, conn, err := registry.Dial(c.registry, src)
-	if err != nil {
-		src.Close()
-		return nil, nil, err
-	}
-	return cl, func() { conn.Close(); src.Close() }, nil
-}
-
-func (c *clientFlags) run(cmd *cobra.Command, f func(context.Context, registrypb.RegistryClient) error) error {
-	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
-	defer cancel()
-	cl, done, err := c.dial(ctx)
+	defer src.Close()
+	conn, err := federation.DialDomain(c.registry, src)
 	if err != nil {
 		return err
 	}
-	defer done()
-	return f(ctx, cl)
+	defer conn.Close()
+	return f(ctx, conn)
+}
+
+// runRegistry is run with a registry client.
+func (c *clientFlags) runRegistry(cmd *cobra.Command, f func(context.Context, registrypb.RegistryClient) error) error {
+	return c.run(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+		return f(ctx, registrypb.NewRegistryClient(conn))
+	})
 }
 
 func newApplyCmd() *cobra.Command {
@@ -89,7 +89,7 @@ func newApplyCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", file, err)
 			}
-			return cf.run(cmd, func(ctx context.Context, cl registrypb.RegistryClient) error {
+			return cf.runRegistry(cmd, func(ctx context.Context, cl registrypb.RegistryClient) error {
 				resp, err := cl.Apply(ctx, objs)
 				if err != nil {
 					return err
@@ -152,7 +152,7 @@ func newGetCmd() *cobra.Command {
 			if err != nil {
 				return usagef("--source-labels: %v", err)
 			}
-			return cf.run(cmd, func(ctx context.Context, cl registrypb.RegistryClient) error {
+			return cf.runRegistry(cmd, func(ctx context.Context, cl registrypb.RegistryClient) error {
 				if kind == "services" {
 					svcs, err := getServices(ctx, cl, name)
 					if err != nil {
@@ -280,7 +280,7 @@ func newDeleteCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return cf.run(cmd, func(ctx context.Context, cl registrypb.RegistryClient) error {
+			return cf.runRegistry(cmd, func(ctx context.Context, cl registrypb.RegistryClient) error {
 				if kind == "services" {
 					_, err = cl.DeleteService(ctx, &registrypb.DeleteServiceRequest{Name: args[1]})
 				} else {

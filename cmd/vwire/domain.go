@@ -3,24 +3,41 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/vwire/vwire/domain"
 	"github.com/vwire/vwire/registry"
 )
 
 func newDomainCmd() *cobra.Command {
-	cfg := registry.NewConfig()
+	cfg := domain.NewConfig()
 	cmd := &cobra.Command{
-		Use:   "domain --name DOMAIN [--data-dir DIR] [--listen ADDR]",
-		Short: "Run every role of one domain in one process (embedded etcd, registry, built-in CA)",
-		Long: `Run every role of one domain in one process: an embedded etcd, the registry
-and the built-in development CA (unless --spiffe-socket names a SPIRE agent).
-The CA writes admin credentials for the command-line client to DIR/admin.`,
+		Use:   "domain --name DOMAIN [--data-dir DIR] [--listen ADDR] [--bundle-listen ADDR]",
+		Short: "Run every role of one domain in one process (embedded etcd, registry, CA, federation)",
+		Long: `Run every role of one domain in one process: an embedded etcd (or
+--etcd-endpoints), the registry, the built-in development CA (unless
+--spiffe-socket names a SPIRE agent), federation with peer domains, and with
+--bundle-listen the SPIFFE bundle endpoint peers fetch this domain's bundle
+from. The CA writes admin credentials for the command-line client to
+DIR/admin.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return serve(cmd, cfg, "domain") },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Logger = slog.Default().With("role", "domain")
+			return serve(cmd, "domain", cfg.Name, cfg.DataDir, cfg.SpiffeSocket, func() (server, error) {
+				d, err := domain.Start(cmd.Context(), cfg)
+				if err != nil {
+					return nil, err
+				}
+				if u := d.BundleURL(); u != "" {
+					fmt.Fprintf(cmd.OutOrStdout(), "bundle endpoint: %s (endpoint ID spiffe://%s/vwire/proxy)\n", u, d.TD.Name())
+				}
+				return d, nil
+			})
+		},
 	}
 	cfg.AddFlags(cmd.Flags())
 	cmd.Flags().String("config", "", "a YAML file of settings named as these flags")
@@ -33,36 +50,44 @@ func newRegistryCmd() *cobra.Command {
 		Use:   "registry --name DOMAIN [--etcd-endpoints URL,...]",
 		Short: "Run a domain's registry alone (embedded etcd, or an external cluster)",
 		Args:  cobra.NoArgs,
-		RunE:  func(cmd *cobra.Command, _ []string) error { return serve(cmd, cfg, "registry") },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Logger = slog.Default().With("role", "registry")
+			return serve(cmd, "registry", cfg.Name, cfg.DataDir, cfg.SpiffeSocket, func() (server, error) {
+				return registry.Start(cmd.Context(), cfg)
+			})
+		},
 	}
 	cfg.AddFlags(cmd.Flags())
 	cmd.Flags().String("config", "", "a YAML file of settings named as these flags")
 	return cmd
 }
 
-// serve runs the registry until the command's context ends (SIGINT,
-// SIGTERM) or the registry fails.
-func serve(cmd *cobra.Command, cfg *registry.Config, role string) error {
-	start := time.Now()
-	cfg.Logger = slog.Default().With("role", role)
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	reg, err := registry.Start(cmd.Context(), cfg)
+// server is what a role's Start returns.
+type server interface {
+	Addr() net.Addr
+	Err() <-chan error
+	Close() error
+}
+
+// serve starts a role and runs it until the command's context ends
+// (SIGINT, SIGTERM) or the role fails.
+func serve(cmd *cobra.Command, role, name, dataDir, spiffeSocket string, start func() (server, error)) error {
+	begin := time.Now()
+	s, err := start()
 	if err != nil {
 		return err
 	}
-	defer reg.Close()
-	fmt.Fprintf(cmd.OutOrStdout(), "vwire %s %s ready in %v: listening on %s\n", role, cfg.Name, time.Since(start).Round(time.Millisecond), reg.Addr())
-	if cfg.SpiffeSocket == "" {
-		fmt.Fprintf(cmd.OutOrStdout(), "admin credentials: %s (vwire get services --registry %s --credentials %[1]s)\n",
-			filepath.Join(cfg.DataDir, "admin"), reg.Addr())
+	defer s.Close()
+	out := cmd.OutOrStdout()
+	fmt.Fprintf(out, "vwire %s %s ready in %v: listening on %s\n", role, name, time.Since(begin).Round(time.Millisecond), s.Addr())
+	if spiffeSocket == "" {
+		fmt.Fprintf(out, "admin credentials: %s (vwire get services --registry %s --credentials %[1]s)\n", filepath.Join(dataDir, "admin"), s.Addr())
 	}
 	select {
 	case <-cmd.Context().Done():
-		slog.Info("stopping", "role", role, "domain", cfg.Name)
+		slog.Info("stopping", "role", role, "domain", name)
 		return nil
-	case err := <-reg.Err():
-		return fmt.Errorf("%s %s stopped: %w", role, cfg.Name, err)
+	case err := <-s.Err():
+		return fmt.Errorf("%s %s stopped: %w", role, name, err)
 	}
 }

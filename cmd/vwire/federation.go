@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/vwire/vwire/federation/federationpb"
+)
+
+func newFederationCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "federation bundle|add|list|remove",
+		Short: "This domain's trust bundle, and the domains it federates with",
+	}
+	cmd.AddCommand(newFederationBundleCmd(), newFederationAddCmd(), newFederationListCmd(), newFederationRemoveCmd())
+	return cmd
+}
+
+func runFederation(cf *clientFlags, cmd *cobra.Command, f func(context.Context, federationpb.FederationClient) error) error {
+	return cf.run(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+		return f(ctx, federationpb.NewFederationClient(conn))
+	})
+}
+
+func newFederationBundleCmd() *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "bundle",
+		Short: "Print this domain's trust bundle (SPIFFE format), for a peer's `vwire federation add --bundle`",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runFederation(&cf, cmd, func(ctx context.Context, c federationpb.FederationClient) error {
+				b, err := c.GetBundle(ctx, &federationpb.GetBundleRequest{})
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s\n", b.GetSpiffe())
+				return err
+			})
+		},
+	}
+	cf.add(cmd)
+	return cmd
+}
+
+func newFederationAddCmd() *cobra.Command {
+	var cf clientFlags
+	var endpoint, bundleFile, td, endpointID string
+	cmd := &cobra.Command{
+		Use:   "add DOMAIN --bundle-endpoint URL --bundle FILE [--trust-domain TD] [--endpoint-id ID]",
+		Short: "Federate with a peer domain, starting from its bundle; afterwards its bundle is fetched and refreshed",
+		Example: `  # on b: vwire federation bundle > b.bundle; then on a:
+  vwire federation add b.example --bundle-endpoint https://b.example:8443 --bundle b.bundle`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if bundleFile == "" {
+				return usagef("--bundle FILE is required: the peer's bundle as `vwire federation bundle` prints it (DNS never establishes trust)")
+			}
+			if endpoint == "" {
+				return usagef("--bundle-endpoint URL is required")
+			}
+			raw, err := os.ReadFile(bundleFile)
+			if err != nil {
+				return err
+			}
+			return runFederation(&cf, cmd, func(ctx context.Context, c federationpb.FederationClient) error {
+				st, err := c.AddPeer(ctx, &federationpb.AddPeerRequest{
+					Peer:   &federationpb.Peer{Domain: args[0], TrustDomain: td, BundleEndpointUrl: endpoint, EndpointId: endpointID},
+					Bundle: raw,
+				})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "federating with %s (trust domain %s, bundle endpoint %s as %s)\n",
+					st.GetPeer().GetDomain(), st.GetPeer().GetTrustDomain(), st.GetPeer().GetBundleEndpointUrl(), st.GetPeer().GetEndpointId())
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&endpoint, "bundle-endpoint", "", "the peer's SPIFFE bundle endpoint URL (https://HOST:PORT)")
+	cmd.Flags().StringVar(&bundleFile, "bundle", "", "the peer's bundle to start from (SPIFFE JSON or PEM)")
+	cmd.Flags().StringVar(&td, "trust-domain", "", "the peer's trust domain (default: DOMAIN)")
+	cmd.Flags().StringVar(&endpointID, "endpoint-id", "", "the SPIFFE ID the bundle endpoint presents (default: spiffe://TD/vwire/proxy)")
+	cf.add(cmd)
+	return cmd
+}
+
+func newFederationListCmd() *cobra.Command {
+	var cf clientFlags
+	var output string
+	cmd := &cobra.Command{
+		Use:   "list [-o table|json]",
+		Short: "Show each peer, its trust domain, when its bundle was last fetched, its expiry and any error",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return usagef("-o %q: want table or json", output)
+			}
+			return runFederation(&cf, cmd, func(ctx context.Context, c federationpb.FederationClient) error {
+				resp, err := c.ListPeers(ctx, &federationpb.ListPeersRequest{})
+				if err != nil {
+					return err
+				}
+				if output == "json" {
+					type row struct {
+						Domain         string `json:"domain"`
+						TrustDomain    string `json:"trustDomain"`
+						BundleEndpoint string `json:"bundleEndpoint"`
+						EndpointID     string `json:"endpointID"`
+						LastFetched    string `json:"lastFetched,omitempty"`
+						Expires        string `json:"expires,omitempty"`
+						Authorities    int32  `json:"authorities"`
+						LastError      string `json:"lastError,omitempty"`
+					}
+					rows := []row{}
+					for _, p := range resp.GetPeers() {
+						rows = append(rows, row{p.GetPeer().GetDomain(), p.GetPeer().GetTrustDomain(), p.GetPeer().GetBundleEndpointUrl(),
+							p.GetPeer().GetEndpointId(), rfc3339(p.GetLastFetched()), rfc3339(p.GetExpires()), p.GetAuthorities(), p.GetLastError()})
+					}
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					return enc.Encode(rows)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 3, ' ', 0)
+				fmt.Fprintln(tw, "DOMAIN\tTRUST DOMAIN\tBUNDLE ENDPOINT\tLAST FETCHED\tEXPIRES\tERROR")
+				for _, p := range resp.GetPeers() {
+					fetched := "never"
+					if p.GetLastFetched() != nil {
+						fetched = time.Since(p.GetLastFetched().AsTime()).Round(time.Second).String() + " ago"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.GetPeer().GetDomain(), p.GetPeer().GetTrustDomain(),
+						orDash(p.GetPeer().GetBundleEndpointUrl()), fetched, orDash(rfc3339(p.GetExpires())), orDash(p.GetLastError()))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	cf.add(cmd)
+	return cmd
+}
+
+func newFederationRemoveCmd() *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "remove DOMAIN",
+		Short: "Stop federating with a domain and forget its bundle",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runFederation(&cf, cmd, func(ctx context.Context, c federationpb.FederationClient) error {
+				if _, err := c.RemovePeer(ctx, &federationpb.RemovePeerRequest{Domain: args[0]}); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "no longer federating with %s\n", args[0])
+				return nil
+			})
+		},
+	}
+	cf.add(cmd)
+	return cmd
+}
+
+func newCACmd() *cobra.Command {
+	var cf clientFlags
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "Rotate the built-in CA: publish a new root, switch to it, retire the old one, without breaking peers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runFederation(&cf, cmd, func(ctx context.Context, c federationpb.FederationClient) error {
+				resp, err := c.RotateCA(ctx, &federationpb.RotateCARequest{})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "new root published; it starts issuing at %s (%s), and the old root is retired after the overlap\n",
+					rfc3339(resp.GetAt()), resp.GetNextStep())
+				return nil
+			})
+		},
+	}
+	cf.add(rotate)
+	cmd := &cobra.Command{Use: "ca rotate", Short: "The built-in CA"}
+	cmd.AddCommand(rotate)
+	return cmd
+}
+
+func rfc3339(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return ""
+	}
+	return ts.AsTime().Format(time.RFC3339)
+}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Two `vwire domain` processes federate with one command each, list each
+// other with a fetched bundle, and rotate a CA from the command line.
+func TestFederationCommands(t *testing.T) {
+	dir := t.TempDir()
+	type dom struct{ name, addr, bundleAddr, data string }
+	doms := []*dom{{name: "a.example"}, {name: "b.example"}}
+	for _, d := range doms {
+		d.addr, d.bundleAddr, d.data = freeAddr(t), freeAddr(t), filepath.Join(dir, d.name)
+		startVwire(t, nil, "domain", "--name", d.name, "--data-dir", d.data, "--listen", d.addr, "--bundle-listen", d.bundleAddr,
+			"--bundle-refresh-hint", "1s", "--ca-rotation-propagation", "2s", "--ca-rotation-overlap", "2s")
+	}
+	creds := func(d *dom) []string { return []string{"--registry", d.addr, "--credentials", filepath.Join(d.data, "admin")} }
+	for i, d := range doms {
+		peer := doms[1-i]
+		bundle := filepath.Join(dir, peer.name+".bundle")
+		os.WriteFile(bundle, []byte(vwire(t, true, append([]string{"federation", "bundle"}, creds(peer)...)...)), 0o644)
+		out := vwire(t, true, append([]string{"federation", "add", peer.name, "--bundle-endpoint", "https://" + peer.bundleAddr, "--bundle", bundle}, creds(d)...)...)
+		if !strings.Contains(out, "federating with "+peer.name+" (trust domain "+peer.name) {
+			t.Errorf("federation add printed %q", out)
+		}
+	}
+	type row struct {
+		Domain, TrustDomain, LastFetched, LastError string
+		Authorities                                 int
+	}
+	list := func(d *dom) []row {
+		var rows []row
+		out := vwire(t, true, append([]string{"federation", "list", "-o", "json"}, creds(d)...)...)
+		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		return rows
+	}
+	for i, d := range doms {
+		waitUntil(t, d.name+" fetched its peer's bundle", func() bool {
+			rows := list(d)
+			return len(rows) == 1 && rows[0].Domain == doms[1-i].name && rows[0].LastFetched != "" && rows[0].LastError == ""
+		})
+	}
+	if table := vwire(t, true, append([]string{"federation", "list"}, creds(doms[0])...)...); !strings.Contains(table, "b.example") || !strings.Contains(table, " ago") {
+		t.Errorf("federation list table:\n%s", table)
+	}
+
+	// a rotates; b sees a's second root, then only the new one.
+	if out := vwire(t, true, append([]string{"ca", "rotate"}, creds(doms[0])...)...); !strings.Contains(out, "new root published") {
+		t.Errorf("ca rotate printed %q", out)
+	}
+	waitUntil(t, "b follows a's new root", func() bool { return list(doms[1])[0].Authorities == 2 })
+	waitUntil(t, "a retires its old root", func() bool { return list(doms[1])[0].Authorities == 1 })
+	// The admin credentials were rewritten with the new root.
+	vwire(t, true, append([]string{"federation", "list"}, creds(doms[0])...)...)
+
+	// Bad input says what is wrong.
+	if out := vwire(t, false, append([]string{"federation", "add", "c.example", "--bundle-endpoint", "https://127.0.0.1:1", "--bundle", filepath.Join(dir, "a.example.bundle")}, creds(doms[1])...)...); !strings.Contains(out, `belongs to trust domain "a.example"`) {
+		t.Errorf("a's bundle offered as c's: %s", out)
+	}
+	if out := vwire(t, false, append([]string{"federation", "add", "C_x", "--bundle-endpoint", "https://x", "--bundle", filepath.Join(dir, "a.example.bundle")}, creds(doms[1])...)...); !strings.Contains(out, `"C_x"`) {
+		t.Errorf("bad domain: %s", out)
+	}
+	if out := vwire(t, false, append([]string{"federation", "remove", "z.example"}, creds(doms[1])...)...); !strings.Contains(out, "NotFound") {
+		t.Errorf("removing an unknown peer: %s", out)
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("not within 30s: %s", what)
+}
