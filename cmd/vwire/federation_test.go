@@ -20,7 +20,9 @@ func TestFederationCommands(t *testing.T) {
 		startVwire(t, nil, "domain", "--name", d.name, "--data-dir", d.data, "--listen", d.addr, "--bundle-listen", d.bundleAddr,
 			"--bundle-refresh-hint", "1s", "--ca-rotation-propagation", "2s", "--ca-rotation-overlap", "2s")
 	}
-	creds := func(d *dom) []string { return []string{"--registry", d.addr, "--credentials", filepath.Join(d.data, "admin")} }
+	creds := func(d *dom) []string {
+		return []string{"--registry", d.addr, "--credentials", filepath.Join(d.data, "admin")}
+	}
 	for i, d := range doms {
 		peer := doms[1-i]
 		bundle := filepath.Join(dir, peer.name+".bundle")
