@@ -34,7 +34,7 @@ bench:
 
 # Real component binaries the tests run, cached by version (e2e/tools).
 tools:
-	./e2e/tools/build.sh etcd
+	./e2e/tools/build.sh
 
 generate:
 	PATH="$$(dirname $$($(GO) tool -n protoc-gen-go)):$$(dirname $$($(GO) tool -n protoc-gen-go-grpc)):$$PATH" \

@@ -27,7 +27,7 @@ type Identity struct {
 // the CA changes roots, until Close.
 func OpenIdentity(ctx context.Context, socket, dataDir string, id spiffeid.ID, log *slog.Logger) (*Identity, error) {
 	if socket != "" {
-		src, err := WorkloadSource(ctx, socket, id)
+		src, err := WorkloadSource(ctx, socket, func(got spiffeid.ID) bool { return got == id })
 		if err != nil {
 			return nil, err
 		}

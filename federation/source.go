@@ -117,9 +117,9 @@ func (s *CASource) Close() error {
 
 // WorkloadSource gets SVIDs and bundles from a SPIRE agent's Workload API at
 // socket (a path or unix:// URL; empty means SPIFFE_ENDPOINT_SOCKET). When
-// the agent hands the process several SVIDs, the one with ID want is used
-// (any, if want is zero).
-func WorkloadSource(ctx context.Context, socket string, want spiffeid.ID) (Source, error) {
+// the agent hands the process several SVIDs, the first that prefer accepts
+// is used (the first of all if none is, or prefer is nil).
+func WorkloadSource(ctx context.Context, socket string, prefer func(spiffeid.ID) bool) (Source, error) {
 	var opts []workloadapi.X509SourceOption
 	if socket != "" {
 		addr := socket
@@ -128,17 +128,23 @@ func WorkloadSource(ctx context.Context, socket string, want spiffeid.ID) (Sourc
 		}
 		opts = append(opts, workloadapi.WithClientOptions(workloadapi.WithAddr(addr)))
 	}
-	if !want.IsZero() {
+	if prefer != nil {
 		opts = append(opts, workloadapi.WithDefaultX509SVIDPicker(func(svids []*x509svid.SVID) *x509svid.SVID {
 			for _, s := range svids {
-				if s.ID == want {
+				if prefer(s.ID) {
 					return s
 				}
 			}
 			return svids[0]
 		}))
 	}
+	// Bound the wait for a first SVID: an unregistered workload gets none.
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
 	src, err := workloadapi.NewX509Source(ctx, opts...)
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("%w: the agent issued none within 15s (is this workload registered with SPIRE?)", ErrNoSVID)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("SPIFFE Workload API at %q: %w", socket, err)
 	}

@@ -42,7 +42,9 @@ func (c *clientFlags) run(cmd *cobra.Command, f func(context.Context, *grpc.Clie
 	var src federation.Source
 	var err error
 	if c.spiffeSocket != "" {
-		src, err = federation.WorkloadSource(ctx, c.spiffeSocket, spiffeid.ID{})
+		// The agent may hand this binary the domain's SVIDs too: the CLI
+		// is the admin.
+		src, err = federation.WorkloadSource(ctx, c.spiffeSocket, func(id spiffeid.ID) bool { return id.Path() == federation.AdminPath })
 	} else {
 		src, err = federation.LoadCredentials(c.credentials)
 	}
