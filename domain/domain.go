@@ -155,7 +155,7 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 		grpc.ChainUnaryInterceptor(bindUnary, errUnary),
 		grpc.ChainStreamInterceptor(bindStream, errStream),
 	)
-	registrypb.RegisterRegistryServer(d.srv, registry.NewServer(d.Store, td, cfg.EndpointLifetime, log))
+	registrypb.RegisterRegistryServer(d.srv, registry.NewServer(d.Store, td, cfg.EndpointLifetime, d.Peers, log))
 	fed := &federation.Service{Own: td, Peers: d.Peers, CA: d.Identity.CA,
 		Propagation: cfg.RotationPropagation, Overlap: cfg.RotationOverlap, ValidateDomain: registry.ValidateDomain}
 	fed.Bundle = func() (*spiffebundle.Bundle, error) {

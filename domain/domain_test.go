@@ -11,9 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/vwire/vwire/federation"
@@ -313,4 +315,88 @@ type testLog struct {
 func (l testLog) Write(p []byte) (int, error) {
 	l.t.Log(l.name + ": " + strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// The per-service policy, for local workloads and for workloads of
+// federated domains whose proxy asks on their behalf.
+func TestPerServicePolicy(t *testing.T) {
+	a, b, c := start(t, "a.example"), start(t, "b.example"), start(t, "c.example")
+	a.federate(t, b)
+	b.federate(t, a)
+	c.federate(t, b)
+	// b trusts c, but does not let c's workloads in by default.
+	cb, _ := c.fed().GetBundle(ctx(t), &federationpb.GetBundleRequest{})
+	if _, err := b.fed().AddPeer(ctx(t), &federationpb.AddPeerRequest{
+		Peer: &federationpb.Peer{Domain: "c.example", BundleEndpointUrl: c.BundleURL(), TrustOnly: true}, Bundle: cb.GetSpiffe(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	objs, err := registry.DecodeManifests(strings.NewReader(`
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: open}
+spec: {payload: IP}
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: restricted}
+spec:
+  payload: IP
+  allowedSpiffeIDs: [spiffe://a.example/ns/prod/*, spiffe://b.example/ns/ops/sa/admin]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := registrypb.NewRegistryClient(b.admin).Apply(ctx(t), objs); err != nil {
+		t.Fatal(err)
+	}
+	local := func(path string) registrypb.RegistryClient {
+		src, err := b.Identity.CA.NewSource(spiffeid.RequireFromPath(b.TD, path), time.Hour, b.Identity.Trust, slog.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { src.Close() })
+		conn, err := federation.DialDomain(b.Addr().String(), src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return registrypb.NewRegistryClient(conn)
+	}
+	find := func(c registrypb.RegistryClient, svc, actingFor string) error {
+		cx := ctx(t)
+		if actingFor != "" {
+			cx = metadata.AppendToOutgoingContext(cx, registry.ClientHeader, actingFor)
+		}
+		stream, err := c.Find(cx, &registrypb.FindRequest{Service: svc})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		return err
+	}
+	fromA, fromC := a.asPeer(t, b, "a.example"), c.asPeer(t, b, "c.example")
+	for _, tc := range []struct {
+		name      string
+		c         registrypb.RegistryClient
+		svc, acts string
+		want      string // "" allowed
+	}{
+		{"local workload, open service", local("/ns/web"), "open", "", ""},
+		{"local workload, restricted", local("/ns/web"), "restricted", "", "spiffe://b.example/ns/web may not connect"},
+		{"local admin workload, restricted", local("/ns/ops/sa/admin"), "restricted", "", ""},
+		{"a's workload, open", fromA, "open", "spiffe://a.example/ns/dev/sa/x", ""},
+		{"a's prod workload, restricted", fromA, "restricted", "spiffe://a.example/ns/prod/sa/web", ""},
+		{"a's dev workload, restricted", fromA, "restricted", "spiffe://a.example/ns/dev/sa/x", "spiffe://a.example/ns/dev/sa/x may not connect"},
+		{"a's proxy acting for c's workload", fromA, "open", "spiffe://c.example/x", `may not act for spiffe://c.example/x of another trust domain`},
+		{"c's workload (trust-only peer), open", fromC, "open", "spiffe://c.example/x", `trust domain "c.example" is neither`},
+		{"b's gateway acting for a local workload, restricted", local("/vwire/gateway/n1"), "restricted", "spiffe://b.example/ns/web", "may not connect"},
+	} {
+		err := find(tc.c, tc.svc, tc.acts)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: refused: %v", tc.name, err)
+		case tc.want != "" && (status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %v, want PermissionDenied with %q", tc.name, err, tc.want)
+		}
+	}
 }

@@ -25,6 +25,9 @@ type Peer struct {
 	BundleEndpointURL string
 	// EndpointID is the SPIFFE ID the bundle endpoint must present.
 	EndpointID spiffeid.ID
+	// TrustOnly keeps the peer's workloads out of services that have no
+	// policy of their own (the default policy admits federated workloads).
+	TrustOnly bool
 }
 
 // PeerStatus is what a Follower knows of its peer's bundle.

@@ -47,6 +47,7 @@ type peerRecord struct {
 	TrustDomain       string          `json:"trust_domain"`
 	BundleEndpointURL string          `json:"bundle_endpoint_url,omitempty"`
 	EndpointID        string          `json:"endpoint_id,omitempty"`
+	TrustOnly         bool            `json:"trust_only,omitempty"`
 	Bundle            json.RawMessage `json:"bundle"` // SPIFFE format
 }
 
@@ -85,7 +86,7 @@ func (r peerRecord) peer() (Peer, error) {
 	if err != nil {
 		return Peer{}, err
 	}
-	peer := Peer{Domain: r.Domain, TrustDomain: td, BundleEndpointURL: r.BundleEndpointURL}
+	peer := Peer{Domain: r.Domain, TrustDomain: td, BundleEndpointURL: r.BundleEndpointURL, TrustOnly: r.TrustOnly}
 	if r.EndpointID != "" {
 		if peer.EndpointID, err = spiffeid.FromString(r.EndpointID); err != nil {
 			return Peer{}, err
@@ -127,7 +128,7 @@ func (p *Peers) store(ctx context.Context, peer Peer, b *spiffebundle.Bundle) er
 	if err != nil {
 		return err
 	}
-	rec := peerRecord{Domain: peer.Domain, TrustDomain: peer.TrustDomain.Name(), BundleEndpointURL: peer.BundleEndpointURL, Bundle: raw}
+	rec := peerRecord{Domain: peer.Domain, TrustDomain: peer.TrustDomain.Name(), BundleEndpointURL: peer.BundleEndpointURL, TrustOnly: peer.TrustOnly, Bundle: raw}
 	if !peer.EndpointID.IsZero() {
 		rec.EndpointID = peer.EndpointID.String()
 	}
@@ -247,6 +248,19 @@ func (p *Peers) IsPeerProxy(id spiffeid.ID) bool {
 	defer p.mu.RUnlock()
 	for _, peer := range p.peers {
 		if id == ProxyID(peer.TrustDomain) {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowsWorkloads reports whether the default per-service policy admits
+// the workloads of trust domain td: a federated peer not added trust-only.
+func (p *Peers) AllowsWorkloads(td spiffeid.TrustDomain) bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for _, peer := range p.peers {
+		if peer.TrustDomain == td && !peer.TrustOnly {
 			return true
 		}
 	}

@@ -86,7 +86,7 @@ func (s *Service) peerFromProto(p *federationpb.Peer) (Peer, error) {
 	if td == s.Own {
 		return Peer{}, errors.New("a domain cannot federate with its own trust domain " + td.Name())
 	}
-	peer := Peer{Domain: p.GetDomain(), TrustDomain: td, BundleEndpointURL: p.GetBundleEndpointUrl()}
+	peer := Peer{Domain: p.GetDomain(), TrustDomain: td, BundleEndpointURL: p.GetBundleEndpointUrl(), TrustOnly: p.GetTrustOnly()}
 	if p.GetEndpointId() != "" {
 		if peer.EndpointID, err = spiffeid.FromString(p.GetEndpointId()); err != nil {
 			return Peer{}, errors.New("endpoint ID " + p.GetEndpointId() + ": " + err.Error())

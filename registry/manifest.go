@@ -28,16 +28,16 @@ const (
 // document is one manifest as written. Fields are checked strictly: a key
 // that is not listed here is an error, not silently dropped.
 type document struct {
-	APIVersion string    `yaml:"apiVersion"`
-	Kind       string    `yaml:"kind"`
-	Metadata   metadata  `yaml:"metadata"`
-	Spec       yaml.Node `yaml:"spec"`
+	APIVersion string     `yaml:"apiVersion"`
+	Kind       string     `yaml:"kind"`
+	Metadata   objectMeta `yaml:"metadata"`
+	Spec       yaml.Node  `yaml:"spec"`
 	// What `vwire get -o yaml` reports (owner, expiry); ignored on input so
 	// that its output applies again.
 	Status yaml.Node `yaml:"status,omitempty"`
 }
 
-type metadata struct {
+type objectMeta struct {
 	Name   string            `yaml:"name"`
 	Labels map[string]string `yaml:"labels,omitempty"`
 	// Accepted so that Kubernetes manifests apply unchanged; vwire has no
@@ -49,6 +49,8 @@ type metadata struct {
 type serviceSpec struct {
 	Payload string      `yaml:"payload"`
 	Matches []matchSpec `yaml:"matches,omitempty"`
+	// Who may connect (see registrypb.NetworkService.allowed_spiffe_ids).
+	AllowedSpiffeIDs []string `yaml:"allowedSpiffeIDs,omitempty"`
 }
 
 // matchSpec takes both spellings: the one of Network Service Mesh's
@@ -158,7 +160,7 @@ func decodeService(doc *document) (*registrypb.NetworkService, error) {
 	if !ok || payload == 0 {
 		return nil, fmt.Errorf("spec.payload: unknown payload %q (want IP or ETHERNET)", spec.Payload)
 	}
-	s := &registrypb.NetworkService{Name: doc.Metadata.Name, Payload: registrypb.Payload(payload)}
+	s := &registrypb.NetworkService{Name: doc.Metadata.Name, Payload: registrypb.Payload(payload), AllowedSpiffeIds: spec.AllowedSpiffeIDs}
 	for _, m := range spec.Matches {
 		if m.Match != nil { // the selectors nested under "match:"
 			m = mergeMatch(m, *m.Match)
@@ -338,8 +340,9 @@ func ManifestDocuments(services []*registrypb.NetworkService, endpoints []*regis
 		Fallthrough    bool              `yaml:"fallthrough,omitempty" json:"fallthrough,omitempty"`
 	}
 	type svcSpec struct {
-		Payload string  `yaml:"payload" json:"payload"`
-		Matches []match `yaml:"matches,omitempty" json:"matches,omitempty"`
+		Payload          string   `yaml:"payload" json:"payload"`
+		Matches          []match  `yaml:"matches,omitempty" json:"matches,omitempty"`
+		AllowedSpiffeIDs []string `yaml:"allowedSpiffeIDs,omitempty" json:"allowedSpiffeIDs,omitempty"`
 	}
 	type epSpec struct {
 		NetworkServiceNames []string `yaml:"networkServiceNames" json:"networkServiceNames"`
@@ -362,7 +365,7 @@ func ManifestDocuments(services []*registrypb.NetworkService, endpoints []*regis
 	}
 	var out []any
 	for _, s := range services {
-		spec := svcSpec{Payload: s.GetPayload().String()}
+		spec := svcSpec{Payload: s.GetPayload().String(), AllowedSpiffeIDs: s.GetAllowedSpiffeIds()}
 		for _, m := range s.GetMatches() {
 			mm := match{SourceSelector: m.GetSourceSelector(), Fallthrough: m.GetFallthrough()}
 			for _, r := range m.GetRoutes() {

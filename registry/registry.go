@@ -134,7 +134,7 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 		grpc.ChainUnaryInterceptor(unary),
 		grpc.ChainStreamInterceptor(stream),
 	)
-	registrypb.RegisterRegistryServer(r.srv, NewServer(r.Store, td, cfg.EndpointLifetime, log))
+	registrypb.RegisterRegistryServer(r.srv, NewServer(r.Store, td, cfg.EndpointLifetime, nil, log))
 	go func() {
 		if err := r.srv.Serve(r.lis); err != nil {
 			r.fail(err)

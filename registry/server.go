@@ -18,8 +18,10 @@ import (
 
 // NewServer serves the registry API on store for trust domain td; lifetime
 // is the default of registrations that name none.
-func NewServer(store *Store, td spiffeid.TrustDomain, lifetime time.Duration, log *slog.Logger) registrypb.RegistryServer {
-	return &server{store: store, td: td, lifetime: lifetime, log: log}
+// peers (nil for none) says which federated domains' workloads the
+// default per-service policy admits.
+func NewServer(store *Store, td spiffeid.TrustDomain, lifetime time.Duration, peers PeerPolicy, log *slog.Logger) registrypb.RegistryServer {
+	return &server{store: store, td: td, lifetime: lifetime, peers: peers, log: log}
 }
 
 // server serves the registry API on a Store. Each call checks what its
@@ -31,6 +33,7 @@ type server struct {
 	store    *Store
 	td       spiffeid.TrustDomain
 	lifetime time.Duration
+	peers    PeerPolicy
 	log      *slog.Logger
 }
 
@@ -171,6 +174,20 @@ func (s *server) Find(req *registrypb.FindRequest, stream grpc.ServerStreamingSe
 	}
 	if name.Domain != "" {
 		return errorf(ErrInvalid, "%q names another domain; ask this domain's proxy, which forwards it", name)
+	}
+	// The per-service policy: who may connect may also look up.
+	client, err := s.client(stream.Context())
+	if err != nil {
+		return err
+	}
+	if !client.IsZero() {
+		svc, err := s.store.GetService(stream.Context(), name.Service)
+		if err != nil {
+			return err
+		}
+		if err := Authorize(svc, client, s.td, s.peers); err != nil {
+			return err
+		}
 	}
 	if !req.GetWatch() {
 		eps, err := s.store.Find(stream.Context(), name.Service, req.GetSourceLabels())

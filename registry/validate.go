@@ -21,6 +21,11 @@ func ValidateService(s *registrypb.NetworkService) error {
 	if _, ok := registrypb.Payload_name[int32(s.GetPayload())]; !ok {
 		return errorf(ErrInvalid, "network service %q: unknown payload %d (want IP or ETHERNET)", s.GetName(), s.GetPayload())
 	}
+	for i, p := range s.GetAllowedSpiffeIds() {
+		if err := validatePattern(p); err != nil {
+			return errorf(ErrInvalid, "network service %q: allowedSpiffeIDs[%d] %q: %v (want spiffe://td/path, spiffe://td/path/* or spiffe://td/*)", s.GetName(), i, p, err)
+		}
+	}
 	for i, m := range s.GetMatches() {
 		if err := ValidateLabels(m.GetSourceSelector()); err != nil {
 			return errorf(ErrInvalid, "network service %q: matches[%d].sourceSelector: %v", s.GetName(), i, err)

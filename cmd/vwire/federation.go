@@ -54,6 +54,7 @@ func newFederationBundleCmd() *cobra.Command {
 func newFederationAddCmd() *cobra.Command {
 	var cf clientFlags
 	var endpoint, bundleFile, td, endpointID string
+	var trustOnly bool
 	cmd := &cobra.Command{
 		Use:   "add DOMAIN --bundle-endpoint URL --bundle FILE [--trust-domain TD] [--endpoint-id ID]",
 		Short: "Federate with a peer domain, starting from its bundle; afterwards its bundle is fetched and refreshed",
@@ -73,7 +74,7 @@ func newFederationAddCmd() *cobra.Command {
 			}
 			return runFederation(&cf, cmd, func(ctx context.Context, c federationpb.FederationClient) error {
 				st, err := c.AddPeer(ctx, &federationpb.AddPeerRequest{
-					Peer:   &federationpb.Peer{Domain: args[0], TrustDomain: td, BundleEndpointUrl: endpoint, EndpointId: endpointID},
+					Peer:   &federationpb.Peer{Domain: args[0], TrustDomain: td, BundleEndpointUrl: endpoint, EndpointId: endpointID, TrustOnly: trustOnly},
 					Bundle: raw,
 				})
 				if err != nil {
@@ -88,6 +89,7 @@ func newFederationAddCmd() *cobra.Command {
 	cmd.Flags().StringVar(&endpoint, "bundle-endpoint", "", "the peer's SPIFFE bundle endpoint URL (https://HOST:PORT)")
 	cmd.Flags().StringVar(&bundleFile, "bundle", "", "the peer's bundle to start from (SPIFFE JSON or PEM)")
 	cmd.Flags().StringVar(&td, "trust-domain", "", "the peer's trust domain (default: DOMAIN)")
+	cmd.Flags().BoolVar(&trustOnly, "trust-only", false, "trust the peer but keep its workloads out of services without their own policy")
 	cmd.Flags().StringVar(&endpointID, "endpoint-id", "", "the SPIFFE ID the bundle endpoint presents (default: spiffe://TD/vwire/proxy)")
 	cf.add(cmd)
 	return cmd

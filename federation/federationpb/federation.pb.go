@@ -37,7 +37,10 @@ type Peer struct {
 	BundleEndpointUrl string `protobuf:"bytes,3,opt,name=bundle_endpoint_url,json=bundleEndpointUrl,proto3" json:"bundle_endpoint_url,omitempty"`
 	// The SPIFFE ID its bundle endpoint presents; default:
 	// spiffe://<trust_domain>/vwire/proxy.
-	EndpointId    string `protobuf:"bytes,4,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
+	EndpointId string `protobuf:"bytes,4,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
+	// Trust the peer's bundle and bind it to its trust domain, but do not let
+	// its workloads connect to services that have no policy of their own.
+	TrustOnly     bool `protobuf:"varint,5,opt,name=trust_only,json=trustOnly,proto3" json:"trust_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -98,6 +101,13 @@ func (x *Peer) GetEndpointId() string {
 		return x.EndpointId
 	}
 	return ""
+}
+
+func (x *Peer) GetTrustOnly() bool {
+	if x != nil {
+		return x.TrustOnly
+	}
+	return false
 }
 
 type PeerStatus struct {
@@ -584,13 +594,15 @@ var File_federation_federationpb_federation_proto protoreflect.FileDescriptor
 
 const file_federation_federationpb_federation_proto_rawDesc = "" +
 	"\n" +
-	"(federation/federationpb/federation.proto\x12\x13vwire.federation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x01\n" +
+	"(federation/federationpb/federation.proto\x12\x13vwire.federation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n" +
 	"\x04Peer\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12.\n" +
 	"\x13bundle_endpoint_url\x18\x03 \x01(\tR\x11bundleEndpointUrl\x12\x1f\n" +
 	"\vendpoint_id\x18\x04 \x01(\tR\n" +
-	"endpointId\"\xac\x02\n" +
+	"endpointId\x12\x1d\n" +
+	"\n" +
+	"trust_only\x18\x05 \x01(\bR\ttrustOnly\"\xac\x02\n" +
 	"\n" +
 	"PeerStatus\x12-\n" +
 	"\x04peer\x18\x01 \x01(\v2\x19.vwire.federation.v1.PeerR\x04peer\x12=\n" +

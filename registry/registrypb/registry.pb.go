@@ -85,9 +85,14 @@ type NetworkService struct {
 	Payload Payload `protobuf:"varint,2,opt,name=payload,proto3,enum=vwire.registry.v1.Payload" json:"payload,omitempty"`
 	// Tried in order; the first whose source selector matches the client wins.
 	// No matches at all means every endpoint of the service serves everyone.
-	Matches       []*Match `protobuf:"bytes,3,rep,name=matches,proto3" json:"matches,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Matches []*Match `protobuf:"bytes,3,rep,name=matches,proto3" json:"matches,omitempty"`
+	// Which clients may connect, by SPIFFE ID: "spiffe://td/path" exactly,
+	// "spiffe://td/path/*" anything below a path, "spiffe://td/*" a whole
+	// trust domain. Empty: any workload of this domain, and of the federated
+	// domains allowed to connect (not added with --trust-only).
+	AllowedSpiffeIds []string `protobuf:"bytes,4,rep,name=allowed_spiffe_ids,json=allowedSpiffeIds,proto3" json:"allowed_spiffe_ids,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *NetworkService) Reset() {
@@ -137,6 +142,13 @@ func (x *NetworkService) GetPayload() Payload {
 func (x *NetworkService) GetMatches() []*Match {
 	if x != nil {
 		return x.Matches
+	}
+	return nil
+}
+
+func (x *NetworkService) GetAllowedSpiffeIds() []string {
+	if x != nil {
+		return x.AllowedSpiffeIds
 	}
 	return nil
 }
@@ -1221,11 +1233,12 @@ var File_registry_registrypb_registry_proto protoreflect.FileDescriptor
 
 const file_registry_registrypb_registry_proto_rawDesc = "" +
 	"\n" +
-	"\"registry/registrypb/registry.proto\x12\x11vwire.registry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n" +
+	"\"registry/registrypb/registry.proto\x12\x11vwire.registry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n" +
 	"\x0eNetworkService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
 	"\apayload\x18\x02 \x01(\x0e2\x1a.vwire.registry.v1.PayloadR\apayload\x122\n" +
-	"\amatches\x18\x03 \x03(\v2\x18.vwire.registry.v1.MatchR\amatches\"\xf5\x01\n" +
+	"\amatches\x18\x03 \x03(\v2\x18.vwire.registry.v1.MatchR\amatches\x12,\n" +
+	"\x12allowed_spiffe_ids\x18\x04 \x03(\tR\x10allowedSpiffeIds\"\xf5\x01\n" +
 	"\x05Match\x12U\n" +
 	"\x0fsource_selector\x18\x01 \x03(\v2,.vwire.registry.v1.Match.SourceSelectorEntryR\x0esourceSelector\x120\n" +
 	"\x06routes\x18\x02 \x03(\v2\x18.vwire.registry.v1.RouteR\x06routes\x12 \n" +
