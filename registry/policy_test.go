@@ -33,9 +33,9 @@ func TestAuthorize(t *testing.T) {
 		client string
 		ok     bool
 	}{
-		{open, "spiffe://b.example/ns/x", true},       // own domain
-		{open, "spiffe://a.example/ns/x", true},       // federated, allowed
-		{open, "spiffe://c.example/ns/x", false},      // federated trust-only, or unknown
+		{open, "spiffe://b.example/ns/x", true},  // own domain
+		{open, "spiffe://a.example/ns/x", true},  // federated, allowed
+		{open, "spiffe://c.example/ns/x", false}, // federated trust-only, or unknown
 		{restricted, "spiffe://a.example/ns/prod/sa/web", true},
 		{restricted, "spiffe://a.example/ns/prod", false}, // the prefix is below the path, not the path
 		{restricted, "spiffe://a.example/ns/production/x", false},
