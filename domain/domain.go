@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +40,9 @@ type Config struct {
 	// published this long after.
 	RotationPropagation time.Duration
 	RotationOverlap     time.Duration
+	// Peers to federate with at start, as --peer specs (see ParsePeerSpec);
+	// `vwire federation add` adds more at run time.
+	Peers []string
 }
 
 // NewConfig returns a Config with the defaults.
@@ -57,6 +62,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.RefreshHint, "bundle-refresh-hint", c.RefreshHint, "how often peers should fetch this domain's bundle")
 	fs.DurationVar(&c.RotationPropagation, "ca-rotation-propagation", c.RotationPropagation, "vwire ca rotate: publish a new root this long before it issues (more than peers' refresh interval)")
 	fs.DurationVar(&c.RotationOverlap, "ca-rotation-overlap", c.RotationOverlap, "vwire ca rotate: keep the old root published this long after the switch (more than an SVID's lifetime)")
+	fs.StringArrayVar(&c.Peers, "peer", c.Peers, `federate with a peer at start: "DOMAIN;bundle-endpoint=URL;bundle=FILE[;trust-domain=TD][;endpoint-id=ID][;trust-only]" (repeatable)`)
 }
 
 // Validate reports the first wrong field by its flag name.
@@ -79,7 +85,49 @@ func (c *Config) Validate() error {
 	if c.RotationOverlap <= 0 {
 		return fmt.Errorf("--ca-rotation-overlap %v: must be positive", c.RotationOverlap)
 	}
+	for _, p := range c.Peers {
+		if _, err := ParsePeerSpec(p); err != nil {
+			return fmt.Errorf("--peer %q: %v", p, err)
+		}
+	}
 	return nil
+}
+
+// PeerSpec is a peer as --peer gives it.
+type PeerSpec struct {
+	Peer       *federationpb.Peer
+	BundleFile string
+}
+
+// ParsePeerSpec parses "DOMAIN;bundle-endpoint=URL;bundle=FILE" with
+// optional ";trust-domain=TD", ";endpoint-id=ID" and ";trust-only".
+func ParsePeerSpec(s string) (PeerSpec, error) {
+	parts := strings.Split(s, ";")
+	spec := PeerSpec{Peer: &federationpb.Peer{Domain: strings.TrimSpace(parts[0])}}
+	if err := registry.ValidateDomain(spec.Peer.Domain); err != nil {
+		return spec, err
+	}
+	for _, kv := range parts[1:] {
+		k, v, _ := strings.Cut(strings.TrimSpace(kv), "=")
+		switch k {
+		case "bundle-endpoint":
+			spec.Peer.BundleEndpointUrl = v
+		case "bundle":
+			spec.BundleFile = v
+		case "trust-domain":
+			spec.Peer.TrustDomain = v
+		case "endpoint-id":
+			spec.Peer.EndpointId = v
+		case "trust-only":
+			spec.Peer.TrustOnly = true
+		default:
+			return spec, fmt.Errorf("unknown part %q (want bundle-endpoint=, bundle=, trust-domain=, endpoint-id= or trust-only)", kv)
+		}
+	}
+	if spec.BundleFile == "" {
+		return spec, errors.New("bundle=FILE is required: the peer's bundle to start from")
+	}
+	return spec, nil
 }
 
 // peerMethods are what a federated domain's proxy may call.
@@ -120,9 +168,10 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 		return nil, fmt.Errorf("--trust-domain %q: %w", cfg.TD(), err)
 	}
 	d = &Domain{Name: cfg.Name, TD: td, errc: make(chan error, 1), stop: make(chan struct{})}
+	started := d
 	defer func() {
-		if err != nil {
-			d.Close()
+		if err != nil { // the return has set d to nil
+			started.Close()
 		}
 	}()
 	if d.Identity, err = federation.OpenIdentity(ctx, cfg.SpiffeSocket, cfg.DataDir, federation.ProxyID(td), log); err != nil {
@@ -144,6 +193,12 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 		return nil, err
 	}
 
+	fed := &federation.Service{Own: td, Peers: d.Peers, CA: d.Identity.CA,
+		Propagation: cfg.RotationPropagation, Overlap: cfg.RotationOverlap, ValidateDomain: registry.ValidateDomain}
+	if err := configurePeers(ctx, fed, cfg.Peers); err != nil {
+		return nil, err
+	}
+
 	if d.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
@@ -156,8 +211,6 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 		grpc.ChainStreamInterceptor(bindStream, errStream),
 	)
 	registrypb.RegisterRegistryServer(d.srv, registry.NewServer(d.Store, td, cfg.EndpointLifetime, d.Peers, log))
-	fed := &federation.Service{Own: td, Peers: d.Peers, CA: d.Identity.CA,
-		Propagation: cfg.RotationPropagation, Overlap: cfg.RotationOverlap, ValidateDomain: registry.ValidateDomain}
 	fed.Bundle = func() (*spiffebundle.Bundle, error) {
 		return nil, errors.New("this domain's bundle is SPIRE's: see spire-server bundle show")
 	}
@@ -188,6 +241,22 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 	log.Info("domain serving", "domain", cfg.Name, "addr", d.lis.Addr().String(), "trust_domain", td.Name(),
 		"etcd", d.Etcd.Summary(&cfg.Config), "bundle_endpoint", d.BundleURL())
 	return d, nil
+}
+
+// configurePeers federates with the --peer peers that are not already
+// stored as configured: a stored peer keeps its latest fetched bundle.
+func configurePeers(ctx context.Context, fed *federation.Service, specs []string) error {
+	for _, s := range specs {
+		spec, _ := ParsePeerSpec(s) // validated
+		raw, err := os.ReadFile(spec.BundleFile)
+		if err != nil {
+			return fmt.Errorf("--peer %s: %w", spec.Peer.GetDomain(), err)
+		}
+		if err := fed.Configure(ctx, spec.Peer, raw); err != nil {
+			return fmt.Errorf("--peer %s: %w", spec.Peer.GetDomain(), err)
+		}
+	}
+	return nil
 }
 
 // tickCA carries out the CA rotation steps when they are due.

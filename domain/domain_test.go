@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -397,6 +398,51 @@ spec:
 			t.Errorf("%s: refused: %v", tc.name, err)
 		case tc.want != "" && (status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), tc.want)):
 			t.Errorf("%s: %v, want PermissionDenied with %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// Peers can come from configuration (--peer, or the YAML file's peer list).
+func TestPeersFromConfig(t *testing.T) {
+	b := start(t, "b.example")
+	bb, err := b.fed().GetBundle(ctx(t), &federationpb.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "b.bundle")
+	if err := os.WriteFile(file, bb.GetSpiffe(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := NewConfig()
+	cfg.Name, cfg.DataDir, cfg.Listen = "a.example", filepath.Join(t.TempDir(), "a"), "127.0.0.1:0"
+	cfg.Peers = []string{"b.example;bundle-endpoint=" + b.BundleURL() + ";bundle=" + file + ";trust-only"}
+	cfg.Logger = slog.New(slog.NewTextHandler(testLog{t, "a"}, nil))
+	a, err := Start(ctx(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	p, ok := a.Peers.Lookup("b.example")
+	if !ok || !p.TrustOnly || p.BundleEndpointURL != b.BundleURL() || p.EndpointID != federation.ProxyID(b.TD) {
+		t.Fatalf("configured peer: %+v, %v", p, ok)
+	}
+	waitFor(t, "a fetched b's bundle", func() bool { return !a.Peers.List()[0].LastFetched.IsZero() })
+
+	for spec, want := range map[string]string{
+		"b.example;bundle-endpoint=https://x": "bundle=FILE is required",
+		"B_x;bundle=f":                        `domain "B_x"`,
+		"b.example;bundle=f;colour=red":       `unknown part "colour=red"`,
+		"b.example;bundle-endpoint=https://x;bundle=" + filepath.Join(t.TempDir(), "none"): "no such file",
+	} {
+		cfg := NewConfig()
+		cfg.Name, cfg.DataDir, cfg.Listen = "c.example", filepath.Join(t.TempDir(), "c"), "127.0.0.1:0"
+		cfg.Peers = []string{spec}
+		d, err := Start(ctx(t), cfg)
+		if err == nil {
+			d.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("--peer %q: %v, want %q", spec, err, want)
 		}
 	}
 }

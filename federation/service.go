@@ -95,6 +95,24 @@ func (s *Service) peerFromProto(p *federationpb.Peer) (Peer, error) {
 	return peer, nil
 }
 
+// Configure adds a peer from configuration unless it is stored with the
+// same settings already (then it keeps the bundle it last fetched).
+func (s *Service) Configure(ctx context.Context, p *federationpb.Peer, bundle []byte) error {
+	peer, err := s.peerFromProto(p)
+	if err != nil {
+		return err
+	}
+	if have, ok := s.Peers.Lookup(peer.Domain); ok {
+		if peer.EndpointID.IsZero() {
+			peer.EndpointID = ProxyID(peer.TrustDomain)
+		}
+		if have == peer {
+			return nil
+		}
+	}
+	return s.Peers.Add(ctx, peer, bundle)
+}
+
 func (s *Service) ListPeers(ctx context.Context, _ *federationpb.ListPeersRequest) (*federationpb.ListPeersResponse, error) {
 	if err := s.admin(ctx); err != nil {
 		return nil, err

@@ -99,9 +99,10 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 		return nil, fmt.Errorf("--trust-domain %q: %w", cfg.TD(), err)
 	}
 	r = &Registry{errc: make(chan error, 1)}
+	started := r
 	defer func() {
-		if err != nil {
-			r.Close()
+		if err != nil { // the return has set r to nil
+			started.Close()
 		}
 	}()
 

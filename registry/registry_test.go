@@ -282,3 +282,20 @@ func TestWatchFollowsRuleChanges(t *testing.T) {
 		t.Errorf("events %v", got)
 	}
 }
+
+// A registry that fails half-way through starting says why and leaves
+// nothing running: its data directory can be used again at once.
+func TestStartFailureCleansUp(t *testing.T) {
+	d := startDomain(t, "a.example")
+	cfg := registry.NewConfig()
+	cfg.Name, cfg.DataDir, cfg.Listen = "b.example", t.TempDir(), d.reg.Addr().String() // taken
+	if _, err := registry.Start(ctx(t), cfg); err == nil || !strings.Contains(err.Error(), "--listen") {
+		t.Fatalf("start on a taken address: %v", err)
+	}
+	cfg.Listen = "127.0.0.1:0"
+	r, err := registry.Start(ctx(t), cfg)
+	if err != nil {
+		t.Fatalf("the failed start left the data directory locked: %v", err)
+	}
+	r.Close()
+}
