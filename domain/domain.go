@@ -159,13 +159,10 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	td, err := spiffeid.TrustDomainFromString(cfg.TD())
+	log := cfg.Log()
+	td, err := cfg.SPIFFETrustDomain()
 	if err != nil {
-		return nil, fmt.Errorf("--trust-domain %q: %w", cfg.TD(), err)
+		return nil, err
 	}
 	d = &Domain{Name: cfg.Name, TD: td, errc: make(chan error, 1), stop: make(chan struct{})}
 	started := d
@@ -180,13 +177,7 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 	if d.Etcd, err = registry.OpenEtcd(ctx, &cfg.Config); err != nil {
 		return nil, err
 	}
-	if etcdErr := d.Etcd.Err(); etcdErr != nil {
-		go func() {
-			if err, ok := <-etcdErr; ok && err != nil {
-				d.fail(fmt.Errorf("embedded etcd: %w", err))
-			}
-		}()
-	}
+	d.Etcd.OnFailure(d.fail)
 	d.Store = registry.NewStore(d.Etcd.Client, cfg.Name)
 	// With SPIRE, SPIRE federates the bundles; vwire only binds domains.
 	if d.Peers, err = federation.OpenPeers(ctx, d.Etcd.Client, cfg.Name, d.Identity.Trust, log); err != nil {

@@ -84,7 +84,7 @@ func TestSPIREFederation(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs two SPIRE servers and agents")
 	}
-	server, agent := toolPath(t, "spire-server"), toolPath(t, "spire-agent")
+	server, agent := ToolPath(t, "spire-server"), ToolPath(t, "spire-agent")
 	// Unix sockets have short paths: keep the directory near the root.
 	dir, err := os.MkdirTemp("", "vw-spire")
 	if err != nil {

@@ -1,33 +1,11 @@
 package e2e
 
 import (
-	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 )
-
-// toolPath finds a real component built by `make tools`. Missing, it fails
-// the test under CI=true and skips it elsewhere, naming what to run.
-func toolPath(t *testing.T, name string) string {
-	t.Helper()
-	dir := os.Getenv("VWIRE_TOOLS_BIN")
-	if dir == "" {
-		home, _ := os.UserHomeDir()
-		dir = filepath.Join(home, ".cache", "vwire", "tools")
-	}
-	p := filepath.Join(dir, name)
-	if _, err := os.Stat(p); err != nil {
-		msg := fmt.Sprintf("%s is missing (%v): run `make tools`", p, err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return p
-}
 
 // buildVwire builds the vwire binary into dir.
 func buildVwire(t *testing.T, dir string) string {

@@ -16,29 +16,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
 )
-
-// toolPath finds a real component built by `make tools`. Missing, it fails
-// the test under CI=true and skips it elsewhere, naming what to run.
-func toolPath(t *testing.T, name string) string {
-	t.Helper()
-	dir := os.Getenv("VWIRE_TOOLS_BIN")
-	if dir == "" {
-		home, _ := os.UserHomeDir()
-		dir = filepath.Join(home, ".cache", "vwire", "tools")
-	}
-	p := filepath.Join(dir, name)
-	if _, err := os.Stat(p); err != nil {
-		msg := fmt.Sprintf("%s is missing (%v): run `make tools` (or make test, which builds it)", p, err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return p
-}
 
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
@@ -66,7 +47,7 @@ type member struct {
 // startCluster starts a 3-member etcd cluster of separate etcd processes on
 // loopback and stops them when the test ends.
 func startCluster(t *testing.T) []*member {
-	bin := toolPath(t, "etcd")
+	bin := e2e.ToolPath(t, "etcd")
 	ports := freePorts(t, 6)
 	var ms []*member
 	var initial []string

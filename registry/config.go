@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/vwire/vwire/federation"
 )
@@ -111,4 +112,21 @@ func (c *Config) TD() string {
 		return c.TrustDomain
 	}
 	return c.Name
+}
+
+// SPIFFETrustDomain is TD as a SPIFFE trust domain.
+func (c *Config) SPIFFETrustDomain() (spiffeid.TrustDomain, error) {
+	td, err := spiffeid.TrustDomainFromString(c.TD())
+	if err != nil {
+		return td, fmt.Errorf("--trust-domain %q: %w", c.TD(), err)
+	}
+	return td, nil
+}
+
+// Log is Logger, or slog's default.
+func (c *Config) Log() *slog.Logger {
+	if c.Logger != nil {
+		return c.Logger
+	}
+	return slog.Default()
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"google.golang.org/grpc"
@@ -45,12 +43,17 @@ func OpenEtcd(ctx context.Context, cfg *Config) (*Etcd, error) {
 	return &Etcd{Client: cli, embedded: e}, nil
 }
 
-// Err reports a failure of the embedded etcd (never, for an external one).
-func (e *Etcd) Err() <-chan error {
+// OnFailure calls fail if the embedded etcd fails (never, for an external
+// one) before Close.
+func (e *Etcd) OnFailure(fail func(error)) {
 	if e.embedded == nil {
-		return nil
+		return
 	}
-	return e.embedded.Err()
+	go func(errc <-chan error) { // ends when Close closes the channel
+		if err, ok := <-errc; ok && err != nil {
+			fail(fmt.Errorf("embedded etcd: %w", err))
+		}
+	}(e.embedded.Err())
 }
 
 // Close closes the client and stops the embedded member.
@@ -90,13 +93,10 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	td, err := spiffeid.TrustDomainFromString(cfg.TD())
+	log := cfg.Log()
+	td, err := cfg.SPIFFETrustDomain()
 	if err != nil {
-		return nil, fmt.Errorf("--trust-domain %q: %w", cfg.TD(), err)
+		return nil, err
 	}
 	r = &Registry{errc: make(chan error, 1)}
 	started := r
@@ -117,13 +117,7 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 	if r.Etcd, err = OpenEtcd(ctx, cfg); err != nil {
 		return nil, err
 	}
-	if etcdErr := r.Etcd.Err(); etcdErr != nil {
-		go func() { // ends when Close closes the channel
-			if err, ok := <-etcdErr; ok && err != nil {
-				r.fail(fmt.Errorf("embedded etcd: %w", err))
-			}
-		}()
-	}
+	r.Etcd.OnFailure(r.fail)
 	r.Store = NewStore(r.Etcd.Client, cfg.Name)
 
 	if r.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
