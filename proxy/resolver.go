@@ -1,0 +1,250 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Errors of discovery.
+var (
+	// ErrUnknownDomain: the domain publishes no _vwire._tcp SRV record.
+	ErrUnknownDomain = errors.New("unknown domain")
+	// ErrDNS: the DNS server could not be asked or failed to answer.
+	ErrDNS = errors.New("DNS failure")
+)
+
+// Target is one proxy of a domain: an SRV target with its addresses.
+type Target struct {
+	Host     string
+	Port     uint16
+	Priority uint16
+	Weight   uint16
+	Addrs    []netip.Addr
+}
+
+// Addresses are the target's host:port dial addresses.
+func (t Target) Addresses() []string {
+	out := make([]string, 0, len(t.Addrs))
+	for _, a := range t.Addrs {
+		out = append(out, netip.AddrPortFrom(a, t.Port).String())
+	}
+	return out
+}
+
+// Resolver finds a domain's proxies: the targets of _vwire._tcp.<domain>
+// SRV records, their A and AAAA addresses (from the additional section when
+// the server sends them, else asked for), ordered by RFC 2782 priority and
+// weight. Answers are cached for their TTL, negative answers for
+// NegativeTTL; a truncated UDP answer is asked again over TCP.
+type Resolver struct {
+	// Server is the DNS server (host:port); empty: the first nameserver of
+	// /etc/resolv.conf.
+	Server string
+	// NegativeTTL is how long "no such record" is remembered.
+	NegativeTTL time.Duration
+	// Timeout bounds each DNS exchange.
+	Timeout time.Duration
+
+	now func() time.Time
+	mu  sync.Mutex
+	// cache maps "name/type" to an answer and its expiry.
+	cache map[string]cached
+}
+
+type cached struct {
+	rrs     []dns.RR
+	extra   []dns.RR
+	rcode   int
+	expires time.Time
+}
+
+// NewResolver returns a Resolver that asks server (empty: the system's).
+func NewResolver(server string) *Resolver {
+	return &Resolver{Server: server, NegativeTTL: 5 * time.Second, Timeout: 2 * time.Second, now: time.Now, cache: map[string]cached{}}
+}
+
+func (r *Resolver) server() (string, error) {
+	if r.Server != "" {
+		return r.Server, nil
+	}
+	conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+	if err != nil || len(conf.Servers) == 0 {
+		return "", fmt.Errorf("%w: no --dns-server and no nameserver in /etc/resolv.conf", ErrDNS)
+	}
+	return net.JoinHostPort(conf.Servers[0], conf.Port), nil
+}
+
+// query asks for name and type, from the cache when it is fresh.
+func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (cached, error) {
+	name = dns.Fqdn(name)
+	key := name + "/" + dns.TypeToString[qtype]
+	r.mu.Lock()
+	c, ok := r.cache[key]
+	r.mu.Unlock()
+	if ok && r.now().Before(c.expires) {
+		return c, nil
+	}
+	server, err := r.server()
+	if err != nil {
+		return cached{}, err
+	}
+	msg := new(dns.Msg)
+	msg.SetQuestion(name, qtype)
+	msg.RecursionDesired = true
+	resp, err := r.exchange(ctx, "udp", msg, server)
+	if err == nil && resp.Truncated {
+		resp, err = r.exchange(ctx, "tcp", msg, server)
+	}
+	if err != nil {
+		return cached{}, fmt.Errorf("%w: asking %s for %s %s: %v", ErrDNS, server, name, dns.TypeToString[qtype], err)
+	}
+	c = cached{rcode: resp.Rcode, extra: resp.Extra}
+	switch resp.Rcode {
+	case dns.RcodeSuccess, dns.RcodeNameError:
+	default:
+		return cached{}, fmt.Errorf("%w: %s answered %s for %s %s", ErrDNS, server, dns.RcodeToString[resp.Rcode], name, dns.TypeToString[qtype])
+	}
+	ttl := r.NegativeTTL
+	for _, rr := range resp.Answer {
+		if rr.Header().Rrtype != qtype {
+			continue // a CNAME on the way
+		}
+		c.rrs = append(c.rrs, rr)
+		if t := time.Duration(rr.Header().Ttl) * time.Second; len(c.rrs) == 1 || t < ttl {
+			ttl = t
+		}
+	}
+	c.expires = r.now().Add(ttl)
+	r.mu.Lock()
+	r.cache[key] = c
+	r.mu.Unlock()
+	return c, nil
+}
+
+func (r *Resolver) exchange(ctx context.Context, network string, msg *dns.Msg, server string) (*dns.Msg, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
+	client := &dns.Client{Net: network, Timeout: r.Timeout}
+	resp, _, err := client.ExchangeContext(ctx, msg, server)
+	return resp, err
+}
+
+// Lookup returns the proxies of domain in the order to try them: by
+// priority, and within a priority in a weighted random order (RFC 2782).
+// Targets without an address are left out.
+func (r *Resolver) Lookup(ctx context.Context, domain string) ([]Target, error) {
+	owner := "_vwire._tcp." + domain
+	srv, err := r.query(ctx, owner, dns.TypeSRV)
+	if err != nil {
+		return nil, err
+	}
+	if len(srv.rrs) == 0 {
+		return nil, fmt.Errorf("%w %q: no %s SRV record", ErrUnknownDomain, domain, owner)
+	}
+	var targets []Target
+	for _, rr := range srv.rrs {
+		s := rr.(*dns.SRV)
+		if s.Target == "." { // RFC 2782: the service is decidedly not available
+			continue
+		}
+		t := Target{Host: strings.TrimSuffix(s.Target, "."), Port: s.Port, Priority: s.Priority, Weight: s.Weight}
+		if t.Addrs, err = r.addresses(ctx, s.Target, srv.extra); err != nil {
+			return nil, err
+		}
+		if len(t.Addrs) > 0 {
+			targets = append(targets, t)
+		}
+	}
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("%w %q: the targets of %s have no addresses", ErrUnknownDomain, domain, owner)
+	}
+	return order(targets), nil
+}
+
+// addresses resolves an SRV target's name: A and AAAA records, from the
+// SRV answer's additional section when it has them.
+func (r *Resolver) addresses(ctx context.Context, host string, extra []dns.RR) ([]netip.Addr, error) {
+	var out []netip.Addr
+	collect := func(rrs []dns.RR) {
+		for _, rr := range rrs {
+			if !strings.EqualFold(rr.Header().Name, dns.Fqdn(host)) {
+				continue
+			}
+			switch a := rr.(type) {
+			case *dns.A:
+				if ip, ok := netip.AddrFromSlice(a.A.To4()); ok {
+					out = append(out, ip)
+				}
+			case *dns.AAAA:
+				if ip, ok := netip.AddrFromSlice(a.AAAA); ok {
+					out = append(out, ip)
+				}
+			}
+		}
+	}
+	collect(extra)
+	if len(out) > 0 {
+		return out, nil
+	}
+	if ip, err := netip.ParseAddr(strings.TrimSuffix(host, ".")); err == nil {
+		return []netip.Addr{ip}, nil // a target written as an address
+	}
+	for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+		c, err := r.query(ctx, host, qtype)
+		if err != nil {
+			return nil, err
+		}
+		collect(c.rrs)
+	}
+	return out, nil
+}
+
+// order sorts targets by priority and shuffles each priority by weight.
+func order(targets []Target) []Target {
+	sort.SliceStable(targets, func(i, j int) bool { return targets[i].Priority < targets[j].Priority })
+	var out []Target
+	for start := 0; start < len(targets); {
+		end := start
+		for end < len(targets) && targets[end].Priority == targets[start].Priority {
+			end++
+		}
+		group := append([]Target(nil), targets[start:end]...)
+		// RFC 2782: weight-0 targets first, so that they have a small chance.
+		sort.SliceStable(group, func(i, j int) bool { return group[i].Weight == 0 && group[j].Weight != 0 })
+		for len(group) > 0 {
+			total := 0
+			for _, t := range group {
+				total += int(t.Weight)
+			}
+			pick := 0
+			if total > 0 {
+				// RFC 2782: a running sum, the first whose sum reaches a
+				// random number in [0, total]; weight 0 has a small chance.
+				n, sum := rand.IntN(total+1), 0
+				for i, t := range group {
+					sum += int(t.Weight)
+					if sum >= n {
+						pick = i
+						break
+					}
+				}
+			} else {
+				pick = rand.IntN(len(group))
+			}
+			out = append(out, group[pick])
+			group = append(group[:pick], group[pick+1:]...)
+		}
+		start = end
+	}
+	return out
+}
