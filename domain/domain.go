@@ -24,6 +24,7 @@ import (
 
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/federation/federationpb"
+	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
 )
@@ -40,6 +41,9 @@ type Config struct {
 	// published this long after.
 	RotationPropagation time.Duration
 	RotationOverlap     time.Duration
+	// DNSServer answers the SRV look-ups that locate peer domains' proxies
+	// (host:port); empty: the system's resolver.
+	DNSServer string
 	// Peers to federate with at start, as --peer specs (see ParsePeerSpec);
 	// `vwire federation add` adds more at run time.
 	Peers []string
@@ -62,6 +66,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.RefreshHint, "bundle-refresh-hint", c.RefreshHint, "how often peers should fetch this domain's bundle")
 	fs.DurationVar(&c.RotationPropagation, "ca-rotation-propagation", c.RotationPropagation, "vwire ca rotate: publish a new root this long before it issues (more than peers' refresh interval)")
 	fs.DurationVar(&c.RotationOverlap, "ca-rotation-overlap", c.RotationOverlap, "vwire ca rotate: keep the old root published this long after the switch (more than an SVID's lifetime)")
+	fs.StringVar(&c.DNSServer, "dns-server", c.DNSServer, "the DNS server (host:port) that locates peer domains (default: /etc/resolv.conf's)")
 	fs.StringArrayVar(&c.Peers, "peer", c.Peers, `federate with a peer at start: "DOMAIN;bundle-endpoint=URL;bundle=FILE[;trust-domain=TD][;endpoint-id=ID][;trust-only]" (repeatable)`)
 }
 
@@ -84,6 +89,11 @@ func (c *Config) Validate() error {
 	}
 	if c.RotationOverlap <= 0 {
 		return fmt.Errorf("--ca-rotation-overlap %v: must be positive", c.RotationOverlap)
+	}
+	if c.DNSServer != "" {
+		if _, _, err := net.SplitHostPort(c.DNSServer); err != nil {
+			return fmt.Errorf("--dns-server %q: %v (want host:port, e.g. 127.0.0.1:53)", c.DNSServer, err)
+		}
 	}
 	for _, p := range c.Peers {
 		if _, err := ParsePeerSpec(p); err != nil {
@@ -144,6 +154,7 @@ type Domain struct {
 	Identity *federation.Identity
 	Peers    *federation.Peers
 
+	pool   *proxy.Pool
 	srv    *grpc.Server
 	lis    net.Listener
 	bundle *federation.BundleEndpoint
@@ -201,7 +212,9 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 		grpc.ChainUnaryInterceptor(bindUnary, errUnary),
 		grpc.ChainStreamInterceptor(bindStream, errStream),
 	)
-	registrypb.RegisterRegistryServer(d.srv, registry.NewServer(d.Store, td, cfg.EndpointLifetime, d.Peers, log))
+	d.pool = proxy.NewPool(proxy.NewResolver(cfg.DNSServer), d.Identity, cfg.Name, d.Peers)
+	local := registry.NewServer(d.Store, td, cfg.EndpointLifetime, d.Peers, log)
+	registrypb.RegisterRegistryServer(d.srv, proxy.NewRegistry(local, cfg.Name, d.pool))
 	fed.Bundle = func() (*spiffebundle.Bundle, error) {
 		return nil, errors.New("this domain's bundle is SPIRE's: see spire-server bundle show")
 	}
@@ -306,6 +319,9 @@ func (d *Domain) close() error {
 		d.srv.Stop()
 	} else if d.lis != nil {
 		d.lis.Close()
+	}
+	if d.pool != nil {
+		d.pool.Close()
 	}
 	if d.Peers != nil {
 		d.Peers.Close()

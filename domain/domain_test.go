@@ -33,12 +33,19 @@ type testDomain struct {
 	admin   *grpc.ClientConn
 }
 
-func start(t *testing.T, name string) *testDomain {
+func start(t *testing.T, name string) *testDomain { return startWith(t, name) }
+
+// startWith starts a domain with a bundle endpoint and quick refreshes and
+// rotations, after opts have changed its config.
+func startWith(t *testing.T, name string, opts ...func(*Config)) *testDomain {
 	t.Helper()
 	cfg := NewConfig()
 	cfg.Name, cfg.DataDir, cfg.Listen, cfg.BundleListen = name, filepath.Join(t.TempDir(), name), "127.0.0.1:0", "127.0.0.1:0"
 	cfg.RefreshHint, cfg.RotationPropagation, cfg.RotationOverlap = time.Second, 2500*time.Millisecond, 2*time.Second
 	cfg.Logger = slog.New(slog.NewTextHandler(testLog{t, name}, nil))
+	for _, o := range opts {
+		o(cfg)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	d, err := Start(ctx, cfg)

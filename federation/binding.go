@@ -97,17 +97,27 @@ type boundStream struct {
 
 func (s *boundStream) Context() context.Context { return s.ctx }
 
-// DialPeer connects to a federated domain's proxy at addr: it accepts only
-// that domain's proxy SVID, and says on every call that it speaks for
-// ownDomain.
+// DialPeer connects to a federated domain's proxy at addr (see
+// PeerDialOptions).
 func DialPeer(addr string, src Source, ownDomain string, peer Peer) (*grpc.ClientConn, error) {
+	opts, err := PeerDialOptions(src, ownDomain, peer)
+	if err != nil {
+		return nil, err
+	}
+	return grpc.NewClient(addr, opts...)
+}
+
+// PeerDialOptions make a connection to a federated domain's proxy: it
+// accepts only that domain's proxy SVID, and says on every call that it
+// speaks for ownDomain.
+func PeerDialOptions(src Source, ownDomain string, peer Peer) ([]grpc.DialOption, error) {
 	if peer.TrustDomain.IsZero() {
 		return nil, errors.New("peer has no trust domain")
 	}
 	tag := func(ctx context.Context) context.Context {
 		return metadata.AppendToOutgoingContext(ctx, DomainHeader, ownDomain)
 	}
-	return grpc.NewClient(addr,
+	return []grpc.DialOption{
 		grpc.WithTransportCredentials(ClientCredentials(src, AuthorizeOf(ProxyID(peer.TrustDomain)))),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			return invoker(tag(ctx), method, req, reply, cc, opts...)
@@ -115,5 +125,5 @@ func DialPeer(addr string, src Source, ownDomain string, peer Peer) (*grpc.Clien
 		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 			return streamer(tag(ctx), desc, cc, method, opts...)
 		}),
-	)
+	}, nil
 }

@@ -1,0 +1,217 @@
+package domain
+
+import (
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/registry"
+	"github.com/vwire/vwire/registry/registrypb"
+)
+
+// startIn starts a domain that locates its peers through zone.
+func startIn(t *testing.T, zone *e2e.Zone, name string) *testDomain {
+	t.Helper()
+	return startWith(t, name, func(c *Config) { c.DNSServer = zone.Addr })
+}
+
+// publish adds name's _vwire._tcp SRV record, pointing at addr.
+func publish(t *testing.T, zone *e2e.Zone, name string, priority int, addr string) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	target := "p" + port + "." + name + "."
+	zone.Add(t, "_vwire._tcp."+name+". 30 IN SRV "+strconv.Itoa(priority)+" 100 "+port+" "+target, target+" 30 IN A "+host)
+}
+
+func (d *testDomain) findAs(t *testing.T, service string, labels map[string]string) ([]string, error) {
+	t.Helper()
+	stream, err := registrypb.NewRegistryClient(d.admin).Find(ctx(t), &registrypb.FindRequest{Service: service, SourceLabels: labels})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range resp.GetSnapshot().GetEndpoints() {
+		names = append(names, e.GetName()+" "+strings.Join(e.GetNetworkServiceNames(), ","))
+	}
+	return names, nil
+}
+
+func applyFile(t *testing.T, d *testDomain, files ...string) {
+	t.Helper()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := registry.DecodeManifests(strings.NewReader(string(b)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := registrypb.NewRegistryClient(d.admin).Apply(ctx(t), objs); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// The interdomain issue's "done when", in process: a finds
+// secure-intranet-connectivity@b.example through DNS and b's proxy.
+func TestCrossDomainFind(t *testing.T) {
+	zone := e2e.NewZone(t)
+	a, b := startIn(t, zone, "a.example"), startIn(t, zone, "b.example")
+	publish(t, zone, "a.example", 10, a.Addr().String())
+	publish(t, zone, "b.example", 10, b.Addr().String())
+	a.federate(t, b)
+	b.federate(t, a)
+	applyFile(t, b, "../registry/testdata/secure-intranet-connectivity.yaml", "../registry/testdata/endpoints.yaml")
+
+	got, err := a.findAs(t, "secure-intranet-connectivity@b.example", map[string]string{"app": "firewall"})
+	if err != nil || !slices.Equal(got, []string{"vpn-gateway-1@b.example secure-intranet-connectivity@b.example"}) {
+		t.Fatalf("a firewall client: %v, %v", got, err)
+	}
+	got, err = a.findAs(t, "secure-intranet-connectivity@b.example", map[string]string{"app": "web"})
+	if err != nil || !slices.Equal(got, []string{"firewall-1@b.example secure-intranet-connectivity@b.example"}) {
+		t.Fatalf("any other client: %v, %v", got, err)
+	}
+	// Naming the own domain is the same as naming none.
+	if got, err := b.findAs(t, "secure-intranet-connectivity@b.example", nil); err != nil || len(got) != 1 || strings.Contains(got[0], "@") {
+		t.Errorf("own domain by name: %v, %v", got, err)
+	}
+}
+
+// Each failure reaches the user as its own error.
+func TestCrossDomainErrors(t *testing.T) {
+	zone := e2e.NewZone(t)
+	a, b, c, d := startIn(t, zone, "a.example"), startIn(t, zone, "b.example"), startIn(t, zone, "c.example"), startIn(t, zone, "d.example")
+	for _, x := range []*testDomain{a, b, c, d} {
+		publish(t, zone, x.Name, 10, x.Addr().String())
+	}
+	a.federate(t, b)
+	b.federate(t, a)
+	a.federate(t, d)
+	d.federate(t, a)
+	applyFile(t, b, "../registry/testdata/secure-intranet-connectivity.yaml", "../registry/testdata/endpoints.yaml")
+	d.Close() // d.example's proxy is gone
+
+	for _, tc := range []struct {
+		service string
+		labels  map[string]string
+		code    codes.Code
+		want    string
+	}{
+		{"svc@nowhere.example", nil, codes.NotFound, `unknown domain "nowhere.example": no _vwire._tcp.nowhere.example SRV record`},
+		{"svc@c.example", nil, codes.FailedPrecondition, `domain "c.example" is not federated with "a.example"`},
+		{"svc@d.example", nil, codes.Unavailable, `peer "d.example" unreachable`},
+		{"nope@b.example", nil, codes.NotFound, `b.example: network service "nope" is not registered`},
+		{"svc@", nil, codes.InvalidArgument, "empty domain"},
+	} {
+		_, err := a.findAs(t, tc.service, tc.labels)
+		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v\nwant %s with %q", tc.service, err, tc.code, tc.want)
+		}
+	}
+}
+
+// tcpProxy forwards TCP to a domain and counts the connections it accepts.
+type tcpProxy struct {
+	l     net.Listener
+	conns atomic.Int64
+	mu    sync.Mutex
+	open  []net.Conn
+}
+
+func newTCPProxy(t *testing.T, to string) *tcpProxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{l: l}
+	t.Cleanup(p.Close)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			p.conns.Add(1)
+			up, err := net.Dial("tcp", to)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.open = append(p.open, c, up)
+			p.mu.Unlock()
+			go io.Copy(up, c)
+			go io.Copy(c, up)
+		}
+	}()
+	return p
+}
+
+func (p *tcpProxy) Addr() string { return p.l.Addr().String() }
+
+// Close stops listening and cuts every connection, as a dead host would.
+func (p *tcpProxy) Close() {
+	p.l.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.open {
+		c.Close()
+	}
+	p.open = nil
+}
+
+// B publishes two proxies with different priorities; requests use the
+// first, fail over when it dies, and share one connection: no dial per
+// request.
+func TestCrossDomainFailoverAndOneConnection(t *testing.T) {
+	zone := e2e.NewZone(t)
+	a, b := startIn(t, zone, "a.example"), startIn(t, zone, "b.example")
+	a.federate(t, b)
+	b.federate(t, a)
+	applyFile(t, b, "../registry/testdata/secure-intranet-connectivity.yaml", "../registry/testdata/endpoints.yaml")
+	first, second := newTCPProxy(t, b.Addr().String()), newTCPProxy(t, b.Addr().String())
+	publish(t, zone, "b.example", 10, first.Addr())
+	publish(t, zone, "b.example", 20, second.Addr())
+
+	for i := 0; i < 100; i++ {
+		if _, err := a.findAs(t, "secure-intranet-connectivity@b.example", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, m := first.conns.Load(), second.conns.Load(); n != 1 || m != 0 {
+		t.Errorf("100 requests opened %d connections to the first proxy and %d to the second, want 1 and 0", n, m)
+	}
+	// The first proxy dies (its listener closes and its connections drop).
+	first.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := a.findAs(t, "secure-intranet-connectivity@b.example", nil)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no failover to the second proxy: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := second.conns.Load(); n != 1 {
+		t.Errorf("failover opened %d connections to the second proxy, want 1", n)
+	}
+}
