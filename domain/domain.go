@@ -20,6 +20,8 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
 	"github.com/vwire/vwire/federation"
@@ -44,6 +46,18 @@ type Config struct {
 	// DNSServer answers the SRV look-ups that locate peer domains' proxies
 	// (host:port); empty: the system's resolver.
 	DNSServer string
+	// Advertise is the host:port peers reach this domain's proxy at, for
+	// its DNS records; default: --listen, when that is a specific address.
+	Advertise string
+	// DNSListen serves the domain's own zone (development); empty: none.
+	DNSListen string
+	// PublishDNS "etcd" writes the domain's records, SkyDNS layout, on a
+	// lease, into DNSEtcdEndpoints (default: the domain's own etcd) for
+	// CoreDNS's etcd plugin.
+	PublishDNS       string
+	DNSEtcdEndpoints []string
+	// DNSTTL is the published records' TTL (and their lease's).
+	DNSTTL time.Duration
 	// Peers to federate with at start, as --peer specs (see ParsePeerSpec);
 	// `vwire federation add` adds more at run time.
 	Peers []string
@@ -56,6 +70,7 @@ func NewConfig() *Config {
 		RefreshHint:         federation.DefaultRefreshHint,
 		RotationPropagation: 2 * federation.DefaultRefreshHint,
 		RotationOverlap:     federation.DefaultSVIDLifetime + time.Minute,
+		DNSTTL:              30 * time.Second,
 	}
 }
 
@@ -67,6 +82,11 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.RotationPropagation, "ca-rotation-propagation", c.RotationPropagation, "vwire ca rotate: publish a new root this long before it issues (more than peers' refresh interval)")
 	fs.DurationVar(&c.RotationOverlap, "ca-rotation-overlap", c.RotationOverlap, "vwire ca rotate: keep the old root published this long after the switch (more than an SVID's lifetime)")
 	fs.StringVar(&c.DNSServer, "dns-server", c.DNSServer, "the DNS server (host:port) that locates peer domains (default: /etc/resolv.conf's)")
+	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "host:port peers reach this domain's proxy at, for its DNS records (default: --listen)")
+	fs.StringVar(&c.DNSListen, "dns-listen", c.DNSListen, "serve this domain's own DNS zone here (for development)")
+	fs.StringVar(&c.PublishDNS, "publish-dns", c.PublishDNS, `"etcd": keep this domain's DNS records in etcd for CoreDNS's etcd plugin`)
+	fs.StringSliceVar(&c.DNSEtcdEndpoints, "dns-etcd-endpoints", c.DNSEtcdEndpoints, "the etcd CoreDNS reads (default: this domain's etcd)")
+	fs.DurationVar(&c.DNSTTL, "dns-ttl", c.DNSTTL, "TTL of the published DNS records (and of their etcd lease)")
 	fs.StringArrayVar(&c.Peers, "peer", c.Peers, `federate with a peer at start: "DOMAIN;bundle-endpoint=URL;bundle=FILE[;trust-domain=TD][;endpoint-id=ID][;trust-only]" (repeatable)`)
 }
 
@@ -95,12 +115,34 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--dns-server %q: %v (want host:port, e.g. 127.0.0.1:53)", c.DNSServer, err)
 		}
 	}
+	if c.PublishDNS != "" && c.PublishDNS != "etcd" {
+		return fmt.Errorf("--publish-dns %q: the only publisher is etcd", c.PublishDNS)
+	}
+	if c.DNSTTL < 2*time.Second {
+		return fmt.Errorf("--dns-ttl %v: at least 2s (etcd leases have whole seconds)", c.DNSTTL)
+	}
+	if (c.PublishDNS != "" || c.DNSListen != "") && c.advertise() == "" {
+		return fmt.Errorf("--advertise: --listen %q is not an address peers can reach; say which one they should use", c.Listen)
+	}
 	for _, p := range c.Peers {
 		if _, err := ParsePeerSpec(p); err != nil {
 			return fmt.Errorf("--peer %q: %v", p, err)
 		}
 	}
 	return nil
+}
+
+// advertise is the proxy's address for DNS records, or "" if unknown.
+func (c *Config) advertise() string {
+	addr := c.Advertise
+	if addr == "" {
+		addr = c.Listen
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || ip.IsUnspecified() {
+		return ""
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // PeerSpec is a peer as --peer gives it.
@@ -155,6 +197,9 @@ type Domain struct {
 	Peers    *federation.Peers
 
 	pool   *proxy.Pool
+	zone   *proxy.Zone
+	pub    *proxy.Publisher
+	dnsCli *clientv3.Client
 	srv    *grpc.Server
 	lis    net.Listener
 	bundle *federation.BundleEndpoint
@@ -242,6 +287,9 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 			return nil, err
 		}
 	}
+	if err := d.publish(ctx, cfg); err != nil {
+		return nil, err
+	}
 	log.Info("domain serving", "domain", cfg.Name, "addr", d.lis.Addr().String(), "trust_domain", td.Name(),
 		"etcd", d.Etcd.Summary(&cfg.Config), "bundle_endpoint", d.BundleURL())
 	return d, nil
@@ -258,6 +306,44 @@ func configurePeers(ctx context.Context, fed *federation.Service, specs []string
 		}
 		if err := fed.Configure(ctx, spec.Peer, raw); err != nil {
 			return fmt.Errorf("--peer %s: %w", spec.Peer.GetDomain(), err)
+		}
+	}
+	return nil
+}
+
+// publish serves or writes the domain's DNS records, as configured.
+func (d *Domain) publish(ctx context.Context, cfg *Config) error {
+	if cfg.DNSListen == "" && cfg.PublishDNS == "" {
+		return nil
+	}
+	advertise := cfg.advertise()
+	if host, port, _ := net.SplitHostPort(advertise); port == "0" && cfg.Advertise == "" {
+		_, port, _ = net.SplitHostPort(d.lis.Addr().String()) // the kernel chose it
+		advertise = net.JoinHostPort(host, port)
+	}
+	records := []proxy.Record{{Service: proxy.ProxyService, Addr: advertise, Priority: 10, Weight: 100}}
+	if d.bundle != nil {
+		host, _, _ := net.SplitHostPort(advertise)
+		_, port, _ := net.SplitHostPort(strings.TrimPrefix(d.bundle.URL(), "https://"))
+		records = append(records, proxy.Record{Service: proxy.BundleService, Addr: net.JoinHostPort(host, port), Priority: 10, Weight: 100})
+	}
+	var err error
+	if cfg.DNSListen != "" {
+		if d.zone, err = proxy.ServeZone(cfg.DNSListen, cfg.Name, records, uint32(cfg.DNSTTL/time.Second)); err != nil {
+			return err
+		}
+	}
+	if cfg.PublishDNS == "etcd" {
+		cli := d.Etcd.Client
+		if len(cfg.DNSEtcdEndpoints) > 0 {
+			if d.dnsCli, err = clientv3.New(clientv3.Config{Endpoints: cfg.DNSEtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
+				return fmt.Errorf("--dns-etcd-endpoints: %w", err)
+			}
+			cli = d.dnsCli
+		}
+		instance := "p-" + strings.NewReplacer(".", "-", ":", "-", "[", "", "]", "").Replace(advertise)
+		if d.pub, err = proxy.Publish(ctx, cli, cfg.Name, instance, records, cfg.DNSTTL, cfg.Log()); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -283,6 +369,14 @@ func (d *Domain) tickCA(ca *federation.CA, log *slog.Logger) {
 
 // Addr is the gRPC listener's address.
 func (d *Domain) Addr() net.Addr { return d.lis.Addr() }
+
+// DNSAddr is where --dns-listen serves the domain's zone, or "".
+func (d *Domain) DNSAddr() string {
+	if d.zone == nil {
+		return ""
+	}
+	return d.zone.Addr
+}
 
 // BundleURL is the bundle endpoint's URL, or "" without one.
 func (d *Domain) BundleURL() string {
@@ -319,6 +413,15 @@ func (d *Domain) close() error {
 		d.srv.Stop()
 	} else if d.lis != nil {
 		d.lis.Close()
+	}
+	if d.pub != nil {
+		d.pub.Close() // withdraw the records before going away
+	}
+	if d.dnsCli != nil {
+		d.dnsCli.Close()
+	}
+	if d.zone != nil {
+		d.zone.Close()
 	}
 	if d.pool != nil {
 		d.pool.Close()

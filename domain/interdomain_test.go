@@ -12,10 +12,12 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
 )
@@ -213,5 +215,51 @@ func TestCrossDomainFailoverAndOneConnection(t *testing.T) {
 	}
 	if n := second.conns.Load(); n != 1 {
 		t.Errorf("failover opened %d connections to the second proxy, want 1", n)
+	}
+}
+
+// --dns-listen serves the domain's own records; a peer pointed at that
+// zone finds it.
+func TestDNSListenZone(t *testing.T) {
+	b := startWith(t, "b.example", func(c *Config) { c.DNSListen = "127.0.0.1:0" })
+	if b.DNSAddr() == "" {
+		t.Fatal("no zone served")
+	}
+	a := startWith(t, "a.example", func(c *Config) { c.DNSServer = b.DNSAddr() })
+	a.federate(t, b)
+	b.federate(t, a)
+	applyFile(t, b, "../registry/testdata/secure-intranet-connectivity.yaml", "../registry/testdata/endpoints.yaml")
+	got, err := a.findAs(t, "secure-intranet-connectivity@b.example", map[string]string{"app": "firewall"})
+	if err != nil || len(got) != 1 || !strings.HasPrefix(got[0], "vpn-gateway-1@b.example") {
+		t.Fatalf("through b's own zone: %v, %v", got, err)
+	}
+	targets, err := proxy.NewResolver(b.DNSAddr()).Lookup(ctx(t), "b.example")
+	if err != nil || len(targets) != 1 || targets[0].Addresses()[0] != b.Addr().String() {
+		t.Errorf("b's zone: %v, %v", targets, err)
+	}
+}
+
+// --publish-dns etcd writes SkyDNS records on a lease: they vanish when
+// the domain stops.
+func TestPublishDNSEtcd(t *testing.T) {
+	b := startWith(t, "b.example", func(c *Config) { c.PublishDNS = "etcd"; c.DNSTTL = 2 * time.Second })
+	resp, err := b.Etcd.Get(ctx(t), "/skydns/example/b/_tcp/_vwire/", clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("published: %v, %v", resp, err)
+	}
+	_, port, _ := net.SplitHostPort(b.Addr().String())
+	if v := string(resp.Kvs[0].Value); !strings.Contains(v, `"host":"127.0.0.1"`) || !strings.Contains(v, `"port":`+port) || resp.Kvs[0].Lease == 0 {
+		t.Errorf("record %s (lease %x)", v, resp.Kvs[0].Lease)
+	}
+	bundle, _ := b.Etcd.Get(ctx(t), "/skydns/example/b/_tcp/_spiffe-bundle/", clientv3.WithPrefix())
+	if len(bundle.Kvs) != 1 {
+		t.Errorf("no _spiffe-bundle._tcp record")
+	}
+	if err := b.pub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b.pub = nil
+	if resp, _ := b.Etcd.Get(ctx(t), "/skydns/", clientv3.WithPrefix()); len(resp.Kvs) != 0 {
+		t.Errorf("records stayed after the publisher closed: %d", len(resp.Kvs))
 	}
 }

@@ -36,4 +36,6 @@ want_tool etcd && build etcd etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/serv
 # SPIRE: ~15 min and ~3.6 GB the first time (cgo, sqlite3).
 want_tool spire-server && build spire-server spire github.com/spiffe/spire github.com/spiffe/spire/cmd/spire-server
 want_tool spire-agent && build spire-agent spire github.com/spiffe/spire github.com/spiffe/spire/cmd/spire-agent
+# CoreDNS: ~6 min the first time; its etcd plugin serves what vwire publishes.
+want_tool coredns && build coredns coredns github.com/coredns/coredns github.com/coredns/coredns
 exit 0
