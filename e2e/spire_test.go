@@ -202,28 +202,7 @@ plugins {
 	for td, d := range doms {
 		waitForFile(t, d.agentSock)
 		addrs[td] = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		cmd := exec.Command(vwireBin, "domain", "--name", td, "--data-dir", filepath.Join(d.dir, "vwire"), "--listen", addrs[td], "--spiffe-socket", d.agentSock)
-		ready := make(chan struct{})
-		out, _ := cmd.StdoutPipe()
-		cmd.Stderr = cmd.Stdout
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func(td string) {
-			sc := bufio.NewScanner(out)
-			for sc.Scan() {
-				t.Logf("vwire %s: %s", td, sc.Text())
-				if strings.Contains(sc.Text(), " ready in ") {
-					close(ready)
-				}
-			}
-		}(td)
-		t.Cleanup(func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() })
-		select {
-		case <-ready:
-		case <-time.After(60 * time.Second):
-			t.Fatalf("vwire domain %s not ready in 60s", td)
-		}
+		startDomainProcess(t, vwireBin, "domain", "--name", td, "--data-dir", filepath.Join(d.dir, "vwire"), "--listen", addrs[td], "--spiffe-socket", d.agentSock)
 	}
 	cli := func(td string, args ...string) (string, error) {
 		out, err := exec.Command(vwireBin, append(args, "--registry", addrs[td], "--spiffe-socket", doms[td].agentSock)...).CombinedOutput()
