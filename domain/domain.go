@@ -27,6 +27,7 @@ import (
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/federation/federationpb"
 	"github.com/vwire/vwire/proxy"
+	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
 )
@@ -58,6 +59,12 @@ type Config struct {
 	DNSEtcdEndpoints []string
 	// DNSTTL is the published records' TTL (and their lease's).
 	DNSTTL time.Duration
+	// ConnectionLifetime is how long a connection lives unless refreshed.
+	ConnectionLifetime time.Duration
+	// Dataplane programs the vWires' ends. Until the gateway role exists it
+	// is set only by programs that embed a domain (tests use
+	// proxy.FakeDataplane); without one, requests are refused.
+	Dataplane proxy.Dataplane
 	// Peers to federate with at start, as --peer specs (see ParsePeerSpec);
 	// `vwire federation add` adds more at run time.
 	Peers []string
@@ -71,6 +78,7 @@ func NewConfig() *Config {
 		RotationPropagation: 2 * federation.DefaultRefreshHint,
 		RotationOverlap:     federation.DefaultSVIDLifetime + time.Minute,
 		DNSTTL:              30 * time.Second,
+		ConnectionLifetime:  proxy.DefaultConnectionLifetime,
 	}
 }
 
@@ -87,6 +95,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.PublishDNS, "publish-dns", c.PublishDNS, `"etcd": keep this domain's DNS records in etcd for CoreDNS's etcd plugin`)
 	fs.StringSliceVar(&c.DNSEtcdEndpoints, "dns-etcd-endpoints", c.DNSEtcdEndpoints, "the etcd CoreDNS reads (default: this domain's etcd)")
 	fs.DurationVar(&c.DNSTTL, "dns-ttl", c.DNSTTL, "TTL of the published DNS records (and of their etcd lease)")
+	fs.DurationVar(&c.ConnectionLifetime, "connection-lifetime", c.ConnectionLifetime, "how long a connection lives unless its client refreshes it")
 	fs.StringArrayVar(&c.Peers, "peer", c.Peers, `federate with a peer at start: "DOMAIN;bundle-endpoint=URL;bundle=FILE[;trust-domain=TD][;endpoint-id=ID][;trust-only]" (repeatable)`)
 }
 
@@ -114,6 +123,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.DNSServer); err != nil {
 			return fmt.Errorf("--dns-server %q: %v (want host:port, e.g. 127.0.0.1:53)", c.DNSServer, err)
 		}
+	}
+	if c.ConnectionLifetime < 2*time.Second {
+		return fmt.Errorf("--connection-lifetime %v: at least 2s", c.ConnectionLifetime)
 	}
 	if c.PublishDNS != "" && c.PublishDNS != "etcd" {
 		return fmt.Errorf("--publish-dns %q: the only publisher is etcd", c.PublishDNS)
@@ -184,7 +196,9 @@ func ParsePeerSpec(s string) (PeerSpec, error) {
 
 // peerMethods are what a federated domain's proxy may call.
 var peerMethods = map[string]bool{
-	registrypb.Registry_Find_FullMethodName: true,
+	registrypb.Registry_Find_FullMethodName:       true,
+	proxypb.NetworkService_Request_FullMethodName: true,
+	proxypb.NetworkService_Close_FullMethodName:   true,
 }
 
 // Domain is a running domain.
@@ -195,6 +209,8 @@ type Domain struct {
 	Store    *registry.Store
 	Identity *federation.Identity
 	Peers    *federation.Peers
+	// NetworkService is the proxy's network service API.
+	NetworkService *proxy.Server
 
 	pool   *proxy.Pool
 	zone   *proxy.Zone
@@ -260,6 +276,16 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 	d.pool = proxy.NewPool(proxy.NewResolver(cfg.DNSServer), d.Identity, cfg.Name, d.Peers)
 	local := registry.NewServer(d.Store, td, cfg.EndpointLifetime, d.Peers, log)
 	registrypb.RegisterRegistryServer(d.srv, proxy.NewRegistry(local, cfg.Name, d.pool))
+	d.NetworkService = &proxy.Server{Own: cfg.Name, TD: td, Store: d.Store, Peers: d.Peers, Pool: d.pool,
+		Conns: proxy.NewConnections(d.Etcd.Client, cfg.Name), Dataplane: cfg.Dataplane, Lifetime: cfg.ConnectionLifetime, Log: log}
+	proxypb.RegisterNetworkServiceServer(d.srv, d.NetworkService)
+	expireCtx, stopExpire := context.WithCancel(context.Background())
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		go func() { <-d.stop; stopExpire() }()
+		d.NetworkService.Expire(expireCtx)
+	}()
 	fed.Bundle = func() (*spiffebundle.Bundle, error) {
 		return nil, errors.New("this domain's bundle is SPIRE's: see spire-server bundle show")
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/federation/federationpb"
+	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
 )
@@ -452,4 +454,38 @@ func TestPeersFromConfig(t *testing.T) {
 			t.Errorf("--peer %q: %v, want %q", spec, err, want)
 		}
 	}
+}
+
+func testLogger(t *testing.T, name string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testLog{t, name}, nil))
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func registryClient(d *testDomain) registrypb.RegistryClient {
+	return registrypb.NewRegistryClient(d.admin)
+}
+
+// asWorkload connects to d's network service API as a workload of d.
+func (d *testDomain) asWorkload(t *testing.T, path string) proxypb.NetworkServiceClient {
+	t.Helper()
+	src, err := d.Identity.CA.NewSource(spiffeid.RequireFromPath(d.TD, path), time.Hour, d.Identity.Trust, testLogger(t, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	conn, err := federation.DialDomain(d.Addr().String(), src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return proxypb.NewNetworkServiceClient(conn)
 }

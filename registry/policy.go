@@ -66,29 +66,35 @@ func Authorize(svc *registrypb.NetworkService, client spiffeid.ID, own spiffeid.
 		client, svc.GetName(), client.TrustDomain())
 }
 
-// client is the workload a call acts for, which the policy judges; zero
-// for a look-up by the domain's own control plane or admin, which the
-// policy does not restrict.
-func (s *server) client(ctx context.Context) (spiffeid.ID, error) {
+// ClientOf is the workload a call to a domain of trust domain own acts
+// for, which the policy judges: a local workload itself; the workload a
+// local vwire component names in ClientHeader; for a federated domain's
+// proxy (verified by federation.Binding), the workload of its own trust
+// domain it names, or the proxy itself. It is zero for a call of the
+// domain's own control plane or admin that names no workload: the policy
+// does not restrict those.
+func ClientOf(ctx context.Context, own spiffeid.TrustDomain) (spiffeid.ID, error) {
 	named := metadata.ValueFromIncomingContext(ctx, ClientHeader)
+	caller, ok := federation.PeerID(ctx)
+	if !ok {
+		return spiffeid.ID{}, errorf(ErrPermission, "the connection carries no SPIFFE ID")
+	}
 	if src := federation.SourceDomain(ctx); src != "" {
-		proxy, _ := federation.PeerID(ctx)
 		if len(named) == 0 {
-			return proxy, nil
+			return caller, nil
 		}
 		id, err := spiffeid.FromString(named[0])
 		if err != nil {
 			return spiffeid.ID{}, errorf(ErrInvalid, "%s: %v", ClientHeader, err)
 		}
 		// A proxy vouches only for its own domain's workloads.
-		if id.TrustDomain() != proxy.TrustDomain() {
+		if id.TrustDomain() != caller.TrustDomain() {
 			return spiffeid.ID{}, errorf(ErrPermission, "the proxy of %q may not act for %s of another trust domain", src, id)
 		}
 		return id, nil
 	}
-	caller, err := s.caller(ctx)
-	if err != nil {
-		return spiffeid.ID{}, err
+	if !caller.MemberOf(own) {
+		return spiffeid.ID{}, errorf(ErrPermission, "%s is not a member of trust domain %q", caller, own)
 	}
 	if !strings.HasPrefix(caller.Path(), "/vwire/") {
 		return caller, nil // a workload asks for itself

@@ -176,7 +176,7 @@ func (s *server) Find(req *registrypb.FindRequest, stream grpc.ServerStreamingSe
 		return errorf(ErrInvalid, "%q names another domain; ask this domain's proxy, which forwards it", name)
 	}
 	// The per-service policy: who may connect may also look up.
-	client, err := s.client(stream.Context())
+	client, err := ClientOf(stream.Context(), s.td)
 	if err != nil {
 		return err
 	}
@@ -242,7 +242,8 @@ func grpcCode(err error) codes.Code {
 	}
 }
 
-func toStatus(err error) error {
+// ToStatus turns one of the package's errors into a gRPC status.
+func ToStatus(err error) error {
 	if err == nil {
 		return nil
 	}
@@ -257,8 +258,8 @@ func toStatus(err error) error {
 func ErrorInterceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
 	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			resp, err := h(ctx, req)
-			return resp, toStatus(err)
+			return resp, ToStatus(err)
 		}, func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			return toStatus(h(srv, ss))
+			return ToStatus(h(srv, ss))
 		}
 }

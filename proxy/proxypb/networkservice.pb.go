@@ -150,7 +150,11 @@ type Connection struct {
 	Mtu                        uint32     `protobuf:"varint,8,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	State                      State      `protobuf:"varint,9,opt,name=state,proto3,enum=vwire.networkservice.v1.State" json:"state,omitempty"`
 	// The payload the service carries: "IP" or "ETHERNET".
-	Payload       string `protobuf:"bytes,10,opt,name=payload,proto3" json:"payload,omitempty"`
+	Payload string `protobuf:"bytes,10,opt,name=payload,proto3" json:"payload,omitempty"`
+	// The SPIFFE ID that requested the connection at this hop, as mTLS
+	// proved it; only it (or the domain's admin) may refresh or close it.
+	// Set by the hop.
+	Requester     string `protobuf:"bytes,11,opt,name=requester,proto3" json:"requester,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -251,6 +255,13 @@ func (x *Connection) GetState() State {
 func (x *Connection) GetPayload() string {
 	if x != nil {
 		return x.Payload
+	}
+	return ""
+}
+
+func (x *Connection) GetRequester() string {
+	if x != nil {
+		return x.Requester
 	}
 	return ""
 }
@@ -990,7 +1001,7 @@ var File_proxy_proxypb_networkservice_proto protoreflect.FileDescriptor
 
 const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
 	"\n" +
-	"\"proxy/proxypb/networkservice.proto\x12\x17vwire.networkservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x04\n" +
+	"\"proxy/proxypb/networkservice.proto\x12\x17vwire.networkservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x04\n" +
 	"\n" +
 	"Connection\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
@@ -1004,7 +1015,8 @@ const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
 	"\x03mtu\x18\b \x01(\rR\x03mtu\x124\n" +
 	"\x05state\x18\t \x01(\x0e2\x1e.vwire.networkservice.v1.StateR\x05state\x12\x18\n" +
 	"\apayload\x18\n" +
-	" \x01(\tR\apayload\x1a9\n" +
+	" \x01(\tR\apayload\x12\x1c\n" +
+	"\trequester\x18\v \x01(\tR\trequester\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"^\n" +

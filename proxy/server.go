@@ -1,0 +1,333 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/proxy/proxypb"
+	"github.com/vwire/vwire/registry"
+)
+
+// DefaultConnectionLifetime is how long a connection lives at a hop unless
+// refreshed (requested again with its id).
+const DefaultConnectionLifetime = 10 * time.Minute
+
+// Server is the network service API of a domain's proxy: it selects an
+// endpoint for a local service (match rules, per-service policy), has the
+// endpoint's side programmed, and keeps the connection in etcd; a request
+// for service@other-domain goes to that domain's proxy over the pooled
+// connection, and the client's side is programmed here.
+type Server struct {
+	proxypb.UnimplementedNetworkServiceServer
+	Own       string
+	TD        spiffeid.TrustDomain
+	Store     *registry.Store
+	Peers     registry.PeerPolicy
+	Pool      *Pool
+	Conns     *Connections
+	Dataplane Dataplane // nil: requests are refused, nothing would carry them
+	Lifetime  time.Duration
+	Log       *slog.Logger
+}
+
+// Request implements proxypb.NetworkServiceServer.
+func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest) (*proxypb.Connection, error) {
+	if s.Dataplane == nil {
+		return nil, status.Error(codes.Unimplemented, "this domain has no data plane to program yet (the gateway role comes with the data-plane work)")
+	}
+	conn := proto.Clone(req.GetConnection()).(*proxypb.Connection)
+	if conn == nil {
+		return nil, status.Error(codes.InvalidArgument, "the request has no connection")
+	}
+	name, err := registry.ParseName(conn.GetNetworkService())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	caller, _ := federation.PeerID(ctx)
+	if conn.Id == "" {
+		conn.Id = newID()
+	} else if err := validID(conn.Id); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	prev, err := s.Conns.Get(ctx, conn.Id)
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	if prev != nil && !s.mayChange(ctx, prev) {
+		return nil, status.Errorf(codes.PermissionDenied, "connection %q belongs to %s", conn.Id, prev.GetRequester())
+	}
+	conn.Requester = caller.String()
+	if name.Domain != "" && name.Domain != s.Own {
+		return s.forward(ctx, req, conn, name, prev)
+	}
+	return s.local(ctx, conn, name.Service, prev)
+}
+
+// mayChange reports whether the caller may refresh or close conn.
+func (s *Server) mayChange(ctx context.Context, conn *proxypb.Connection) bool {
+	caller, _ := federation.PeerID(ctx)
+	return caller.String() == conn.GetRequester() || caller == federation.AdminID(s.TD)
+}
+
+func (s *Server) segment(conn *proxypb.Connection) {
+	if conn.Path == nil {
+		conn.Path = &proxypb.Path{}
+	}
+	conn.Path.Segments = append(conn.Path.Segments, &proxypb.PathSegment{
+		Name: "proxy." + s.Own, SpiffeId: federation.ProxyID(s.TD).String(),
+		Expires: timestamppb.New(time.Now().Add(s.lifetime())),
+	})
+	conn.Path.Index = uint32(len(conn.Path.Segments) - 1)
+}
+
+func (s *Server) lifetime() time.Duration {
+	if s.Lifetime > 0 {
+		return s.Lifetime
+	}
+	return DefaultConnectionLifetime
+}
+
+// local serves a request for one of this domain's services.
+func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service string, prev *proxypb.Connection) (*proxypb.Connection, error) {
+	client, err := registry.ClientOf(ctx, s.TD)
+	if err != nil {
+		return nil, registry.ToStatus(err)
+	}
+	svc, err := s.Store.GetService(ctx, service)
+	if err != nil {
+		return nil, registry.ToStatus(err)
+	}
+	if !client.IsZero() {
+		if err := registry.Authorize(svc, client, s.TD, s.Peers); err != nil {
+			return nil, registry.ToStatus(err)
+		}
+	}
+	candidates, err := s.Store.Find(ctx, service, conn.GetLabels())
+	if err != nil {
+		return nil, registry.ToStatus(err)
+	}
+	// A refresh keeps its endpoint while the rules still select it.
+	if prev != nil {
+		for i, ep := range candidates {
+			if ep.GetName() == prev.GetNetworkServiceEndpointName() {
+				candidates[0], candidates[i] = candidates[i], candidates[0]
+			}
+		}
+	}
+	if len(candidates) == 0 {
+		return nil, status.Errorf(codes.NotFound, "no endpoint of network service %q matches labels %v", service, conn.GetLabels())
+	}
+	conn.NetworkService = service
+	conn.Payload = svc.GetPayload().String()
+	conn.State = proxypb.State_UP
+	s.segment(conn)
+	var errs []error
+	for _, ep := range candidates {
+		c := proto.Clone(conn).(*proxypb.Connection)
+		c.NetworkServiceEndpointName = ep.GetName()
+		out, err := s.Dataplane.Apply(ctx, EndpointSide, c)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", ep.GetName(), err))
+			continue
+		}
+		if prev != nil && prev.GetNetworkServiceEndpointName() != ep.GetName() {
+			_ = s.Dataplane.Remove(ctx, EndpointSide, prev.GetId()) // the new end replaces it
+		}
+		if err := s.Conns.Put(ctx, out, int64(s.lifetime()/time.Second)); err != nil {
+			_ = s.Dataplane.Remove(ctx, EndpointSide, out.GetId()) // undo; the error below says why
+			return nil, status.Errorf(codes.Unavailable, "storing connection %s: %v", out.GetId(), err)
+		}
+		s.Log.Info("connection up", "id", out.GetId(), "service", service, "endpoint", ep.GetName(), "requester", out.GetRequester())
+		return out, nil
+	}
+	return nil, status.Errorf(codes.Unavailable, "no endpoint of %q could be programmed: %v", service, errors.Join(errs...))
+}
+
+// forward sends a request for service@domain to that domain's proxy and
+// programs the client's side here.
+func (s *Server) forward(ctx context.Context, req *proxypb.NetworkServiceRequest, conn *proxypb.Connection, name registry.Name, prev *proxypb.Connection) (*proxypb.Connection, error) {
+	if src := federation.SourceDomain(ctx); src != "" {
+		return nil, status.Errorf(codes.PermissionDenied, "domain %q asked this domain (%q) for %q: ask %q directly", src, s.Own, name, name.Domain)
+	}
+	pc, err := s.Pool.Conn(ctx, name.Domain)
+	if err != nil {
+		return nil, toStatus(name.Domain, err)
+	}
+	out := proto.Clone(conn).(*proxypb.Connection)
+	out.NetworkService = name.Service
+	out.Requester = ""
+	s.segment(out)
+	remote, err := proxypb.NewNetworkServiceClient(pc).Request(metadata.NewOutgoingContext(ctx, actingFor(ctx)),
+		&proxypb.NetworkServiceRequest{Connection: out, MechanismPreferences: req.GetMechanismPreferences()})
+	if err != nil {
+		return nil, toStatus(name.Domain, err)
+	}
+	remote.NetworkService = name.String()
+	remote.NetworkServiceEndpointName += "@" + name.Domain
+	remote.Requester = conn.GetRequester()
+	got, err := s.Dataplane.Apply(ctx, ClientSide, remote)
+	if err == nil {
+		err = s.Conns.Put(ctx, got, int64(s.lifetime()/time.Second))
+	}
+	if err != nil {
+		// Leave nothing half-done: take back the endpoint's side.
+		s.closeRemote(ctx, pc, remote, name)
+		_ = s.Dataplane.Remove(ctx, ClientSide, remote.GetId()) // best effort; the error below says why
+		return nil, status.Errorf(codes.Unavailable, "programming the client side of %s: %v", remote.GetId(), err)
+	}
+	s.Log.Info("connection up", "id", got.GetId(), "service", name.String(), "endpoint", got.GetNetworkServiceEndpointName(), "requester", got.GetRequester())
+	return got, nil
+}
+
+func (s *Server) closeRemote(ctx context.Context, pc *grpc.ClientConn, conn *proxypb.Connection, name registry.Name) {
+	c := proto.Clone(conn).(*proxypb.Connection)
+	c.NetworkService = name.Service
+	c.NetworkServiceEndpointName = strings.TrimSuffix(c.GetNetworkServiceEndpointName(), "@"+name.Domain)
+	if _, err := proxypb.NewNetworkServiceClient(pc).Close(ctx, c); err != nil {
+		s.Log.Warn("closing the peer's end failed; it lapses with its lease", "id", c.GetId(), "domain", name.Domain, "err", err)
+	}
+}
+
+// Close implements proxypb.NetworkServiceServer.
+func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.CloseResponse, error) {
+	stored, err := s.Conns.Get(ctx, conn.GetId())
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	if stored == nil {
+		return nil, status.Errorf(codes.NotFound, "connection %q is not known in %q (closed, or expired)", conn.GetId(), s.Own)
+	}
+	if !s.mayChange(ctx, stored) {
+		return nil, status.Errorf(codes.PermissionDenied, "connection %q belongs to %s", conn.GetId(), stored.GetRequester())
+	}
+	side := EndpointSide
+	if name, err := registry.ParseName(stored.GetNetworkService()); err == nil && name.Domain != "" && name.Domain != s.Own {
+		side = ClientSide
+		if pc, err := s.Pool.Conn(ctx, name.Domain); err == nil {
+			s.closeRemote(ctx, pc, stored, name)
+		} else {
+			s.Log.Warn("the peer's end cannot be closed now; it lapses with its lease", "id", stored.GetId(), "domain", name.Domain, "err", err)
+		}
+	}
+	if err := s.Dataplane.Remove(ctx, side, stored.GetId()); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "removing connection %s: %v", stored.GetId(), err)
+	}
+	if _, err := s.Conns.Delete(ctx, stored.GetId()); err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	s.Log.Info("connection closed", "id", stored.GetId(), "service", stored.GetNetworkService())
+	return &proxypb.CloseResponse{}, nil
+}
+
+// Monitor implements proxypb.NetworkServiceServer: the caller's connections
+// (every one, for the admin), then their changes.
+func (s *Server) Monitor(scope *proxypb.MonitorScope, stream grpc.ServerStreamingServer[proxypb.ConnectionEvent]) error {
+	ctx := stream.Context()
+	wanted := func(c *proxypb.Connection) bool {
+		if len(scope.GetConnectionIds()) > 0 && !contains(scope.GetConnectionIds(), c.GetId()) {
+			return false
+		}
+		return s.mayChange(ctx, c)
+	}
+	conns, rev, err := s.Conns.List(ctx)
+	if err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	initial := &proxypb.ConnectionEvent{Type: proxypb.ConnectionEvent_INITIAL_STATE_TRANSFER, Connections: map[string]*proxypb.Connection{}}
+	visible := map[string]bool{}
+	for _, c := range conns {
+		if wanted(c) {
+			initial.Connections[c.GetId()] = c
+			visible[c.GetId()] = true
+		}
+	}
+	if err := stream.Send(initial); err != nil {
+		return err
+	}
+	var sendErr error
+	err = s.Conns.Watch(ctx, rev, func(c *proxypb.Connection, deleted bool) {
+		if sendErr != nil {
+			return
+		}
+		ev := &proxypb.ConnectionEvent{Type: proxypb.ConnectionEvent_UPDATE, Connections: map[string]*proxypb.Connection{c.GetId(): c}}
+		switch {
+		case deleted && visible[c.GetId()]:
+			ev.Type = proxypb.ConnectionEvent_DELETE
+			delete(visible, c.GetId())
+		case !deleted && wanted(c):
+			visible[c.GetId()] = true
+		default:
+			return
+		}
+		sendErr = stream.Send(ev)
+	})
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errors.Join(sendErr, err)
+}
+
+// Expire removes the data-plane ends of connections whose lease lapsed,
+// until ctx ends: the clean-up of clients that stopped refreshing.
+func (s *Server) Expire(ctx context.Context) {
+	for ctx.Err() == nil {
+		_, rev, err := s.Conns.List(ctx)
+		if err == nil {
+			err = s.Conns.Watch(ctx, rev, func(c *proxypb.Connection, deleted bool) {
+				if deleted && s.Dataplane != nil {
+					_ = s.Dataplane.Remove(ctx, EndpointSide, c.GetId()) // missing is fine
+					_ = s.Dataplane.Remove(ctx, ClientSide, c.GetId())   // missing is fine
+				}
+			})
+		}
+		if ctx.Err() == nil {
+			s.Log.Warn("watching connections failed; watching again", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+func newID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func validID(id string) error {
+	if len(id) > 128 {
+		return fmt.Errorf("connection id %q is longer than 128 characters", id)
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("connection id %q has %q; use letters, digits, '-', '_' and '.'", id, c)
+		}
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
