@@ -27,9 +27,10 @@ test: tools
 test-short:
 	$(GO) test -short ./...
 
-# Benchmarks for the registry's targets; the output is benchstat's format.
+# Benchmarks of the registry's and the interdomain targets; benchstat reads the output.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1000x ./registry/
+	$(GO) test -run '^$$' -bench . -benchtime 500x ./e2e/sandbox/
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./cmd/vwire/
 
 # Real component binaries the tests run, cached by version (e2e/tools).

@@ -1,0 +1,262 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/vwire/vwire/federation"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const reference = `
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: secure-intranet-connectivity}
+spec:
+  payload: IP
+  matches:
+    - match:
+      sourceSelector: {app: firewall}
+      route:
+        - destination:
+          destinationSelector: {app: vpn-gateway}
+    - match:
+      route:
+        - destination:
+          destinationSelector: {app: firewall}
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkServiceEndpoint
+metadata: {name: firewall-1, labels: {app: firewall}}
+spec: {networkServiceNames: [secure-intranet-connectivity]}
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkServiceEndpoint
+metadata: {name: vpn-gateway-1, labels: {app: vpn-gateway}}
+spec: {networkServiceNames: [secure-intranet-connectivity]}
+`
+
+// The two-domain scenario: the reference manifest across domains, a path
+// segment per hop, close removes the state in both domains.
+func TestTwoDomains(t *testing.T) {
+	s := New(t, "a.example", "b.example")
+	a, b := s.D("a.example"), s.D("b.example")
+	b.Apply(reference)
+
+	fw, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/fw", map[string]string{"app": "firewall"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	web, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/web", map[string]string{"app": "web"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fw.GetNetworkServiceEndpointName() != "vpn-gateway-1@b.example" || web.GetNetworkServiceEndpointName() != "firewall-1@b.example" {
+		t.Errorf("firewall → %s, web → %s", fw.GetNetworkServiceEndpointName(), web.GetNetworkServiceEndpointName())
+	}
+	if n := len(fw.GetPath().GetSegments()); n != 2 {
+		t.Errorf("%d path segments, want one per proxy", n)
+	}
+	want := fmt.Sprintf("endpoint %s secure-intranet-connectivity -> firewall-1\nendpoint %s secure-intranet-connectivity -> vpn-gateway-1",
+		web.GetId(), fw.GetId())
+	if fw.GetId() < web.GetId() {
+		want = fmt.Sprintf("endpoint %s secure-intranet-connectivity -> vpn-gateway-1\nendpoint %s secure-intranet-connectivity -> firewall-1",
+			fw.GetId(), web.GetId())
+	}
+	if got := b.Dataplane.String(); got != want {
+		t.Errorf("b's data plane:\n%s\nwant\n%s", got, want)
+	}
+	if err := a.Close(fw); err != nil {
+		t.Fatal(err)
+	}
+	if a.Knows(fw.GetId()) || b.Knows(fw.GetId()) || strings.Contains(a.Dataplane.String()+b.Dataplane.String(), fw.GetId()) {
+		t.Error("close left state behind")
+	}
+}
+
+// Four domains: two with endpoints of the same service, two clients.
+func TestFourDomains(t *testing.T) {
+	s := New(t, "public.example", "private.example", "vim.example", "dc.example")
+	svc := "apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata: {name: app}\nspec: {payload: IP}\n---\n" +
+		"apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: nse}\nspec: {networkServiceNames: [app]}\n"
+	s.D("vim.example").Apply(svc)
+	s.D("dc.example").Apply(svc)
+	for _, client := range []string{"public.example", "private.example"} {
+		for _, target := range []string{"vim.example", "dc.example"} {
+			conn, err := s.D(client).Request("app@"+target, "spiffe://"+client+"/ns/app", nil, "")
+			if err != nil {
+				t.Fatalf("%s → app@%s: %v", client, target, err)
+			}
+			if conn.GetNetworkServiceEndpointName() != "nse@"+target {
+				t.Errorf("%s → %s", client, conn.GetNetworkServiceEndpointName())
+			}
+		}
+	}
+	if got := strings.Count(s.D("dc.example").Dataplane.String(), "\n") + 1; got != 2 {
+		t.Errorf("dc programs %d ends, want 2", got)
+	}
+}
+
+// b's proxy restarts mid-connection: still known, refreshable, closable.
+func TestProxyRestart(t *testing.T) {
+	s := New(t, "a.example", "b.example")
+	a, b := s.D("a.example"), s.D("b.example")
+	b.Apply(reference)
+	conn, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Restart()
+	if !b.Knows(conn.GetId()) {
+		t.Fatal("the restarted proxy lost the connection")
+	}
+	// The pooled connection reconnects by itself.
+	var again error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if _, again = a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", nil, conn.GetId()); again == nil {
+			break
+		}
+	}
+	if again != nil {
+		t.Fatalf("refresh after the restart: %v", again)
+	}
+	if err := a.Close(conn); err != nil {
+		t.Fatal(err)
+	}
+	if b.Knows(conn.GetId()) {
+		t.Error("closed connection still stored in b")
+	}
+}
+
+// Each refusal with its own error.
+func TestRefusals(t *testing.T) {
+	s := New(t, "a.example", "b.example")
+	a := s.D("a.example")
+	s.D("b.example").Apply(reference)
+	for _, tc := range []struct {
+		service string
+		labels  map[string]string
+		code    codes.Code
+		want    string
+	}{
+		{"secure-intranet-connectivity@nowhere.example", nil, codes.NotFound, "unknown domain"},
+		{"none@b.example", nil, codes.NotFound, `network service "none" is not registered`},
+	} {
+		_, err := a.Request(tc.service, "spiffe://a.example/ns/x", tc.labels, "")
+		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v", tc.service, err)
+		}
+	}
+}
+
+// A bare mTLS gRPC round trip on this machine: the yardstick of the
+// cross-domain benchmarks.
+func BenchmarkBareMTLSRoundTrip(b *testing.B) {
+	ca, err := federation.OpenCA(b.TempDir(), spiffeid.RequireTrustDomainFromString("a.example"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	td := ca.TrustDomain()
+	srvSrc, _ := ca.NewSource(federation.ProxyID(td), time.Hour, nil, slog.Default())
+	cliSrc, _ := ca.NewSource(federation.AdminID(td), time.Hour, nil, slog.Default())
+	defer srvSrc.Close()
+	defer cliSrc.Close()
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := grpc.NewServer(grpc.Creds(federation.ServerCredentials(srvSrc, federation.AuthorizeMember(td), slog.Default())))
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go srv.Serve(lis)
+	defer srv.Stop()
+	conn, err := federation.DialDomain(lis.Addr().String(), cliSrc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	c := healthpb.NewHealthClient(conn)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		if _, err := c.Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	report(b, lat)
+}
+
+// A look-up of svc@b from a: a's proxy, DNS (cached), the pooled
+// connection, b's registry (target: within 3× a bare round trip).
+func BenchmarkCrossDomainFind(b *testing.B) {
+	s := New(b, "a.example", "b.example")
+	s.D("b.example").Apply(reference)
+	a := s.D("a.example")
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		got, err := a.Find("secure-intranet-connectivity@b.example", map[string]string{"app": "firewall"})
+		lat = append(lat, time.Since(start))
+		if err != nil || !slices.Equal(got, []string{"vpn-gateway-1@b.example"}) {
+			b.Fatalf("%v %v", got, err)
+		}
+	}
+	b.StopTimer()
+	report(b, lat)
+}
+
+// A cross-domain request with the fake data plane, from concurrent clients
+// (targets: p99 < 20 ms, ≥ 200 requests/s).
+func BenchmarkCrossDomainRequest(b *testing.B) {
+	s := New(b, "a.example", "b.example")
+	s.D("b.example").Apply(reference)
+	a := s.D("a.example")
+	var mu sync.Mutex
+	lat := make([]time.Duration, 0, b.N)
+	b.SetParallelism(4)
+	start := time.Now()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			t0 := time.Now()
+			_, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", map[string]string{"app": "web"}, "")
+			d := time.Since(t0)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			mu.Lock()
+			lat = append(lat, d)
+			mu.Unlock()
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(len(lat))/time.Since(start).Seconds(), "requests/s")
+	report(b, lat)
+}
+
+func report(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	pct := func(p float64) float64 { return float64(lat[int(float64(len(lat)-1)*p)]) / float64(time.Millisecond) }
+	b.ReportMetric(pct(0.5), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+}
