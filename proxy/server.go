@@ -224,8 +224,10 @@ func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.
 			s.Log.Warn("the peer's end cannot be closed now; it lapses with its lease", "id", stored.GetId(), "domain", name.Domain, "err", err)
 		}
 	}
-	if err := s.Dataplane.Remove(ctx, side, stored.GetId()); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "removing connection %s: %v", stored.GetId(), err)
+	if s.Dataplane != nil {
+		if err := s.Dataplane.Remove(ctx, side, stored.GetId()); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "removing connection %s: %v", stored.GetId(), err)
+		}
 	}
 	if _, err := s.Conns.Delete(ctx, stored.GetId()); err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())

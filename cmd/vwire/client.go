@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
 )
@@ -118,15 +119,17 @@ func resource(arg string) (string, error) {
 		return "services", nil
 	case "endpoints", "endpoint", "ep", "nse", "networkserviceendpoints", "networkserviceendpoint":
 		return "endpoints", nil
+	case "connections", "connection", "conn":
+		return "connections", nil
 	}
-	return "", usagef("unknown resource %q (want services or endpoints)", arg)
+	return "", usagef("unknown resource %q (want services, endpoints or connections)", arg)
 }
 
 func newGetCmd() *cobra.Command {
 	var cf clientFlags
 	var output, service, sourceLabels string
 	cmd := &cobra.Command{
-		Use:   "get services|endpoints [NAME] [-o table|json|yaml]",
+		Use:   "get services|endpoints|connections [NAME] [-o table|json|yaml]",
 		Short: "List network services or endpoints; with --service and --source-labels, what the match rules select",
 		Example: `  vwire get services
   vwire get endpoints --service secure-intranet-connectivity --source-labels app=firewall
@@ -153,6 +156,14 @@ func newGetCmd() *cobra.Command {
 			labels, err := registry.ParseLabels(sourceLabels)
 			if err != nil {
 				return usagef("--source-labels: %v", err)
+			}
+			if kind == "connections" {
+				if service != "" || sourceLabels != "" {
+					return usagef("--service and --source-labels go with `get endpoints`")
+				}
+				return cf.run(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+					return getConnections(ctx, cmd.OutOrStdout(), proxypb.NewNetworkServiceClient(conn), name, output)
+				})
 			}
 			return cf.runRegistry(cmd, func(ctx context.Context, cl registrypb.RegistryClient) error {
 				if kind == "services" {
@@ -281,6 +292,9 @@ func newDeleteCmd() *cobra.Command {
 			kind, err := resource(args[0])
 			if err != nil {
 				return err
+			}
+			if kind == "connections" {
+				return usagef("close a connection with: vwire close %s", args[1])
 			}
 			return cf.runRegistry(cmd, func(ctx context.Context, cl registrypb.RegistryClient) error {
 				if kind == "services" {
