@@ -194,11 +194,16 @@ func ParsePeerSpec(s string) (PeerSpec, error) {
 	return spec, nil
 }
 
-// peerMethods are what a federated domain's proxy may call.
+// peerMethods are what a federated domain's proxy may call: look up,
+// register its endpoints with this domain as a floating domain, and ask for
+// and close connections.
 var peerMethods = map[string]bool{
-	registrypb.Registry_Find_FullMethodName:       true,
-	proxypb.NetworkService_Request_FullMethodName: true,
-	proxypb.NetworkService_Close_FullMethodName:   true,
+	registrypb.Registry_Find_FullMethodName:               true,
+	registrypb.Registry_RegisterEndpoint_FullMethodName:   true,
+	registrypb.Registry_RefreshEndpoint_FullMethodName:    true,
+	registrypb.Registry_UnregisterEndpoint_FullMethodName: true,
+	proxypb.NetworkService_Request_FullMethodName:         true,
+	proxypb.NetworkService_Close_FullMethodName:           true,
 }
 
 // Domain is a running domain.

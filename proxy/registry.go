@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/registry"
@@ -126,4 +128,95 @@ func toStatus(domain string, err error) error {
 		return status.Errorf(s.Code(), "%s: %s", domain, s.Message())
 	}
 	return status.Error(codes.Unknown, fmt.Sprintf("%s: %v", domain, err))
+}
+
+// foreign groups an endpoint's network services of other domains by domain,
+// without the domain.
+func (r *Registry) foreign(ep *registrypb.Endpoint) map[string][]string {
+	out := map[string][]string{}
+	for _, s := range ep.GetNetworkServiceNames() {
+		if n, err := registry.ParseName(s); err == nil && n.Domain != "" && n.Domain != r.own {
+			out[n.Domain] = append(out[n.Domain], n.Service)
+		}
+	}
+	return out
+}
+
+// RegisterEndpoint registers the endpoint here and, for each service of
+// another (floating) domain it provides, with that domain: there it is
+// "<name>.<this domain>", served through this domain's proxy. A refusal
+// anywhere undoes the registration everywhere.
+func (r *Registry) RegisterEndpoint(ctx context.Context, req *registrypb.RegisterEndpointRequest) (*registrypb.Endpoint, error) {
+	ep, err := r.RegistryServer.RegisterEndpoint(ctx, req)
+	if err != nil || federation.SourceDomain(ctx) != "" {
+		return ep, err
+	}
+	var done []string
+	for domain, services := range r.foreign(ep) {
+		if err := r.registerRemote(ctx, domain, services, req); err != nil {
+			for _, d := range append(done, domain) {
+				r.unregisterRemote(ctx, d, ep.GetName())
+			}
+			_, _ = r.RegistryServer.UnregisterEndpoint(ctx, &registrypb.UnregisterEndpointRequest{Name: ep.GetName()}) // undoing
+			return nil, err
+		}
+		done = append(done, domain)
+	}
+	return ep, nil
+}
+
+func (r *Registry) registerRemote(ctx context.Context, domain string, services []string, req *registrypb.RegisterEndpointRequest) error {
+	conn, err := r.pool.Conn(ctx, domain)
+	if err != nil {
+		return toStatus(domain, err)
+	}
+	remote := proto.Clone(req.GetEndpoint()).(*registrypb.Endpoint)
+	remote.NetworkServiceNames = services
+	if _, err := registrypb.NewRegistryClient(conn).RegisterEndpoint(ctx, &registrypb.RegisterEndpointRequest{Endpoint: remote, Lifetime: req.GetLifetime()}); err != nil {
+		return toStatus(domain, err)
+	}
+	return nil
+}
+
+func (r *Registry) unregisterRemote(ctx context.Context, domain, name string) {
+	if conn, err := r.pool.Conn(ctx, domain); err == nil {
+		_, _ = registrypb.NewRegistryClient(conn).UnregisterEndpoint(ctx, &registrypb.UnregisterEndpointRequest{Name: name}) // it lapses with its lease
+	}
+}
+
+// RefreshEndpoint refreshes the registration here and in every floating
+// domain it was registered with, registering it again where it was lost.
+func (r *Registry) RefreshEndpoint(ctx context.Context, req *registrypb.RefreshEndpointRequest) (*registrypb.Endpoint, error) {
+	ep, err := r.RegistryServer.RefreshEndpoint(ctx, req)
+	if err != nil || federation.SourceDomain(ctx) != "" {
+		return ep, err
+	}
+	for domain, services := range r.foreign(ep) {
+		conn, err := r.pool.Conn(ctx, domain)
+		if err != nil {
+			return nil, toStatus(domain, err)
+		}
+		_, err = registrypb.NewRegistryClient(conn).RefreshEndpoint(ctx, &registrypb.RefreshEndpointRequest{Name: ep.GetName()})
+		if status.Code(err) == codes.NotFound {
+			lifetime := durationpb.New(time.Until(ep.GetExpiresAt().AsTime()).Round(time.Second))
+			err = r.registerRemote(ctx, domain, services, &registrypb.RegisterEndpointRequest{Endpoint: ep, Lifetime: lifetime})
+		}
+		if err != nil {
+			return nil, toStatus(domain, err)
+		}
+	}
+	return ep, nil
+}
+
+// UnregisterEndpoint removes the registration here and from the floating
+// domains it was registered with.
+func (r *Registry) UnregisterEndpoint(ctx context.Context, req *registrypb.UnregisterEndpointRequest) (*registrypb.UnregisterEndpointResponse, error) {
+	if federation.SourceDomain(ctx) == "" {
+		if ep, err := r.RegistryServer.GetEndpoint(ctx, &registrypb.GetEndpointRequest{Name: req.GetName()}); err == nil {
+			for domain := range r.foreign(ep) {
+				r.unregisterRemote(ctx, domain, ep.GetName())
+			}
+		}
+	}
+	return r.RegistryServer.UnregisterEndpoint(ctx, req)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
+	"github.com/vwire/vwire/registry/registrypb"
 )
 
 // DefaultConnectionLifetime is how long a connection lives at a hop unless
@@ -73,6 +74,9 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	}
 	conn.Requester = caller.String()
 	if name.Domain != "" && name.Domain != s.Own {
+		if src := federation.SourceDomain(ctx); src == name.Domain && conn.GetNetworkServiceEndpointName() != "" {
+			return s.hosted(ctx, conn, name)
+		}
 		return s.forward(ctx, req, conn, name, prev)
 	}
 	return s.local(ctx, conn, name.Service, prev)
@@ -124,7 +128,7 @@ func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service st
 	// A refresh keeps its endpoint while the rules still select it.
 	if prev != nil {
 		for i, ep := range candidates {
-			if ep.GetName() == prev.GetNetworkServiceEndpointName() {
+			if endpointRef(ep) == prev.GetNetworkServiceEndpointName() {
 				candidates[0], candidates[i] = candidates[i], candidates[0]
 			}
 		}
@@ -139,6 +143,15 @@ func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service st
 	var errs []error
 	for _, ep := range candidates {
 		c := proto.Clone(conn).(*proxypb.Connection)
+		if ep.GetDomain() != "" && ep.GetDomain() != s.Own {
+			// Registered here by another domain: its proxy serves it.
+			out, err := s.relay(ctx, c, ep)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", endpointRef(ep), err))
+				continue
+			}
+			return out, nil
+		}
 		c.NetworkServiceEndpointName = ep.GetName()
 		out, err := s.Dataplane.Apply(ctx, EndpointSide, c)
 		if err != nil {
@@ -178,7 +191,9 @@ func (s *Server) forward(ctx context.Context, req *proxypb.NetworkServiceRequest
 		return nil, toStatus(name.Domain, err)
 	}
 	remote.NetworkService = name.String()
-	remote.NetworkServiceEndpointName += "@" + name.Domain
+	if !strings.Contains(remote.GetNetworkServiceEndpointName(), "@") {
+		remote.NetworkServiceEndpointName += "@" + name.Domain
+	}
 	remote.Requester = conn.GetRequester()
 	got, err := s.Dataplane.Apply(ctx, ClientSide, remote)
 	if err == nil {
@@ -186,7 +201,7 @@ func (s *Server) forward(ctx context.Context, req *proxypb.NetworkServiceRequest
 	}
 	if err != nil {
 		// Leave nothing half-done: take back the endpoint's side.
-		s.closeRemote(ctx, pc, remote, name)
+		s.closeRemote(ctx, pc, remote.GetId(), name.Domain)
 		_ = s.Dataplane.Remove(ctx, ClientSide, remote.GetId()) // best effort; the error below says why
 		return nil, status.Errorf(codes.Unavailable, "programming the client side of %s: %v", remote.GetId(), err)
 	}
@@ -194,13 +209,70 @@ func (s *Server) forward(ctx context.Context, req *proxypb.NetworkServiceRequest
 	return got, nil
 }
 
-func (s *Server) closeRemote(ctx context.Context, pc *grpc.ClientConn, conn *proxypb.Connection, name registry.Name) {
-	c := proto.Clone(conn).(*proxypb.Connection)
-	c.NetworkService = name.Service
-	c.NetworkServiceEndpointName = strings.TrimSuffix(c.GetNetworkServiceEndpointName(), "@"+name.Domain)
-	if _, err := proxypb.NewNetworkServiceClient(pc).Close(ctx, c); err != nil {
-		s.Log.Warn("closing the peer's end failed; it lapses with its lease", "id", c.GetId(), "domain", name.Domain, "err", err)
+func (s *Server) closeRemote(ctx context.Context, pc *grpc.ClientConn, id, domain string) {
+	if _, err := proxypb.NewNetworkServiceClient(pc).Close(ctx, &proxypb.Connection{Id: id}); err != nil && status.Code(err) != codes.NotFound {
+		s.Log.Warn("closing the peer's end failed; it lapses with its lease", "id", id, "domain", domain, "err", err)
 	}
+}
+
+// relay has the domain that registered ep with this (floating) domain
+// serve the connection: its proxy programs the endpoint's side.
+func (s *Server) relay(ctx context.Context, conn *proxypb.Connection, ep *registrypb.Endpoint) (*proxypb.Connection, error) {
+	pc, err := s.Pool.Conn(ctx, ep.GetDomain())
+	if err != nil {
+		return nil, toStatus(ep.GetDomain(), err)
+	}
+	out := proto.Clone(conn).(*proxypb.Connection)
+	out.NetworkService = conn.GetNetworkService() + "@" + s.Own
+	out.NetworkServiceEndpointName = strings.TrimSuffix(ep.GetName(), "."+ep.GetDomain())
+	out.Requester = ""
+	remote, err := proxypb.NewNetworkServiceClient(pc).Request(ctx, &proxypb.NetworkServiceRequest{Connection: out})
+	if err != nil {
+		return nil, toStatus(ep.GetDomain(), err)
+	}
+	remote.NetworkService = conn.GetNetworkService()
+	remote.NetworkServiceEndpointName = endpointRef(ep)
+	remote.Requester = conn.GetRequester()
+	if err := s.Conns.Put(ctx, remote, int64(s.lifetime()/time.Second)); err != nil {
+		s.closeRemote(ctx, pc, remote.GetId(), ep.GetDomain())
+		return nil, status.Errorf(codes.Unavailable, "storing connection %s: %v", remote.GetId(), err)
+	}
+	s.Log.Info("connection relayed", "id", remote.GetId(), "service", conn.GetNetworkService(), "endpoint", remote.GetNetworkServiceEndpointName())
+	return remote, nil
+}
+
+// hosted serves a floating domain's request for an endpoint this domain
+// registered with it: the floating domain selected it and applied the
+// service's policy; this domain programs the endpoint's side.
+func (s *Server) hosted(ctx context.Context, conn *proxypb.Connection, name registry.Name) (*proxypb.Connection, error) {
+	ep, err := s.Store.GetEndpoint(ctx, conn.GetNetworkServiceEndpointName())
+	if err != nil {
+		return nil, registry.ToStatus(err)
+	}
+	if !contains(ep.GetNetworkServiceNames(), name.String()) {
+		return nil, status.Errorf(codes.PermissionDenied, "endpoint %q of %q does not provide %q", ep.GetName(), s.Own, name)
+	}
+	conn.State = proxypb.State_UP
+	s.segment(conn)
+	out, err := s.Dataplane.Apply(ctx, EndpointSide, conn)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "programming endpoint %s: %v", ep.GetName(), err)
+	}
+	if err := s.Conns.Put(ctx, out, int64(s.lifetime()/time.Second)); err != nil {
+		_ = s.Dataplane.Remove(ctx, EndpointSide, out.GetId()) // undo; the error below says why
+		return nil, status.Errorf(codes.Unavailable, "storing connection %s: %v", out.GetId(), err)
+	}
+	s.Log.Info("connection up", "id", out.GetId(), "service", name.String(), "endpoint", ep.GetName(), "requester", out.GetRequester())
+	return out, nil
+}
+
+// endpointRef is how a connection names its endpoint: "name", or
+// "name@domain" for one another domain registered here.
+func endpointRef(ep *registrypb.Endpoint) string {
+	if ep.GetDomain() == "" {
+		return ep.GetName()
+	}
+	return strings.TrimSuffix(ep.GetName(), "."+ep.GetDomain()) + "@" + ep.GetDomain()
 }
 
 // Close implements proxypb.NetworkServiceServer.
@@ -215,16 +287,26 @@ func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.
 	if !s.mayChange(ctx, stored) {
 		return nil, status.Errorf(codes.PermissionDenied, "connection %q belongs to %s", conn.GetId(), stored.GetRequester())
 	}
-	side := EndpointSide
-	if name, err := registry.ParseName(stored.GetNetworkService()); err == nil && name.Domain != "" && name.Domain != s.Own {
-		side = ClientSide
-		if pc, err := s.Pool.Conn(ctx, name.Domain); err == nil {
-			s.closeRemote(ctx, pc, stored, name)
+	// Where the other end is: the service's domain for a connection this
+	// hop forwarded, the endpoint's domain for one it relayed; here for an
+	// endpoint it serves.
+	side, other := EndpointSide, ""
+	name, _ := registry.ParseName(stored.GetNetworkService())
+	if _, epDomain, ok := strings.Cut(stored.GetNetworkServiceEndpointName(), "@"); ok {
+		if name.Domain != "" && name.Domain != s.Own {
+			side, other = ClientSide, name.Domain
 		} else {
-			s.Log.Warn("the peer's end cannot be closed now; it lapses with its lease", "id", stored.GetId(), "domain", name.Domain, "err", err)
+			side, other = "", epDomain
 		}
 	}
-	if s.Dataplane != nil {
+	if other != "" {
+		if pc, err := s.Pool.Conn(ctx, other); err == nil {
+			s.closeRemote(ctx, pc, stored.GetId(), other)
+		} else {
+			s.Log.Warn("the peer's end cannot be closed now; it lapses with its lease", "id", stored.GetId(), "domain", other, "err", err)
+		}
+	}
+	if s.Dataplane != nil && side != "" {
 		if err := s.Dataplane.Remove(ctx, side, stored.GetId()); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "removing connection %s: %v", stored.GetId(), err)
 		}

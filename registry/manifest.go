@@ -212,7 +212,7 @@ func decodeEndpoint(doc *document) (*registrypb.ApplyEndpoint, error) {
 		NetworkServiceNames: append(spec.NetworkServiceNames, spec.NSMServiceNames...),
 		Url:                 spec.URL,
 	}
-	if err := ValidateEndpoint(e); err != nil {
+	if err := ValidateStaticEndpoint(e); err != nil {
 		return nil, err
 	}
 	ae := &registrypb.ApplyEndpoint{Endpoint: e}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -112,16 +113,41 @@ func (s *server) DeleteService(ctx context.Context, req *registrypb.DeleteServic
 	return &registrypb.DeleteServiceResponse{}, nil
 }
 
+// registrant is who may register, refresh and remove endpoints: a member
+// of the trust domain; or a federated domain's proxy (verified by
+// federation.Binding) that registers its endpoints with this domain as a
+// floating domain, whose endpoint names are qualified with its domain
+// ("nse-1" of a.example is "nse-1.a.example" here). name maps a name as the
+// caller gives it to the name stored.
+func (s *server) registrant(ctx context.Context) (owner spiffeid.ID, src string, name func(string) string, err error) {
+	if src = federation.SourceDomain(ctx); src != "" {
+		owner, _ = federation.PeerID(ctx)
+		return owner, src, func(n string) string { return n + "." + src }, nil
+	}
+	owner, err = s.caller(ctx)
+	return owner, "", func(n string) string { return n }, err
+}
+
 func (s *server) RegisterEndpoint(ctx context.Context, req *registrypb.RegisterEndpointRequest) (*registrypb.Endpoint, error) {
-	id, err := s.caller(ctx)
+	id, src, name, err := s.registrant(ctx)
 	if err != nil {
 		return nil, err
+	}
+	ep := proto.Clone(req.GetEndpoint()).(*registrypb.Endpoint)
+	ep.Domain = ""
+	if src != "" {
+		ep.Name, ep.Domain = name(ep.GetName()), src
+		for _, svc := range ep.GetNetworkServiceNames() {
+			if n, err := ParseName(svc); err == nil && n.Domain != "" {
+				return nil, errorf(ErrInvalid, "domain %q registered %q with this domain: name this domain's services without a domain", src, svc)
+			}
+		}
 	}
 	lifetime := req.GetLifetime().AsDuration()
 	if lifetime <= 0 {
 		lifetime = s.lifetime
 	}
-	ep, err := s.store.RegisterEndpoint(ctx, id.String(), req.GetEndpoint(), lifetime)
+	ep, err = s.store.RegisterEndpoint(ctx, id.String(), ep, lifetime)
 	if err != nil {
 		return nil, err
 	}
@@ -130,22 +156,22 @@ func (s *server) RegisterEndpoint(ctx context.Context, req *registrypb.RegisterE
 }
 
 func (s *server) RefreshEndpoint(ctx context.Context, req *registrypb.RefreshEndpointRequest) (*registrypb.Endpoint, error) {
-	id, err := s.caller(ctx)
+	id, _, name, err := s.registrant(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return s.store.RefreshEndpoint(ctx, id.String(), req.GetName())
+	return s.store.RefreshEndpoint(ctx, id.String(), name(req.GetName()))
 }
 
 func (s *server) UnregisterEndpoint(ctx context.Context, req *registrypb.UnregisterEndpointRequest) (*registrypb.UnregisterEndpointResponse, error) {
-	id, err := s.caller(ctx)
+	id, _, name, err := s.registrant(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.store.UnregisterEndpoint(ctx, id.String(), req.GetName()); err != nil {
+	if err := s.store.UnregisterEndpoint(ctx, id.String(), name(req.GetName())); err != nil {
 		return nil, err
 	}
-	s.log.Info("endpoint unregistered", "name", req.GetName(), "by", id)
+	s.log.Info("endpoint unregistered", "name", name(req.GetName()), "by", id)
 	return &registrypb.UnregisterEndpointResponse{}, nil
 }
 
@@ -210,6 +236,11 @@ func (s *server) Apply(ctx context.Context, req *registrypb.ApplyRequest) (*regi
 	}
 	if len(req.GetServices()) > 0 {
 		if _, err := s.controlPlane(ctx); err != nil {
+			return nil, err
+		}
+	}
+	for _, ae := range req.GetEndpoints() {
+		if err := ValidateStaticEndpoint(ae.GetEndpoint()); err != nil {
 			return nil, err
 		}
 	}

@@ -39,7 +39,9 @@ func ValidateService(s *registrypb.NetworkService) error {
 	return nil
 }
 
-// ValidateEndpoint checks an endpoint registration before it is stored.
+// ValidateEndpoint checks an endpoint registration before it is stored. A
+// network service may name another domain (svc@floating.example): the
+// domain's proxy registers the endpoint there too.
 func ValidateEndpoint(e *registrypb.Endpoint) error {
 	if err := ValidateEndpointName(e.GetName()); err != nil {
 		return errorf(ErrInvalid, "%v", err)
@@ -49,13 +51,8 @@ func ValidateEndpoint(e *registrypb.Endpoint) error {
 	}
 	seen := map[string]bool{}
 	for _, s := range e.GetNetworkServiceNames() {
-		n, err := ParseName(s)
-		if err != nil {
+		if _, err := ParseName(s); err != nil {
 			return errorf(ErrInvalid, "endpoint %q: networkServiceNames: %v", e.GetName(), err)
-		}
-		if n.Domain != "" {
-			return errorf(ErrInvalid, "endpoint %q: network service %q names another domain; register with that domain's registry",
-				e.GetName(), s)
 		}
 		if seen[s] {
 			return errorf(ErrInvalid, "endpoint %q: network service %q is listed twice", e.GetName(), s)
@@ -64,6 +61,22 @@ func ValidateEndpoint(e *registrypb.Endpoint) error {
 	}
 	if err := ValidateLabels(e.GetLabels()); err != nil {
 		return errorf(ErrInvalid, "endpoint %q: labels: %v", e.GetName(), err)
+	}
+	return nil
+}
+
+// ValidateStaticEndpoint checks an endpoint of a manifest: it may provide
+// only this domain's services (an endpoint of another domain's service is
+// registered, and refreshed, through this domain's proxy).
+func ValidateStaticEndpoint(e *registrypb.Endpoint) error {
+	if err := ValidateEndpoint(e); err != nil {
+		return err
+	}
+	for _, s := range e.GetNetworkServiceNames() {
+		if n, _ := ParseName(s); n.Domain != "" {
+			return errorf(ErrInvalid, "endpoint %q: network service %q names another domain; a manifest registers endpoints of this domain's services only (an endpoint registers %q itself, through its domain's proxy)",
+				e.GetName(), s, s)
+		}
 	}
 	return nil
 }

@@ -168,6 +168,15 @@ func (d *Domain) Apply(manifests string) {
 	}
 }
 
+// Register registers an endpoint with this domain as its gateway would;
+// a service of another (floating) domain is registered there too.
+func (d *Domain) Register(ep *registrypb.Endpoint) error {
+	ctx, cancel := d.s.ctx()
+	defer cancel()
+	_, err := registrypb.NewRegistryClient(d.gateway).RegisterEndpoint(ctx, &registrypb.RegisterEndpointRequest{Endpoint: ep})
+	return err
+}
+
 // Find is what the match rules select for a client with labels, as
 // "name service,..." lines, asked of this domain (service@other is
 // forwarded).

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/registry/registrypb"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -259,4 +260,76 @@ func report(b *testing.B, lat []time.Duration) {
 	pct := func(p float64) float64 { return float64(lat[int(float64(len(lat)-1)*p)]) / float64(time.Millisecond) }
 	b.ReportMetric(pct(0.5), "p50-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
+}
+
+// Four domains around a floating registry: endpoints in a and b register
+// as svc@floating.example; a client in c asks for svc@floating.example and
+// is connected through the endpoint's own domain.
+func TestFloatingDomain(t *testing.T) {
+	s := New(t, "floating.example", "a.example", "b.example", "c.example")
+	fl, a, b, c := s.D("floating.example"), s.D("a.example"), s.D("b.example"), s.D("c.example")
+	fl.Apply(`
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: svc}
+spec:
+  payload: IP
+  matches:
+    - source_selector: {zone: a}
+      routes: [{destination_selector: {zone: a}}]
+    - routes: [{destination_selector: {zone: b}}]
+`)
+	for _, r := range []struct {
+		d    *Domain
+		name string
+		zone string
+	}{{a, "nse-a", "a"}, {b, "nse-b", "b"}} {
+		if err := r.d.Register(&registrypb.Endpoint{Name: r.name, NetworkServiceNames: []string{"svc@floating.example"}, Labels: map[string]string{"zone": r.zone}}); err != nil {
+			t.Fatalf("%s registering with the floating domain: %v", r.name, err)
+		}
+	}
+	found, err := c.Find("svc@floating.example", map[string]string{"zone": "a"})
+	if err != nil || !slices.Equal(found, []string{"nse-a.a.example@floating.example"}) {
+		t.Fatalf("c finds %v, %v", found, err)
+	}
+
+	toA, err := c.Request("svc@floating.example", "spiffe://c.example/ns/x", map[string]string{"zone": "a"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	toB, err := c.Request("svc@floating.example", "spiffe://c.example/ns/y", nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if toA.GetNetworkServiceEndpointName() != "nse-a@a.example" || toB.GetNetworkServiceEndpointName() != "nse-b@b.example" {
+		t.Errorf("endpoints: %s, %s", toA.GetNetworkServiceEndpointName(), toB.GetNetworkServiceEndpointName())
+	}
+	var hops []string
+	for _, seg := range toA.GetPath().GetSegments() {
+		hops = append(hops, seg.GetName())
+	}
+	if strings.Join(hops, ">") != "proxy.c.example>proxy.floating.example>proxy.a.example" {
+		t.Errorf("path %v", hops)
+	}
+	if got := a.Dataplane.String(); got != "endpoint "+toA.GetId()+" svc@floating.example -> nse-a" {
+		t.Errorf("a's data plane: %q", got)
+	}
+	if fl.Dataplane.String() != "" {
+		t.Errorf("the floating domain programmed something: %s", fl.Dataplane)
+	}
+	// Close from c removes the state in c, the floating domain and a.
+	if err := c.Close(toA); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []*Domain{c, fl, a} {
+		if d.Knows(toA.GetId()) {
+			t.Errorf("%s still knows the closed connection", d.Name)
+		}
+	}
+	if a.Dataplane.String() != "" || strings.Contains(c.Dataplane.String(), toA.GetId()) {
+		t.Errorf("close left data-plane state: a %q, c %q", a.Dataplane, c.Dataplane)
+	}
+	if !b.Knows(toB.GetId()) {
+		t.Error("closing one connection closed another")
+	}
 }

@@ -271,7 +271,11 @@ type Endpoint struct {
 	// When the registration lapses unless refreshed; unset for static endpoints.
 	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// The SPIFFE ID that first registered the name. Set by the registry.
-	Owner         string `protobuf:"bytes,6,opt,name=owner,proto3" json:"owner,omitempty"`
+	Owner string `protobuf:"bytes,6,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The domain whose proxy serves this endpoint, when it is not this
+	// domain: an endpoint another domain registered with a floating domain.
+	// Set by the registry.
+	Domain        string `protobuf:"bytes,7,opt,name=domain,proto3" json:"domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -344,6 +348,13 @@ func (x *Endpoint) GetExpiresAt() *timestamppb.Timestamp {
 func (x *Endpoint) GetOwner() string {
 	if x != nil {
 		return x.Owner
+	}
+	return ""
+}
+
+func (x *Endpoint) GetDomain() string {
+	if x != nil {
+		return x.Domain
 	}
 	return ""
 }
@@ -1250,7 +1261,7 @@ const file_registry_registrypb_registry_proto_rawDesc = "" +
 	"\x14destination_selector\x18\x01 \x03(\v21.vwire.registry.v1.Route.DestinationSelectorEntryR\x13destinationSelector\x1aF\n" +
 	"\x18DestinationSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb1\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc9\x02\n" +
 	"\bEndpoint\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x122\n" +
 	"\x15network_service_names\x18\x02 \x03(\tR\x13networkServiceNames\x12?\n" +
@@ -1258,7 +1269,8 @@ const file_registry_registrypb_registry_proto_rawDesc = "" +
 	"\x03url\x18\x04 \x01(\tR\x03url\x129\n" +
 	"\n" +
 	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x14\n" +
-	"\x05owner\x18\x06 \x01(\tR\x05owner\x1a9\n" +
+	"\x05owner\x18\x06 \x01(\tR\x05owner\x12\x16\n" +
+	"\x06domain\x18\a \x01(\tR\x06domain\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
