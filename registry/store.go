@@ -349,9 +349,12 @@ func (s *Store) Find(ctx context.Context, service string, labels map[string]stri
 
 // snapshot reads a service and its endpoints at one revision.
 func (s *Store) snapshot(ctx context.Context, service string) (*registrypb.NetworkService, map[string]*registrypb.Endpoint, int64, error) {
+	// Serializable: served by the member asked, without a consensus round.
+	// A find may lag a write by the member's replication delay, as a watch
+	// would; writes check ownership with linearizable reads.
 	resp, err := s.cli.Txn(ctx).Then(
-		clientv3.OpGet(s.serviceKey(service)),
-		clientv3.OpGet(s.indexPrefix(service), clientv3.WithPrefix()),
+		clientv3.OpGet(s.serviceKey(service), clientv3.WithSerializable()),
+		clientv3.OpGet(s.indexPrefix(service), clientv3.WithPrefix(), clientv3.WithSerializable()),
 	).Commit()
 	if err != nil {
 		return nil, nil, 0, err

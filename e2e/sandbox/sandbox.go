@@ -54,6 +54,12 @@ type Domain struct {
 // every pair. Everything stops when the test ends.
 func New(t testing.TB, names ...string) *Sandbox {
 	t.Helper()
+	return NewWith(t, nil, names...)
+}
+
+// NewWith is New with each domain's config changed by opt first.
+func NewWith(t testing.TB, opt func(*domain.Config), names ...string) *Sandbox {
+	t.Helper()
 	s := &Sandbox{t: t, Zone: e2e.NewZone(t), domains: map[string]*Domain{}}
 	dir := t.TempDir()
 	for _, name := range names {
@@ -64,6 +70,9 @@ func New(t testing.TB, names ...string) *Sandbox {
 		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t, name}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		d := &Domain{Dataplane: proxy.NewFakeDataplane(), s: s, cfg: cfg}
 		cfg.Dataplane = d.Dataplane
+		if opt != nil {
+			opt(cfg)
+		}
 		d.start()
 		s.domains[name] = d
 	}
@@ -175,6 +184,14 @@ func (d *Domain) Register(ep *registrypb.Endpoint) error {
 	defer cancel()
 	_, err := registrypb.NewRegistryClient(d.gateway).RegisterEndpoint(ctx, &registrypb.RegisterEndpointRequest{Endpoint: ep})
 	return err
+}
+
+// Watch finds with watch and returns the stream, for as long as the test
+// runs.
+func (d *Domain) Watch(service string, labels map[string]string) (grpc.ServerStreamingClient[registrypb.FindResponse], error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	d.s.t.Cleanup(cancel)
+	return registrypb.NewRegistryClient(d.admin).Find(ctx, &registrypb.FindRequest{Service: service, SourceLabels: labels, Watch: true})
 }
 
 // Find is what the match rules select for a client with labels, as

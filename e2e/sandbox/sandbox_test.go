@@ -19,6 +19,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/vwire/vwire/domain"
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/registry/registrypb"
 )
@@ -331,5 +332,65 @@ spec:
 	}
 	if !b.Knows(toB.GetId()) {
 		t.Error("closing one connection closed another")
+	}
+}
+
+// A connection nobody refreshes lapses at every hop, and both ends are
+// removed from the data planes.
+func TestConnectionExpiry(t *testing.T) {
+	s := NewWith(t, func(c *domain.Config) { c.ConnectionLifetime = 2 * time.Second }, "a.example", "b.example")
+	a, b := s.D("a.example"), s.D("b.example")
+	b.Apply(reference)
+	conn, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); a.Knows(conn.GetId()) || b.Knows(conn.GetId()) ||
+		a.Dataplane.String() != "" || b.Dataplane.String() != ""; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("15s after a 2s lifetime: a knows %v, b knows %v, a programs %q, b programs %q",
+				a.Knows(conn.GetId()), b.Knows(conn.GetId()), a.Dataplane, b.Dataplane)
+		}
+	}
+}
+
+// A watch of service@b from a follows b's registrations, with b's names.
+func TestWatchAcrossDomains(t *testing.T) {
+	s := New(t, "a.example", "b.example")
+	a, b := s.D("a.example"), s.D("b.example")
+	b.Apply(reference)
+	w, err := a.Watch("secure-intranet-connectivity@b.example", map[string]string{"app": "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := w.Recv()
+	if err != nil || len(first.GetSnapshot().GetEndpoints()) != 1 {
+		t.Fatalf("snapshot %v, %v", first, err)
+	}
+	if err := b.Register(&registrypb.Endpoint{Name: "firewall-2", NetworkServiceNames: []string{"secure-intranet-connectivity"}, Labels: map[string]string{"app": "firewall"}}); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := w.Recv()
+	if err != nil || ev.GetUpdate().GetName() != "firewall-2@b.example" || ev.GetUpdate().GetNetworkServiceNames()[0] != "secure-intranet-connectivity@b.example" {
+		t.Fatalf("update %v, %v", ev, err)
+	}
+}
+
+// b publishes two proxies with different priorities; when the first dies,
+// requests fail over to the second.
+func TestPriorityFailover(t *testing.T) {
+	s := New(t, "a.example", "b.example")
+	a, b := s.D("a.example"), s.D("b.example")
+	b.Apply(reference)
+	// A dead first choice, ahead of b's real proxy (priority 10).
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(dead.Addr().String())
+	dead.Close()
+	s.Zone.Add(t, "_vwire._tcp.b.example. 30 IN SRV 5 100 "+port+" dead.b.example.", "dead.b.example. 30 IN A 127.0.0.1")
+	if _, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", nil, ""); err != nil {
+		t.Fatalf("no failover past a dead first target: %v", err)
 	}
 }
