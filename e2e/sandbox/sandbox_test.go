@@ -21,6 +21,8 @@ import (
 
 	"github.com/vwire/vwire/domain"
 	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/federation/federationpb"
+	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry/registrypb"
 )
 
@@ -146,24 +148,52 @@ func TestProxyRestart(t *testing.T) {
 	}
 }
 
-// Each refusal with its own error.
+// Each refusal with its own error: a spoofed domain, an unknown domain, a
+// domain not federated, no matching endpoint.
 func TestRefusals(t *testing.T) {
-	s := New(t, "a.example", "b.example")
-	a := s.D("a.example")
-	s.D("b.example").Apply(reference)
+	s := New(t, "a.example", "b.example", "c.example")
+	a, b, c := s.D("a.example"), s.D("b.example"), s.D("c.example")
+	b.Apply(reference + `
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: picky}
+spec:
+  payload: IP
+  matches: [{source_selector: {tier: gold}, routes: [{destination_selector: {app: nothing}}]}]
+`)
+	// a stops federating with c.
+	if _, err := federationpb.NewFederationClient(a.admin).RemovePeer(context.Background(), &federationpb.RemovePeerRequest{Domain: "c.example"}); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		service string
 		labels  map[string]string
 		code    codes.Code
 		want    string
 	}{
-		{"secure-intranet-connectivity@nowhere.example", nil, codes.NotFound, "unknown domain"},
+		{"secure-intranet-connectivity@nowhere.example", nil, codes.NotFound, `unknown domain "nowhere.example"`},
+		{"secure-intranet-connectivity@c.example", nil, codes.FailedPrecondition, `domain "c.example" is not federated with "a.example"`},
+		{"picky@b.example", map[string]string{"tier": "gold"}, codes.NotFound, `no endpoint of network service "picky" matches labels`},
 		{"none@b.example", nil, codes.NotFound, `network service "none" is not registered`},
 	} {
 		_, err := a.Request(tc.service, "spiffe://a.example/ns/x", tc.labels, "")
 		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: %v", tc.service, err)
+			t.Errorf("%s: %v\nwant %s with %q", tc.service, err, tc.code, tc.want)
 		}
+	}
+	// c's proxy claims to speak for a.
+	p, _ := c.Peers.Lookup("b.example")
+	spoof, err := federation.DialPeer(b.Addr().String(), c.Identity, "a.example", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spoof.Close()
+	_, err = proxypb.NewNetworkServiceClient(spoof).Request(context.Background(), &proxypb.NetworkServiceRequest{
+		Connection: &proxypb.Connection{NetworkService: "secure-intranet-connectivity"},
+	})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `may not speak for domain "a.example"`) {
+		t.Errorf("spoofed domain: %v", err)
 	}
 }
 
