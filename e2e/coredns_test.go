@@ -12,7 +12,8 @@ import (
 )
 
 // The interdomain issue's "done when" with a DNS server not written here:
-// two `vwire domain` processes publish their records into an etcd that a
+// two domains (a `vwire domain`, and a `vwire proxy` on an external etcd)
+// publish their records into an etcd that a
 // real CoreDNS serves (its etcd plugin), federate, and a answers
 // `vwire get endpoints --service secure-intranet-connectivity@b.example
 // --source-labels app=firewall` with b's vpn-gateway endpoint. When b is
@@ -52,9 +53,15 @@ func TestCoreDNSDiscovery(t *testing.T) {
 	procs := map[string]*exec.Cmd{}
 	for _, d := range []*dom{a, b} {
 		d.addr, d.bundleAddr, d.data = fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t)), filepath.Join(dir, d.name)
-		procs[d.name] = startDomainProcess(t, vwireBin, "domain", "--name", d.name, "--data-dir", d.data, "--listen", d.addr,
+		// a runs as one process with its embedded etcd; b as a proxy on the
+		// external etcd (which also holds the DNS records).
+		role := []string{"domain"}
+		if d == b {
+			role = []string{"proxy", "--etcd-endpoints", etcdURL}
+		}
+		procs[d.name] = startDomainProcess(t, vwireBin, append(role, "--name", d.name, "--data-dir", d.data, "--listen", d.addr,
 			"--bundle-listen", d.bundleAddr, "--dns-server", dnsServer,
-			"--publish-dns", "etcd", "--dns-etcd-endpoints", etcdURL, "--dns-ttl", "2s")
+			"--publish-dns", "etcd", "--dns-etcd-endpoints", etcdURL, "--dns-ttl", "2s")...)
 	}
 	cli := func(d *dom, wantOK bool, args ...string) string {
 		t.Helper()

@@ -45,7 +45,12 @@ func startDomainProcess(t *testing.T, bin string, args ...string) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	name := args[0] + " " + args[2]
+	name := args[0]
+	for i, a := range args {
+		if a == "--name" && i+1 < len(args) {
+			name += " " + args[i+1]
+		}
+	}
 	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(out)

@@ -44,6 +44,32 @@ DIR/admin.`,
 	return cmd
 }
 
+func newProxyCmd() *cobra.Command {
+	cfg := domain.NewConfig()
+	cmd := &cobra.Command{
+		Use:   "proxy --name DOMAIN --etcd-endpoints URL,... [--listen ADDR] [--bundle-listen ADDR]",
+		Short: "Run a domain's control plane and public edge on the domain's etcd cluster",
+		Long: `Run a domain's proxy: its control plane and public edge (the registry API,
+forwarding of service@domain, connections, federation and the bundle
+endpoint), on the domain's external etcd cluster, so that several replicas
+can serve one domain behind its _vwire._tcp SRV records. It needs
+--etcd-endpoints: a proxy keeps no data of its own.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(cfg.EtcdEndpoints) == 0 {
+				return usagef("--etcd-endpoints is required: a proxy keeps its state in the domain's etcd (for one process with an embedded etcd, run vwire domain)")
+			}
+			cfg.Logger = slog.Default().With("role", "proxy")
+			return serve(cmd, "proxy", cfg.Name, cfg.DataDir, cfg.SpiffeSocket, func() (server, error) {
+				return domain.Start(cmd.Context(), cfg)
+			})
+		},
+	}
+	cfg.AddFlags(cmd.Flags())
+	cmd.Flags().String("config", "", "a YAML file of settings named as these flags")
+	return cmd
+}
+
 func newRegistryCmd() *cobra.Command {
 	cfg := registry.NewConfig()
 	cmd := &cobra.Command{

@@ -185,6 +185,7 @@ func TestBadSettings(t *testing.T) {
 		{[]string{"VWIRE_ENDPOINT_LIFETIME=soon"}, []string{"domain", "--name", "a.example"}, `VWIRE_ENDPOINT_LIFETIME="soon"`},
 		{nil, []string{"domain", "--name", "a.example", "--listen", "nowhere"}, `--listen "nowhere"`},
 		{nil, []string{"domain", "--name", "a.example", "--etcd-endpoints", "localhost:2379"}, `is not an http:// or https:// URL`},
+		{nil, []string{"proxy", "--name", "a.example"}, "--etcd-endpoints is required"},
 		{nil, []string{"get", "pods"}, `unknown resource "pods" (want services, endpoints or connections)`},
 		{nil, []string{"get", "endpoints", "--source-labels", "app=x"}, "--source-labels needs --service"},
 		{nil, []string{"get", "services", "--credentials", filepath.Join(dir, "none")}, "credentials " + filepath.Join(dir, "none")},
