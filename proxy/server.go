@@ -51,10 +51,10 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	if s.Dataplane == nil {
 		return nil, status.Error(codes.Unimplemented, "this domain has no data plane to program yet (the gateway role comes with the data-plane work)")
 	}
-	conn := proto.Clone(req.GetConnection()).(*proxypb.Connection)
-	if conn == nil {
+	if req.GetConnection() == nil {
 		return nil, status.Error(codes.InvalidArgument, "the request has no connection")
 	}
+	conn := proto.Clone(req.GetConnection()).(*proxypb.Connection)
 	name, err := registry.ParseName(conn.GetNetworkService())
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -88,9 +88,17 @@ func (s *Server) mayChange(ctx context.Context, conn *proxypb.Connection) bool {
 	return caller.String() == conn.GetRequester() || caller == federation.AdminID(s.TD)
 }
 
+// segment adds this hop's path segment, or on a refresh renews it and
+// drops the ones after it (the next hops add theirs again).
 func (s *Server) segment(conn *proxypb.Connection) {
 	if conn.Path == nil {
 		conn.Path = &proxypb.Path{}
+	}
+	for i, seg := range conn.Path.Segments {
+		if seg.GetName() == "proxy."+s.Own {
+			conn.Path.Segments = conn.Path.Segments[:i]
+			break
+		}
 	}
 	conn.Path.Segments = append(conn.Path.Segments, &proxypb.PathSegment{
 		Name: "proxy." + s.Own, SpiffeId: federation.ProxyID(s.TD).String(),

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/metadata"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/federation/federationpb"
 	"github.com/vwire/vwire/proxy/proxypb"
+	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
 )
 
@@ -446,5 +448,33 @@ func TestPriorityFailover(t *testing.T) {
 	s.Zone.Add(t, "_vwire._tcp.b.example. 30 IN SRV 5 100 "+port+" dead.b.example.", "dead.b.example. 30 IN A 127.0.0.1")
 	if _, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", nil, ""); err != nil {
 		t.Fatalf("no failover past a dead first target: %v", err)
+	}
+}
+
+// A refresh (the returned connection sent again) keeps the endpoint and
+// the path, renewing each hop's expiry.
+func TestRefreshKeepsPath(t *testing.T) {
+	s := New(t, "a.example", "b.example")
+	a, b := s.D("a.example"), s.D("b.example")
+	b.Apply(reference)
+	conn, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := a.s.ctx()
+	defer cancel()
+	again, err := proxypb.NewNetworkServiceClient(a.gateway).Request(metadata.AppendToOutgoingContext(ctx, registry.ClientHeader, "spiffe://a.example/ns/x"),
+		&proxypb.NetworkServiceRequest{Connection: conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.GetId() != conn.GetId() || again.GetNetworkServiceEndpointName() != conn.GetNetworkServiceEndpointName() || len(again.GetPath().GetSegments()) != 2 {
+		t.Errorf("refresh changed the connection: %v", again)
+	}
+	if !again.GetPath().GetSegments()[1].GetExpires().AsTime().After(conn.GetPath().GetSegments()[1].GetExpires().AsTime()) {
+		t.Error("the refresh did not renew b's segment")
+	}
+	if _, err := proxypb.NewNetworkServiceClient(a.gateway).Request(ctx, &proxypb.NetworkServiceRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("a request without a connection: %v", err)
 	}
 }
