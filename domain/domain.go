@@ -256,6 +256,10 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 	}
 	d.Etcd.OnFailure(d.fail)
 	d.Store = registry.NewStore(d.Etcd.Client, cfg.Name)
+	mirrorCtx, stopMirror := context.WithCancel(context.Background())
+	mirrored := d.Store.Mirror(mirrorCtx)
+	d.wg.Add(1)
+	go func() { defer d.wg.Done(); <-d.stop; stopMirror(); <-mirrored }()
 	// With SPIRE, SPIRE federates the bundles; vwire only binds domains.
 	if d.Peers, err = federation.OpenPeers(ctx, d.Etcd.Client, cfg.Name, d.Identity.Trust, log); err != nil {
 		return nil, err

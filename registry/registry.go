@@ -85,6 +85,8 @@ type Registry struct {
 	srv      *grpc.Server
 	lis      net.Listener
 	errc     chan error
+
+	stopMirror context.CancelFunc
 }
 
 // Start starts a registry as cfg says. It returns once the registry serves;
@@ -119,6 +121,9 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 	}
 	r.Etcd.OnFailure(r.fail)
 	r.Store = NewStore(r.Etcd.Client, cfg.Name)
+	mirrorCtx, stopMirror := context.WithCancel(context.Background())
+	mirrored := r.Store.Mirror(mirrorCtx)
+	r.stopMirror = func() { stopMirror(); <-mirrored }
 
 	if r.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("--listen: %w", err)
@@ -158,6 +163,9 @@ func (r *Registry) Close() error {
 		r.srv.Stop()
 	} else if r.lis != nil {
 		r.lis.Close()
+	}
+	if r.stopMirror != nil {
+		r.stopMirror()
 	}
 	var errs []error
 	if r.Etcd != nil {

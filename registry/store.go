@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -35,6 +36,9 @@ type Store struct {
 	cli    *clientv3.Client
 	prefix string
 	now    func() time.Time
+
+	mirror  atomic.Pointer[mirror]
+	written lastWrite
 }
 
 // NewStore returns a Store for domain on cli.
@@ -51,12 +55,23 @@ func (s *Store) PutService(ctx context.Context, svc *registrypb.NetworkService) 
 	if err := ValidateService(svc); err != nil {
 		return err
 	}
-	_, err := s.cli.Put(ctx, s.serviceKey(svc.GetName()), marshal(svc))
+	resp, err := s.cli.Put(ctx, s.serviceKey(svc.GetName()), marshal(svc))
+	if err == nil {
+		s.written.saw(resp.Header.Revision)
+	}
 	return err
 }
 
 // GetService returns the named network service.
 func (s *Store) GetService(ctx context.Context, name string) (*registrypb.NetworkService, error) {
+	if m := s.mirror.Load(); m != nil {
+		if svc, _, ok := m.snapshot(ctx, name, s.written.Load(), 100*time.Millisecond); ok {
+			if svc == nil {
+				return nil, errorf(ErrNotFound, "network service %q is not registered", name)
+			}
+			return svc, nil
+		}
+	}
 	resp, err := s.cli.Get(ctx, s.serviceKey(name))
 	if err != nil {
 		return nil, err
@@ -82,6 +97,7 @@ func (s *Store) DeleteService(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	s.written.saw(resp.Header.Revision)
 	if resp.Deleted == 0 {
 		return errorf(ErrNotFound, "network service %q is not registered", name)
 	}
@@ -216,6 +232,7 @@ func (s *Store) tryApply(ctx context.Context, owner string, req *registrypb.Appl
 		revoke(granted)
 		return nil, err == nil, err
 	}
+	s.written.saw(resp.Header.Revision)
 	var replaced []clientv3.LeaseID
 	for _, prev := range old {
 		replaced = append(replaced, prev.lease)
@@ -275,6 +292,7 @@ func (s *Store) RefreshEndpoint(ctx context.Context, owner, name string) (*regis
 			return nil, err
 		}
 		if resp.Succeeded {
+			s.written.saw(resp.Header.Revision)
 			return ep, nil
 		}
 	}
@@ -303,6 +321,7 @@ func (s *Store) UnregisterEndpoint(ctx context.Context, owner, name string) erro
 			return err
 		}
 		if resp.Succeeded {
+			s.written.saw(resp.Header.Revision)
 			if prev.lease != clientv3.NoLease {
 				_, _ = s.cli.Revoke(ctx, prev.lease) // nothing is left on it; it would expire anyway
 			}
@@ -340,6 +359,15 @@ func (s *Store) ListEndpoints(ctx context.Context, service string) ([]*registryp
 // Find returns the endpoints that service's match rules select for a client
 // with the given labels (see Select).
 func (s *Store) Find(ctx context.Context, service string, labels map[string]string) ([]*registrypb.Endpoint, error) {
+	if m := s.mirror.Load(); m != nil {
+		// This store's own writes are visible once the copy reaches them.
+		if svc, eps, ok := m.snapshot(ctx, service, s.written.Load(), 100*time.Millisecond); ok {
+			if svc == nil {
+				return nil, errorf(ErrNotFound, "network service %q is not registered", service)
+			}
+			return Select(svc, labels, eps), nil
+		}
+	}
 	svc, eps, _, err := s.snapshot(ctx, service)
 	if err != nil {
 		return nil, err
