@@ -1,6 +1,7 @@
 package registry_test
 
 import (
+	"context"
 	"io"
 	"os"
 	"slices"
@@ -298,4 +299,39 @@ func TestStartFailureCleansUp(t *testing.T) {
 		t.Fatalf("the failed start left the data directory locked: %v", err)
 	}
 	r.Close()
+}
+
+// Finds read the mirror: a second registry process on the same etcd (a
+// replica) sees another's writes and lease expiries, and a store always
+// sees its own writes at once.
+func TestMirrorFollowsOtherWritersAndExpiry(t *testing.T) {
+	d := startDomain(t, "a.example")
+	replica := registry.NewStore(d.reg.Etcd.Client, "a.example")
+	c, cancel := context.WithCancel(context.Background())
+	stopped := replica.Mirror(c)
+	defer func() { cancel(); <-stopped }()
+
+	own := d.reg.Store
+	if err := own.PutService(ctx(t), &registrypb.NetworkService{Name: "svc", Payload: registrypb.Payload_IP}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := own.RegisterEndpoint(ctx(t), "spiffe://a.example/nse", &registrypb.Endpoint{Name: "e1", NetworkServiceNames: []string{"svc"}}, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Read-your-writes on the writer, with no wait.
+	if eps, err := own.Find(ctx(t), "svc", nil); err != nil || len(eps) != 1 {
+		t.Fatalf("own write not visible: %v %v", eps, err)
+	}
+	if !waitFor(func() bool { eps, err := replica.Find(ctx(t), "svc", nil); return err == nil && len(eps) == 1 }) {
+		t.Fatal("the replica never saw the endpoint")
+	}
+	if !waitFor(func() bool { eps, err := replica.Find(ctx(t), "svc", nil); return err == nil && len(eps) == 0 }) {
+		t.Fatal("the replica still finds the endpoint after its lease expired")
+	}
+	if err := own.DeleteService(ctx(t), "svc"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := own.Find(ctx(t), "svc", nil); status.Code(registry.ToStatus(err)) != codes.NotFound {
+		t.Errorf("a deleted service is still found: %v", err)
+	}
 }
