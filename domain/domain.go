@@ -265,8 +265,16 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 		return nil, err
 	}
 
+	resolver := proxy.NewResolver(cfg.DNSServer)
 	fed := &federation.Service{Own: td, Peers: d.Peers, CA: d.Identity.CA,
-		Propagation: cfg.RotationPropagation, Overlap: cfg.RotationOverlap, ValidateDomain: registry.ValidateDomain}
+		Propagation: cfg.RotationPropagation, Overlap: cfg.RotationOverlap, ValidateDomain: registry.ValidateDomain,
+		LocateBundleEndpoint: func(ctx context.Context, domain string) (string, error) {
+			targets, err := resolver.LookupService(ctx, proxy.BundleService, domain)
+			if err != nil {
+				return "", err
+			}
+			return "https://" + targets[0].Addresses()[0], nil
+		}}
 	if err := configurePeers(ctx, fed, cfg.Peers); err != nil {
 		return nil, err
 	}
@@ -282,7 +290,7 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 		grpc.ChainUnaryInterceptor(bindUnary, errUnary),
 		grpc.ChainStreamInterceptor(bindStream, errStream),
 	)
-	d.pool = proxy.NewPool(proxy.NewResolver(cfg.DNSServer), d.Identity, cfg.Name, d.Peers)
+	d.pool = proxy.NewPool(resolver, d.Identity, cfg.Name, d.Peers)
 	local := registry.NewServer(d.Store, td, cfg.EndpointLifetime, d.Peers, log)
 	registrypb.RegisterRegistryServer(d.srv, proxy.NewRegistry(local, cfg.Name, d.pool))
 	d.NetworkService = &proxy.Server{Own: cfg.Name, TD: td, Store: d.Store, Peers: d.Peers, Pool: d.pool,

@@ -27,6 +27,9 @@ type Service struct {
 	Propagation, Overlap time.Duration
 	// ValidateDomain checks a peer's domain name.
 	ValidateDomain func(string) error
+	// LocateBundleEndpoint finds a peer's bundle endpoint URL when none is
+	// given (through its _spiffe-bundle._tcp SRV record); nil: it must be.
+	LocateBundleEndpoint func(ctx context.Context, domain string) (string, error)
 }
 
 func (s *Service) admin(ctx context.Context) error {
@@ -56,6 +59,9 @@ func (s *Service) AddPeer(ctx context.Context, req *federationpb.AddPeerRequest)
 	peer, err := s.peerFromProto(req.GetPeer())
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := s.locate(ctx, &peer); err != nil {
+		return nil, err
 	}
 	if err := s.Peers.Add(ctx, peer, req.GetBundle()); err != nil {
 		if errors.Is(err, ErrBadPeer) {
@@ -95,11 +101,29 @@ func (s *Service) peerFromProto(p *federationpb.Peer) (Peer, error) {
 	return peer, nil
 }
 
+// locate fills in the bundle endpoint of a peer added without one. DNS
+// only locates it: the endpoint is still authenticated by the bootstrap
+// bundle.
+func (s *Service) locate(ctx context.Context, peer *Peer) error {
+	if peer.BundleEndpointURL != "" || s.CA == nil || s.LocateBundleEndpoint == nil {
+		return nil
+	}
+	url, err := s.LocateBundleEndpoint(ctx, peer.Domain)
+	if err != nil {
+		return status.Errorf(codes.FailedPrecondition, "%q: no --bundle-endpoint given, and none found in DNS: %v", peer.Domain, err)
+	}
+	peer.BundleEndpointURL = url
+	return nil
+}
+
 // Configure adds a peer from configuration unless it is stored with the
 // same settings already (then it keeps the bundle it last fetched).
 func (s *Service) Configure(ctx context.Context, p *federationpb.Peer, bundle []byte) error {
 	peer, err := s.peerFromProto(p)
 	if err != nil {
+		return err
+	}
+	if err := s.locate(ctx, &peer); err != nil {
 		return err
 	}
 	if have, ok := s.Peers.Lookup(peer.Domain); ok {

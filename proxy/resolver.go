@@ -143,7 +143,13 @@ func (r *Resolver) exchange(ctx context.Context, network string, msg *dns.Msg, s
 // priority, and within a priority in a weighted random order (RFC 2782).
 // Targets without an address are left out.
 func (r *Resolver) Lookup(ctx context.Context, domain string) ([]Target, error) {
-	owner := "_vwire._tcp." + domain
+	return r.LookupService(ctx, ProxyService, domain)
+}
+
+// LookupService is Lookup for another of a domain's SRV services, such as
+// BundleService.
+func (r *Resolver) LookupService(ctx context.Context, service, domain string) ([]Target, error) {
+	owner := service + "." + domain
 	srv, err := r.query(ctx, owner, dns.TypeSRV)
 	if err != nil {
 		return nil, err

@@ -56,7 +56,7 @@ func newFederationAddCmd() *cobra.Command {
 	var endpoint, bundleFile, td, endpointID string
 	var trustOnly bool
 	cmd := &cobra.Command{
-		Use:   "add DOMAIN --bundle-endpoint URL --bundle FILE [--trust-domain TD] [--endpoint-id ID]",
+		Use:   "add DOMAIN --bundle FILE [--bundle-endpoint URL] [--trust-domain TD] [--endpoint-id ID]",
 		Short: "Federate with a peer domain, starting from its bundle; afterwards its bundle is fetched and refreshed",
 		Example: `  # on b: vwire federation bundle > b.bundle; then on a:
   vwire federation add b.example --bundle-endpoint https://b.example:8443 --bundle b.bundle`,
@@ -64,9 +64,6 @@ func newFederationAddCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if bundleFile == "" {
 				return usagef("--bundle FILE is required: the peer's bundle as `vwire federation bundle` prints it (DNS never establishes trust)")
-			}
-			if endpoint == "" {
-				return usagef("--bundle-endpoint URL is required")
 			}
 			raw, err := os.ReadFile(bundleFile)
 			if err != nil {
@@ -86,7 +83,7 @@ func newFederationAddCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&endpoint, "bundle-endpoint", "", "the peer's SPIFFE bundle endpoint URL (https://HOST:PORT)")
+	cmd.Flags().StringVar(&endpoint, "bundle-endpoint", "", "the peer's SPIFFE bundle endpoint URL (https://HOST:PORT; default: from its _spiffe-bundle._tcp SRV record)")
 	cmd.Flags().StringVar(&bundleFile, "bundle", "", "the peer's bundle to start from (SPIFFE JSON or PEM)")
 	cmd.Flags().StringVar(&td, "trust-domain", "", "the peer's trust domain (default: DOMAIN)")
 	cmd.Flags().BoolVar(&trustOnly, "trust-only", false, "trust the peer but keep its workloads out of services without their own policy")

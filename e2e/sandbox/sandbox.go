@@ -111,8 +111,10 @@ func (d *Domain) start() {
 	t.Cleanup(func() { dom.Close() })
 	if !d.published {
 		host, port := splitHostPort(dom.Addr().String())
+		_, bundlePort := splitHostPort(d.cfg.BundleListen)
 		target := "proxy." + d.cfg.Name + "."
-		d.s.Zone.Add(t, "_vwire._tcp."+d.cfg.Name+". 30 IN SRV 10 100 "+port+" "+target, target+" 30 IN A "+host)
+		d.s.Zone.Add(t, "_vwire._tcp."+d.cfg.Name+". 30 IN SRV 10 100 "+port+" "+target, target+" 30 IN A "+host,
+			"_spiffe-bundle._tcp."+d.cfg.Name+". 30 IN SRV 10 100 "+bundlePort+" "+target)
 		d.published = true
 	}
 	admin, err := federation.LoadCredentials(filepath.Join(d.cfg.DataDir, "admin"))
@@ -145,7 +147,9 @@ func (d *Domain) Restart() {
 	d.start()
 }
 
-// Federate makes d federate with peer, as `vwire federation add` does.
+// Federate makes d federate with peer, as `vwire federation add` does
+// with the peer's bundle and no --bundle-endpoint: the endpoint comes from
+// the peer's _spiffe-bundle._tcp SRV record.
 func (d *Domain) Federate(peer *Domain) {
 	ctx, cancel := d.s.ctx()
 	defer cancel()
@@ -156,7 +160,7 @@ func (d *Domain) Federate(peer *Domain) {
 		t.Fatal(err)
 	}
 	if _, err := federationpb.NewFederationClient(d.admin).AddPeer(ctx, &federationpb.AddPeerRequest{
-		Peer: &federationpb.Peer{Domain: peer.Name, BundleEndpointUrl: peer.BundleURL()}, Bundle: b.GetSpiffe(),
+		Peer: &federationpb.Peer{Domain: peer.Name}, Bundle: b.GetSpiffe(),
 	}); err != nil {
 		t.Fatal(err)
 	}

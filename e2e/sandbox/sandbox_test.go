@@ -509,3 +509,21 @@ func TestRefreshKeepsPath(t *testing.T) {
 		t.Errorf("a request without a connection: %v", err)
 	}
 }
+
+// The sandbox federates through DNS-located bundle endpoints; without a
+// _spiffe-bundle._tcp record, adding a peer needs the URL.
+func TestBundleEndpointFromDNS(t *testing.T) {
+	s := New(t, "a.example", "b.example")
+	a := s.D("a.example")
+	list, err := federationpb.NewFederationClient(a.admin).ListPeers(context.Background(), &federationpb.ListPeersRequest{})
+	if err != nil || len(list.GetPeers()) != 1 || list.GetPeers()[0].GetPeer().GetBundleEndpointUrl() != s.D("b.example").BundleURL() {
+		t.Fatalf("peer located through DNS: %v, %v", list, err)
+	}
+	b, _ := federationpb.NewFederationClient(s.D("b.example").admin).GetBundle(context.Background(), &federationpb.GetBundleRequest{})
+	_, err = federationpb.NewFederationClient(a.admin).AddPeer(context.Background(), &federationpb.AddPeerRequest{
+		Peer: &federationpb.Peer{Domain: "elsewhere.example", TrustDomain: "b.example"}, Bundle: b.GetSpiffe(),
+	})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "no --bundle-endpoint given, and none found in DNS") {
+		t.Errorf("no SRV record: %v", err)
+	}
+}
