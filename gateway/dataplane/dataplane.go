@@ -1,0 +1,123 @@
+// Package dataplane is the small interface between the gateway's
+// reconciler and the backends that program vWire ends (gateway/kernel,
+// and later gateway/vpp): whole desired state in, idempotent, and a List of
+// what is really programmed, so that diffing and retries live once, in the
+// reconciler.
+package dataplane
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+)
+
+// DefaultInterface is the name of a vWire's interface in a workload's
+// network namespace unless the request names another.
+const DefaultInterface = "nsm0"
+
+// End is the desired state of one vWire end on this node: an interface in
+// a workload's network namespace with its addresses, routes and MTU, and
+// its other half in the gateway's namespace, where tunnels attach.
+type End struct {
+	// ID is the connection's id; it names and tags everything the end is.
+	ID string
+	// NetNS is the workload's network namespace: a name (/run/netns/NAME)
+	// or a path (/proc/PID/ns/net).
+	NetNS string
+	// Interface is the interface's name in the workload's namespace.
+	Interface string
+	Addrs     []netip.Prefix
+	Routes    []Route
+	MTU       int
+}
+
+// Route is a route set on the workload's interface.
+type Route struct {
+	Prefix netip.Prefix
+	Via    netip.Addr // zero: directly on the interface
+}
+
+// Backend programs vWire ends. Implementations are safe for concurrent use.
+type Backend interface {
+	// Apply makes the end exist exactly as e says, creating or changing
+	// what is needed; applying the same end again changes nothing. On an
+	// error, nothing of a new end is left behind.
+	Apply(ctx context.Context, e End) error
+	// Remove removes everything end id made; a missing end is fine.
+	Remove(ctx context.Context, id string) error
+	// List reports the ends that are really programmed, by id.
+	List(ctx context.Context) ([]End, error)
+	// Close releases the backend (not the ends it programmed).
+	Close() error
+}
+
+// String renders an end as one line, for logs and the fake's text.
+func (e End) String() string {
+	var addrs, routes []string
+	for _, a := range e.Addrs {
+		addrs = append(addrs, a.String())
+	}
+	for _, r := range e.Routes {
+		s := r.Prefix.String()
+		if r.Via.IsValid() {
+			s += " via " + r.Via.String()
+		}
+		routes = append(routes, s)
+	}
+	return fmt.Sprintf("%s netns=%s dev=%s mtu=%d addrs=[%s] routes=[%s]", e.ID, e.NetNS, e.Interface, e.MTU,
+		strings.Join(addrs, " "), strings.Join(routes, ", "))
+}
+
+// Fake is a Backend that programs nothing and renders its state as text,
+// one end a line, sorted by id.
+type Fake struct {
+	mu   sync.Mutex
+	ends map[string]End
+}
+
+// NewFake returns an empty fake backend.
+func NewFake() *Fake { return &Fake{ends: map[string]End{}} }
+
+// Apply implements Backend.
+func (f *Fake) Apply(_ context.Context, e End) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ends[e.ID] = e
+	return nil
+}
+
+// Remove implements Backend.
+func (f *Fake) Remove(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.ends, id)
+	return nil
+}
+
+// List implements Backend.
+func (f *Fake) List(context.Context) ([]End, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]End, 0, len(f.ends))
+	for _, e := range f.ends {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// Close implements Backend.
+func (f *Fake) Close() error { return nil }
+
+// String is the fake's state.
+func (f *Fake) String() string {
+	ends, _ := f.List(context.Background())
+	lines := make([]string, len(ends))
+	for i, e := range ends {
+		lines[i] = e.String()
+	}
+	return strings.Join(lines, "\n")
+}

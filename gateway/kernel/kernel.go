@@ -1,0 +1,360 @@
+// Package kernel is the gateway's Linux data-plane backend: vWire ends as
+// veth pairs through netlink, one half injected into the workload's network
+// namespace with the connection's addresses, routes and MTU. Everything it
+// makes is tagged with the connection id (interface aliases, a route
+// protocol), so List finds it after a restart and Remove leaves nothing.
+package kernel
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/vwire/vwire/gateway/dataplane"
+)
+
+const (
+	aliasPrefix = "vwire:"
+	// routeProtocol marks the routes vwire sets (rtnetlink protocol
+	// numbers above 4 are free for routing daemons; 0x76 is 'v').
+	routeProtocol netlink.RouteProtocol = 0x76
+)
+
+// Backend programs vWire ends in the kernel. It works from the network
+// namespace it was created in (the gateway's).
+type Backend struct {
+	mu   sync.Mutex // one change at a time: interface names are shared
+	host *netlink.Handle
+}
+
+var _ dataplane.Backend = (*Backend)(nil)
+
+// New returns a backend for the current network namespace.
+func New() (*Backend, error) {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	return &Backend{host: h}, nil
+}
+
+// hostName is the gateway-side veth of end id: short enough for IFNAMSIZ
+// and the same after a restart.
+func hostName(id string) string { return "vw" + digest(id) }
+
+func tmpName(id string) string { return "vp" + digest(id) }
+
+func digest(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:6])
+}
+
+func hostAlias(e dataplane.End) string { return aliasPrefix + e.ID + ":" + e.NetNS }
+
+func parseHostAlias(a string) (id, ns string, ok bool) {
+	rest, ok := strings.CutPrefix(a, aliasPrefix)
+	if !ok {
+		return "", "", false
+	}
+	return strings.Cut(rest, ":")
+}
+
+// openNS opens a namespace by name (in /run/netns) or path.
+func openNS(ns string) (netns.NsHandle, error) {
+	var h netns.NsHandle
+	var err error
+	if strings.Contains(ns, "/") {
+		h, err = netns.GetFromPath(ns)
+	} else {
+		h, err = netns.GetFromName(ns)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("network namespace %q: %w", ns, err)
+	}
+	return h, nil
+}
+
+// Apply implements dataplane.Backend.
+func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
+	if e.ID == "" || strings.ContainsAny(e.ID, ": /") {
+		return fmt.Errorf("end id %q: empty or has ':', ' ' or '/'", e.ID)
+	}
+	if e.Interface == "" {
+		e.Interface = dataplane.DefaultInterface
+	}
+	if len(e.Interface) > 15 {
+		return fmt.Errorf("interface name %q is longer than 15 characters", e.Interface)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	nsh, err := openNS(e.NetNS)
+	if err != nil {
+		return err
+	}
+	defer nsh.Close()
+	inNS, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return fmt.Errorf("network namespace %q: %w", e.NetNS, err)
+	}
+	defer inNS.Close()
+
+	host, err := b.host.LinkByName(hostName(e.ID))
+	if err != nil {
+		if host, err = b.create(inNS, nsh, e); err != nil {
+			return err
+		}
+		defer func() {
+			if err != nil { // a new end is all or nothing
+				_ = b.host.LinkDel(host)
+			}
+		}()
+	} else if host.Attrs().Alias != hostAlias(e) {
+		return fmt.Errorf("%s exists but belongs to %q, not to end %q in %q", hostName(e.ID), host.Attrs().Alias, e.ID, e.NetNS)
+	}
+	return b.configure(inNS, host, e)
+}
+
+// create makes the veth pair and moves one half into the namespace under
+// its name.
+func (b *Backend) create(inNS *netlink.Handle, nsh netns.NsHandle, e dataplane.End) (netlink.Link, error) {
+	if _, err := inNS.LinkByName(e.Interface); err == nil {
+		return nil, fmt.Errorf("interface %q already exists in network namespace %q", e.Interface, e.NetNS)
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName(e.ID), MTU: e.MTU}, PeerName: tmpName(e.ID)}
+	if err := b.host.LinkAdd(veth); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", veth.Name, err)
+	}
+	host, err := b.host.LinkByName(veth.Name)
+	if err == nil {
+		err = b.host.LinkSetAlias(host, hostAlias(e))
+	}
+	var peer netlink.Link
+	if err == nil {
+		peer, err = b.host.LinkByName(veth.PeerName)
+	}
+	if err == nil {
+		err = b.host.LinkSetNsFd(peer, int(nsh))
+	}
+	if err == nil {
+		var moved netlink.Link
+		if moved, err = inNS.LinkByName(veth.PeerName); err == nil {
+			if err = inNS.LinkSetName(moved, e.Interface); err == nil {
+				err = inNS.LinkSetAlias(moved, aliasPrefix+e.ID)
+			}
+		}
+	}
+	if err != nil {
+		_ = b.host.LinkDel(veth) // takes the peer with it, wherever it is
+		return nil, fmt.Errorf("injecting %s into %q: %w", e.Interface, e.NetNS, err)
+	}
+	return host, nil
+}
+
+// configure brings both halves to the end's MTU, addresses and routes.
+func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane.End) error {
+	link, err := workloadLink(inNS, e.ID)
+	if err != nil {
+		return err
+	}
+	if link.Attrs().Name != e.Interface {
+		return fmt.Errorf("end %q is %s in %q; it cannot be renamed to %s (close and request again)", e.ID, link.Attrs().Name, e.NetNS, e.Interface)
+	}
+	if e.MTU > 0 {
+		if err := b.host.LinkSetMTU(host, e.MTU); err != nil {
+			return fmt.Errorf("MTU %d on %s: %w", e.MTU, host.Attrs().Name, err)
+		}
+		if err := inNS.LinkSetMTU(link, e.MTU); err != nil {
+			return fmt.Errorf("MTU %d on %s: %w", e.MTU, e.Interface, err)
+		}
+	}
+	if err := setAddrs(inNS, link, e.Addrs); err != nil {
+		return fmt.Errorf("addresses of %s in %q: %w", e.Interface, e.NetNS, err)
+	}
+	if err := inNS.LinkSetUp(link); err != nil {
+		return err
+	}
+	if err := b.host.LinkSetUp(host); err != nil {
+		return err
+	}
+	if err := setRoutes(inNS, link, e.Routes); err != nil {
+		return fmt.Errorf("routes of %s in %q: %w", e.Interface, e.NetNS, err)
+	}
+	return nil
+}
+
+// workloadLink finds the end's interface in the namespace by its alias.
+func workloadLink(inNS *netlink.Handle, id string) (netlink.Link, error) {
+	links, err := inNS.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range links {
+		if l.Attrs().Alias == aliasPrefix+id {
+			return l, nil
+		}
+	}
+	return nil, fmt.Errorf("end %q has no interface in its namespace (it was moved or deleted)", id)
+}
+
+func setAddrs(h *netlink.Handle, link netlink.Link, want []netip.Prefix) error {
+	have, err := h.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return err
+	}
+	wanted := map[netip.Prefix]bool{}
+	for _, p := range want {
+		wanted[p] = true
+		if err := h.AddrReplace(link, &netlink.Addr{IPNet: ipNet(p)}); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	for _, a := range have {
+		p := prefix(a.IPNet)
+		if !wanted[p] && !p.Addr().IsLinkLocalUnicast() {
+			if err := h.AddrDel(link, &a); err != nil {
+				return fmt.Errorf("removing %s: %w", p, err)
+			}
+		}
+	}
+	return nil
+}
+
+func setRoutes(h *netlink.Handle, link netlink.Link, want []dataplane.Route) error {
+	have, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: routeProtocol},
+		netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return err
+	}
+	wanted := map[string]bool{}
+	for _, r := range want {
+		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(r.Prefix), Protocol: routeProtocol}
+		if r.Via.IsValid() {
+			route.Gw = net.IP(r.Via.AsSlice())
+		} else {
+			route.Scope = netlink.SCOPE_LINK
+		}
+		if err := h.RouteReplace(route); err != nil {
+			return fmt.Errorf("%s: %w", r.Prefix, err)
+		}
+		wanted[r.Prefix.String()] = true
+	}
+	for _, r := range have {
+		if r.Dst != nil && !wanted[prefix(r.Dst).String()] {
+			if err := h.RouteDel(&r); err != nil {
+				return fmt.Errorf("removing %s: %w", r.Dst, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Remove implements dataplane.Backend.
+func (b *Backend) Remove(_ context.Context, id string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	host, err := b.host.LinkByName(hostName(id))
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if got, _, ok := parseHostAlias(host.Attrs().Alias); !ok || got != id {
+		return fmt.Errorf("%s belongs to %q, not to end %q", host.Attrs().Name, host.Attrs().Alias, id)
+	}
+	return b.host.LinkDel(host) // the workload's half goes with it
+}
+
+// List implements dataplane.Backend.
+func (b *Backend) List(context.Context) ([]dataplane.End, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	links, err := b.host.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	var out []dataplane.End
+	for _, l := range links {
+		id, ns, ok := parseHostAlias(l.Attrs().Alias)
+		if !ok {
+			continue
+		}
+		e := dataplane.End{ID: id, NetNS: ns, MTU: l.Attrs().MTU}
+		if err := readWorkloadSide(&e); err != nil {
+			e.Interface = "" // its half is gone: List says so, the reconciler repairs
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func readWorkloadSide(e *dataplane.End) error {
+	nsh, err := openNS(e.NetNS)
+	if err != nil {
+		return err
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	link, err := workloadLink(h, e.ID)
+	if err != nil {
+		return err
+	}
+	e.Interface, e.MTU = link.Attrs().Name, link.Attrs().MTU
+	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if p := prefix(a.IPNet); !p.Addr().IsLinkLocalUnicast() {
+			e.Addrs = append(e.Addrs, p)
+		}
+	}
+	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: routeProtocol},
+		netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		rt := dataplane.Route{Prefix: prefix(r.Dst)}
+		if r.Gw != nil {
+			rt.Via, _ = netip.AddrFromSlice(r.Gw)
+			rt.Via = rt.Via.Unmap()
+		}
+		e.Routes = append(e.Routes, rt)
+	}
+	return nil
+}
+
+// Close implements dataplane.Backend.
+func (b *Backend) Close() error {
+	b.host.Close()
+	return nil
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	bits := 32
+	if p.Addr().Is6() {
+		bits = 128
+	}
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), bits)}
+}
+
+func prefix(n *net.IPNet) netip.Prefix {
+	addr, _ := netip.AddrFromSlice(n.IP)
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(addr.Unmap(), ones)
+}
