@@ -1,0 +1,167 @@
+package kernel
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// WireGuard is one WireGuard device: the kernel's where the module exists,
+// else upstream wireguard-go embedded in this process with a TUN device
+// (its control socket in /var/run/wireguard is shared by every namespace,
+// so names must be unique on the machine). Either way it is configured
+// through wgctrl. The gateway keeps one per peer gateway; each vWire adds
+// its addresses to the peer's allowed IPs.
+type WireGuard struct {
+	Name      string
+	Userspace bool // embedded wireguard-go
+
+	dev  *device.Device
+	uapi net.Listener
+	link netlink.Link
+	wg   *wgctrl.Client
+}
+
+// NewWireGuard creates the device name with the private key, listening on
+// port (0: any), and brings it up at mtu.
+func NewWireGuard(name string, key wgtypes.Key, port, mtu int, log *slog.Logger) (w *WireGuard, err error) {
+	if len(name) > 15 {
+		return nil, fmt.Errorf("WireGuard device name %q is longer than 15 characters", name)
+	}
+	w = &WireGuard{Name: name}
+	defer func() {
+		if err != nil {
+			w.Close()
+		}
+	}()
+	if w.wg, err = wgctrl.New(); err != nil {
+		return nil, fmt.Errorf("wgctrl: %w", err)
+	}
+	link := &netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}}
+	switch err := netlink.LinkAdd(link); {
+	case err == nil:
+		w.link = link
+	case errors.Is(err, errNotSupported) || strings.Contains(err.Error(), "not supported"):
+		if err := w.startUserspace(mtu, log); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("creating WireGuard device %s: %w", name, err)
+	}
+	if w.Userspace {
+		// Set in this goroutine: the UDP socket opens in the network
+		// namespace of the thread that binds it.
+		err = w.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(key[:]), port))
+	} else {
+		err = w.wg.ConfigureDevice(name, wgtypes.Config{PrivateKey: &key, ListenPort: &port})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("configuring %s: %w", name, err)
+	}
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return nil, fmt.Errorf("bringing %s up: %w", name, err)
+	}
+	return w, nil
+}
+
+// errNotSupported is what the kernel answers without the module.
+var errNotSupported = errors.New("operation not supported")
+
+// startUserspace runs wireguard-go for the device, with its control socket.
+func (w *WireGuard) startUserspace(mtu int, log *slog.Logger) error {
+	t, err := tun.CreateTUN(w.Name, mtu)
+	if err != nil {
+		return fmt.Errorf("TUN %s for wireguard-go: %w", w.Name, err)
+	}
+	logger := &device.Logger{
+		Verbosef: func(string, ...any) {},
+		Errorf:   func(f string, a ...any) { log.Warn("wireguard-go: "+fmt.Sprintf(f, a...), "device", w.Name) },
+	}
+	w.dev = device.NewDevice(t, conn.NewDefaultBind(), logger)
+	w.Userspace = true
+	file, err := ipc.UAPIOpen(w.Name)
+	if err != nil {
+		return fmt.Errorf("wireguard-go control socket for %s: %w", w.Name, err)
+	}
+	if w.uapi, err = ipc.UAPIListen(w.Name, file); err != nil {
+		return fmt.Errorf("wireguard-go control socket for %s: %w", w.Name, err)
+	}
+	go func() {
+		for {
+			c, err := w.uapi.Accept()
+			if err != nil {
+				return
+			}
+			go w.dev.IpcHandle(c)
+		}
+	}()
+	return w.dev.Up()
+}
+
+// PublicKey is the device's public key.
+func (w *WireGuard) PublicKey() (wgtypes.Key, error) {
+	d, err := w.wg.Device(w.Name)
+	if err != nil {
+		return wgtypes.Key{}, err
+	}
+	return d.PublicKey, nil
+}
+
+// Port is the UDP port the device listens on.
+func (w *WireGuard) Port() (int, error) {
+	d, err := w.wg.Device(w.Name)
+	if err != nil {
+		return 0, err
+	}
+	return d.ListenPort, nil
+}
+
+// SetPeer makes the peer with key reachable at endpoint and routes allowed
+// to it (replacing its previous allowed IPs).
+func (w *WireGuard) SetPeer(key wgtypes.Key, endpoint netip.AddrPort, allowed []netip.Prefix) error {
+	var ips []net.IPNet
+	for _, p := range allowed {
+		ips = append(ips, *ipNet(p))
+	}
+	peer := wgtypes.PeerConfig{PublicKey: key, ReplaceAllowedIPs: true, AllowedIPs: ips}
+	if endpoint.IsValid() {
+		peer.Endpoint = net.UDPAddrFromAddrPort(endpoint)
+	}
+	if err := w.wg.ConfigureDevice(w.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{peer}}); err != nil {
+		return fmt.Errorf("peer %s on %s: %w", key, w.Name, err)
+	}
+	return nil
+}
+
+// Close removes the device.
+func (w *WireGuard) Close() error {
+	if w.uapi != nil {
+		w.uapi.Close()
+	}
+	if w.dev != nil {
+		w.dev.Close() // removes the TUN device
+	}
+	if w.link != nil {
+		netlink.LinkDel(w.link)
+	}
+	if w.wg != nil {
+		w.wg.Close()
+	}
+	return nil
+}
