@@ -108,6 +108,14 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	defer inNS.Close()
 
 	host, err := b.host.LinkByName(hostName(e.ID))
+	if err == nil && host.Attrs().Alias == hostAlias(e) {
+		if _, werr := workloadLink(inNS, e.ID); werr != nil {
+			// The workload's half is gone (its namespace was recreated):
+			// start the end again.
+			_ = b.host.LinkDel(host)
+			err = werr
+		}
+	}
 	if err != nil {
 		if host, err = b.create(inNS, nsh, e); err != nil {
 			return err

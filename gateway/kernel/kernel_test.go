@@ -160,3 +160,28 @@ func TestApplyRefusals(t *testing.T) {
 		t.Errorf("a refused apply left nsm1 in the namespace:\n%s", out)
 	}
 }
+
+// An end whose workload half vanished (the namespace was recreated) is
+// made again by the next Apply.
+func TestApplyRepairsAVanishedHalf(t *testing.T) {
+	requireRoot(t)
+	ns, b := namespace(t), backend(t)
+	end := dataplane.End{ID: "conn-r", NetNS: ns, Interface: "nsm0", MTU: 1400, Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.255.5/31")}}
+	if err := b.Apply(context.Background(), end); err != nil {
+		t.Fatal(err)
+	}
+	ip(t, "-n", ns, "link", "del", "nsm0") // takes the host half too: a veth pair dies whole
+	ip(t, "netns", "del", ns)
+	ip(t, "netns", "add", ns)
+	listed, _ := b.List(context.Background())
+	if len(listed) != 0 {
+		t.Fatalf("List after the pair died: %v", listed)
+	}
+	if err := b.Apply(context.Background(), end); err != nil {
+		t.Fatal(err)
+	}
+	if show := ip(t, "-n", ns, "addr", "show", "nsm0"); !strings.Contains(show, "172.31.255.5/31") {
+		t.Errorf("not repaired:\n%s", show)
+	}
+	b.Remove(context.Background(), end.ID)
+}

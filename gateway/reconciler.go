@@ -1,0 +1,213 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/vwire/vwire/gateway/dataplane"
+)
+
+// Reconciler brings a backend to the desired ends: it applies those that
+// are missing or differ, removes the ones no longer desired, retries
+// failures with backoff and looks again every Resync. The desired state is
+// kept in a file, so that a restarted gateway reprograms exactly it.
+type Reconciler struct {
+	backend dataplane.Backend
+	file    string
+	log     *slog.Logger
+	// Resync is how often the backend is checked without a change.
+	Resync time.Duration
+
+	mu      sync.Mutex
+	desired map[string]dataplane.End
+	errs    map[string]error // the last failure of each end, until it succeeds
+	kick    chan struct{}
+}
+
+// NewReconciler loads the desired state from file (if it exists).
+func NewReconciler(backend dataplane.Backend, file string, log *slog.Logger) (*Reconciler, error) {
+	r := &Reconciler{backend: backend, file: file, log: log, Resync: 30 * time.Second,
+		desired: map[string]dataplane.End{}, errs: map[string]error{}, kick: make(chan struct{}, 1)}
+	b, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return r, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("desired state: %w", err)
+	}
+	var ends []dataplane.End
+	if err := json.Unmarshal(b, &ends); err != nil {
+		return nil, fmt.Errorf("desired state %s: %w", file, err)
+	}
+	for _, e := range ends {
+		r.desired[e.ID] = e
+	}
+	return r, nil
+}
+
+// Set makes e desired and reconciles at once; it returns the backend's
+// error for e (the reconciler keeps retrying in the background).
+func (r *Reconciler) Set(ctx context.Context, e dataplane.End) error {
+	r.mu.Lock()
+	r.desired[e.ID] = e
+	err := r.saveLocked()
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := r.backend.Apply(ctx, e); err != nil {
+		r.fail(e.ID, err)
+		return err
+	}
+	r.fail(e.ID, nil)
+	return nil
+}
+
+// Delete makes end id undesired and removes it.
+func (r *Reconciler) Delete(ctx context.Context, id string) error {
+	r.mu.Lock()
+	delete(r.desired, id)
+	err := r.saveLocked()
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := r.backend.Remove(ctx, id); err != nil {
+		r.fail(id, err)
+		r.poke()
+		return err
+	}
+	r.fail(id, nil)
+	return nil
+}
+
+// Desired lists the desired ends, by id.
+func (r *Reconciler) Desired() []dataplane.End {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]dataplane.End, 0, len(r.desired))
+	for _, e := range r.desired {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (r *Reconciler) saveLocked() error {
+	ends := make([]dataplane.End, 0, len(r.desired))
+	for _, e := range r.desired {
+		ends = append(ends, e)
+	}
+	sort.Slice(ends, func(i, j int) bool { return ends[i].ID < ends[j].ID })
+	b, err := json.Marshal(ends)
+	if err != nil {
+		return err
+	}
+	tmp := r.file + ".tmp"
+	if err := os.MkdirAll(filepath.Dir(r.file), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, r.file)
+}
+
+func (r *Reconciler) fail(id string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		delete(r.errs, id)
+	} else {
+		r.errs[id] = err
+	}
+}
+
+func (r *Reconciler) poke() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run reconciles until ctx ends: at once, after every failure with
+// backoff (100 ms doubling to Resync), and every Resync.
+func (r *Reconciler) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for {
+		wait := r.Resync
+		if n := r.Reconcile(ctx); n > 0 {
+			wait, backoff = backoff, min(2*backoff, r.Resync)
+		} else {
+			backoff = 100 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.kick:
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Reconcile makes one pass and returns how many ends failed.
+func (r *Reconciler) Reconcile(ctx context.Context) (failed int) {
+	actual, err := r.backend.List(ctx)
+	if err != nil {
+		r.log.Warn("listing the data plane failed", "err", err)
+		return 1
+	}
+	have := map[string]dataplane.End{}
+	for _, e := range actual {
+		have[e.ID] = e
+	}
+	for _, want := range r.Desired() {
+		if got, ok := have[want.ID]; ok && equal(got, want) {
+			continue
+		}
+		if err := r.backend.Apply(ctx, want); err != nil {
+			r.log.Warn("programming a vWire end failed; retrying", "id", want.ID, "err", err)
+			r.fail(want.ID, err)
+			failed++
+			continue
+		}
+		r.fail(want.ID, nil)
+		r.log.Info("vWire end programmed", "id", want.ID)
+	}
+	r.mu.Lock()
+	leftovers := []string{}
+	for id := range have {
+		if _, ok := r.desired[id]; !ok {
+			leftovers = append(leftovers, id)
+		}
+	}
+	r.mu.Unlock()
+	for _, id := range leftovers {
+		if err := r.backend.Remove(ctx, id); err != nil {
+			r.log.Warn("removing a leftover vWire end failed; retrying", "id", id, "err", err)
+			failed++
+			continue
+		}
+		r.log.Info("leftover vWire end removed", "id", id)
+	}
+	return failed
+}
+
+// equal compares what a backend reports with what is desired.
+func equal(got, want dataplane.End) bool {
+	if want.Interface == "" {
+		want.Interface = dataplane.DefaultInterface
+	}
+	if want.MTU == 0 {
+		want.MTU = got.MTU // the backend's default
+	}
+	return got.String() == want.String()
+}
