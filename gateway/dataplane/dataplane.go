@@ -32,6 +32,18 @@ type End struct {
 	Addrs     []netip.Prefix
 	Routes    []Route
 	MTU       int
+	// VXLAN, if set, carries the end's frames to the peer gateway: the
+	// workload's interface is then one end of an Ethernet link.
+	VXLAN *VXLAN
+}
+
+// VXLAN is a point-to-point VXLAN tunnel between two gateways, one VNI per
+// vWire (chosen by the receiving side).
+type VXLAN struct {
+	VNI    uint32
+	Local  netip.Addr // this gateway's tunnel address
+	Remote netip.Addr // the peer gateway's
+	Port   uint16     // UDP port; 0: 4789
 }
 
 // Route is a route set on the workload's interface.
@@ -67,8 +79,16 @@ func (e End) String() string {
 		}
 		routes = append(routes, s)
 	}
-	return fmt.Sprintf("%s netns=%s dev=%s mtu=%d addrs=[%s] routes=[%s]", e.ID, e.NetNS, e.Interface, e.MTU,
+	s := fmt.Sprintf("%s netns=%s dev=%s mtu=%d addrs=[%s] routes=[%s]", e.ID, e.NetNS, e.Interface, e.MTU,
 		strings.Join(addrs, " "), strings.Join(routes, ", "))
+	if v := e.VXLAN; v != nil {
+		port := v.Port
+		if port == 0 {
+			port = 4789
+		}
+		s += fmt.Sprintf(" vxlan=%d %s->%s:%d", v.VNI, v.Local, v.Remote, port)
+	}
+	return s
 }
 
 // Fake is a Backend that programs nothing and renders its state as text,

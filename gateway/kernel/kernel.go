@@ -47,11 +47,30 @@ func New() (*Backend, error) {
 	return &Backend{host: h}, nil
 }
 
+// NewAt returns a backend for the gateway network namespace ns (a name
+// or path), as for a gateway that runs in it.
+func NewAt(ns string) (*Backend, error) {
+	nsh, err := openNS(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %q: %w", ns, err)
+	}
+	return &Backend{host: h}, nil
+}
+
 // hostName is the gateway-side veth of end id: short enough for IFNAMSIZ
 // and the same after a restart.
 func hostName(id string) string { return "vw" + digest(id) }
 
 func tmpName(id string) string { return "vp" + digest(id) }
+
+// vxlanName and bridgeName are the gateway-side devices of an Ethernet end.
+func vxlanName(id string) string  { return "vx" + digest(id) }
+func bridgeName(id string) string { return "vb" + digest(id) }
 
 func digest(id string) string {
 	sum := sha256.Sum256([]byte(id))
@@ -122,6 +141,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 		}
 		defer func() {
 			if err != nil { // a new end is all or nothing
+				b.removeVXLAN(e.ID)
 				_ = b.host.LinkDel(host)
 			}
 		}()
@@ -196,7 +216,70 @@ func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane
 	if err := setRoutes(inNS, link, e.Routes); err != nil {
 		return fmt.Errorf("routes of %s in %q: %w", e.Interface, e.NetNS, err)
 	}
-	return nil
+	return b.setVXLAN(host, e)
+}
+
+// setVXLAN joins the end's gateway half and a VXLAN device to the peer
+// gateway in a bridge of their own, or removes them when e has none.
+func (b *Backend) setVXLAN(host netlink.Link, e dataplane.End) error {
+	if e.VXLAN == nil {
+		b.removeVXLAN(e.ID)
+		return nil
+	}
+	v := e.VXLAN
+	port := int(v.Port)
+	if port == 0 {
+		port = 4789
+	}
+	if old, err := b.host.LinkByName(vxlanName(e.ID)); err == nil {
+		cur, ok := old.(*netlink.Vxlan)
+		if ok && cur.VxlanId == int(v.VNI) && cur.Port == port && cur.Group.Equal(net.IP(v.Remote.AsSlice())) && cur.SrcAddr.Equal(net.IP(v.Local.AsSlice())) {
+			return nil
+		}
+		_ = b.host.LinkDel(old) // changed: make it again
+	}
+	br, err := b.host.LinkByName(bridgeName(e.ID))
+	if err != nil {
+		bridge := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName(e.ID)}}
+		if err := b.host.LinkAdd(bridge); err != nil {
+			return fmt.Errorf("bridge for %s: %w", e.ID, err)
+		}
+		if br, err = b.host.LinkByName(bridge.Name); err != nil {
+			return err
+		}
+		if err := b.host.LinkSetAlias(br, aliasPrefix+e.ID); err != nil { // the tag Remove looks for
+			return err
+		}
+	}
+	vx := &netlink.Vxlan{
+		LinkAttrs: netlink.LinkAttrs{Name: vxlanName(e.ID), MTU: e.MTU, MasterIndex: br.Attrs().Index},
+		VxlanId:   int(v.VNI), Port: port,
+		Group: net.IP(v.Remote.AsSlice()), SrcAddr: net.IP(v.Local.AsSlice()),
+		Learning: true,
+	}
+	if err := b.host.LinkAdd(vx); err != nil {
+		return fmt.Errorf("VXLAN %d for %s: %w", v.VNI, e.ID, err)
+	}
+	if err := b.host.LinkSetAlias(vx, aliasPrefix+e.ID); err != nil {
+		return err
+	}
+	for _, l := range []netlink.Link{host, vx} {
+		if err := b.host.LinkSetMaster(l, br); err != nil {
+			return err
+		}
+		if err := b.host.LinkSetUp(l); err != nil {
+			return err
+		}
+	}
+	return b.host.LinkSetUp(br)
+}
+
+func (b *Backend) removeVXLAN(id string) {
+	for _, name := range []string{vxlanName(id), bridgeName(id)} {
+		if l, err := b.host.LinkByName(name); err == nil && l.Attrs().Alias == aliasPrefix+id {
+			_ = b.host.LinkDel(l)
+		}
+	}
 }
 
 // workloadLink finds the end's interface in the namespace by its alias.
@@ -280,6 +363,7 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 	if got, _, ok := parseHostAlias(host.Attrs().Alias); !ok || got != id {
 		return fmt.Errorf("%s belongs to %q, not to end %q", host.Attrs().Name, host.Attrs().Alias, id)
 	}
+	b.removeVXLAN(id)
 	return b.host.LinkDel(host) // the workload's half goes with it
 }
 
@@ -298,6 +382,13 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 			continue
 		}
 		e := dataplane.End{ID: id, NetNS: ns, MTU: l.Attrs().MTU}
+		if vl, err := b.host.LinkByName(vxlanName(id)); err == nil {
+			if vx, ok := vl.(*netlink.Vxlan); ok {
+				local, _ := netip.AddrFromSlice(vx.SrcAddr)
+				remote, _ := netip.AddrFromSlice(vx.Group)
+				e.VXLAN = &dataplane.VXLAN{VNI: uint32(vx.VxlanId), Local: local.Unmap(), Remote: remote.Unmap(), Port: uint16(vx.Port)}
+			}
+		}
 		if err := readWorkloadSide(&e); err != nil {
 			e.Interface = "" // its half is gone: List says so, the reconciler repairs
 		}

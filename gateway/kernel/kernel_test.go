@@ -53,10 +53,10 @@ func ip(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-// hostLinks are the names of the links in the test's own namespace.
-func hostLinks(t *testing.T) []string {
+// hostLinks are the names of the links in the gateway's namespace.
+func hostLinks(t *testing.T, gw string) []string {
 	var links []struct{ Ifname string }
-	if err := json.Unmarshal([]byte(ip(t, "-j", "link", "show")), &links); err != nil {
+	if err := json.Unmarshal([]byte(ip(t, "-n", gw, "-j", "link", "show")), &links); err != nil {
 		t.Fatal(err)
 	}
 	var names []string
@@ -67,20 +67,24 @@ func hostLinks(t *testing.T) []string {
 	return names
 }
 
-func backend(t *testing.T) *Backend {
+// backend is a gateway's backend in a namespace of its own (so that tests
+// running at once on one machine never meet) and that namespace.
+func backend(t *testing.T) (*Backend, string) {
 	t.Helper()
-	b, err := New()
+	gw := namespace(t)
+	b, err := NewAt(gw)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	return b
+	return b, gw
 }
 
 func TestInjectConfigureRemove(t *testing.T) {
 	requireRoot(t)
-	ns, b := namespace(t), backend(t)
-	before := hostLinks(t)
+	ns := namespace(t)
+	b, gw := backend(t)
+	before := hostLinks(t, gw)
 	end := dataplane.End{
 		ID: "conn-1", NetNS: ns, Interface: "nsm0", MTU: 1420,
 		Addrs:  []netip.Prefix{netip.MustParsePrefix("172.31.255.1/31")},
@@ -114,7 +118,12 @@ func TestInjectConfigureRemove(t *testing.T) {
 		t.Errorf("a route left over: %q", r)
 	}
 	// List finds it as applied, as after a restart (a new backend).
-	listed, err := backend(t).List(context.Background())
+	again, err := NewAt(gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	listed, err := again.List(context.Background())
 	if err != nil || len(listed) != 1 || listed[0].String() != end.String() {
 		t.Fatalf("List: %v, %v\nwant %v", listed, err, end)
 	}
@@ -124,7 +133,7 @@ func TestInjectConfigureRemove(t *testing.T) {
 	if err := b.Remove(context.Background(), end.ID); err != nil {
 		t.Errorf("removing a missing end: %v", err)
 	}
-	if after := hostLinks(t); !slices.Equal(before, after) {
+	if after := hostLinks(t, gw); !slices.Equal(before, after) {
 		t.Errorf("links before %v, after %v", before, after)
 	}
 	if out, _ := exec.Command("ip", "-n", ns, "link", "show", "nsm0").CombinedOutput(); !strings.Contains(string(out), "does not exist") {
@@ -135,9 +144,10 @@ func TestInjectConfigureRemove(t *testing.T) {
 // Bad input gets a clear error and leaves nothing behind.
 func TestApplyRefusals(t *testing.T) {
 	requireRoot(t)
-	ns, b := namespace(t), backend(t)
+	ns := namespace(t)
+	b, gw := backend(t)
 	ip(t, "-n", ns, "link", "add", "nsm0", "type", "veth", "peer", "name", "other0")
-	before := hostLinks(t)
+	before := hostLinks(t, gw)
 	for _, tc := range []struct {
 		end  dataplane.End
 		want string
@@ -153,7 +163,7 @@ func TestApplyRefusals(t *testing.T) {
 			t.Errorf("%v: %v, want %q", tc.end, err, tc.want)
 		}
 	}
-	if after := hostLinks(t); !slices.Equal(before, after) {
+	if after := hostLinks(t, gw); !slices.Equal(before, after) {
 		t.Errorf("a refused apply left links: before %v, after %v", before, after)
 	}
 	if out := ip(t, "-n", ns, "link", "show"); strings.Contains(out, "nsm1") {
@@ -165,7 +175,8 @@ func TestApplyRefusals(t *testing.T) {
 // made again by the next Apply.
 func TestApplyRepairsAVanishedHalf(t *testing.T) {
 	requireRoot(t)
-	ns, b := namespace(t), backend(t)
+	ns := namespace(t)
+	b, _ := backend(t)
 	end := dataplane.End{ID: "conn-r", NetNS: ns, Interface: "nsm0", MTU: 1400, Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.255.5/31")}}
 	if err := b.Apply(context.Background(), end); err != nil {
 		t.Fatal(err)
@@ -184,4 +195,70 @@ func TestApplyRepairsAVanishedHalf(t *testing.T) {
 		t.Errorf("not repaired:\n%s", show)
 	}
 	b.Remove(context.Background(), end.ID)
+}
+
+// An Ethernet vWire: two gateways (each in its namespace, joined by a
+// veth as by a network) carry two workloads' ends over VXLAN; the
+// workloads ping each other and see each other's MAC address.
+func TestVXLANEnds(t *testing.T) {
+	requireRoot(t)
+	gA, gB, wA, wB := namespace(t), namespace(t), namespace(t), namespace(t)
+	ip(t, "link", "add", "vwt-ua", "netns", gA, "type", "veth", "peer", "name", "vwt-ub", "netns", gB)
+	ip(t, "-n", gA, "addr", "add", "172.31.0.1/30", "dev", "vwt-ua")
+	ip(t, "-n", gB, "addr", "add", "172.31.0.2/30", "dev", "vwt-ub")
+	ip(t, "-n", gA, "link", "set", "vwt-ua", "up")
+	ip(t, "-n", gB, "link", "set", "vwt-ub", "up")
+	bA, err := NewAt(gA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bA.Close()
+	bB, err := NewAt(gB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bB.Close()
+	ends := []struct {
+		b   *Backend
+		end dataplane.End
+	}{
+		{bA, dataplane.End{ID: "l2", NetNS: wA, Interface: "nsm0", MTU: 1450, Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.100.1/24")},
+			VXLAN: &dataplane.VXLAN{VNI: 100, Local: netip.MustParseAddr("172.31.0.1"), Remote: netip.MustParseAddr("172.31.0.2")}}},
+		{bB, dataplane.End{ID: "l2", NetNS: wB, Interface: "nsm0", MTU: 1450, Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.100.2/24")},
+			VXLAN: &dataplane.VXLAN{VNI: 100, Local: netip.MustParseAddr("172.31.0.2"), Remote: netip.MustParseAddr("172.31.0.1")}}},
+	}
+	for _, e := range ends {
+		if err := e.b.Apply(context.Background(), e.end); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.b.Apply(context.Background(), e.end); err != nil {
+			t.Fatalf("second apply: %v", err)
+		}
+	}
+	out, err := exec.Command("ip", "netns", "exec", wA, "ping", "-c", "2", "-W", "2", "172.31.100.2").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "2 received") {
+		t.Fatalf("ping over VXLAN: %v\n%s", err, out)
+	}
+	var links []struct{ Address string }
+	json.Unmarshal([]byte(ip(t, "-n", wB, "-j", "link", "show", "nsm0")), &links)
+	if neigh := ip(t, "-n", wA, "neigh", "show", "172.31.100.2"); len(links) != 1 || !strings.Contains(neigh, links[0].Address) {
+		t.Errorf("a does not see b's MAC %v: %q", links, neigh)
+	}
+	listed, err := bA.List(context.Background())
+	if err != nil || len(listed) != 1 || listed[0].String() != ends[0].end.String() {
+		t.Errorf("List: %v, %v\nwant %v", listed, err, ends[0].end)
+	}
+	for _, e := range ends {
+		if err := e.b.Remove(context.Background(), "l2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ns := range []string{gA, gB} {
+		out := ip(t, "-n", ns, "link", "show")
+		for _, name := range []string{hostName("l2"), vxlanName("l2"), bridgeName("l2")} {
+			if strings.Contains(out, name) {
+				t.Errorf("%s left in %s:\n%s", name, ns, out)
+			}
+		}
+	}
 }
