@@ -35,6 +35,16 @@ type End struct {
 	// VXLAN, if set, carries the end's frames to the peer gateway: the
 	// workload's interface is then one end of an Ethernet link.
 	VXLAN *VXLAN
+	// WireGuard, if set, routes the end's packets for the far side's
+	// addresses into the WireGuard device of the peer gateway (the
+	// gateway keeps one per peer; its allowed IPs are the gateway's to set).
+	WireGuard *WireGuard
+}
+
+// WireGuard is how an IP end reaches the far end through a peer gateway.
+type WireGuard struct {
+	Device string         // the peer gateway's WireGuard device
+	Remote []netip.Prefix // the far end's addresses
 }
 
 // VXLAN is a point-to-point VXLAN tunnel between two gateways, one VNI per
@@ -87,6 +97,13 @@ func (e End) String() string {
 			port = 4789
 		}
 		s += fmt.Sprintf(" vxlan=%d %s->%s:%d", v.VNI, v.Local, v.Remote, port)
+	}
+	if w := e.WireGuard; w != nil {
+		var remote []string
+		for _, p := range w.Remote {
+			remote = append(remote, p.String())
+		}
+		s += fmt.Sprintf(" wireguard=%s remote=[%s]", w.Device, strings.Join(remote, " "))
 	}
 	return s
 }

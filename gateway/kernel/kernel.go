@@ -8,6 +8,7 @@ package kernel
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -24,6 +25,8 @@ import (
 
 const (
 	aliasPrefix = "vwire:"
+	// rulePriority is where the per-end policy-routing rules sit.
+	rulePriority = 20000
 	// routeProtocol marks the routes vwire sets (rtnetlink protocol
 	// numbers above 4 are free for routing daemons; 0x76 is 'v').
 	routeProtocol netlink.RouteProtocol = 0x76
@@ -67,6 +70,16 @@ func NewAt(ns string) (*Backend, error) {
 func hostName(id string) string { return "vw" + digest(id) }
 
 func tmpName(id string) string { return "vp" + digest(id) }
+
+// gatewayIP is the gateway half's address on every IP end that leaves
+// through WireGuard: the workload's next hop for the far side.
+var gatewayIP = netip.MustParseAddr("169.254.0.1")
+
+// tableOf is the routing table of end id's policy rule.
+func tableOf(id string) int {
+	sum := sha256.Sum256([]byte(id))
+	return 1_000_000 + int(binary.BigEndian.Uint32(sum[:4])%1_000_000_000)
+}
 
 // vxlanName and bridgeName are the gateway-side devices of an Ethernet end.
 func vxlanName(id string) string  { return "vx" + digest(id) }
@@ -142,6 +155,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 		defer func() {
 			if err != nil { // a new end is all or nothing
 				b.removeVXLAN(e.ID)
+				b.removeWireGuard(e.ID)
 				_ = b.host.LinkDel(host)
 			}
 		}()
@@ -213,10 +227,113 @@ func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane
 	if err := b.host.LinkSetUp(host); err != nil {
 		return err
 	}
-	if err := setRoutes(inNS, link, e.Routes); err != nil {
+	if err := setRoutes(inNS, link, workloadRoutes(e)); err != nil {
 		return fmt.Errorf("routes of %s in %q: %w", e.Interface, e.NetNS, err)
 	}
+	if err := b.setWireGuard(host, e); err != nil {
+		return err
+	}
 	return b.setVXLAN(host, e)
+}
+
+// workloadRoutes are the end's routes, and for a WireGuard end the far
+// side's addresses through the gateway half.
+func workloadRoutes(e dataplane.End) []dataplane.Route {
+	if e.WireGuard == nil {
+		return e.Routes
+	}
+	routes := []dataplane.Route{{Prefix: netip.PrefixFrom(gatewayIP, 32)}} // first: the next hop's own route
+	for _, p := range e.WireGuard.Remote {
+		routes = append(routes, dataplane.Route{Prefix: p, Via: gatewayIP})
+	}
+	return append(routes, e.Routes...)
+}
+
+// setWireGuard routes an IP end through its peer gateway's WireGuard
+// device: packets from the end's gateway half follow a rule to a table of
+// its own (so ends with the same addresses through other peers do not
+// meet), and packets for the end's addresses go back into the half.
+func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
+	table := tableOf(e.ID)
+	if e.WireGuard == nil {
+		b.removeWireGuard(e.ID)
+		return nil
+	}
+	for _, p := range e.WireGuard.Remote {
+		if !p.Addr().Is4() {
+			return fmt.Errorf("end %q: IPv6 far addresses over WireGuard (%s) are not supported yet", e.ID, p)
+		}
+	}
+	wg, err := b.host.LinkByName(e.WireGuard.Device)
+	if err != nil {
+		return fmt.Errorf("end %q: WireGuard device %q: %w", e.ID, e.WireGuard.Device, err)
+	}
+	if err := b.host.AddrReplace(host, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(gatewayIP, 32))}); err != nil {
+		return fmt.Errorf("gateway address on %s: %w", host.Attrs().Name, err)
+	}
+	// The far side, in the end's table.
+	have, err := b.host.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return err
+	}
+	want := map[string]bool{}
+	for _, p := range e.WireGuard.Remote {
+		r := &netlink.Route{Dst: ipNet(p), LinkIndex: wg.Attrs().Index, Table: table, Scope: netlink.SCOPE_LINK, Protocol: routeProtocol}
+		if err := b.host.RouteReplace(r); err != nil {
+			return fmt.Errorf("route %s into %s: %w", p, e.WireGuard.Device, err)
+		}
+		want[p.String()] = true
+	}
+	for _, r := range have {
+		if r.Dst != nil && !want[prefix(r.Dst).String()] {
+			_ = b.host.RouteDel(&r)
+		}
+	}
+	// The rule that sends the half's packets to that table.
+	rules, err := b.host.RuleList(netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	found := false
+	for _, r := range rules {
+		found = found || r.Table == table
+	}
+	if !found {
+		rule := netlink.NewRule()
+		rule.IifName, rule.Table, rule.Priority, rule.Family = host.Attrs().Name, table, rulePriority, netlink.FAMILY_V4
+		if err := b.host.RuleAdd(rule); err != nil {
+			return fmt.Errorf("rule for %s: %w", host.Attrs().Name, err)
+		}
+	}
+	// The way back: the end's own addresses into the half.
+	for _, p := range e.Addrs {
+		if !p.Addr().Is4() {
+			continue
+		}
+		r := &netlink.Route{Dst: ipNet(netip.PrefixFrom(p.Addr(), 32)), LinkIndex: host.Attrs().Index, Scope: netlink.SCOPE_LINK, Protocol: routeProtocol}
+		if err := b.host.RouteReplace(r); err != nil {
+			return fmt.Errorf("route back to %s: %w", p.Addr(), err)
+		}
+	}
+	return nil
+}
+
+// removeWireGuard removes an end's rule and table (its routes on the
+// gateway half go with the half).
+func (b *Backend) removeWireGuard(id string) {
+	table := tableOf(id)
+	if rules, err := b.host.RuleList(netlink.FAMILY_V4); err == nil {
+		for _, r := range rules {
+			if r.Table == table {
+				_ = b.host.RuleDel(&r)
+			}
+		}
+	}
+	if routes, err := b.host.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE); err == nil {
+		for _, r := range routes {
+			_ = b.host.RouteDel(&r)
+		}
+	}
 }
 
 // setVXLAN joins the end's gateway half and a VXLAN device to the peer
@@ -364,6 +481,7 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 		return fmt.Errorf("%s belongs to %q, not to end %q", host.Attrs().Name, host.Attrs().Alias, id)
 	}
 	b.removeVXLAN(id)
+	b.removeWireGuard(id)
 	return b.host.LinkDel(host) // the workload's half goes with it
 }
 
@@ -387,6 +505,15 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 				local, _ := netip.AddrFromSlice(vx.SrcAddr)
 				remote, _ := netip.AddrFromSlice(vx.Group)
 				e.VXLAN = &dataplane.VXLAN{VNI: uint32(vx.VxlanId), Local: local.Unmap(), Remote: remote.Unmap(), Port: uint16(vx.Port)}
+			}
+		}
+		if routes, err := b.host.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: tableOf(id)}, netlink.RT_FILTER_TABLE); err == nil && len(routes) > 0 {
+			e.WireGuard = &dataplane.WireGuard{}
+			for _, r := range routes {
+				if wg, err := b.host.LinkByIndex(r.LinkIndex); err == nil {
+					e.WireGuard.Device = wg.Attrs().Name
+				}
+				e.WireGuard.Remote = append(e.WireGuard.Remote, prefix(r.Dst))
 			}
 		}
 		if err := readWorkloadSide(&e); err != nil {
@@ -429,6 +556,9 @@ func readWorkloadSide(e *dataplane.End) error {
 	}
 	for _, r := range routes {
 		rt := dataplane.Route{Prefix: prefix(r.Dst)}
+		if e.WireGuard != nil && (rt.Prefix.Addr() == gatewayIP || net.IP(gatewayIP.AsSlice()).Equal(r.Gw)) {
+			continue // made for the WireGuard end, not asked for
+		}
 		if r.Gw != nil {
 			rt.Via, _ = netip.AddrFromSlice(r.Gw)
 			rt.Via = rt.Via.Unmap()

@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/vwire/vwire/gateway/dataplane"
 )
 
 // inNetNS runs fn on a thread in network namespace ns, as a gateway
@@ -86,5 +89,90 @@ func TestWireGuardBetweenGateways(t *testing.T) {
 	}
 	if pub, err := gws[0].dev.PublicKey(); err != nil || pub != gws[0].key.PublicKey() {
 		t.Errorf("wgctrl reports key %v, %v", pub, err)
+	}
+}
+
+// An IP vWire across two gateways over WireGuard: each workload gets its
+// end, each gateway routes the end into its device for the peer gateway;
+// the workloads ping each other, and removing the ends leaves the
+// gateways' rules and tables as they were.
+func TestWireGuardEnds(t *testing.T) {
+	requireRoot(t)
+	gA, gB, wA, wB := namespace(t), namespace(t), namespace(t), namespace(t)
+	ip(t, "link", "add", "vwt-ua", "netns", gA, "type", "veth", "peer", "name", "vwt-ub", "netns", gB)
+	for _, g := range []struct{ ns, dev, addr string }{{gA, "vwt-ua", "172.31.0.1/30"}, {gB, "vwt-ub", "172.31.0.2/30"}} {
+		ip(t, "-n", g.ns, "addr", "add", g.addr, "dev", g.dev)
+		ip(t, "-n", g.ns, "link", "set", g.dev, "up")
+		if out, err := exec.Command("ip", "netns", "exec", g.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
+			t.Fatalf("ip_forward: %v %s", err, out)
+		}
+	}
+	rulesBefore := ip(t, "-n", gA, "rule", "show")
+	type side struct {
+		gw, wl, underlay, workload string
+		key                        wgtypes.Key
+		dev                        *WireGuard
+		b                          *Backend
+	}
+	sides := []*side{{gw: gA, wl: wA, underlay: "172.31.0.1", workload: "172.30.0.1"}, {gw: gB, wl: wB, underlay: "172.31.0.2", workload: "172.30.0.2"}}
+	for i, s := range sides {
+		s.key, _ = wgtypes.GeneratePrivateKey()
+		name := fmt.Sprintf("wge%d%s", i, s.gw[len(s.gw)-4:])
+		inNetNS(t, s.gw, func() {
+			var err error
+			if s.dev, err = NewWireGuard(name, s.key, 51820, 1420, slog.Default()); err != nil {
+				t.Error(err)
+			}
+		})
+		if s.dev == nil {
+			t.FailNow()
+		}
+		t.Cleanup(func() { s.dev.Close() })
+		var err error
+		if s.b, err = NewAt(s.gw); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.b.Close() })
+	}
+	ends := map[*side]dataplane.End{}
+	for i, s := range sides {
+		peer := sides[1-i]
+		if err := s.dev.SetPeer(peer.key.PublicKey(), netip.MustParseAddrPort(peer.underlay+":51820"),
+			[]netip.Prefix{netip.MustParsePrefix(peer.workload + "/32")}); err != nil {
+			t.Fatal(err)
+		}
+		e := dataplane.End{ID: "ip-1", NetNS: s.wl, Interface: "nsm0", MTU: 1420,
+			Addrs:     []netip.Prefix{netip.MustParsePrefix(s.workload + "/32")},
+			WireGuard: &dataplane.WireGuard{Device: s.dev.Name, Remote: []netip.Prefix{netip.MustParsePrefix(peer.workload + "/32")}}}
+		if err := s.b.Apply(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.b.Apply(context.Background(), e); err != nil {
+			t.Fatalf("second apply: %v", err)
+		}
+		ends[s] = e
+	}
+	for _, s := range sides {
+		peer := sides[0]
+		if s == sides[0] {
+			peer = sides[1]
+		}
+		out, err := exec.Command("ip", "netns", "exec", s.wl, "ping", "-c", "2", "-W", "2", peer.workload).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "2 received") {
+			t.Fatalf("ping %s → %s over WireGuard: %v\n%s", s.wl, peer.workload, err, out)
+		}
+	}
+	listed, err := sides[0].b.List(context.Background())
+	if err != nil || len(listed) != 1 || listed[0].String() != ends[sides[0]].String() {
+		t.Errorf("List: %v, %v\nwant %v", listed, err, ends[sides[0]])
+	}
+	if err := sides[0].b.Remove(context.Background(), "ip-1"); err != nil {
+		t.Fatal(err)
+	}
+	if after := ip(t, "-n", gA, "rule", "show"); after != rulesBefore {
+		t.Errorf("rules before:\n%s\nafter:\n%s", rulesBefore, after)
+	}
+	if tbl := ip(t, "-n", gA, "route", "show", "table", fmt.Sprint(tableOf("ip-1"))); tbl != "" {
+		t.Errorf("table left: %q", tbl)
 	}
 }
