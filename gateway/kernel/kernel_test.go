@@ -69,6 +69,22 @@ func hostLinks(t *testing.T, gw string) []string {
 
 // backend is a gateway's backend in a namespace of its own (so that tests
 // running at once on one machine never meet) and that namespace.
+// underlay makes two gateway namespaces joined by a veth, as two hosts on
+// one network: 172.31.0.1 and 172.31.0.2, forwarding IPv4.
+func underlay(t *testing.T) (gA, gB string) {
+	t.Helper()
+	gA, gB = namespace(t), namespace(t)
+	ip(t, "link", "add", "vwt-ua", "netns", gA, "type", "veth", "peer", "name", "vwt-ub", "netns", gB)
+	for _, g := range []struct{ ns, dev, addr string }{{gA, "vwt-ua", "172.31.0.1/30"}, {gB, "vwt-ub", "172.31.0.2/30"}} {
+		ip(t, "-n", g.ns, "addr", "add", g.addr, "dev", g.dev)
+		ip(t, "-n", g.ns, "link", "set", g.dev, "up")
+		if out, err := exec.Command("ip", "netns", "exec", g.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
+			t.Fatalf("ip_forward in %s: %v %s", g.ns, err, out)
+		}
+	}
+	return gA, gB
+}
+
 func backend(t *testing.T) (*Backend, string) {
 	t.Helper()
 	gw := namespace(t)
@@ -202,12 +218,8 @@ func TestApplyRepairsAVanishedHalf(t *testing.T) {
 // workloads ping each other and see each other's MAC address.
 func TestVXLANEnds(t *testing.T) {
 	requireRoot(t)
-	gA, gB, wA, wB := namespace(t), namespace(t), namespace(t), namespace(t)
-	ip(t, "link", "add", "vwt-ua", "netns", gA, "type", "veth", "peer", "name", "vwt-ub", "netns", gB)
-	ip(t, "-n", gA, "addr", "add", "172.31.0.1/30", "dev", "vwt-ua")
-	ip(t, "-n", gB, "addr", "add", "172.31.0.2/30", "dev", "vwt-ub")
-	ip(t, "-n", gA, "link", "set", "vwt-ua", "up")
-	ip(t, "-n", gB, "link", "set", "vwt-ub", "up")
+	gA, gB := underlay(t)
+	wA, wB := namespace(t), namespace(t)
 	bA, err := NewAt(gA)
 	if err != nil {
 		t.Fatal(err)

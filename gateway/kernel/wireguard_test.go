@@ -44,12 +44,7 @@ func inNetNS(t *testing.T, ns string, fn func()) {
 // module) and a workload address behind it: ping crosses the tunnel.
 func TestWireGuardBetweenGateways(t *testing.T) {
 	requireRoot(t)
-	nsA, nsB := namespace(t), namespace(t)
-	ip(t, "link", "add", "vwt-a", "netns", nsA, "type", "veth", "peer", "name", "vwt-b", "netns", nsB)
-	ip(t, "-n", nsA, "addr", "add", "172.31.0.1/30", "dev", "vwt-a")
-	ip(t, "-n", nsB, "addr", "add", "172.31.0.2/30", "dev", "vwt-b")
-	ip(t, "-n", nsA, "link", "set", "vwt-a", "up")
-	ip(t, "-n", nsB, "link", "set", "vwt-b", "up")
+	nsA, nsB := underlay(t)
 
 	type gw struct {
 		ns, underlay, tunnel string
@@ -98,15 +93,8 @@ func TestWireGuardBetweenGateways(t *testing.T) {
 // gateways' rules and tables as they were.
 func TestWireGuardEnds(t *testing.T) {
 	requireRoot(t)
-	gA, gB, wA, wB := namespace(t), namespace(t), namespace(t), namespace(t)
-	ip(t, "link", "add", "vwt-ua", "netns", gA, "type", "veth", "peer", "name", "vwt-ub", "netns", gB)
-	for _, g := range []struct{ ns, dev, addr string }{{gA, "vwt-ua", "172.31.0.1/30"}, {gB, "vwt-ub", "172.31.0.2/30"}} {
-		ip(t, "-n", g.ns, "addr", "add", g.addr, "dev", g.dev)
-		ip(t, "-n", g.ns, "link", "set", g.dev, "up")
-		if out, err := exec.Command("ip", "netns", "exec", g.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
-			t.Fatalf("ip_forward: %v %s", err, out)
-		}
-	}
+	gA, gB := underlay(t)
+	wA, wB := namespace(t), namespace(t)
 	rulesBefore := ip(t, "-n", gA, "rule", "show")
 	type side struct {
 		gw, wl, underlay, workload string
