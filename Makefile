@@ -27,11 +27,10 @@ test: tools
 test-short:
 	$(GO) test -short ./...
 
-# Benchmarks of the registry's and the interdomain targets; benchstat reads the output.
+# Benchmarks: one table (docs/benchmarks.md, raw output for benchstat in
+# docs/benchmarks.txt). BENCH=quick is a short smoke run.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 1000x ./registry/
-	$(GO) test -run '^$$' -bench . -benchtime 500x ./e2e/sandbox/
-	$(GO) test -run '^$$' -bench . -benchtime 5x ./cmd/vwire/
+	$(GO) run ./e2e/bench
 
 # Real component binaries the tests run, cached by version (e2e/tools).
 tools:

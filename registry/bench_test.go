@@ -3,7 +3,10 @@ package registry_test
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,10 +41,18 @@ func BenchmarkRegisterEndpoint(b *testing.B) {
 	reportLatencies(b, lat)
 }
 
-// Find with label selection among 100,000 registered endpoints (1,000
-// services of 100), over mTLS gRPC on embedded etcd (target: p99 < 10 ms).
-func BenchmarkFind100k(b *testing.B) {
-	const services, perService = 1000, 100
+// Find with label selection among 1,000, 10,000 and 100,000 registered
+// endpoints (services of 100), over mTLS gRPC on embedded etcd (target at
+// 100,000: p99 < 10 ms), and the process's resident memory then.
+func BenchmarkFindScale(b *testing.B) {
+	for _, total := range []int{1000, 10000, 100000} {
+		b.Run(fmt.Sprintf("endpoints=%d", total), func(b *testing.B) { benchmarkFind(b, total) })
+	}
+}
+
+func benchmarkFind(b *testing.B, total int) {
+	const perService = 100
+	services := total / perService
 	d := startDomain(b, "a.example")
 	owner := "spiffe://a.example/nse"
 	for s := 0; s < services; s++ {
@@ -79,4 +90,21 @@ func BenchmarkFind100k(b *testing.B) {
 	}
 	b.StopTimer()
 	reportLatencies(b, lat)
+	b.ReportMetric(rssMB(b), "rss-MB")
+}
+
+// rssMB is this process's resident memory (the registry and its embedded
+// etcd run in it).
+func rssMB(b *testing.B) float64 {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
 }

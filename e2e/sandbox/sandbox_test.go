@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -526,4 +527,69 @@ func TestBundleEndpointFromDNS(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "no --bundle-endpoint given, and none found in DNS") {
 		t.Errorf("no SRV record: %v", err)
 	}
+}
+
+// The yardstick of a cross-domain request: the same request to an
+// endpoint of the client's own domain.
+func BenchmarkLocalRequest(b *testing.B) {
+	s := New(b, "b.example")
+	d := s.D("b.example")
+	d.Apply(reference)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		if _, err := d.Request("secure-intranet-connectivity", "spiffe://b.example/ns/x", map[string]string{"app": "web"}, ""); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	report(b, lat)
+}
+
+// Memory per federated peer domain: a domain federating with 100 or 1,000
+// peers (simulated: each its own trust domain and bundle; its bundle
+// endpoint does not answer, so each follower keeps retrying as against a
+// peer that is down) — heap after GC, per peer (target < 1 MB).
+func BenchmarkPeerMemory(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
+			s := New(b, "a.example")
+			a := s.D("a.example")
+			bundles := make([][]byte, n)
+			for i := range bundles {
+				ca, err := federation.OpenCA(b.TempDir(), spiffeid.RequireTrustDomainFromString(fmt.Sprintf("p%d.example", i)))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if bundles[i], err = ca.Bundle().Marshal(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			dead, _ := net.Listen("tcp", "127.0.0.1:0")
+			deadURL := "https://" + dead.Addr().String()
+			dead.Close()
+			before := heap()
+			b.ResetTimer()
+			for i := 0; i < n; i++ {
+				_, err := federationpb.NewFederationClient(a.admin).AddPeer(context.Background(), &federationpb.AddPeerRequest{
+					Peer: &federationpb.Peer{Domain: fmt.Sprintf("p%d.example", i), BundleEndpointUrl: deadURL}, Bundle: bundles[i],
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(heap()-before)/float64(n)/(1<<20), "MB/peer")
+		})
+	}
+}
+
+// heap is the live heap after a collection.
+func heap() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
 }

@@ -1,0 +1,220 @@
+// Command bench runs vwire's benchmarks (`make bench`; BENCH=quick for a
+// smoke run of a minute or two that only prints), each several times, and
+// prints one table
+// — metric, vwire, yardstick, ratio, target, unit, method — with the median
+// and the range of the runs. It writes the table with the machine's
+// description to docs/benchmarks.md and the raw `go test -bench` output,
+// which benchstat reads, to docs/benchmarks.txt. The table is a
+// measurement, not a gate: a row that misses its target says so.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// run is one `go test -bench` invocation.
+type run struct {
+	pkg, pattern string
+	benchtime    string // full mode
+	quick        string // quick mode
+}
+
+var runs = []run{
+	{"./e2e/sandbox/", "^Benchmark(BareMTLSRoundTrip|PeerFind|CrossDomainFind|LocalFind|LocalRequest|CrossDomainRequest)$", "1000x", "100x"},
+	{"./e2e/sandbox/", "^BenchmarkPeerMemory$", "1x", "1x"},
+	{"./registry/", "^BenchmarkRegisterEndpoint$", "1000x", "100x"},
+	{"./registry/", "^BenchmarkFindScale$", "1000x", "50x"},
+	{"./cmd/vwire/", "^BenchmarkDomainWarmStart$", "3x", "1x"},
+}
+
+// row is one line of the table: where its figure comes from, and its
+// yardstick's.
+type row struct {
+	metric           string
+	bench, unit      string
+	yardBench, yUnit string // optional
+	target           string
+	ok               func(v, yard float64) bool // nil: no target
+	method           string
+}
+
+var rows = []row{
+	{"cross-domain vWire set-up p50 (sandbox, 2 clients)", "CrossDomainRequest/clients=2", "p50-ms", "LocalRequest", "p50-ms", "", nil,
+		"a's gateway asks for svc@b through both proxies, fake data plane; yardstick: the same request to a local endpoint"},
+	{"cross-domain vWire set-up p99 (sandbox, 2 clients)", "CrossDomainRequest/clients=2", "p99-ms", "LocalRequest", "p99-ms", "< 20 ms",
+		func(v, _ float64) bool { return v < 20 }, "as above"},
+	{"cross-domain vWire set-up p99 (sandbox, 8 clients)", "CrossDomainRequest/clients=8", "p99-ms", "", "", "< 20 ms",
+		func(v, _ float64) bool { return v < 20 }, "8 concurrent clients"},
+	{"cross-domain set-ups per second (8 clients)", "CrossDomainRequest/clients=8", "requests/s", "", "", "≥ 200",
+		func(v, _ float64) bool { return v >= 200 }, "requests completed / wall time"},
+	{"cross-domain find, the peer hop, p50", "PeerFind", "p50-ms", "BareMTLSRoundTrip", "p50-ms", "≤ 3× yardstick",
+		func(v, y float64) bool { return v <= 3*y }, "a's proxy asks b's; yardstick: one bare mTLS gRPC round trip (unary health check)"},
+	{"cross-domain find, end to end, p50", "CrossDomainFind", "p50-ms", "BareMTLSRoundTrip", "p50-ms", "≤ 3× yardstick",
+		func(v, y float64) bool { return v <= 3*y }, "a client asks its own proxy for svc@b: two streaming hops"},
+	{"registry find p99, 1,000 endpoints", "FindScale/endpoints=1000", "p99-ms", "", "", "", nil, "embedded etcd, services of 100, label selection, over mTLS"},
+	{"registry find p99, 10,000 endpoints", "FindScale/endpoints=10000", "p99-ms", "", "", "", nil, "as above"},
+	{"registry find p99, 100,000 endpoints", "FindScale/endpoints=100000", "p99-ms", "", "", "< 10 ms",
+		func(v, _ float64) bool { return v < 10 }, "as above"},
+	{"registry process memory, 100,000 endpoints", "FindScale/endpoints=100000", "rss-MB", "", "", "", nil, "VmRSS of the process holding registry and embedded etcd"},
+	{"endpoint registration p50", "RegisterEndpoint", "p50-ms", "", "", "< 5 ms", func(v, _ float64) bool { return v < 5 }, "leased registration over mTLS, embedded etcd"},
+	{"memory per federated peer domain, 100 peers", "PeerMemory/peers=100", "MB/peer", "", "", "< 1 MB", func(v, _ float64) bool { return v < 1 }, "live heap after GC / peers; peers simulated in-process"},
+	{"memory per federated peer domain, 1,000 peers", "PeerMemory/peers=1000", "MB/peer", "", "", "< 1 MB", func(v, _ float64) bool { return v < 1 }, "as above"},
+	{"vwire domain idle RSS", "DomainWarmStart", "idle-rss-MB", "", "", "< 100 MB", func(v, _ float64) bool { return v < 100 }, "VmRSS 2 s after ready"},
+	{"vwire domain warm start", "DomainWarmStart", "ready-ms", "", "", "< 2000 ms", func(v, _ float64) bool { return v < 2000 }, "exec to the ready line, existing data directory"},
+}
+
+// notYet are rows whose measurement needs the data plane (the gateway).
+var notYet = []string{
+	"WireGuard vWire TCP throughput and ping RTT (yardstick: bare wireguard-go, raw veth)",
+	"VXLAN vWire TCP throughput and ping RTT (yardstick: bare kernel VXLAN)",
+	"cross-domain vWire set-up p99 across network namespaces (target < 100 ms)",
+	"heal gap after SIGKILL of the client gateway, the proxy, the endpoint gateway",
+}
+
+func main() {
+	quick := flag.Bool("quick", os.Getenv("BENCH") == "quick", "a short smoke run (also BENCH=quick)")
+	count := flag.Int("count", 3, "runs of each benchmark (1 with -quick)")
+	out := flag.String("out", "docs/benchmarks.md", "where to write the table (not in quick mode, which only prints it)")
+	flag.Parse()
+	if *quick {
+		*count = 1
+	}
+	var raw bytes.Buffer
+	for _, r := range runs {
+		bt := r.benchtime
+		if *quick {
+			bt = r.quick
+		}
+		args := []string{"test", "-run", "^$", "-bench", r.pattern, "-benchtime", bt, "-count", strconv.Itoa(*count), r.pkg}
+		fmt.Fprintf(os.Stderr, "go %s\n", strings.Join(args, " "))
+		cmd := exec.Command("go", args...)
+		cmd.Stdout = io.MultiWriter(&raw, os.Stderr)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %s: %v\n", r.pkg, err)
+			os.Exit(1)
+		}
+	}
+	results := parse(raw.String())
+	table := render(results)
+	fmt.Print(table)
+	if *quick {
+		return // a smoke run: the recorded results stay as they are
+	}
+	if err := write(*out, table, raw.String(), *quick, *count); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// parse collects every value of every metric: results[bench][unit].
+func parse(out string) map[string]map[string][]float64 {
+	res := map[string]map[string][]float64{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		name := strings.TrimPrefix(f[0], "Benchmark")
+		if i := strings.LastIndex(name, "-"); i > 0 {
+			name = name[:i] // the GOMAXPROCS suffix
+		}
+		if res[name] == nil {
+			res[name] = map[string][]float64{}
+		}
+		for i := 2; i+1 < len(f); i += 2 {
+			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
+				res[name][f[i+1]] = append(res[name][f[i+1]], v)
+			}
+		}
+	}
+	return res
+}
+
+func stats(vs []float64) (median, lo, hi float64) {
+	s := append([]float64(nil), vs...)
+	sort.Float64s(s)
+	return s[len(s)/2], s[0], s[len(s)-1]
+}
+
+func render(res map[string]map[string][]float64) string {
+	var b strings.Builder
+	fmt.Fprintln(&b, "| metric | vwire (median [min–max]) | yardstick | ratio | target | unit | method |")
+	fmt.Fprintln(&b, "| --- | --- | --- | --- | --- | --- | --- |")
+	for _, r := range rows {
+		vs := res[r.bench][r.unit]
+		if len(vs) == 0 {
+			fmt.Fprintf(&b, "| %s | not measured | | | %s | %s | %s |\n", r.metric, r.target, r.unit, r.method)
+			continue
+		}
+		v, lo, hi := stats(vs)
+		yard, ratio := "", ""
+		var y float64
+		if ys := res[r.yardBench][r.yUnit]; len(ys) > 0 {
+			y, _, _ = stats(ys)
+			yard = fmt.Sprintf("%.3g", y)
+			ratio = fmt.Sprintf("%.2g×", v/y)
+		}
+		target := r.target
+		if r.ok != nil {
+			if r.ok(v, y) {
+				target += " ✓"
+			} else {
+				target += " ✗ missed"
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %.3g [%.3g–%.3g] | %s | %s | %s | %s | %s |\n", r.metric, v, lo, hi, yard, ratio, target, r.unit, r.method)
+	}
+	for _, m := range notYet {
+		fmt.Fprintf(&b, "| %s | not measured yet: needs the gateway (data-plane issue) | | | | | |\n", m)
+	}
+	return b.String()
+}
+
+func write(path, table, raw string, quick bool, count int) error {
+	mode := fmt.Sprintf("%d runs of each benchmark", count)
+	if quick {
+		mode = "quick mode (BENCH=quick): one short run of each, a smoke test, not a measurement"
+	}
+	doc := fmt.Sprintf(`# Benchmarks
+
+Measured by `+"`make bench`"+` on %s: %s, %d cores, kernel %s, %s. %s.
+Each figure is the median of the runs, with their minimum and maximum.
+The raw output, which benchstat reads, is in [benchmarks.txt](benchmarks.txt).
+
+%s`, time.Now().UTC().Format("2006-01-02"), cpuModel(), runtime.NumCPU(), kernel(), runtime.Version(), mode, table)
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(strings.TrimSuffix(path, ".md")+".txt", []byte(raw), 0o644)
+}
+
+func cpuModel() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+func kernel() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
