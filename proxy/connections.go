@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"sync"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
@@ -11,11 +13,18 @@ import (
 )
 
 // Connections keeps a domain's connections in etcd, under
-// /vwire/<domain>/connections/<id>, each on a lease that lapses with the
-// connection unless it is refreshed: a restarted proxy finds them all.
+// /vwire/<domain>/connections/<id>, on leases that lapse with the
+// connections unless they are refreshed: a restarted proxy finds them all.
+// Connections stored in the same second share a lease (one etcd write per
+// connection instead of two); a connection then lapses up to a second late.
 type Connections struct {
 	cli    *clientv3.Client
 	prefix string
+
+	mu     sync.Mutex
+	window int64 // the second the current lease was granted for
+	ttl    int64
+	lease  clientv3.LeaseID
 }
 
 // NewConnections returns the connection store of domain.
@@ -23,15 +32,10 @@ func NewConnections(cli *clientv3.Client, domain string) *Connections {
 	return &Connections{cli: cli, prefix: "/vwire/" + domain + "/connections/"}
 }
 
-// Put stores conn for ttlSeconds, on a new lease; the previous one's is
-// revoked.
+// Put stores conn for (at least) ttlSeconds. Refreshing a connection moves
+// it to a newer lease; the old one lapses with the others on it.
 func (c *Connections) Put(ctx context.Context, conn *proxypb.Connection, ttlSeconds int64) error {
-	key := c.prefix + conn.GetId()
-	old, err := c.cli.Get(ctx, key)
-	if err != nil {
-		return err
-	}
-	lease, err := c.cli.Grant(ctx, ttlSeconds)
+	lease, err := c.leaseFor(ctx, ttlSeconds)
 	if err != nil {
 		return err
 	}
@@ -39,14 +43,24 @@ func (c *Connections) Put(ctx context.Context, conn *proxypb.Connection, ttlSeco
 	if err != nil {
 		return err
 	}
-	if _, err := c.cli.Put(ctx, key, string(b), clientv3.WithLease(lease.ID)); err != nil {
-		_, _ = c.cli.Revoke(context.WithoutCancel(ctx), lease.ID)
-		return err
+	_, err = c.cli.Put(ctx, c.prefix+conn.GetId(), string(b), clientv3.WithLease(lease))
+	return err
+}
+
+// leaseFor is this second's shared lease of ttlSeconds (plus the second).
+func (c *Connections) leaseFor(ctx context.Context, ttlSeconds int64) (clientv3.LeaseID, error) {
+	now := time.Now().Unix()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.window == now && c.ttl == ttlSeconds {
+		return c.lease, nil
 	}
-	if len(old.Kvs) == 1 && old.Kvs[0].Lease != 0 {
-		_, _ = c.cli.Revoke(ctx, clientv3.LeaseID(old.Kvs[0].Lease)) // nothing is on it any more
+	g, err := c.cli.Grant(ctx, ttlSeconds+1)
+	if err != nil {
+		return 0, err
 	}
-	return nil
+	c.window, c.ttl, c.lease = now, ttlSeconds, g.ID
+	return g.ID, nil
 }
 
 // Get returns the connection with id, or nil.
@@ -64,12 +78,9 @@ func (c *Connections) Get(ctx context.Context, id string) (*proxypb.Connection, 
 
 // Delete removes the connection with id; it reports whether it was there.
 func (c *Connections) Delete(ctx context.Context, id string) (bool, error) {
-	resp, err := c.cli.Delete(ctx, c.prefix+id, clientv3.WithPrevKV())
+	resp, err := c.cli.Delete(ctx, c.prefix+id)
 	if err != nil {
 		return false, err
-	}
-	if len(resp.PrevKvs) == 1 && resp.PrevKvs[0].Lease != 0 {
-		_, _ = c.cli.Revoke(ctx, clientv3.LeaseID(resp.PrevKvs[0].Lease)) // nothing is on it any more
 	}
 	return resp.Deleted > 0, nil
 }
