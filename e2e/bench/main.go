@@ -85,12 +85,22 @@ var notYet = []string{
 func main() {
 	quick := flag.Bool("quick", os.Getenv("BENCH") == "quick", "a short smoke run (also BENCH=quick)")
 	count := flag.Int("count", 3, "runs of each benchmark (1 with -quick)")
+	from := flag.String("from", "", "render the table from this saved raw output instead of running")
 	out := flag.String("out", "docs/benchmarks.md", "where to write the table (not in quick mode, which only prints it)")
 	flag.Parse()
 	if *quick {
 		*count = 1
 	}
 	var raw bytes.Buffer
+	if *from != "" {
+		b, err := os.ReadFile(*from)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		raw.Write(b)
+		runs = nil
+	}
 	for _, r := range runs {
 		bt := r.benchtime
 		if *quick {
@@ -164,7 +174,7 @@ func render(res map[string]map[string][]float64) string {
 		var y float64
 		if ys := res[r.yardBench][r.yUnit]; len(ys) > 0 {
 			y, _, _ = stats(ys)
-			yard = fmt.Sprintf("%.3g", y)
+			yard = num(y)
 			ratio = fmt.Sprintf("%.2g×", v/y)
 		}
 		target := r.target
@@ -175,12 +185,20 @@ func render(res map[string]map[string][]float64) string {
 				target += " ✗ missed"
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %.3g [%.3g–%.3g] | %s | %s | %s | %s | %s |\n", r.metric, v, lo, hi, yard, ratio, target, r.unit, r.method)
+		fmt.Fprintf(&b, "| %s | %s [%s–%s] | %s | %s | %s | %s | %s |\n", r.metric, num(v), num(lo), num(hi), yard, ratio, target, r.unit, r.method)
 	}
 	for _, m := range notYet {
 		fmt.Fprintf(&b, "| %s | not measured yet: needs the gateway (data-plane issue) | | | | | |\n", m)
 	}
 	return b.String()
+}
+
+// num prints three significant digits, without exponents.
+func num(v float64) string {
+	if v >= 100 {
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	}
+	return strconv.FormatFloat(v, 'g', 3, 64)
 }
 
 func write(path, table, raw string, quick bool, count int) error {
