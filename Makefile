@@ -22,7 +22,7 @@ run: build
 
 # The test command: unit tests, embedded etcd, a real 3-member etcd cluster.
 test: tools
-	$(GO) test -count=1 -timeout 20m ./...
+	set -o pipefail; $(GO) test -json -count=1 -timeout 20m ./... | $(GO) run ./e2e/testsum
 
 test-short:
 	$(GO) test -short ./...
