@@ -23,6 +23,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/federation/federationpb"
@@ -312,6 +314,9 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 		go d.tickCA(ca, log)
 	}
 	federationpb.RegisterFederationServer(d.srv, fed)
+	// Readiness for probes (grpc-health-probe -spiffe, kubelet's grpc probe
+	// through a sidecar): serving once Start returns.
+	healthpb.RegisterHealthServer(d.srv, health.NewServer())
 	go func() {
 		if err := d.srv.Serve(d.lis); err != nil {
 			d.fail(err)

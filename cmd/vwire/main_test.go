@@ -10,8 +10,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/vwire/vwire/federation"
 )
 
 var vwireBin string
@@ -196,5 +201,53 @@ func TestBadSettings(t *testing.T) {
 		if err == nil || !strings.Contains(string(out), c.want) {
 			t.Errorf("vwire %v: err=%v, output:\n%s\nwant %q", c.args, err, out, c.want)
 		}
+	}
+}
+
+// vwire domain answers the gRPC health service once ready, and stops
+// cleanly (exit 0, data kept) on SIGTERM.
+func TestDomainHealthAndSIGTERM(t *testing.T) {
+	dataDir, addr := filepath.Join(t.TempDir(), "d"), freeAddr(t)
+	cmd := exec.Command(vwireBin, "domain", "--name", "a.example", "--data-dir", dataDir, "--listen", addr)
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && !strings.Contains(sc.Text(), " ready in ") {
+	}
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	admin, err := federation.LoadCredentials(filepath.Join(dataDir, "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := federation.DialDomain(addr, admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v, %v", resp, err)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("vwire domain did not stop within 15 s of SIGTERM")
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "etcd")); err != nil {
+		t.Errorf("the data directory did not survive: %v", err)
 	}
 }
