@@ -164,3 +164,80 @@ func TestWireGuardEnds(t *testing.T) {
 		t.Errorf("table left: %q", tbl)
 	}
 }
+
+// Two vWires between the same two gateways share one device per side; the
+// endpoint's side learns the client's address from its first handshake;
+// each release keeps the device while another vWire uses it.
+func TestTunnelsPerPeerGateway(t *testing.T) {
+	requireRoot(t)
+	gA, gB := underlay(t)
+	keyA, _ := wgtypes.GeneratePrivateKey()
+	keyB, _ := wgtypes.GeneratePrivateKey()
+	tA, tB := NewTunnels(keyA, 1420, slog.Default()), NewTunnels(keyB, 1420, slog.Default())
+	defer tA.Close()
+	defer tB.Close()
+	bA, err := NewAt(gA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bA.Close()
+	bB, err := NewAt(gB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bB.Close()
+
+	for i, v := range []struct{ id, a, b string }{{"v1", "172.30.0.1", "172.30.0.2"}, {"v2", "172.30.1.1", "172.30.1.2"}} {
+		wA, wB := namespace(t), namespace(t)
+		pfx := func(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s + "/32")} }
+		// The endpoint's gateway first: it does not know the client's port.
+		var devB string
+		var portB int
+		inNetNS(t, gB, func() { devB, portB, err = tB.Use(v.id, keyA.PublicKey(), netip.AddrPort{}, pfx(v.a)) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		var devA string
+		inNetNS(t, gA, func() {
+			devA, _, err = tA.Use(v.id, keyB.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)), pfx(v.b))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range []struct {
+			b   *Backend
+			end dataplane.End
+		}{
+			{bA, dataplane.End{ID: v.id, NetNS: wA, MTU: 1420, Addrs: pfx(v.a), WireGuard: &dataplane.WireGuard{Device: devA, Remote: pfx(v.b)}}},
+			{bB, dataplane.End{ID: v.id, NetNS: wB, MTU: 1420, Addrs: pfx(v.b), WireGuard: &dataplane.WireGuard{Device: devB, Remote: pfx(v.a)}}},
+		} {
+			if err := e.b.Apply(context.Background(), e.end); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out, err := exec.Command("ip", "netns", "exec", wA, "ping", "-c", "2", "-W", "2", v.b).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "2 received") {
+			t.Fatalf("vWire %d: ping over the shared tunnel: %v\n%s", i+1, err, out)
+		}
+		if n := len(tA.Devices()); n != 1 {
+			t.Errorf("after vWire %d gateway a has %d devices, want one per peer", i+1, n)
+		}
+	}
+	for _, id := range []string{"v1", "v2"} {
+		bA.Remove(context.Background(), id)
+		bB.Remove(context.Background(), id)
+		tA.Release(id)
+		tB.Release(id)
+		if id == "v1" && len(tA.Devices()) != 1 {
+			t.Error("releasing one vWire removed the tunnel another uses")
+		}
+	}
+	if len(tA.Devices())+len(tB.Devices()) != 0 {
+		t.Errorf("devices left: %v %v", tA.Devices(), tB.Devices())
+	}
+	for _, ns := range []string{gA, gB} {
+		if out := ip(t, "-n", ns, "link", "show"); strings.Contains(out, " wg") {
+			t.Errorf("a WireGuard device left in %s:\n%s", ns, out)
+		}
+	}
+}

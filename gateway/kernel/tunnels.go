@@ -1,0 +1,152 @@
+package kernel
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Tunnels keeps this gateway's WireGuard devices: one per peer gateway,
+// created when a vWire first needs it, its peer's allowed IPs the far
+// addresses of every vWire through it, and removed with the last one. A
+// device listens on a port of its own (the kernel's choice), which the
+// vWire's mechanism tells the peer; a peer whose endpoint is not known yet
+// is learnt from its first handshake (WireGuard roaming).
+type Tunnels struct {
+	key wgtypes.Key
+	mtu int
+	log *slog.Logger
+
+	mu    sync.Mutex
+	peers map[wgtypes.Key]*tunnel
+}
+
+type tunnel struct {
+	dev      *WireGuard
+	endpoint netip.AddrPort
+	users    map[string][]netip.Prefix // vWire id → its far addresses
+}
+
+// NewTunnels returns the tunnels of a gateway with private key key; their
+// devices get mtu.
+func NewTunnels(key wgtypes.Key, mtu int, log *slog.Logger) *Tunnels {
+	return &Tunnels{key: key, mtu: mtu, log: log, peers: map[wgtypes.Key]*tunnel{}}
+}
+
+// PublicKey is this gateway's public key.
+func (t *Tunnels) PublicKey() wgtypes.Key { return t.key.PublicKey() }
+
+// deviceName is unique on the machine for this gateway and peer: control
+// sockets in /var/run/wireguard are shared by every namespace.
+func (t *Tunnels) deviceName(peer wgtypes.Key) string {
+	local := t.key.PublicKey()
+	sum := sha256.Sum256(append(local[:], peer[:]...))
+	return "wg" + hex.EncodeToString(sum[:6])
+}
+
+// Use makes vWire id reach far through the peer gateway with key peer, at
+// endpoint (zero if not known yet: learnt when the peer connects). It
+// returns the device to route the vWire into and the port it listens on.
+func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, far []netip.Prefix) (device string, port int, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tun := t.peers[peer]
+	if tun == nil {
+		dev, err := NewWireGuard(t.deviceName(peer), t.key, 0, t.mtu, t.log)
+		if err != nil {
+			return "", 0, err
+		}
+		tun = &tunnel{dev: dev, users: map[string][]netip.Prefix{}}
+		t.peers[peer] = tun
+	}
+	prev, had := tun.users[id]
+	tun.users[id] = far
+	if endpoint.IsValid() {
+		tun.endpoint = endpoint
+	}
+	if err := tun.dev.SetPeer(peer, tun.endpoint, allowed(tun.users)); err != nil {
+		if had {
+			tun.users[id] = prev
+		} else {
+			delete(tun.users, id)
+		}
+		t.dropIfUnused(peer, tun)
+		return "", 0, err
+	}
+	port, err = tun.dev.Port()
+	if err != nil {
+		return "", 0, fmt.Errorf("port of %s: %w", tun.dev.Name, err)
+	}
+	return tun.dev.Name, port, nil
+}
+
+// Release drops vWire id from whichever tunnel carries it; a tunnel that no
+// vWire uses any more is removed.
+func (t *Tunnels) Release(id string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for peer, tun := range t.peers {
+		if _, ok := tun.users[id]; !ok {
+			continue
+		}
+		delete(tun.users, id)
+		if t.dropIfUnused(peer, tun) {
+			return nil
+		}
+		return tun.dev.SetPeer(peer, tun.endpoint, allowed(tun.users))
+	}
+	return nil
+}
+
+func (t *Tunnels) dropIfUnused(peer wgtypes.Key, tun *tunnel) bool {
+	if len(tun.users) > 0 {
+		return false
+	}
+	tun.dev.Close()
+	delete(t.peers, peer)
+	return true
+}
+
+// Devices lists the devices, by name.
+func (t *Tunnels) Devices() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []string
+	for _, tun := range t.peers {
+		out = append(out, tun.dev.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Close removes every device.
+func (t *Tunnels) Close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for peer, tun := range t.peers {
+		tun.dev.Close()
+		delete(t.peers, peer)
+	}
+}
+
+// allowed is the union of the vWires' far addresses.
+func allowed(users map[string][]netip.Prefix) []netip.Prefix {
+	seen := map[netip.Prefix]bool{}
+	var out []netip.Prefix
+	for _, far := range users {
+		for _, p := range far {
+			if !seen[p] {
+				seen[p] = true
+				out = append(out, p)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
