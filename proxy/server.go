@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -257,7 +258,7 @@ func (s *Server) hosted(ctx context.Context, conn *proxypb.Connection, name regi
 	if err != nil {
 		return nil, registry.ToStatus(err)
 	}
-	if !contains(ep.GetNetworkServiceNames(), name.String()) {
+	if !slices.Contains(ep.GetNetworkServiceNames(), name.String()) {
 		return nil, status.Errorf(codes.PermissionDenied, "endpoint %q of %q does not provide %q", ep.GetName(), s.Own, name)
 	}
 	conn.State = proxypb.State_UP
@@ -331,7 +332,7 @@ func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.
 func (s *Server) Monitor(scope *proxypb.MonitorScope, stream grpc.ServerStreamingServer[proxypb.ConnectionEvent]) error {
 	ctx := stream.Context()
 	wanted := func(c *proxypb.Connection) bool {
-		if len(scope.GetConnectionIds()) > 0 && !contains(scope.GetConnectionIds(), c.GetId()) {
+		if len(scope.GetConnectionIds()) > 0 && !slices.Contains(scope.GetConnectionIds(), c.GetId()) {
 			return false
 		}
 		return s.mayChange(ctx, c)
@@ -413,13 +414,4 @@ func validID(id string) error {
 		}
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -201,7 +202,7 @@ func getEndpoints(ctx context.Context, cl registrypb.RegistryClient, name, servi
 	switch {
 	case name != "":
 		e, err := cl.GetEndpoint(ctx, &registrypb.GetEndpointRequest{Name: name})
-		if err == nil && service != "" && !contains(e.GetNetworkServiceNames(), service) {
+		if err == nil && service != "" && !slices.Contains(e.GetNetworkServiceNames(), service) {
 			return nil, fmt.Errorf("endpoint %q does not provide %q", name, service)
 		}
 		return []*registrypb.Endpoint{e}, err
@@ -218,15 +219,6 @@ func getEndpoints(ctx context.Context, cl registrypb.RegistryClient, name, servi
 	}
 	resp, err := cl.ListEndpoints(ctx, &registrypb.ListEndpointsRequest{})
 	return resp.GetEndpoints(), err
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func printObjects(w io.Writer, output, kind string, single bool, svcs []*registrypb.NetworkService, eps []*registrypb.Endpoint) error {
