@@ -127,9 +127,9 @@ func (m *mirror) advanceLocked(rev int64) {
 	}
 }
 
-// snapshot reads service and its endpoints once the copy reflects revision
-// want; ok is false if it does not within wait.
-func (m *mirror) snapshot(ctx context.Context, service string, want int64, wait time.Duration) (svc *registrypb.NetworkService, eps []*registrypb.Endpoint, ok bool) {
+// snapshot reads service (and with endpoints its endpoints) once the copy
+// reflects revision want; ok is false if it does not within wait.
+func (m *mirror) snapshot(ctx context.Context, service string, endpoints bool, want int64, wait time.Duration) (svc *registrypb.NetworkService, eps []*registrypb.Endpoint, ok bool) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for {
@@ -137,8 +137,10 @@ func (m *mirror) snapshot(ctx context.Context, service string, want int64, wait 
 		if m.rev >= want {
 			defer m.mu.RUnlock()
 			svc = m.services[service]
-			for _, ep := range m.index[service] {
-				eps = append(eps, ep)
+			if endpoints {
+				for _, ep := range m.index[service] {
+					eps = append(eps, ep)
+				}
 			}
 			// Callers may keep what they get; the copy changes under them.
 			if svc != nil {

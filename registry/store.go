@@ -64,13 +64,8 @@ func (s *Store) PutService(ctx context.Context, svc *registrypb.NetworkService) 
 
 // GetService returns the named network service.
 func (s *Store) GetService(ctx context.Context, name string) (*registrypb.NetworkService, error) {
-	if m := s.mirror.Load(); m != nil {
-		if svc, _, ok := m.snapshot(ctx, name, s.written.Load(), 100*time.Millisecond); ok {
-			if svc == nil {
-				return nil, errorf(ErrNotFound, "network service %q is not registered", name)
-			}
-			return svc, nil
-		}
+	if svc, _, ok, err := s.cached(ctx, name, false); ok {
+		return svc, err
 	}
 	resp, err := s.cli.Get(ctx, s.serviceKey(name))
 	if err != nil {
@@ -359,20 +354,32 @@ func (s *Store) ListEndpoints(ctx context.Context, service string) ([]*registryp
 // Find returns the endpoints that service's match rules select for a client
 // with the given labels (see Select).
 func (s *Store) Find(ctx context.Context, service string, labels map[string]string) ([]*registrypb.Endpoint, error) {
-	if m := s.mirror.Load(); m != nil {
-		// This store's own writes are visible once the copy reaches them.
-		if svc, eps, ok := m.snapshot(ctx, service, s.written.Load(), 100*time.Millisecond); ok {
-			if svc == nil {
-				return nil, errorf(ErrNotFound, "network service %q is not registered", service)
-			}
-			return Select(svc, labels, eps), nil
+	if svc, eps, ok, err := s.cached(ctx, service, true); ok {
+		if err != nil {
+			return nil, err
 		}
+		return Select(svc, labels, eps), nil
 	}
 	svc, eps, _, err := s.snapshot(ctx, service)
 	if err != nil {
 		return nil, err
 	}
 	return Select(svc, labels, slices.Collect(maps.Values(eps))), nil
+}
+
+// cached reads service, and with endpoints its endpoints, from the mirror
+// once it reflects this store's own writes; ok is false when etcd must be
+// read instead (no mirror, or it lags more than 100 ms).
+func (s *Store) cached(ctx context.Context, service string, endpoints bool) (*registrypb.NetworkService, []*registrypb.Endpoint, bool, error) {
+	m := s.mirror.Load()
+	if m == nil {
+		return nil, nil, false, nil
+	}
+	svc, eps, ok := m.snapshot(ctx, service, endpoints, s.written.Load(), 100*time.Millisecond)
+	if ok && svc == nil {
+		return nil, nil, true, errorf(ErrNotFound, "network service %q is not registered", service)
+	}
+	return svc, eps, ok, nil
 }
 
 // snapshot reads a service and its endpoints at one revision.
