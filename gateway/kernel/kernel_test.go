@@ -194,22 +194,35 @@ func TestApplyRepairsAVanishedHalf(t *testing.T) {
 	ns := namespace(t)
 	b, _ := backend(t)
 	end := dataplane.End{ID: "conn-r", NetNS: ns, Interface: "nsm0", MTU: 1400, Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.255.5/31")}}
+	repaired := func(what string) {
+		t.Helper()
+		if err := b.Apply(context.Background(), end); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if show := ip(t, "-n", ns, "addr", "show", "nsm0"); !strings.Contains(show, "172.31.255.5/31") {
+			t.Errorf("%s: not repaired:\n%s", what, show)
+		}
+	}
 	if err := b.Apply(context.Background(), end); err != nil {
 		t.Fatal(err)
 	}
-	ip(t, "-n", ns, "link", "del", "nsm0") // takes the host half too: a veth pair dies whole
+	// The workload's half leaves its namespace; the gateway's half stays.
+	elsewhere := namespace(t)
+	ip(t, "-n", ns, "link", "set", "nsm0", "netns", elsewhere)
+	listed, err := b.List(context.Background())
+	if err != nil || len(listed) != 1 || listed[0].Interface != "" {
+		t.Fatalf("List with the workload half gone: %v, %v (want the end without an interface)", listed, err)
+	}
+	repaired("after the workload half left")
+
+	// The pair dies whole (the namespace was recreated).
+	ip(t, "-n", ns, "link", "del", "nsm0")
 	ip(t, "netns", "del", ns)
 	ip(t, "netns", "add", ns)
-	listed, _ := b.List(context.Background())
-	if len(listed) != 0 {
+	if listed, _ := b.List(context.Background()); len(listed) != 0 {
 		t.Fatalf("List after the pair died: %v", listed)
 	}
-	if err := b.Apply(context.Background(), end); err != nil {
-		t.Fatal(err)
-	}
-	if show := ip(t, "-n", ns, "addr", "show", "nsm0"); !strings.Contains(show, "172.31.255.5/31") {
-		t.Errorf("not repaired:\n%s", show)
-	}
+	repaired("after the pair died")
 	b.Remove(context.Background(), end.ID)
 }
 
