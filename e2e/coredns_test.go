@@ -50,7 +50,7 @@ func TestCoreDNSDiscovery(t *testing.T) {
 	type dom struct{ name, addr, bundleAddr, data string }
 	a := &dom{name: "a.example"}
 	b := &dom{name: "b.example"}
-	procs := map[string]*exec.Cmd{}
+	procs := map[string]*Process{}
 	for _, d := range []*dom{a, b} {
 		d.addr, d.bundleAddr, d.data = fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t)), filepath.Join(dir, d.name)
 		// a runs as one process with its embedded etcd; b as a proxy on the
@@ -59,7 +59,7 @@ func TestCoreDNSDiscovery(t *testing.T) {
 		if d == b {
 			role = []string{"proxy", "--etcd-endpoints", etcdURL}
 		}
-		procs[d.name] = startDomainProcess(t, vwireBin, append(role, "--name", d.name, "--data-dir", d.data, "--listen", d.addr,
+		procs[d.name] = StartVwire(t, vwireBin, nil, append(role, "--name", d.name, "--data-dir", d.data, "--listen", d.addr,
 			"--bundle-listen", d.bundleAddr, "--dns-server", dnsServer,
 			"--publish-dns", "etcd", "--dns-etcd-endpoints", etcdURL, "--dns-ttl", "2s")...)
 	}
@@ -91,7 +91,7 @@ func TestCoreDNSDiscovery(t *testing.T) {
 
 	// b dies without a word: its lease lapses, CoreDNS stops answering for
 	// it, and a says so.
-	procs["b.example"].Process.Signal(syscall.SIGKILL)
+	procs["b.example"].Cmd.Process.Signal(syscall.SIGKILL)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		out, err := exec.Command(vwireBin, "get", "endpoints", "--service", "secure-intranet-connectivity@b.example",

@@ -202,7 +202,7 @@ plugins {
 	for td, d := range doms {
 		waitForFile(t, d.agentSock)
 		addrs[td] = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		startDomainProcess(t, vwireBin, "domain", "--name", td, "--data-dir", filepath.Join(d.dir, "vwire"), "--listen", addrs[td], "--spiffe-socket", d.agentSock)
+		StartVwire(t, vwireBin, nil, "domain", "--name", td, "--data-dir", filepath.Join(d.dir, "vwire"), "--listen", addrs[td], "--spiffe-socket", d.agentSock)
 	}
 	cli := func(td string, args ...string) (string, error) {
 		out, err := exec.Command(vwireBin, append(args, "--registry", addrs[td], "--spiffe-socket", doms[td].agentSock)...).CombinedOutput()

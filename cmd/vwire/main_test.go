@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -16,6 +15,7 @@ import (
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/federation"
 )
 
@@ -47,48 +47,11 @@ func freeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
-// startVwire runs `vwire args...` until the test ends and waits for its
-// "ready" line.
+// startVwire runs `vwire args...` until the test ends and returns its
+// ready line.
 func startVwire(t testing.TB, env []string, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, vwireBin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		cmd.Wait()
-	})
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), " ready in ") {
-				ready <- sc.Text()
-			}
-		}
-		close(ready)
-	}()
-	select {
-	case line, ok := <-ready:
-		if !ok {
-			cmd.Wait()
-			t.Fatalf("vwire %v exited before it was ready:\n%s", args, stderr.String())
-		}
-		return line
-	case <-time.After(60 * time.Second):
-		t.Fatalf("vwire %v not ready after 60s:\n%s", args, stderr.String())
-	}
-	return ""
+	return e2e.StartVwire(t, vwireBin, env, args...).Ready
 }
 
 // vwire runs a client command and returns its output; it fails the test if
