@@ -12,7 +12,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +30,7 @@ import (
 
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/federation/federationpb"
+	"github.com/vwire/vwire/gateway"
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
@@ -67,6 +70,17 @@ type Config struct {
 	// is set only by programs that embed a domain (tests use
 	// proxy.FakeDataplane); without one, requests are refused.
 	Dataplane proxy.Dataplane
+	// DataplaneKind is the gateway's backend: "kernel", or "none" for a
+	// control plane only (requests are refused). Ignored when Dataplane is
+	// set.
+	DataplaneKind string
+	// GatewayAddress is the gateway's tunnel address; default: the address
+	// of the default route's interface.
+	GatewayAddress string
+	// Node names this node's gateway (its path segment).
+	Node string
+	// KeepDataplane leaves the interfaces and routes in place on shutdown.
+	KeepDataplane bool
 	// Peers to federate with at start, as --peer specs (see ParsePeerSpec);
 	// `vwire federation add` adds more at run time.
 	Peers []string
@@ -74,8 +88,11 @@ type Config struct {
 
 // NewConfig returns a Config with the defaults.
 func NewConfig() *Config {
+	node, _ := os.Hostname()
 	return &Config{
 		Config:              *registry.NewConfig(),
+		DataplaneKind:       "none",
+		Node:                node,
 		RefreshHint:         federation.DefaultRefreshHint,
 		RotationPropagation: 2 * federation.DefaultRefreshHint,
 		RotationOverlap:     federation.DefaultSVIDLifetime + time.Minute,
@@ -98,6 +115,10 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.DNSEtcdEndpoints, "dns-etcd-endpoints", c.DNSEtcdEndpoints, "the etcd CoreDNS reads (default: this domain's etcd)")
 	fs.DurationVar(&c.DNSTTL, "dns-ttl", c.DNSTTL, "TTL of the published DNS records (and of their etcd lease)")
 	fs.DurationVar(&c.ConnectionLifetime, "connection-lifetime", c.ConnectionLifetime, "how long a connection lives unless its client refreshes it")
+	fs.StringVar(&c.DataplaneKind, "dataplane", c.DataplaneKind, `the gateway's data plane: "kernel" (veth, WireGuard, VXLAN; needs root) or "none" (control plane only)`)
+	fs.StringVar(&c.GatewayAddress, "gateway-address", c.GatewayAddress, "the gateway's tunnel address, which peer gateways send to (default: the default route's interface address)")
+	fs.StringVar(&c.Node, "node", c.Node, "this node's name, for its gateway's path segment (default: the host name)")
+	fs.BoolVar(&c.KeepDataplane, "keep-dataplane", c.KeepDataplane, "on shutdown, leave the vWires' interfaces and routes in place")
 	fs.StringArrayVar(&c.Peers, "peer", c.Peers, `federate with a peer at start: "DOMAIN;bundle-endpoint=URL;bundle=FILE[;trust-domain=TD][;endpoint-id=ID][;trust-only]" (repeatable)`)
 }
 
@@ -137,6 +158,17 @@ func (c *Config) Validate() error {
 	}
 	if (c.PublishDNS != "" || c.DNSListen != "") && c.advertise() == "" {
 		return fmt.Errorf("--advertise: --listen %q is not an address peers can reach; say which one they should use", c.Listen)
+	}
+	if c.DataplaneKind != "kernel" && c.DataplaneKind != "none" {
+		return fmt.Errorf("--dataplane %q: want kernel or none", c.DataplaneKind)
+	}
+	if c.GatewayAddress != "" {
+		if _, err := netip.ParseAddr(c.GatewayAddress); err != nil {
+			return fmt.Errorf("--gateway-address %q: not an IP address", c.GatewayAddress)
+		}
+	}
+	if _, err := federation.GatewayID(spiffeid.RequireTrustDomainFromString("example.org"), c.Node); err != nil || c.Node == "" {
+		return fmt.Errorf("--node %q: a node name is one path segment of letters, digits, '.', '-' and '_'", c.Node)
 	}
 	for _, p := range c.Peers {
 		if _, err := ParsePeerSpec(p); err != nil {
@@ -220,6 +252,7 @@ type Domain struct {
 	NetworkService *proxy.Server
 
 	pool   *proxy.Pool
+	gw     *nodeGateway
 	zone   *proxy.Zone
 	pub    *proxy.Publisher
 	dnsCli *clientv3.Client
@@ -295,8 +328,15 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 	d.pool = proxy.NewPool(resolver, d.Identity, cfg.Name, d.Peers)
 	local := registry.NewServer(d.Store, td, cfg.EndpointLifetime, d.Peers, log)
 	registrypb.RegisterRegistryServer(d.srv, proxy.NewRegistry(local, cfg.Name, d.pool))
+	dp := cfg.Dataplane
+	if dp == nil && cfg.DataplaneKind == "kernel" {
+		if d.gw, err = d.startGateway(cfg, log); err != nil {
+			return nil, err
+		}
+		dp = d.gw
+	}
 	d.NetworkService = &proxy.Server{Own: cfg.Name, TD: td, Store: d.Store, Peers: d.Peers, Pool: d.pool,
-		Conns: proxy.NewConnections(d.Etcd.Client, cfg.Name), Dataplane: cfg.Dataplane, Lifetime: cfg.ConnectionLifetime, Log: log}
+		Conns: proxy.NewConnections(d.Etcd.Client, cfg.Name), Dataplane: dp, Lifetime: cfg.ConnectionLifetime, Log: log}
 	proxypb.RegisterNetworkServiceServer(d.srv, d.NetworkService)
 	expireCtx, stopExpire := context.WithCancel(context.Background())
 	d.wg.Add(1)
@@ -332,6 +372,11 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 			return nil, fmt.Errorf("--bundle-listen: %w", err)
 		}
 		if d.bundle, err = federation.ServeBundleEndpoint(blis, td, fed.Bundle, d.Identity, log); err != nil {
+			return nil, err
+		}
+	}
+	if d.gw != nil {
+		if err := d.gw.serve(d, d.GatewaySocket(cfg)); err != nil {
 			return nil, err
 		}
 	}
@@ -415,6 +460,17 @@ func (d *Domain) tickCA(ca *federation.CA, log *slog.Logger) {
 	}
 }
 
+// GatewaySocket is where workloads reach the domain's gateway.
+func (d *Domain) GatewaySocket(cfg *Config) string { return filepath.Join(cfg.DataDir, "gateway.sock") }
+
+// Gateway is the domain's gateway, or nil without one.
+func (d *Domain) Gateway() *gateway.Gateway {
+	if d.gw == nil {
+		return nil
+	}
+	return d.gw.Gateway
+}
+
 // Addr is the gRPC listener's address.
 func (d *Domain) Addr() net.Addr { return d.lis.Addr() }
 
@@ -456,6 +512,9 @@ func (d *Domain) close() error {
 	d.wg.Wait()
 	if d.bundle != nil {
 		d.bundle.Close()
+	}
+	if d.gw != nil {
+		d.gw.close()
 	}
 	if d.srv != nil {
 		d.srv.Stop()

@@ -42,9 +42,28 @@ type End struct {
 }
 
 // WireGuard is how an IP end reaches the far end through a peer gateway.
+// With Peer set, the backend keeps the device itself (one per peer
+// gateway); else Device names one made by the caller.
 type WireGuard struct {
 	Device string         // the peer gateway's WireGuard device
 	Remote []netip.Prefix // the far end's addresses
+	// Peer is the peer gateway's public key (base64).
+	Peer string `json:",omitempty"`
+	// Endpoint is where the peer gateway listens; zero: learnt from its
+	// first handshake.
+	Endpoint netip.AddrPort `json:",omitzero"`
+	// Port is this gateway's listen port for the peer; 0: the kernel's
+	// choice (the backend reports it through Tunneler.ListenPort).
+	Port int `json:",omitempty"`
+}
+
+// Tunneler is implemented by backends that keep WireGuard devices
+// themselves: their key, and the port a vWire's device listens on.
+type Tunneler interface {
+	// PublicKey is the gateway's WireGuard public key (base64).
+	PublicKey() string
+	// ListenPort is the port of the device that carries end id, or 0.
+	ListenPort(id string) int
 }
 
 // VXLAN is a point-to-point VXLAN tunnel between two gateways, one VNI per
@@ -103,7 +122,11 @@ func (e End) String() string {
 		for _, p := range w.Remote {
 			remote = append(remote, p.String())
 		}
-		s += fmt.Sprintf(" wireguard=%s remote=[%s]", w.Device, strings.Join(remote, " "))
+		if w.Peer != "" {
+			s += fmt.Sprintf(" wireguard=peer:%s@%s port=%d remote=[%s]", w.Peer, w.Endpoint, w.Port, strings.Join(remote, " "))
+		} else {
+			s += fmt.Sprintf(" wireguard=%s remote=[%s]", w.Device, strings.Join(remote, " "))
+		}
 	}
 	return s
 }
@@ -113,6 +136,8 @@ func (e End) String() string {
 type Fake struct {
 	mu   sync.Mutex
 	ends map[string]End
+	// Fail, when set, is returned by Apply.
+	Fail error
 }
 
 // NewFake returns an empty fake backend.
@@ -122,6 +147,14 @@ func NewFake() *Fake { return &Fake{ends: map[string]End{}} }
 func (f *Fake) Apply(_ context.Context, e End) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.Fail != nil {
+		return f.Fail
+	}
+	if w := e.WireGuard; w != nil && w.Peer != "" && w.Port == 0 {
+		w2 := *w
+		w2.Port = 51820
+		e.WireGuard = &w2
+	}
 	f.ends[e.ID] = e
 	return nil
 }
@@ -148,6 +181,19 @@ func (f *Fake) List(context.Context) ([]End, error) {
 
 // Close implements Backend.
 func (f *Fake) Close() error { return nil }
+
+// PublicKey implements Tunneler: a fixed fake key.
+func (f *Fake) PublicKey() string { return "ZmFrZS1nYXRld2F5LWtleS0wMDAwMDAwMDAwMDAwMDA=" }
+
+// ListenPort implements Tunneler.
+func (f *Fake) ListenPort(id string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if e, ok := f.ends[id]; ok && e.WireGuard != nil {
+		return e.WireGuard.Port
+	}
+	return 0
+}
 
 // String is the fake's state.
 func (f *Fake) String() string {

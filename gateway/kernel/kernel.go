@@ -14,11 +14,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/vwire/vwire/gateway/dataplane"
 )
@@ -35,8 +37,12 @@ const (
 // Backend programs vWire ends in the kernel. It works from the network
 // namespace it was created in (the gateway's).
 type Backend struct {
-	mu   sync.Mutex // one change at a time: interface names are shared
-	host *netlink.Handle
+	mu      sync.Mutex // one change at a time: interface names are shared
+	host    *netlink.Handle
+	tunnels *Tunnels // the WireGuard devices of ends that name a Peer
+	// forwarding turns on IPv4 forwarding in the gateway's namespace
+	// before the first routed end (nil for NewAt: a test's namespace).
+	forwarding func() error
 }
 
 var _ dataplane.Backend = (*Backend)(nil)
@@ -47,7 +53,36 @@ func New() (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	return &Backend{host: h}, nil
+	enable := sync.OnceValue(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	})
+	return &Backend{host: h, forwarding: enable}, nil
+}
+
+// WithTunnels has the backend keep the WireGuard devices of ends that name
+// a peer gateway's key in t (whose devices live in the namespace of the
+// thread that creates them: the gateway's own).
+func (b *Backend) WithTunnels(t *Tunnels) *Backend {
+	b.tunnels = t
+	return b
+}
+
+var _ dataplane.Tunneler = (*Backend)(nil)
+
+// PublicKey implements dataplane.Tunneler.
+func (b *Backend) PublicKey() string {
+	if b.tunnels == nil {
+		return ""
+	}
+	return b.tunnels.PublicKey().String()
+}
+
+// ListenPort implements dataplane.Tunneler.
+func (b *Backend) ListenPort(id string) int {
+	if b.tunnels == nil {
+		return 0
+	}
+	return b.tunnels.ListenPort(id)
 }
 
 // NewAt returns a backend for the gateway network namespace ns (a name
@@ -242,7 +277,7 @@ func workloadRoutes(e dataplane.End) []dataplane.Route {
 	if e.WireGuard == nil {
 		return e.Routes
 	}
-	routes := []dataplane.Route{{Prefix: netip.PrefixFrom(gatewayIP, 32)}} // first: the next hop's own route
+	var routes []dataplane.Route // via the gateway half, on link: each end has its own
 	for _, p := range e.WireGuard.Remote {
 		routes = append(routes, dataplane.Route{Prefix: p, Via: gatewayIP})
 	}
@@ -264,9 +299,27 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 			return fmt.Errorf("end %q: IPv6 far addresses over WireGuard (%s) are not supported yet", e.ID, p)
 		}
 	}
-	wg, err := b.host.LinkByName(e.WireGuard.Device)
+	if b.forwarding != nil {
+		if err := b.forwarding(); err != nil {
+			return fmt.Errorf("enabling IPv4 forwarding, which routed ends need: %w", err)
+		}
+	}
+	device := e.WireGuard.Device
+	if e.WireGuard.Peer != "" {
+		if b.tunnels == nil {
+			return fmt.Errorf("end %q names a peer gateway, but this backend keeps no tunnels", e.ID)
+		}
+		key, err := wgtypes.ParseKey(e.WireGuard.Peer)
+		if err != nil {
+			return fmt.Errorf("end %q: peer gateway key %q: %w", e.ID, e.WireGuard.Peer, err)
+		}
+		if device, _, err = b.tunnels.Use(e.ID, key, e.WireGuard.Endpoint, e.WireGuard.Remote, e.WireGuard.Port); err != nil {
+			return fmt.Errorf("end %q: tunnel to %s: %w", e.ID, e.WireGuard.Endpoint, err)
+		}
+	}
+	wg, err := b.host.LinkByName(device)
 	if err != nil {
-		return fmt.Errorf("end %q: WireGuard device %q: %w", e.ID, e.WireGuard.Device, err)
+		return fmt.Errorf("end %q: WireGuard device %q: %w", e.ID, device, err)
 	}
 	if err := b.host.AddrReplace(host, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(gatewayIP, 32))}); err != nil {
 		return fmt.Errorf("gateway address on %s: %w", host.Attrs().Name, err)
@@ -280,7 +333,7 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 	for _, p := range e.WireGuard.Remote {
 		r := &netlink.Route{Dst: ipNet(p), LinkIndex: wg.Attrs().Index, Table: table, Scope: netlink.SCOPE_LINK, Protocol: routeProtocol}
 		if err := b.host.RouteReplace(r); err != nil {
-			return fmt.Errorf("route %s into %s: %w", p, e.WireGuard.Device, err)
+			return fmt.Errorf("route %s into %s: %w", p, device, err)
 		}
 		want[p.String()] = true
 	}
@@ -321,6 +374,11 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 // removeWireGuard removes an end's rule and table (its routes on the
 // gateway half go with the half).
 func (b *Backend) removeWireGuard(id string) {
+	if b.tunnels != nil {
+		if err := b.tunnels.Release(id); err != nil {
+			b.tunnels.log.Warn("releasing a WireGuard peer failed", "id", id, "err", err)
+		}
+	}
 	table := tableOf(id)
 	if rules, err := b.host.RuleList(netlink.FAMILY_V4); err == nil {
 		for _, r := range rules {
@@ -447,6 +505,9 @@ func setRoutes(h *netlink.Handle, link netlink.Link, want []dataplane.Route) err
 		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(r.Prefix), Protocol: routeProtocol}
 		if r.Via.IsValid() {
 			route.Gw = net.IP(r.Via.AsSlice())
+			if r.Via == gatewayIP {
+				route.Flags = int(netlink.FLAG_ONLINK)
+			}
 		} else {
 			route.Scope = netlink.SCOPE_LINK
 		}
@@ -514,6 +575,11 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 					e.WireGuard.Device = wg.Attrs().Name
 				}
 				e.WireGuard.Remote = append(e.WireGuard.Remote, prefix(r.Dst))
+			}
+			if b.tunnels != nil {
+				if key, ep, ok := b.tunnels.peerOf(id); ok {
+					e.WireGuard.Peer, e.WireGuard.Endpoint, e.WireGuard.Port = key.String(), ep, b.tunnels.ListenPort(id)
+				}
 			}
 		}
 		if err := readWorkloadSide(&e); err != nil {
@@ -586,4 +652,27 @@ func prefix(n *net.IPNet) netip.Prefix {
 	addr, _ := netip.AddrFromSlice(n.IP)
 	ones, _ := n.Mask.Size()
 	return netip.PrefixFrom(addr.Unmap(), ones)
+}
+
+// CheckWorkload says why an end's interface cannot be made in a workload's
+// namespace: the namespace does not exist, the name is not a valid
+// interface name, or an interface has it already.
+func CheckWorkload(ns, iface string) error {
+	if len(iface) > 15 || strings.ContainsAny(iface, "/: ") {
+		return fmt.Errorf("interface name %q: at most 15 characters, without '/', ':' or spaces", iface)
+	}
+	nsh, err := openNS(ns)
+	if err != nil {
+		return fmt.Errorf("network namespace %q does not exist or cannot be opened (%v)", ns, err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return fmt.Errorf("network namespace %q: %w", ns, err)
+	}
+	defer h.Close()
+	if _, err := h.LinkByName(iface); err == nil {
+		return fmt.Errorf("interface %q is already in use in network namespace %q (choose another with --interface)", iface, ns)
+	}
+	return nil
 }

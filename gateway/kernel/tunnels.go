@@ -53,12 +53,18 @@ func (t *Tunnels) deviceName(peer wgtypes.Key) string {
 // Use makes vWire id reach far through the peer gateway with key peer, at
 // endpoint (zero if not known yet: learnt when the peer connects). It
 // returns the device to route the vWire into and the port it listens on.
-func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, far []netip.Prefix) (device string, port int, err error) {
+// A new device listens on listen (0: any), as after a restart, where the
+// peer still sends to the port it was told.
+func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, far []netip.Prefix, listen int) (device string, port int, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	tun := t.peers[peer]
 	if tun == nil {
-		dev, err := NewWireGuard(t.deviceName(peer), t.key, 0, t.mtu, t.log)
+		dev, err := NewWireGuard(t.deviceName(peer), t.key, listen, t.mtu, t.log)
+		if err != nil && listen != 0 {
+			t.log.Warn("the WireGuard port of before is taken; the peer learns the new one from the next handshake", "port", listen, "err", err)
+			dev, err = NewWireGuard(t.deviceName(peer), t.key, 0, t.mtu, t.log)
+		}
 		if err != nil {
 			return "", 0, err
 		}
@@ -84,6 +90,31 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, far 
 		return "", 0, fmt.Errorf("port of %s: %w", tun.dev.Name, err)
 	}
 	return tun.dev.Name, port, nil
+}
+
+// ListenPort is the port of the device that carries vWire id, or 0.
+func (t *Tunnels) ListenPort(id string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, tun := range t.peers {
+		if _, ok := tun.users[id]; ok {
+			port, _ := tun.dev.Port()
+			return port
+		}
+	}
+	return 0
+}
+
+// peerOf is the peer key and endpoint of the tunnel that carries vWire id.
+func (t *Tunnels) peerOf(id string) (wgtypes.Key, netip.AddrPort, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for key, tun := range t.peers {
+		if _, ok := tun.users[id]; ok {
+			return key, tun.endpoint, true
+		}
+	}
+	return wgtypes.Key{}, netip.AddrPort{}, false
 }
 
 // Release drops vWire id from whichever tunnel carries it; a tunnel that no

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/conn"
@@ -80,6 +81,9 @@ func NewWireGuard(name string, key wgtypes.Key, port, mtu int, log *slog.Logger)
 	return w, nil
 }
 
+// Keepalive is the persistent keepalive of a peer whose endpoint is known.
+const Keepalive = 5 * time.Second
+
 // errNotSupported is what the kernel answers without the module.
 var errNotSupported = errors.New("operation not supported")
 
@@ -141,7 +145,11 @@ func (w *WireGuard) SetPeer(key wgtypes.Key, endpoint netip.AddrPort, allowed []
 	}
 	peer := wgtypes.PeerConfig{PublicKey: key, ReplaceAllowedIPs: true, AllowedIPs: ips}
 	if endpoint.IsValid() {
+		// The side that knows where its peer is keeps the session alive:
+		// it handshakes at once, and again soon after the peer restarts.
 		peer.Endpoint = net.UDPAddrFromAddrPort(endpoint)
+		keepalive := Keepalive
+		peer.PersistentKeepaliveInterval = &keepalive
 	}
 	if err := w.wg.ConfigureDevice(w.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{peer}}); err != nil {
 		return fmt.Errorf("peer %s on %s: %w", key, w.Name, err)

@@ -193,13 +193,13 @@ func TestTunnelsPerPeerGateway(t *testing.T) {
 		// The endpoint's gateway first: it does not know the client's port.
 		var devB string
 		var portB int
-		inNetNS(t, gB, func() { devB, portB, err = tB.Use(v.id, keyA.PublicKey(), netip.AddrPort{}, pfx(v.a)) })
+		inNetNS(t, gB, func() { devB, portB, err = tB.Use(v.id, keyA.PublicKey(), netip.AddrPort{}, pfx(v.a), 0) })
 		if err != nil {
 			t.Fatal(err)
 		}
 		var devA string
 		inNetNS(t, gA, func() {
-			devA, _, err = tA.Use(v.id, keyB.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)), pfx(v.b))
+			devA, _, err = tA.Use(v.id, keyB.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)), pfx(v.b), 0)
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -1,0 +1,116 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// Prober sends ICMP echo requests from inside a network namespace: the
+// client's own view of its vWire.
+type Prober struct {
+	conn *icmp.PacketConn
+	v6   bool
+	id   int
+	seq  atomic.Uint32
+}
+
+// NewProber opens a raw ICMP socket in network namespace ns (a name or a
+// path) for probing addresses of family like to.
+func NewProber(ns string, to netip.Addr) (*Prober, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, err
+	}
+	defer orig.Close()
+	var target netns.NsHandle
+	if strings.Contains(ns, "/") {
+		target, err = netns.GetFromPath(ns)
+	} else {
+		target, err = netns.GetFromName(ns)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("network namespace %q: %w", ns, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return nil, fmt.Errorf("entering network namespace %q: %w", ns, err)
+	}
+	defer netns.Set(orig)
+	p := &Prober{v6: to.Is6(), id: os.Getpid() & 0xffff}
+	network, addr := "ip4:icmp", "0.0.0.0"
+	if p.v6 {
+		network, addr = "ip6:ipv6-icmp", "::"
+	}
+	// The socket stays in the namespace it was opened in.
+	if p.conn, err = icmp.ListenPacket(network, addr); err != nil {
+		return nil, fmt.Errorf("ICMP socket in %q: %w", ns, err)
+	}
+	return p, nil
+}
+
+// Ping sends one echo request to addr and waits for its reply until ctx
+// ends; it returns the round-trip time.
+func (p *Prober) Ping(ctx context.Context, addr netip.Addr) (time.Duration, error) {
+	seq := int(p.seq.Add(1) & 0xffff)
+	var typ icmp.Type = ipv4.ICMPTypeEcho
+	proto := 1
+	if p.v6 {
+		typ, proto = ipv6.ICMPTypeEchoRequest, 58
+	}
+	msg := icmp.Message{Type: typ, Body: &icmp.Echo{ID: p.id, Seq: seq, Data: []byte("vwire-probe")}}
+	b, err := msg.Marshal(nil)
+	if err != nil {
+		return 0, err
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(time.Second)
+	}
+	p.conn.SetReadDeadline(deadline)
+	start := time.Now()
+	if _, err := p.conn.WriteTo(b, &net.IPAddr{IP: net.IP(addr.AsSlice())}); err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := p.conn.ReadFrom(buf)
+		if err != nil {
+			return 0, fmt.Errorf("no reply from %s: %w", addr, err)
+		}
+		reply, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil {
+			continue
+		}
+		echo, ok := reply.Body.(*icmp.Echo)
+		if !ok || echo.ID != p.id || echo.Seq != seq || reply.Type == typ {
+			continue
+		}
+		if ip, ok := from.(*net.IPAddr); !ok || !ip.IP.Equal(net.IP(addr.AsSlice())) {
+			continue
+		}
+		return time.Since(start), nil
+	}
+}
+
+// Close closes the socket.
+func (p *Prober) Close() error {
+	if p == nil || p.conn == nil {
+		return errors.New("no probe socket")
+	}
+	return p.conn.Close()
+}

@@ -1,0 +1,440 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vwire/vwire/gateway/dataplane"
+	"github.com/vwire/vwire/proxy"
+	"github.com/vwire/vwire/proxy/proxypb"
+	"github.com/vwire/vwire/registry/registrypb"
+)
+
+// Gateway programs this node's ends of vWires: it implements the proxy's
+// Dataplane. For the endpoint's side it asks the endpoint (over its unix
+// socket) for the addresses and its namespace; for the client's side it
+// uses the namespace and interface the workload asked for through the
+// gateway's socket. The tunnel between the two gateways is WireGuard for
+// IP payload (keys and ports exchanged in the connection's mechanism) and
+// VXLAN for Ethernet payload (the VNI chosen here, on the receiving side).
+type Gateway struct {
+	Node string
+	// Addr is the gateway's tunnel address, which peer gateways send to.
+	Addr netip.Addr
+	// OuterMTU is the MTU of the link that carries the tunnels.
+	OuterMTU int
+	// Endpoint looks up a registered endpoint of this domain by name.
+	Endpoint func(ctx context.Context, name string) (*registrypb.Endpoint, error)
+
+	backend    dataplane.Backend
+	tunneler   dataplane.Tunneler
+	reconciler *Reconciler
+	file       string
+	log        *slog.Logger
+
+	mu      sync.Mutex
+	records map[string]*record // by connection id and side: "c-ID", "e-ID"
+	waiting map[string]*proxypb.KernelInterface
+	nses    map[string]*grpc.ClientConn // by endpoint URL
+}
+
+// record is what the gateway keeps of one of its vWire ends, beyond the
+// end itself: whom to tell when it goes.
+type record struct {
+	EndpointURL string `json:",omitempty"` // the endpoint that assigned its addresses
+	IPContext   []byte `json:",omitempty"` // the addresses it assigned (a proxypb.IPContext)
+	VNI         uint32 `json:",omitempty"`
+}
+
+var _ proxy.Dataplane = (*Gateway)(nil)
+
+// Open returns a gateway over backend, with its state in dir (the desired
+// ends, and what it knows of each); it starts reprogramming that state at
+// once when run.
+func Open(node string, backend dataplane.Backend, dir string, log *slog.Logger) (*Gateway, error) {
+	tun, ok := backend.(dataplane.Tunneler)
+	if !ok {
+		return nil, errors.New("the data-plane backend keeps no WireGuard tunnels")
+	}
+	r, err := NewReconciler(backend, filepath.Join(dir, "ends.json"), log)
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{Node: node, backend: backend, tunneler: tun, reconciler: r, file: filepath.Join(dir, "vwires.json"), log: log,
+		records: map[string]*record{}, waiting: map[string]*proxypb.KernelInterface{}, nses: map[string]*grpc.ClientConn{}}
+	b, err := os.ReadFile(g.file)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("gateway state: %w", err)
+	}
+	if err == nil {
+		if err := json.Unmarshal(b, &g.records); err != nil {
+			return nil, fmt.Errorf("gateway state %s: %w", g.file, err)
+		}
+	}
+	return g, nil
+}
+
+// Run reconciles until ctx ends.
+func (g *Gateway) Run(ctx context.Context) { g.reconciler.Run(ctx) }
+
+// Ends lists the desired ends (for status and tests).
+func (g *Gateway) Ends() []dataplane.End { return g.reconciler.Desired() }
+
+// PublicKey is the gateway's WireGuard public key (base64).
+func (g *Gateway) PublicKey() string { return g.tunneler.PublicKey() }
+
+// Expect notes the interface a local workload asked for, for the client
+// side of connection id that its request is about to set up.
+func (g *Gateway) Expect(id string, k *proxypb.KernelInterface) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.waiting[id] = k
+}
+
+// Forget drops what Expect noted.
+func (g *Gateway) Forget(id string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.waiting, id)
+}
+
+func endID(side proxy.Side, id string) string { return string(side[:1]) + "-" + id }
+
+// Apply implements proxy.Dataplane.
+func (g *Gateway) Apply(ctx context.Context, side proxy.Side, conn *proxypb.Connection) (*proxypb.Connection, error) {
+	if !g.Addr.IsValid() {
+		return nil, errors.New("the gateway has no tunnel address: give --gateway-address (there is no default route to take it from)")
+	}
+	if side == proxy.EndpointSide {
+		return g.applyEndpoint(ctx, conn)
+	}
+	return g.applyClient(ctx, conn)
+}
+
+// applyEndpoint asks the selected endpoint for its end and programs it.
+func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (*proxypb.Connection, error) {
+	id := endID(proxy.EndpointSide, conn.GetId())
+	src := sourceOf(conn.GetMechanism())
+	if !src.IsValid() {
+		return nil, errors.New("the request carries no client gateway address (mechanism src_ip)")
+	}
+	ep, err := g.Endpoint(ctx, conn.GetNetworkServiceEndpointName())
+	if err != nil {
+		return nil, err
+	}
+	nse, err := g.dialEndpoint(ep.GetUrl())
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %s: %w", ep.GetName(), err)
+	}
+	g.mu.Lock()
+	rec, known := g.records[id]
+	g.mu.Unlock()
+	ask := proto.Clone(conn).(*proxypb.Connection)
+	ask.Mechanism = nil
+	if known && len(rec.IPContext) > 0 { // a refresh keeps its addresses
+		ask.IpContext = &proxypb.IPContext{}
+		_ = proto.Unmarshal(rec.IPContext, ask.IpContext) // written by Marshal below
+	}
+	got, err := proxypb.NewNetworkServiceClient(nse).Request(ctx, &proxypb.NetworkServiceRequest{Connection: ask})
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %s: %w", ep.GetName(), err)
+	}
+	k := got.GetMechanism().GetKernel()
+	if k.GetNetns() == "" {
+		return nil, fmt.Errorf("endpoint %s answered without its network namespace", ep.GetName())
+	}
+	end := dataplane.End{ID: id, NetNS: k.GetNetns(), Interface: k.GetInterfaceName()}
+	if end.Addrs, err = prefixes(got.GetIpContext().GetDstIpAddrs()); err != nil {
+		return nil, fmt.Errorf("endpoint %s: %w", ep.GetName(), err)
+	}
+	far, err := prefixes(got.GetIpContext().GetSrcIpAddrs())
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %s: %w", ep.GetName(), err)
+	}
+	out := proto.Clone(conn).(*proxypb.Connection)
+	out.IpContext = got.GetIpContext()
+	vni := uint32(0)
+	if known {
+		vni = rec.VNI
+	}
+	if conn.GetPayload() == "ETHERNET" {
+		if vni == 0 {
+			vni = g.freeVNI()
+		}
+		if end.MTU, err = dataplane.PathMTU(g.OuterMTU, g.Addr.Is6(), dataplane.VXLANOverhead); err != nil {
+			return nil, err
+		}
+		end.VXLAN = &dataplane.VXLAN{VNI: vni, Local: g.Addr, Remote: src}
+		out.Mechanism = &proxypb.Mechanism{Type: &proxypb.Mechanism_Vxlan{Vxlan: &proxypb.VXLAN{
+			SrcIp: src.String(), DstIp: g.Addr.String(), Vni: vni, DstPort: 4789}}}
+	} else {
+		peer := conn.GetMechanism().GetWireguard().GetSrcPublicKey()
+		if len(peer) != 32 {
+			return nil, errors.New("the request carries no client gateway WireGuard key (mechanism src_public_key)")
+		}
+		if end.MTU, err = dataplane.PathMTU(g.OuterMTU, g.Addr.Is6(), dataplane.WireGuardOverhead); err != nil {
+			return nil, err
+		}
+		end.WireGuard = &dataplane.WireGuard{Peer: base64.StdEncoding.EncodeToString(peer), Remote: far, Port: g.portOf(id)}
+	}
+	if err := g.set(ctx, id, end, &record{EndpointURL: ep.GetUrl(), IPContext: must(proto.Marshal(got.GetIpContext())), VNI: vni}); err != nil {
+		if !known {
+			g.closeEndpoint(ctx, ep.GetUrl(), conn.GetId())
+		}
+		return nil, err
+	}
+	if end.WireGuard != nil {
+		port := g.tunneler.ListenPort(id)
+		if end.WireGuard.Port != port { // keep the port over a restart
+			end.WireGuard.Port = port
+			if err := g.reconciler.Set(ctx, end); err != nil {
+				g.log.Warn("recording the WireGuard port failed", "id", id, "err", err)
+			}
+		}
+		key, _ := base64.StdEncoding.DecodeString(g.PublicKey())
+		w := conn.GetMechanism().GetWireguard()
+		out.Mechanism = &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{
+			SrcIp: w.GetSrcIp(), SrcPort: w.GetSrcPort(), SrcPublicKey: w.GetSrcPublicKey(),
+			DstIp: g.Addr.String(), DstPort: uint32(port), DstPublicKey: key}}}
+	}
+	out.Mtu = uint32(end.MTU)
+	return out, nil
+}
+
+// applyClient programs the client's end with what the endpoint's side
+// answered.
+func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*proxypb.Connection, error) {
+	id := endID(proxy.ClientSide, conn.GetId())
+	g.mu.Lock()
+	k := g.waiting[conn.GetId()]
+	g.mu.Unlock()
+	end := dataplane.End{ID: id}
+	if k != nil {
+		end.NetNS, end.Interface = k.GetNetns(), k.GetInterfaceName()
+	} else if prev, ok := g.desired(id); ok {
+		end.NetNS, end.Interface = prev.NetNS, prev.Interface
+	} else {
+		return nil, fmt.Errorf("connection %s has no workload on this gateway (request it through the gateway's socket)", conn.GetId())
+	}
+	var err error
+	if end.Addrs, err = prefixes(conn.GetIpContext().GetSrcIpAddrs()); err != nil {
+		return nil, err
+	}
+	far, err := prefixes(conn.GetIpContext().GetDstIpAddrs())
+	if err != nil {
+		return nil, err
+	}
+	end.MTU = int(conn.GetMtu())
+	switch m := conn.GetMechanism(); {
+	case m.GetWireguard() != nil:
+		w := m.GetWireguard()
+		dst, err := netip.ParseAddr(w.GetDstIp())
+		if err != nil || len(w.GetDstPublicKey()) != 32 || w.GetDstPort() == 0 {
+			return nil, fmt.Errorf("the endpoint's side answered an incomplete WireGuard mechanism (%v)", w)
+		}
+		end.WireGuard = &dataplane.WireGuard{Peer: base64.StdEncoding.EncodeToString(w.GetDstPublicKey()),
+			Endpoint: netip.AddrPortFrom(dst, uint16(w.GetDstPort())), Remote: far, Port: g.portOf(id)}
+		mtu, err := dataplane.PathMTU(g.OuterMTU, g.Addr.Is6(), dataplane.WireGuardOverhead)
+		if err != nil {
+			return nil, err
+		}
+		end.MTU = min(end.MTU, mtu)
+	case m.GetVxlan() != nil:
+		v := m.GetVxlan()
+		dst, err := netip.ParseAddr(v.GetDstIp())
+		if err != nil || v.GetVni() == 0 {
+			return nil, fmt.Errorf("the endpoint's side answered an incomplete VXLAN mechanism (%v)", v)
+		}
+		end.VXLAN = &dataplane.VXLAN{VNI: v.GetVni(), Local: g.Addr, Remote: dst}
+		mtu, err := dataplane.PathMTU(g.OuterMTU, g.Addr.Is6(), dataplane.VXLANOverhead)
+		if err != nil {
+			return nil, err
+		}
+		end.MTU = min(end.MTU, mtu)
+	default:
+		return nil, fmt.Errorf("the endpoint's side answered no tunnel mechanism")
+	}
+	if err := g.set(ctx, id, end, &record{}); err != nil {
+		return nil, err
+	}
+	if end.WireGuard != nil {
+		if port := g.tunneler.ListenPort(id); port != end.WireGuard.Port {
+			end.WireGuard.Port = port
+			_ = g.reconciler.Set(ctx, end)
+		}
+	}
+	out := proto.Clone(conn).(*proxypb.Connection)
+	out.Mtu = uint32(end.MTU)
+	return out, nil
+}
+
+// set programs end and records it; a new end that fails is not kept.
+func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *record) error {
+	_, existed := g.desired(id)
+	if err := g.reconciler.Set(ctx, end); err != nil {
+		if !existed {
+			_ = g.reconciler.Delete(ctx, id) // nothing half-programmed stays
+		}
+		return err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.records[id] = rec
+	return g.saveLocked()
+}
+
+func (g *Gateway) desired(id string) (dataplane.End, bool) {
+	for _, e := range g.reconciler.Desired() {
+		if e.ID == id {
+			return e, true
+		}
+	}
+	return dataplane.End{}, false
+}
+
+func (g *Gateway) portOf(id string) int {
+	if e, ok := g.desired(id); ok && e.WireGuard != nil {
+		return e.WireGuard.Port
+	}
+	return 0
+}
+
+// freeVNI picks a VNI no end of this gateway uses.
+func (g *Gateway) freeVNI() uint32 {
+	used := map[uint32]bool{}
+	for _, e := range g.reconciler.Desired() {
+		if e.VXLAN != nil {
+			used[e.VXLAN.VNI] = true
+		}
+	}
+	for {
+		var b [4]byte
+		rand.Read(b[:])
+		if vni := 1 + binary.BigEndian.Uint32(b[:])%(1<<24-1); !used[vni] {
+			return vni
+		}
+	}
+}
+
+// Remove implements proxy.Dataplane.
+func (g *Gateway) Remove(ctx context.Context, side proxy.Side, connID string) error {
+	id := endID(side, connID)
+	g.mu.Lock()
+	rec := g.records[id]
+	g.mu.Unlock()
+	if err := g.reconciler.Delete(ctx, id); err != nil {
+		return err
+	}
+	if rec != nil && rec.EndpointURL != "" {
+		g.closeEndpoint(ctx, rec.EndpointURL, connID)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.records, id)
+	return g.saveLocked()
+}
+
+func (g *Gateway) closeEndpoint(ctx context.Context, url, connID string) {
+	nse, err := g.dialEndpoint(url)
+	if err == nil {
+		_, err = proxypb.NewNetworkServiceClient(nse).Close(ctx, &proxypb.Connection{Id: connID})
+	}
+	if err != nil {
+		g.log.Warn("telling the endpoint a connection closed failed; it keeps the addresses until it restarts", "id", connID, "endpoint", url, "err", err)
+	}
+}
+
+// dialEndpoint connects to a local endpoint's unix socket. Endpoints are
+// workloads on this node: the gateway dials nothing else.
+func (g *Gateway) dialEndpoint(url string) (*grpc.ClientConn, error) {
+	if !strings.HasPrefix(url, "unix://") {
+		return nil, fmt.Errorf("its URL %q is not a unix socket on this node (unix://PATH)", url)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c := g.nses[url]; c != nil {
+		return c, nil
+	}
+	c, err := grpc.NewClient(url, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	g.nses[url] = c
+	return c, nil
+}
+
+func (g *Gateway) saveLocked() error {
+	b, err := json.Marshal(g.records)
+	if err != nil {
+		return err
+	}
+	tmp := g.file + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, g.file)
+}
+
+// RemoveAll removes every end (a domain stopping without
+// --keep-dataplane).
+func (g *Gateway) RemoveAll(ctx context.Context) {
+	for _, e := range g.reconciler.Desired() {
+		side, connID, _ := strings.Cut(e.ID, "-")
+		s := proxy.ClientSide
+		if side == "e" {
+			s = proxy.EndpointSide
+		}
+		if err := g.Remove(ctx, s, connID); err != nil {
+			g.log.Warn("removing a vWire end failed", "id", e.ID, "err", err)
+		}
+	}
+}
+
+// Close closes the gateway's connections to endpoints (not the ends).
+func (g *Gateway) Close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for url, c := range g.nses {
+		c.Close()
+		delete(g.nses, url)
+	}
+	return nil
+}
+
+func sourceOf(m *proxypb.Mechanism) netip.Addr {
+	s := m.GetWireguard().GetSrcIp()
+	if s == "" {
+		s = m.GetVxlan().GetSrcIp()
+	}
+	a, _ := netip.ParseAddr(s)
+	return a
+}
+
+func prefixes(ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range ss {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("address %q: want an address with its prefix length", s)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func must(b []byte, _ error) []byte { return b } // marshalling a message of ours does not fail
