@@ -57,6 +57,7 @@ func newEndpointCmd() *cobra.Command {
 			if n, err := registry.ParseName(service); err != nil || n.Domain != "" {
 				return usagef("--service %q: a service of this domain, without @DOMAIN (%v)", service, err)
 			}
+			begin := time.Now()
 			lbls, err := registry.ParseLabels(labels)
 			if err != nil {
 				return usagef("--labels: %v", err)
@@ -105,7 +106,8 @@ func newEndpointCmd() *cobra.Command {
 				return fmt.Errorf("registering endpoint %s: %s", name, describe(err))
 			}
 			defer reg.Close()
-			fmt.Fprintf(cmd.OutOrStdout(), "endpoint %s of %s ready: addresses from %s, interfaces in %s\n", name, service, cidr, netns)
+			fmt.Fprintf(cmd.OutOrStdout(), "vwire endpoint %s of %s ready in %v: addresses from %s, interfaces in %s\n",
+				name, service, time.Since(begin).Round(time.Millisecond), cidr, netns)
 			<-cmd.Context().Done()
 			return nil
 		},

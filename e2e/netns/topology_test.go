@@ -1,0 +1,263 @@
+package netns
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vwire/vwire/e2e"
+)
+
+// requireRoot fails under CI=true, and skips elsewhere, when the test
+// cannot build network namespaces or lacks a tool it runs.
+func requireRoot(t *testing.T, tools ...string) {
+	t.Helper()
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		missing = append(missing, "/dev/net/tun")
+	}
+	for _, tool := range append([]string{"ip"}, tools...) {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := "needs " + strings.Join(missing, ", ") + " (network namespaces, TUN, and the tools it runs inside them)"
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// run runs a command and fails the test if it fails.
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// inNS runs a command in a network namespace.
+func inNS(ns string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+}
+
+// world is the test's topology: an "internet" namespace with a bridge, a
+// DNS server (CoreDNS) on it, and per domain a host namespace on the
+// bridge running `vwire domain` with its gateway.
+type world struct {
+	t        *testing.T
+	dir, bin string
+	tag      string
+	internet string
+	dns      string // the DNS server's address
+	domains  map[string]*host
+}
+
+type host struct {
+	name, ns, addr, data string
+	proc                 *e2e.Process
+	args                 []string
+}
+
+func (w *world) ns(suffix string) string {
+	name := "vn" + w.tag + suffix
+	run(w.t, "ip", "netns", "add", name)
+	w.t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	run(w.t, "ip", "-n", name, "link", "set", "lo", "up")
+	return name
+}
+
+// newWorld builds the internet, its DNS server and one host per domain.
+// The zones say where each domain's proxy and bundle endpoint are.
+func newWorld(t *testing.T, bin string, domains ...string) *world {
+	b := make([]byte, 3)
+	rand.Read(b)
+	w := &world{t: t, dir: t.TempDir(), bin: bin, tag: hex.EncodeToString(b), domains: map[string]*host{}}
+	w.internet = w.ns("i")
+	run(t, "ip", "-n", w.internet, "link", "add", "br0", "type", "bridge")
+	run(t, "ip", "-n", w.internet, "addr", "add", "10.99.0.254/24", "dev", "br0")
+	run(t, "ip", "-n", w.internet, "link", "set", "br0", "up")
+	w.dns = "10.99.0.254:53"
+
+	var corefile strings.Builder
+	for i, d := range domains {
+		h := &host{name: d, ns: w.ns(fmt.Sprintf("h%d", i)), addr: fmt.Sprintf("10.99.0.%d", i+1), data: filepath.Join(w.dir, d)}
+		out := fmt.Sprintf("vn%su%d", w.tag, i)
+		run(t, "ip", "link", "add", out, "netns", w.internet, "type", "veth", "peer", "name", "eth0", "netns", h.ns)
+		run(t, "ip", "-n", w.internet, "link", "set", out, "master", "br0", "up")
+		run(t, "ip", "-n", h.ns, "addr", "add", h.addr+"/24", "dev", "eth0")
+		run(t, "ip", "-n", h.ns, "link", "set", "eth0", "up")
+		run(t, "ip", "-n", h.ns, "route", "add", "default", "via", "10.99.0.254")
+		w.domains[d] = h
+		zone := filepath.Join(w.dir, d+".zone")
+		os.WriteFile(zone, []byte(fmt.Sprintf(`$ORIGIN %[1]s.
+@	3600 IN SOA ns.%[1]s. admin.%[1]s. 1 7200 3600 1209600 30
+@	3600 IN NS ns.%[1]s.
+ns	30 IN A 10.99.0.254
+proxy	30 IN A %[2]s
+_vwire._tcp	30 IN SRV 10 100 7001 proxy.%[1]s.
+_spiffe-bundle._tcp	30 IN SRV 10 100 7002 proxy.%[1]s.
+`, d, h.addr)), 0o600)
+		fmt.Fprintf(&corefile, "%s:53 {\n    bind 10.99.0.254\n    file %s\n    errors\n}\n", d, zone)
+	}
+	conf := filepath.Join(w.dir, "Corefile")
+	os.WriteFile(conf, []byte(corefile.String()), 0o600)
+	dns := inNS(w.internet, e2e.ToolPath(t, "coredns"), "-conf", conf)
+	dns.Stdout, dns.Stderr = os.Stderr, os.Stderr
+	if err := dns.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dns.Process.Kill(); dns.Wait() })
+	for _, d := range domains {
+		w.start(w.domains[d])
+	}
+	// Federate every pair through the real commands.
+	for _, d := range domains {
+		bundle := filepath.Join(w.dir, d+".bundle")
+		os.WriteFile(bundle, []byte(w.cli(d, "federation", "bundle")), 0o600)
+		for _, other := range domains {
+			if other != d {
+				w.cli(other, "federation", "add", d, "--bundle", bundle)
+			}
+		}
+	}
+	return w
+}
+
+// start runs the domain's `vwire domain` in its host namespace.
+func (w *world) start(h *host) {
+	h.args = []string{"netns", "exec", h.ns, w.bin, "domain", "--name", h.name, "--data-dir", h.data,
+		"--listen", h.addr + ":7001", "--bundle-listen", h.addr + ":7002", "--dns-server", w.dns,
+		"--connection-lifetime", "30s"}
+	h.proc = e2e.StartVwire(w.t, "ip", nil, h.args...)
+}
+
+// cli runs a vwire client command against domain d, from its host.
+func (w *world) cli(d string, args ...string) string {
+	w.t.Helper()
+	h := w.domains[d]
+	return run(w.t, "ip", append([]string{"netns", "exec", h.ns, w.bin}, append(args, "--registry", h.addr+":7001", "--credentials", filepath.Join(h.data, "admin"))...)...)
+}
+
+// workload makes a workload namespace on domain d's host.
+func (w *world) workload(suffix string) string { return w.ns(suffix) }
+
+// endpoint runs `vwire endpoint` on domain d's host.
+func (w *world) endpoint(d, name string, args ...string) *e2e.Process {
+	h := w.domains[d]
+	return e2e.StartVwire(w.t, "ip", nil, append([]string{"netns", "exec", h.ns, w.bin, "endpoint", "--name", name,
+		"--gateway", "unix://" + filepath.Join(h.data, "gateway.sock")}, args...)...)
+}
+
+// event is one line of `vwire connect -o json`.
+type event struct {
+	Event      string `json:"event"`
+	Error      string `json:"error"`
+	GapMS      int64  `json:"gap_ms"`
+	SetupMS    int64  `json:"setup_ms"`
+	Connection struct {
+		ID        string `json:"id"`
+		Endpoint  string `json:"networkServiceEndpointName"`
+		MTU       int    `json:"mtu"`
+		IPContext struct {
+			Src []string `json:"srcIpAddrs"`
+			Dst []string `json:"dstIpAddrs"`
+		} `json:"ipContext"`
+		Mechanism map[string]json.RawMessage `json:"mechanism"`
+	} `json:"connection"`
+}
+
+func (e event) peer() string { return strings.Split(e.Connection.IPContext.Dst[0], "/")[0] }
+func (e event) self() string { return strings.Split(e.Connection.IPContext.Src[0], "/")[0] }
+
+// connection is a running `vwire connect`.
+type connection struct {
+	cmd    *exec.Cmd
+	events chan event
+	done   chan struct{}
+	Up     event
+}
+
+// connect runs `vwire connect` on domain d's host and waits for its vWire.
+func (w *world) connect(d, service, netns string, args ...string) *connection {
+	w.t.Helper()
+	h := w.domains[d]
+	cmd := inNS(h.ns, append([]string{w.bin, "connect", service, "--netns", netns, "-o", "json",
+		"--gateway", "unix://" + filepath.Join(h.data, "gateway.sock")}, args...)...)
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		w.t.Fatal(err)
+	}
+	c := &connection{cmd: cmd, events: make(chan event, 100), done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			w.t.Logf("vwire connect %s: %s", service, sc.Text())
+			var ev event
+			if json.Unmarshal(sc.Bytes(), &ev) == nil {
+				c.events <- ev
+			}
+		}
+	}()
+	w.t.Cleanup(func() { c.stop() })
+	select {
+	case ev := <-c.events:
+		if ev.Event != "up" {
+			w.t.Fatalf("vwire connect %s: first event %q, want up", service, ev.Event)
+		}
+		c.Up = ev
+	case <-c.done:
+		w.t.Fatalf("vwire connect %s exited before its vWire was up (its output is above)", service)
+	case <-time.After(30 * time.Second):
+		w.t.Fatalf("vwire connect %s: no vWire after 30s", service)
+	}
+	return c
+}
+
+// wait waits for an event of kind.
+func (c *connection) wait(t *testing.T, kind string, within time.Duration) event {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		select {
+		case ev := <-c.events:
+			if ev.Event == kind {
+				return ev
+			}
+		case <-deadline:
+			t.Fatalf("no %q event within %v", kind, within)
+		}
+	}
+}
+
+// stop interrupts the client (which closes its vWire) and waits.
+func (c *connection) stop() {
+	if c.cmd.ProcessState != nil {
+		return
+	}
+	c.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-c.done:
+	case <-time.After(15 * time.Second):
+		c.cmd.Process.Kill()
+	}
+	c.cmd.Wait()
+}

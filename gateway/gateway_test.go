@@ -1,0 +1,148 @@
+package gateway
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+
+	"github.com/vwire/vwire/endpoint"
+	"github.com/vwire/vwire/gateway/dataplane"
+	"github.com/vwire/vwire/proxy"
+	"github.com/vwire/vwire/proxy/proxypb"
+	"github.com/vwire/vwire/registry/registrypb"
+)
+
+// serveEndpoint runs an endpoint on a unix socket and returns its URL.
+func serveEndpoint(t *testing.T, ep *endpoint.Endpoint) string {
+	path := filepath.Join(t.TempDir(), "ep.sock")
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	proxypb.RegisterNetworkServiceServer(srv, ep)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return "unix://" + path
+}
+
+func openGateway(t *testing.T, dir, addr string, b *dataplane.Fake, url string) *Gateway {
+	g, err := Open("n1", b, dir, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	g.Addr, g.OuterMTU = netip.MustParseAddr(addr), 1500
+	g.Endpoint = func(_ context.Context, name string) (*registrypb.Endpoint, error) {
+		if name != "ep1" {
+			return nil, errors.New("no such endpoint")
+		}
+		return &registrypb.Endpoint{Name: name, Url: url}, nil
+	}
+	return g
+}
+
+// The endpoint's gateway asks the endpoint for addresses and answers its
+// WireGuard key and port; the client's gateway programs its end with them;
+// both survive a restart from their state; closing frees the endpoint's
+// pair and removes both ends.
+func TestTwoGatewaysProgramAVWire(t *testing.T) {
+	ctx := context.Background()
+	ep, _ := endpoint.New("172.16.0.0/24", "ep-ns", "IP")
+	url := serveEndpoint(t, ep)
+	dirA, dirB := t.TempDir(), t.TempDir()
+	fa, fb := dataplane.NewFake(), dataplane.NewFake()
+	ga, gb := openGateway(t, dirA, "10.0.0.1", fa, url), openGateway(t, dirB, "10.0.0.2", fb, url)
+
+	keyA, _ := base64.StdEncoding.DecodeString(ga.PublicKey())
+	req := &proxypb.Connection{Id: "c1", NetworkService: "svc", NetworkServiceEndpointName: "ep1", Payload: "IP",
+		Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{SrcIp: "10.0.0.1", SrcPublicKey: keyA}}}}
+	answer, err := gb.Apply(ctx, proxy.EndpointSide, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := answer.GetMechanism().GetWireguard()
+	if w.GetDstIp() != "10.0.0.2" || w.GetDstPort() == 0 || len(w.GetDstPublicKey()) != 32 || answer.GetMtu() != 1440 {
+		t.Fatalf("endpoint side answered %v, MTU %d", w, answer.GetMtu())
+	}
+	ga.Expect("c1", &proxypb.KernelInterface{Netns: "client-ns", InterfaceName: "nsm0"})
+	if _, err := ga.Apply(ctx, proxy.ClientSide, answer); err != nil {
+		t.Fatal(err)
+	}
+	ga.Forget("c1")
+	wantB := "e-c1 netns=ep-ns dev=" + endpoint.Interface("c1") + " mtu=1440 addrs=[172.16.0.3/32] routes=[] wireguard=peer:" + ga.PublicKey() + "@invalid AddrPort port=51820 remote=[172.16.0.2/32]"
+	if fb.String() != wantB {
+		t.Errorf("endpoint's gateway:\n%s\nwant\n%s", fb, wantB)
+	}
+	wantA := "c-c1 netns=client-ns dev=nsm0 mtu=1440 addrs=[172.16.0.2/32] routes=[] wireguard=peer:" + gb.PublicKey() + "@10.0.0.2:51820 port=51820 remote=[172.16.0.3/32]"
+	if fa.String() != wantA {
+		t.Errorf("client's gateway:\n%s\nwant\n%s", fa, wantA)
+	}
+
+	// A refresh after the client's gateway restarted: same end, no
+	// workload waiting (it comes from the state).
+	ga2 := openGateway(t, dirA, "10.0.0.1", dataplane.NewFake(), url)
+	if got := ga2.Ends(); len(got) != 1 || got[0].String() != wantA {
+		t.Fatalf("restarted gateway wants %v", got)
+	}
+	if _, err := ga2.Apply(ctx, proxy.ClientSide, answer); err != nil {
+		t.Errorf("refresh after restart: %v", err)
+	}
+	again, err := gb.Apply(ctx, proxy.EndpointSide, req)
+	if err != nil || again.GetIpContext().GetDstIpAddrs()[0] != "172.16.0.3/32" {
+		t.Errorf("refresh on the endpoint's side: %v %v", again.GetIpContext(), err)
+	}
+
+	if err := gb.Remove(ctx, proxy.EndpointSide, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ga.Remove(ctx, proxy.ClientSide, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if fa.String()+fb.String() != "" || ep.InUse() != 0 {
+		t.Errorf("after remove: a %q, b %q, endpoint pairs in use %d", fa, fb, ep.InUse())
+	}
+}
+
+// A failing backend leaves nothing: no end, no record, the endpoint's pair
+// free again.
+func TestFailedEndpointSideLeavesNothing(t *testing.T) {
+	ep, _ := endpoint.New("172.16.0.0/24", "ep-ns", "IP")
+	fb := dataplane.NewFake()
+	fb.Fail = errors.New("netlink says no")
+	gb := openGateway(t, t.TempDir(), "10.0.0.2", fb, serveEndpoint(t, ep))
+	key := make([]byte, 32)
+	_, err := gb.Apply(context.Background(), proxy.EndpointSide, &proxypb.Connection{Id: "c1", NetworkServiceEndpointName: "ep1", Payload: "IP",
+		Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{SrcIp: "10.0.0.1", SrcPublicKey: key}}}})
+	if err == nil || !strings.Contains(err.Error(), "netlink says no") {
+		t.Fatalf("got %v", err)
+	}
+	if len(gb.Ends()) != 0 || ep.InUse() != 0 {
+		t.Errorf("left behind: ends %v, endpoint pairs in use %d", gb.Ends(), ep.InUse())
+	}
+}
+
+// A client side with no waiting workload, and answers without a usable
+// mechanism, are refused.
+func TestClientSideRefusals(t *testing.T) {
+	g := openGateway(t, t.TempDir(), "10.0.0.1", dataplane.NewFake(), "")
+	conn := &proxypb.Connection{Id: "c1", IpContext: &proxypb.IPContext{SrcIpAddrs: []string{"172.16.0.2/32"}, DstIpAddrs: []string{"172.16.0.3/32"}}}
+	if _, err := g.Apply(context.Background(), proxy.ClientSide, conn); err == nil || !strings.Contains(err.Error(), "no workload") {
+		t.Errorf("no workload: %v", err)
+	}
+	g.Expect("c1", &proxypb.KernelInterface{Netns: "ns", InterfaceName: "nsm0"})
+	if _, err := g.Apply(context.Background(), proxy.ClientSide, conn); err == nil || !strings.Contains(err.Error(), "no tunnel mechanism") {
+		t.Errorf("no mechanism: %v", err)
+	}
+	if len(g.Ends()) != 0 {
+		t.Errorf("ends left: %v", g.Ends())
+	}
+}
