@@ -141,7 +141,7 @@ func Keep(ctx context.Context, c proxypb.NetworkServiceClient, o Options, conn *
 			_, err := prober.Ping(pctx, peer)
 			cancel()
 			if err == nil {
-				if down {
+				if misses > 0 { // even a short gap is worth a line: a hop restarted
 					report(Event{Kind: "healed", Conn: conn, Gap: time.Since(lastGood)})
 				}
 				lastGood, misses, down = time.Now(), 0, false

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -172,7 +173,16 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 	if known {
 		vni = rec.VNI
 	}
-	if conn.GetPayload() == "ETHERNET" {
+	own, _ := base64.StdEncoding.DecodeString(g.PublicKey())
+	local := bytes.Equal(conn.GetMechanism().GetWireguard().GetSrcPublicKey(), own)
+	switch {
+	case local && conn.GetPayload() == "ETHERNET":
+		g.closeEndpoint(ctx, ep.GetUrl(), conn.GetId())
+		return nil, errors.New("an Ethernet vWire between two workloads of one gateway is not supported yet (IP payload is)")
+	case local:
+		// Both ends on this gateway: it routes between them, no tunnel.
+		end.MTU, end.Routed = g.OuterMTU, far
+	case conn.GetPayload() == "ETHERNET":
 		if vni == 0 {
 			vni = g.freeVNI()
 		}
@@ -182,7 +192,7 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 		end.VXLAN = &dataplane.VXLAN{VNI: vni, Local: g.Addr, Remote: src}
 		out.Mechanism = &proxypb.Mechanism{Type: &proxypb.Mechanism_Vxlan{Vxlan: &proxypb.VXLAN{
 			SrcIp: src.String(), DstIp: g.Addr.String(), Vni: vni, DstPort: 4789}}}
-	} else {
+	default:
 		peer := conn.GetMechanism().GetWireguard().GetSrcPublicKey()
 		if len(peer) != 32 {
 			return nil, errors.New("the request carries no client gateway WireGuard key (mechanism src_public_key)")
@@ -198,19 +208,18 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 		}
 		return nil, err
 	}
-	if end.WireGuard != nil {
+	if end.WireGuard != nil || local {
 		port := g.tunneler.ListenPort(id)
-		if end.WireGuard.Port != port { // keep the port over a restart
+		if end.WireGuard != nil && end.WireGuard.Port != port { // keep the port over a restart
 			end.WireGuard.Port = port
 			if err := g.reconciler.Set(ctx, end); err != nil {
 				g.log.Warn("recording the WireGuard port failed", "id", id, "err", err)
 			}
 		}
-		key, _ := base64.StdEncoding.DecodeString(g.PublicKey())
 		w := conn.GetMechanism().GetWireguard()
 		out.Mechanism = &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{
 			SrcIp: w.GetSrcIp(), SrcPort: w.GetSrcPort(), SrcPublicKey: w.GetSrcPublicKey(),
-			DstIp: g.Addr.String(), DstPort: uint32(port), DstPublicKey: key}}}
+			DstIp: g.Addr.String(), DstPort: uint32(port), DstPublicKey: own}}}
 	}
 	out.Mtu = uint32(end.MTU)
 	return out, nil
@@ -240,7 +249,11 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 		return nil, err
 	}
 	end.MTU = int(conn.GetMtu())
+	own, _ := base64.StdEncoding.DecodeString(g.PublicKey())
 	switch m := conn.GetMechanism(); {
+	case bytes.Equal(m.GetWireguard().GetDstPublicKey(), own):
+		end.Routed = far // the endpoint is on this gateway too
+		end.MTU = g.OuterMTU
 	case m.GetWireguard() != nil:
 		w := m.GetWireguard()
 		dst, err := netip.ParseAddr(w.GetDstIp())

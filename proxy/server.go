@@ -170,8 +170,16 @@ func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service st
 		if prev != nil && prev.GetNetworkServiceEndpointName() != ep.GetName() {
 			_ = s.Dataplane.Remove(ctx, EndpointSide, prev.GetId()) // the new end replaces it
 		}
+		if federation.SourceDomain(ctx) == "" {
+			// The client is of this domain too: its side is programmed here.
+			if out, err = s.Dataplane.Apply(ctx, ClientSide, out); err != nil {
+				_ = s.Dataplane.Remove(ctx, EndpointSide, c.GetId()) // undo; the error below says why
+				return nil, status.Errorf(codes.Unavailable, "programming the client side of %s: %v", c.GetId(), err)
+			}
+		}
 		if err := s.Conns.Put(ctx, out, int64(s.lifetime()/time.Second)); err != nil {
 			_ = s.Dataplane.Remove(ctx, EndpointSide, out.GetId()) // undo; the error below says why
+			_ = s.Dataplane.Remove(ctx, ClientSide, out.GetId())   // (missing is fine)
 			return nil, status.Errorf(codes.Unavailable, "storing connection %s: %v", out.GetId(), err)
 		}
 		s.Log.Info("connection up", "id", out.GetId(), "service", service, "endpoint", ep.GetName(), "requester", out.GetRequester())
@@ -317,6 +325,13 @@ func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.
 	}
 	if s.Dataplane != nil && side != "" {
 		if err := s.Dataplane.Remove(ctx, side, stored.GetId()); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "removing connection %s: %v", stored.GetId(), err)
+		}
+	}
+	if s.Dataplane != nil && other == "" {
+		// A connection within the domain: its client's side is here too
+		// (missing is fine, for a client of another domain).
+		if err := s.Dataplane.Remove(ctx, ClientSide, stored.GetId()); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "removing connection %s: %v", stored.GetId(), err)
 		}
 	}

@@ -59,7 +59,7 @@ func snapshot(t *testing.T, ns string) string {
 			names = append(names, strings.SplitN(f[1], "@", 2)[0])
 		}
 	}
-	return strings.Join(names, " ") + "\n" + run(t, "ip", "-n", ns, "rule", "show") + run(t, "ip", "-n", ns, "route", "show", "table", "all")
+	return strings.Join(names, " ") + "\n" + run(t, "ip", "-n", ns, "rule", "show") + run(t, "ip", "-4", "-n", ns, "route", "show", "table", "all")
 }
 
 func ping(ns, addr string, args ...string) error {
@@ -86,7 +86,7 @@ func TestIPvWireAcrossDomains(t *testing.T) {
 	a, b := w.domains["a.example"], w.domains["b.example"]
 	beforeA, beforeB := snapshot(t, a.ns), snapshot(t, b.ns)
 
-	c := w.connect("a.example", "svc@b.example", clientNS)
+	c := w.connect("a.example", "svc@b.example", clientNS, "--probe-interval", "100ms")
 	t.Logf("set-up took %d ms; endpoint %s, MTU %d", c.Up.SetupMS, c.Up.Connection.Endpoint, c.Up.Connection.MTU)
 	if c.Up.Connection.Endpoint != "ep1@b.example" || c.Up.Connection.Mechanism["wireguard"] == nil {
 		t.Fatalf("connected to %q with mechanism %v, want ep1@b.example over wireguard", c.Up.Connection.Endpoint, c.Up.Connection.Mechanism)

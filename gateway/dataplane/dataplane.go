@@ -39,6 +39,9 @@ type End struct {
 	// addresses into the WireGuard device of the peer gateway (the
 	// gateway keeps one per peer; its allowed IPs are the gateway's to set).
 	WireGuard *WireGuard
+	// Routed, if set, are the far end's addresses on this same gateway:
+	// the gateway routes between the two ends, with no tunnel.
+	Routed []netip.Prefix `json:",omitempty"`
 }
 
 // WireGuard is how an IP end reaches the far end through a peer gateway.
@@ -116,6 +119,13 @@ func (e End) String() string {
 			port = 4789
 		}
 		s += fmt.Sprintf(" vxlan=%d %s->%s:%d", v.VNI, v.Local, v.Remote, port)
+	}
+	if len(e.Routed) > 0 {
+		var far []string
+		for _, p := range e.Routed {
+			far = append(far, p.String())
+		}
+		s += fmt.Sprintf(" routed=[%s]", strings.Join(far, " "))
 	}
 	if w := e.WireGuard; w != nil {
 		var remote []string

@@ -274,11 +274,12 @@ func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane
 // workloadRoutes are the end's routes, and for a WireGuard end the far
 // side's addresses through the gateway half.
 func workloadRoutes(e dataplane.End) []dataplane.Route {
-	if e.WireGuard == nil {
-		return e.Routes
+	far := e.Routed
+	if e.WireGuard != nil {
+		far = e.WireGuard.Remote
 	}
 	var routes []dataplane.Route // via the gateway half, on link: each end has its own
-	for _, p := range e.WireGuard.Remote {
+	for _, p := range far {
 		routes = append(routes, dataplane.Route{Prefix: p, Via: gatewayIP})
 	}
 	return append(routes, e.Routes...)
@@ -292,16 +293,14 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 	table := tableOf(e.ID)
 	if e.WireGuard == nil {
 		b.removeWireGuard(e.ID)
+		if len(e.Routed) > 0 {
+			return b.routeBack(host, e)
+		}
 		return nil
 	}
 	for _, p := range e.WireGuard.Remote {
 		if !p.Addr().Is4() {
 			return fmt.Errorf("end %q: IPv6 far addresses over WireGuard (%s) are not supported yet", e.ID, p)
-		}
-	}
-	if b.forwarding != nil {
-		if err := b.forwarding(); err != nil {
-			return fmt.Errorf("enabling IPv4 forwarding, which routed ends need: %w", err)
 		}
 	}
 	device := e.WireGuard.Device
@@ -320,9 +319,6 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 	wg, err := b.host.LinkByName(device)
 	if err != nil {
 		return fmt.Errorf("end %q: WireGuard device %q: %w", e.ID, device, err)
-	}
-	if err := b.host.AddrReplace(host, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(gatewayIP, 32))}); err != nil {
-		return fmt.Errorf("gateway address on %s: %w", host.Attrs().Name, err)
 	}
 	// The far side, in the end's table.
 	have, err := b.host.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
@@ -358,7 +354,20 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 			return fmt.Errorf("rule for %s: %w", host.Attrs().Name, err)
 		}
 	}
-	// The way back: the end's own addresses into the half.
+	return b.routeBack(host, e)
+}
+
+// routeBack makes the gateway half the workload's next hop and routes the
+// end's own addresses into it.
+func (b *Backend) routeBack(host netlink.Link, e dataplane.End) error {
+	if b.forwarding != nil {
+		if err := b.forwarding(); err != nil {
+			return fmt.Errorf("enabling IPv4 forwarding, which routed ends need: %w", err)
+		}
+	}
+	if err := b.host.AddrReplace(host, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(gatewayIP, 32))}); err != nil {
+		return fmt.Errorf("gateway address on %s: %w", host.Attrs().Name, err)
+	}
 	for _, p := range e.Addrs {
 		if !p.Addr().Is4() {
 			continue
@@ -622,8 +631,11 @@ func readWorkloadSide(e *dataplane.End) error {
 	}
 	for _, r := range routes {
 		rt := dataplane.Route{Prefix: prefix(r.Dst)}
-		if e.WireGuard != nil && (rt.Prefix.Addr() == gatewayIP || net.IP(gatewayIP.AsSlice()).Equal(r.Gw)) {
-			continue // made for the WireGuard end, not asked for
+		if net.IP(gatewayIP.AsSlice()).Equal(r.Gw) {
+			if e.WireGuard == nil {
+				e.Routed = append(e.Routed, rt.Prefix)
+			}
+			continue // made for the routed end, not asked for
 		}
 		if r.Gw != nil {
 			rt.Via, _ = netip.AddrFromSlice(r.Gw)
