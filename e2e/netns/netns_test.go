@@ -177,3 +177,82 @@ func lastRate(out []byte) string {
 	}
 	return "?"
 }
+
+// Several vWires at once: the reference manifest's firewall → vpn-gateway
+// selection across domains, a second client in the endpoint's own domain
+// on the same service, and an Ethernet-payload service over VXLAN whose
+// two ends see each other's MAC addresses. Bad requests leave nothing.
+func TestSelectionEthernetAndRefusals(t *testing.T) {
+	requireRoot(t, "ping", "arping")
+	w := newWorld(t, vwireBin, "a.example", "b.example")
+	os.WriteFile(filepath.Join(w.dir, "svc.yaml"), []byte(ipService), 0o600)
+	w.cli("b.example", "apply", "-f", filepath.Join(w.dir, "svc.yaml"))
+	w.cli("b.example", "apply", "-f", "../../registry/testdata/secure-intranet-connectivity.yaml")
+	vpnNS, fwNS, l2NS := w.workload("vpn"), w.workload("fw"), w.workload("l2")
+	w.endpoint("b.example", "vpn-gateway-1", "--service", "secure-intranet-connectivity", "--labels", "app=vpn-gateway", "--cidr", "172.16.10.0/24", "--netns", vpnNS)
+	w.endpoint("b.example", "firewall-1", "--service", "secure-intranet-connectivity", "--labels", "app=firewall", "--cidr", "172.16.20.0/24", "--netns", fwNS)
+	w.endpoint("b.example", "l2-1", "--service", "l2", "--payload", "ETHERNET", "--cidr", "172.16.30.0/24", "--netns", l2NS)
+
+	fw, other, local := w.workload("c1"), w.workload("c2"), w.workload("c3")
+	toVPN := w.connect("a.example", "secure-intranet-connectivity@b.example", fw, "--labels", "app=firewall")
+	toFW := w.connect("a.example", "secure-intranet-connectivity@b.example", other, "--labels", "app=web")
+	inB := w.connect("b.example", "secure-intranet-connectivity", local, "--labels", "app=firewall")
+	for _, c := range []struct {
+		conn         *connection
+		ns, endpoint string
+	}{{toVPN, fw, "vpn-gateway-1@b.example"}, {toFW, other, "firewall-1@b.example"}, {inB, local, "vpn-gateway-1"}} {
+		if c.conn.Up.Connection.Endpoint != c.endpoint {
+			t.Errorf("client in %s got endpoint %q, want %q", c.ns, c.conn.Up.Connection.Endpoint, c.endpoint)
+		}
+		if err := ping(c.ns, c.conn.Up.peer()); err != nil {
+			t.Error(err)
+		}
+	}
+	if toVPN.Up.Connection.ID == inB.Up.Connection.ID || toVPN.Up.peer() == inB.Up.peer() {
+		t.Errorf("two clients of one endpoint share a vWire: %v / %v", toVPN.Up.Connection, inB.Up.Connection)
+	}
+
+	t.Run("Ethernet over VXLAN", func(t *testing.T) {
+		l2 := w.workload("c4")
+		c := w.connect("a.example", "l2@b.example", l2)
+		if c.Up.Connection.Mechanism["vxlan"] == nil {
+			t.Fatalf("mechanism %v, want vxlan", c.Up.Connection.Mechanism)
+		}
+		epIface := run(t, "ip", "-n", l2NS, "-o", "link", "show")
+		out, err := inNS(l2, "arping", "-c", "2", "-w", "3", "-I", "nsm0", c.Up.peer()).CombinedOutput()
+		if err != nil {
+			t.Fatalf("arping across the VXLAN vWire: %v\n%s", err, out)
+		}
+		// The reply names the MAC address of the endpoint's interface,
+		// seen from the client's across the two gateways.
+		mac := regexp.MustCompile(`[0-9a-f]{2}(:[0-9a-f]{2}){5}`).Find(out)
+		if mac == nil || !strings.Contains(epIface, string(mac)) {
+			t.Errorf("arping answered\n%s\nthe endpoint's interfaces are\n%s", out, epIface)
+		}
+		if err := ping(l2, c.Up.peer()); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("refusals leave nothing", func(t *testing.T) {
+		a := w.domains["a.example"]
+		before := snapshot(t, a.ns)
+		taken := w.workload("c5")
+		run(t, "ip", "-n", taken, "link", "add", "nsm0", "type", "veth", "peer", "name", "x0")
+		for _, c := range []struct{ args []string }{
+			{[]string{"svc@b.example", "--netns", "vn-no-such-ns"}},
+			{[]string{"svc@b.example", "--netns", taken}},
+			{[]string{"no-such-service@b.example", "--netns", other, "--interface", "nsm9"}},
+			{[]string{"svc@c.example", "--netns", other, "--interface", "nsm9"}},
+		} {
+			out, err := inNS(a.ns, append([]string{w.bin, "connect", "--once", "--gateway", "unix://" + filepath.Join(a.data, "gateway.sock")}, c.args...)...).CombinedOutput()
+			if err == nil {
+				t.Errorf("vwire connect %v succeeded:\n%s", c.args, out)
+			}
+			t.Logf("vwire connect %v: %s", c.args, strings.TrimSpace(string(out)))
+		}
+		if got := snapshot(t, a.ns); got != before {
+			t.Errorf("refused requests changed a's host:\n%s\nbefore:\n%s", got, before)
+		}
+	})
+}
