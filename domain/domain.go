@@ -70,8 +70,9 @@ type Config struct {
 	// is set only by programs that embed a domain (tests use
 	// proxy.FakeDataplane); without one, requests are refused.
 	Dataplane proxy.Dataplane
-	// DataplaneKind is the gateway's backend: "kernel", or "none" for a
-	// control plane only (requests are refused). Ignored when Dataplane is
+	// DataplaneKind is the gateway's backend: "kernel", "none" for a
+	// control plane only (requests are refused), or "auto": kernel when
+	// running as root, else none with a warning. Ignored when Dataplane is
 	// set.
 	DataplaneKind string
 	// GatewayAddress is the gateway's tunnel address; default: the address
@@ -115,7 +116,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.DNSEtcdEndpoints, "dns-etcd-endpoints", c.DNSEtcdEndpoints, "the etcd CoreDNS reads (default: this domain's etcd)")
 	fs.DurationVar(&c.DNSTTL, "dns-ttl", c.DNSTTL, "TTL of the published DNS records (and of their etcd lease)")
 	fs.DurationVar(&c.ConnectionLifetime, "connection-lifetime", c.ConnectionLifetime, "how long a connection lives unless its client refreshes it")
-	fs.StringVar(&c.DataplaneKind, "dataplane", c.DataplaneKind, `the gateway's data plane: "kernel" (veth, WireGuard, VXLAN; needs root) or "none" (control plane only)`)
+	fs.StringVar(&c.DataplaneKind, "dataplane", c.DataplaneKind, `the gateway's data plane: "kernel" (veth, WireGuard, VXLAN; needs root), "none" (control plane only), or "auto" (kernel as root, else none)`)
 	fs.StringVar(&c.GatewayAddress, "gateway-address", c.GatewayAddress, "the gateway's tunnel address, which peer gateways send to (default: the default route's interface address)")
 	fs.StringVar(&c.Node, "node", c.Node, "this node's name, for its gateway's path segment (default: the host name)")
 	fs.BoolVar(&c.KeepDataplane, "keep-dataplane", c.KeepDataplane, "on shutdown, leave the vWires' interfaces and routes in place")
@@ -159,8 +160,8 @@ func (c *Config) Validate() error {
 	if (c.PublishDNS != "" || c.DNSListen != "") && c.advertise() == "" {
 		return fmt.Errorf("--advertise: --listen %q is not an address peers can reach; say which one they should use", c.Listen)
 	}
-	if c.DataplaneKind != "kernel" && c.DataplaneKind != "none" {
-		return fmt.Errorf("--dataplane %q: want kernel or none", c.DataplaneKind)
+	if c.DataplaneKind != "kernel" && c.DataplaneKind != "none" && c.DataplaneKind != "auto" {
+		return fmt.Errorf("--dataplane %q: want auto, kernel or none", c.DataplaneKind)
 	}
 	if c.GatewayAddress != "" {
 		if _, err := netip.ParseAddr(c.GatewayAddress); err != nil {
@@ -329,7 +330,15 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 	local := registry.NewServer(d.Store, td, cfg.EndpointLifetime, d.Peers, log)
 	registrypb.RegisterRegistryServer(d.srv, proxy.NewRegistry(local, cfg.Name, d.pool))
 	dp := cfg.Dataplane
-	if dp == nil && cfg.DataplaneKind == "kernel" {
+	kind := cfg.DataplaneKind
+	if kind == "auto" {
+		kind = "kernel"
+		if os.Geteuid() != 0 {
+			kind = "none"
+			log.Warn("not running as root: no data plane, connection requests are refused (run as root for vWires; --dataplane none silences this)")
+		}
+	}
+	if dp == nil && kind == "kernel" {
 		if d.gw, err = d.startGateway(cfg, log); err != nil {
 			return nil, err
 		}

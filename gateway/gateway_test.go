@@ -60,6 +60,7 @@ func TestTwoGatewaysProgramAVWire(t *testing.T) {
 	url := serveEndpoint(t, ep)
 	dirA, dirB := t.TempDir(), t.TempDir()
 	fa, fb := dataplane.NewFake(), dataplane.NewFake()
+	fb.Key = "ZmFrZS1nYXRld2F5LWtleS1iLWJiYmJiYmJiYmJiYmI="
 	ga, gb := openGateway(t, dirA, "10.0.0.1", fa, url), openGateway(t, dirB, "10.0.0.2", fb, url)
 
 	keyA, _ := base64.StdEncoding.DecodeString(ga.PublicKey())
@@ -89,7 +90,7 @@ func TestTwoGatewaysProgramAVWire(t *testing.T) {
 
 	// A refresh after the client's gateway restarted: same end, no
 	// workload waiting (it comes from the state).
-	ga2 := openGateway(t, dirA, "10.0.0.1", dataplane.NewFake(), url)
+	ga2 := openGateway(t, dirA, "10.0.0.1", dataplane.NewFake(), url) // fa's key, as a restart keeps it
 	if got := ga2.Ends(); len(got) != 1 || got[0].String() != wantA {
 		t.Fatalf("restarted gateway wants %v", got)
 	}

@@ -15,7 +15,7 @@ import (
 
 func newDomainCmd() *cobra.Command {
 	cfg := domain.NewConfig()
-	cfg.DataplaneKind = "kernel"
+	cfg.DataplaneKind = "auto"
 	cmd := &cobra.Command{
 		Use:   "domain --name DOMAIN [--data-dir DIR] [--listen ADDR] [--bundle-listen ADDR]",
 		Short: "Run every role of one domain in one process (embedded etcd, registry, CA, federation)",

@@ -1,7 +1,3 @@
-// Package netns holds the data plane's end-to-end tests: real vwire
-// binaries in network namespaces, two federated domains discovered
-// through a real DNS server (CoreDNS), workloads pinging and carrying
-// TCP and UDP over vWires. They run as root.
 package netns
 
 import (

@@ -148,6 +148,8 @@ type Fake struct {
 	ends map[string]End
 	// Fail, when set, is returned by Apply.
 	Fail error
+	// Key is the fake gateway's public key (base64); empty: a fixed one.
+	Key string
 }
 
 // NewFake returns an empty fake backend.
@@ -193,7 +195,12 @@ func (f *Fake) List(context.Context) ([]End, error) {
 func (f *Fake) Close() error { return nil }
 
 // PublicKey implements Tunneler: a fixed fake key.
-func (f *Fake) PublicKey() string { return "ZmFrZS1nYXRld2F5LWtleS0wMDAwMDAwMDAwMDAwMDA=" }
+func (f *Fake) PublicKey() string {
+	if f.Key != "" {
+		return f.Key
+	}
+	return "ZmFrZS1nYXRld2F5LWtleS0wMDAwMDAwMDAwMDAwMDA="
+}
 
 // ListenPort implements Tunneler.
 func (f *Fake) ListenPort(id string) int {
