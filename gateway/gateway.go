@@ -57,9 +57,9 @@ type Gateway struct {
 // record is what the gateway keeps of one of its vWire ends, beyond the
 // end itself: whom to tell when it goes.
 type record struct {
-	EndpointURL string `json:",omitempty"` // the endpoint that assigned its addresses
-	IPContext   []byte `json:",omitempty"` // the addresses it assigned (a proxypb.IPContext)
-	VNI         uint32 `json:",omitempty"`
+	EndpointURL string   `json:",omitempty"` // the endpoint that assigned its addresses
+	Src, Dst    []string `json:",omitempty"` // the addresses it assigned (client's, endpoint's)
+	VNI         uint32   `json:",omitempty"`
 }
 
 var _ proxy.Dataplane = (*Gateway)(nil)
@@ -114,6 +114,8 @@ func (g *Gateway) Forget(id string) {
 	delete(g.waiting, id)
 }
 
+// endID names this gateway's end of connection id on side: both ends of a
+// vWire within one gateway are two ends.
 func endID(side proxy.Side, id string) string { return string(side[:1]) + "-" + id }
 
 // Apply implements proxy.Dataplane.
@@ -147,9 +149,8 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 	g.mu.Unlock()
 	ask := proto.Clone(conn).(*proxypb.Connection)
 	ask.Mechanism = nil
-	if known && len(rec.IPContext) > 0 { // a refresh keeps its addresses
-		ask.IpContext = &proxypb.IPContext{}
-		_ = proto.Unmarshal(rec.IPContext, ask.IpContext) // written by Marshal below
+	if known && len(rec.Src) > 0 { // a refresh keeps its addresses
+		ask.IpContext = &proxypb.IPContext{SrcIpAddrs: rec.Src, DstIpAddrs: rec.Dst}
 	}
 	got, err := proxypb.NewNetworkServiceClient(nse).Request(ctx, &proxypb.NetworkServiceRequest{Connection: ask})
 	if err != nil {
@@ -202,20 +203,15 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 		}
 		end.WireGuard = &dataplane.WireGuard{Peer: base64.StdEncoding.EncodeToString(peer), Remote: far, Port: g.portOf(id)}
 	}
-	if err := g.set(ctx, id, end, &record{EndpointURL: ep.GetUrl(), IPContext: must(proto.Marshal(got.GetIpContext())), VNI: vni}); err != nil {
+	if err := g.set(ctx, id, end, &record{EndpointURL: ep.GetUrl(),
+		Src: got.GetIpContext().GetSrcIpAddrs(), Dst: got.GetIpContext().GetDstIpAddrs(), VNI: vni}); err != nil {
 		if !known {
 			g.closeEndpoint(ctx, ep.GetUrl(), conn.GetId())
 		}
 		return nil, err
 	}
 	if end.WireGuard != nil || local {
-		port := g.tunneler.ListenPort(id)
-		if end.WireGuard != nil && end.WireGuard.Port != port { // keep the port over a restart
-			end.WireGuard.Port = port
-			if err := g.reconciler.Set(ctx, end); err != nil {
-				g.log.Warn("recording the WireGuard port failed", "id", id, "err", err)
-			}
-		}
+		port := g.keepPort(end)
 		w := conn.GetMechanism().GetWireguard()
 		out.Mechanism = &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{
 			SrcIp: w.GetSrcIp(), SrcPort: w.GetSrcPort(), SrcPublicKey: w.GetSrcPublicKey(),
@@ -235,7 +231,7 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 	end := dataplane.End{ID: id}
 	if k != nil {
 		end.NetNS, end.Interface = k.GetNetns(), k.GetInterfaceName()
-	} else if prev, ok := g.desired(id); ok {
+	} else if prev, ok := g.reconciler.Get(id); ok {
 		end.NetNS, end.Interface = prev.NetNS, prev.Interface
 	} else {
 		return nil, fmt.Errorf("connection %s has no workload on this gateway (request it through the gateway's socket)", conn.GetId())
@@ -285,12 +281,7 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 	if err := g.set(ctx, id, end, &record{}); err != nil {
 		return nil, err
 	}
-	if end.WireGuard != nil {
-		if port := g.tunneler.ListenPort(id); port != end.WireGuard.Port {
-			end.WireGuard.Port = port
-			_ = g.reconciler.Set(ctx, end)
-		}
-	}
+	g.keepPort(end)
 	out := proto.Clone(conn).(*proxypb.Connection)
 	out.Mtu = uint32(end.MTU)
 	return out, nil
@@ -298,7 +289,7 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 
 // set programs end and records it; a new end that fails is not kept.
 func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *record) error {
-	_, existed := g.desired(id)
+	_, existed := g.reconciler.Get(id)
 	if err := g.reconciler.Set(ctx, end); err != nil {
 		if !existed {
 			_ = g.reconciler.Delete(ctx, id) // nothing half-programmed stays
@@ -311,17 +302,22 @@ func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *re
 	return g.saveLocked()
 }
 
-func (g *Gateway) desired(id string) (dataplane.End, bool) {
-	for _, e := range g.reconciler.Desired() {
-		if e.ID == id {
-			return e, true
+// keepPort records the port the backend chose for end's WireGuard device,
+// so that a restarted gateway listens where its peer sends; it returns it.
+func (g *Gateway) keepPort(end dataplane.End) int {
+	port := g.tunneler.ListenPort(end.ID)
+	if w := end.WireGuard; w != nil && w.Port != port {
+		kept := *w
+		kept.Port, end.WireGuard = port, &kept
+		if err := g.reconciler.Remember(end); err != nil {
+			g.log.Warn("recording the WireGuard port failed; a restart may listen elsewhere", "id", end.ID, "err", err)
 		}
 	}
-	return dataplane.End{}, false
+	return port
 }
 
 func (g *Gateway) portOf(id string) int {
-	if e, ok := g.desired(id); ok && e.WireGuard != nil {
+	if e, ok := g.reconciler.Get(id); ok && e.WireGuard != nil {
 		return e.WireGuard.Port
 	}
 	return 0
@@ -449,5 +445,3 @@ func prefixes(ss []string) ([]netip.Prefix, error) {
 	}
 	return out, nil
 }
-
-func must(b []byte, _ error) []byte { return b } // marshalling a message of ours does not fail

@@ -71,6 +71,23 @@ func (r *Reconciler) Set(ctx context.Context, e dataplane.End) error {
 	return nil
 }
 
+// Remember records e as desired without applying it: for what the backend
+// chose while applying (a WireGuard port), so a restart asks for it again.
+func (r *Reconciler) Remember(e dataplane.End) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.desired[e.ID] = e
+	return r.saveLocked()
+}
+
+// Get is the desired end id.
+func (r *Reconciler) Get(id string) (dataplane.End, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.desired[id]
+	return e, ok
+}
+
 // Delete makes end id undesired and removes it.
 func (r *Reconciler) Delete(ctx context.Context, id string) error {
 	r.mu.Lock()

@@ -2,9 +2,7 @@ package gateway
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -22,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vwire/vwire/gateway/dataplane"
+	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -135,9 +134,10 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	conn := proto.Clone(req.GetConnection()).(*proxypb.Connection)
 	k := conn.GetMechanism().GetKernel()
 	for _, m := range req.GetMechanismPreferences() {
-		if k == nil {
-			k = m.GetKernel()
+		if k != nil {
+			break
 		}
+		k = m.GetKernel()
 	}
 	if k.GetNetns() == "" {
 		return nil, status.Error(codes.InvalidArgument, "the request names no network namespace for the interface (--netns NAME)")
@@ -147,9 +147,9 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 		k.InterfaceName = dataplane.DefaultInterface
 	}
 	if conn.Id == "" {
-		conn.Id = newID()
+		conn.Id = proxy.NewID()
 	}
-	if _, known := s.G.desired(endID("client", conn.Id)); !known && s.Check != nil {
+	if _, known := s.G.reconciler.Get(endID(proxy.ClientSide, conn.Id)); !known && s.Check != nil {
 		if err := s.Check(k.GetNetns(), k.GetInterfaceName()); err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
@@ -211,10 +211,4 @@ func (s *Server) UnregisterEndpoint(ctx context.Context, req *registrypb.Unregis
 		return nil, err
 	}
 	return registrypb.NewRegistryClient(s.Proxy).UnregisterEndpoint(up, req)
-}
-
-func newID() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }

@@ -62,7 +62,7 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	}
 	caller, _ := federation.PeerID(ctx)
 	if conn.Id == "" {
-		conn.Id = newID()
+		conn.Id = NewID()
 	} else if err := validID(conn.Id); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -413,7 +413,8 @@ func (s *Server) Expire(ctx context.Context) {
 	}
 }
 
-func newID() string {
+// NewID is a new connection id: 128 random bits, in hex.
+func NewID() string {
 	b := make([]byte, 16)
 	rand.Read(b)
 	return hex.EncodeToString(b)
