@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +15,8 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+
+	"github.com/vwire/vwire/gateway/kernel"
 )
 
 // Prober sends ICMP echo requests from inside a network namespace: the
@@ -37,14 +38,9 @@ func NewProber(ns string, to netip.Addr) (*Prober, error) {
 		return nil, err
 	}
 	defer orig.Close()
-	var target netns.NsHandle
-	if strings.Contains(ns, "/") {
-		target, err = netns.GetFromPath(ns)
-	} else {
-		target, err = netns.GetFromName(ns)
-	}
+	target, err := kernel.OpenNS(ns)
 	if err != nil {
-		return nil, fmt.Errorf("network namespace %q: %w", ns, err)
+		return nil, err
 	}
 	defer target.Close()
 	if err := netns.Set(target); err != nil {

@@ -62,7 +62,7 @@ func newEndpointCmd() *cobra.Command {
 			if err != nil {
 				return usagef("--labels: %v", err)
 			}
-			if err := kernel.CheckWorkload(netns, "lo"); err != nil && !strings.Contains(err.Error(), "already in use") {
+			if err := kernel.CheckNamespace(netns); err != nil {
 				return err
 			}
 			ep, err := endpoint.New(cidr, netns, strings.ToUpper(payload))

@@ -88,16 +88,25 @@ func (b *Backend) ListenPort(id string) int {
 // NewAt returns a backend for the gateway network namespace ns (a name
 // or path), as for a gateway that runs in it.
 func NewAt(ns string) (*Backend, error) {
-	nsh, err := openNS(ns)
+	h, err := handleIn(ns)
+	if err != nil {
+		return nil, err
+	}
+	return &Backend{host: h}, nil
+}
+
+// handleIn is a netlink handle for namespace ns (a name or path).
+func handleIn(ns string) (*netlink.Handle, error) {
+	nsh, err := OpenNS(ns)
 	if err != nil {
 		return nil, err
 	}
 	defer nsh.Close()
 	h, err := netlink.NewHandleAt(nsh)
 	if err != nil {
-		return nil, fmt.Errorf("netlink in %q: %w", ns, err)
+		return nil, fmt.Errorf("netlink in network namespace %q: %w", ns, err)
 	}
-	return &Backend{host: h}, nil
+	return h, nil
 }
 
 // hostName is the gateway-side veth of end id: short enough for IFNAMSIZ
@@ -135,8 +144,8 @@ func parseHostAlias(a string) (id, ns string, ok bool) {
 	return strings.Cut(rest, ":")
 }
 
-// openNS opens a namespace by name (in /run/netns) or path.
-func openNS(ns string) (netns.NsHandle, error) {
+// OpenNS opens a network namespace by name (in /run/netns) or path.
+func OpenNS(ns string) (netns.NsHandle, error) {
 	var h netns.NsHandle
 	var err error
 	if strings.Contains(ns, "/") {
@@ -163,7 +172,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	nsh, err := openNS(e.NetNS)
+	nsh, err := OpenNS(e.NetNS)
 	if err != nil {
 		return err
 	}
@@ -600,12 +609,7 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 }
 
 func readWorkloadSide(e *dataplane.End) error {
-	nsh, err := openNS(e.NetNS)
-	if err != nil {
-		return err
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
+	h, err := handleIn(e.NetNS)
 	if err != nil {
 		return err
 	}
@@ -666,6 +670,16 @@ func prefix(n *net.IPNet) netip.Prefix {
 	return netip.PrefixFrom(addr.Unmap(), ones)
 }
 
+// CheckNamespace says why a workload's namespace cannot be used.
+func CheckNamespace(ns string) error {
+	h, err := handleIn(ns)
+	if err != nil {
+		return fmt.Errorf("network namespace %q does not exist or cannot be opened (%v)", ns, err)
+	}
+	h.Close()
+	return nil
+}
+
 // CheckWorkload says why an end's interface cannot be made in a workload's
 // namespace: the namespace does not exist, the name is not a valid
 // interface name, or an interface has it already.
@@ -673,14 +687,9 @@ func CheckWorkload(ns, iface string) error {
 	if len(iface) > 15 || strings.ContainsAny(iface, "/: ") {
 		return fmt.Errorf("interface name %q: at most 15 characters, without '/', ':' or spaces", iface)
 	}
-	nsh, err := openNS(ns)
+	h, err := handleIn(ns)
 	if err != nil {
 		return fmt.Errorf("network namespace %q does not exist or cannot be opened (%v)", ns, err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		return fmt.Errorf("network namespace %q: %w", ns, err)
 	}
 	defer h.Close()
 	if _, err := h.LinkByName(iface); err == nil {

@@ -88,12 +88,18 @@ func underlay(t *testing.T) (gA, gB string) {
 func backend(t *testing.T) (*Backend, string) {
 	t.Helper()
 	gw := namespace(t)
+	return backendAt(t, gw), gw
+}
+
+// backendAt is a backend for the gateway namespace gw, closed after the test.
+func backendAt(t *testing.T, gw string) *Backend {
+	t.Helper()
 	b, err := NewAt(gw)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	return b, gw
+	return b
 }
 
 func TestInjectConfigureRemove(t *testing.T) {
@@ -233,16 +239,7 @@ func TestVXLANEnds(t *testing.T) {
 	requireRoot(t)
 	gA, gB := underlay(t)
 	wA, wB := namespace(t), namespace(t)
-	bA, err := NewAt(gA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bA.Close()
-	bB, err := NewAt(gB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bB.Close()
+	bA, bB := backendAt(t, gA), backendAt(t, gB)
 	ends := []struct {
 		b   *Backend
 		end dataplane.End

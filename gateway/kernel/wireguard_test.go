@@ -116,11 +116,7 @@ func TestWireGuardEnds(t *testing.T) {
 			t.FailNow()
 		}
 		t.Cleanup(func() { s.dev.Close() })
-		var err error
-		if s.b, err = NewAt(s.gw); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.b.Close() })
+		s.b = backendAt(t, s.gw)
 	}
 	ends := map[*side]dataplane.End{}
 	for i, s := range sides {
@@ -176,17 +172,8 @@ func TestTunnelsPerPeerGateway(t *testing.T) {
 	tA, tB := NewTunnels(keyA, 1420, slog.Default()), NewTunnels(keyB, 1420, slog.Default())
 	defer tA.Close()
 	defer tB.Close()
-	bA, err := NewAt(gA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bA.Close()
-	bB, err := NewAt(gB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bB.Close()
-
+	bA, bB := backendAt(t, gA), backendAt(t, gB)
+	var err error
 	for i, v := range []struct{ id, a, b string }{{"v1", "172.30.0.1", "172.30.0.2"}, {"v2", "172.30.1.1", "172.30.1.2"}} {
 		wA, wB := namespace(t), namespace(t)
 		pfx := func(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s + "/32")} }
