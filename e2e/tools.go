@@ -3,7 +3,9 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -27,4 +29,31 @@ func ToolPath(t testing.TB, name string) string {
 		t.Skip(msg)
 	}
 	return p
+}
+
+// RequireRoot fails the test under CI=true, and skips it elsewhere, when it
+// cannot build network namespaces (root, iproute2's ip, /dev/net/tun) or
+// lacks one of tools; the message names what is missing.
+func RequireRoot(t testing.TB, tools ...string) {
+	t.Helper()
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		missing = append(missing, "/dev/net/tun")
+	}
+	for _, tool := range append([]string{"ip"}, tools...) {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := "needs " + strings.Join(missing, ", ") + " (network namespaces, TUN, and the tools it runs in them)"
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
 }

@@ -16,32 +16,6 @@ import (
 	"github.com/vwire/vwire/e2e"
 )
 
-// requireRoot fails under CI=true, and skips elsewhere, when the test
-// cannot build network namespaces or lacks a tool it runs.
-func requireRoot(t *testing.T, tools ...string) {
-	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		missing = append(missing, "/dev/net/tun")
-	}
-	for _, tool := range append([]string{"ip"}, tools...) {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := "needs " + strings.Join(missing, ", ") + " (network namespaces, TUN, and the tools it runs inside them)"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
 // run runs a command and fails the test if it fails.
 func run(t testing.TB, name string, args ...string) string {
 	t.Helper()

@@ -6,30 +6,17 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/netip"
-	"os"
 	"os/exec"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/dataplane"
 )
 
-// requireRoot fails under CI=true, and skips elsewhere, when the test
-// cannot create network namespaces.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		if _, err := exec.LookPath("ip"); err == nil {
-			return
-		}
-	}
-	msg := "needs root and iproute2's ip to create network namespaces"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
+// requireRoot: see e2e.RequireRoot.
+func requireRoot(t *testing.T) { e2e.RequireRoot(t) }
 
 // namespace creates a throw-away network namespace and removes it after.
 func namespace(t *testing.T) string {
@@ -103,7 +90,7 @@ func backendAt(t *testing.T, gw string) *Backend {
 }
 
 func TestInjectConfigureRemove(t *testing.T) {
-	requireRoot(t)
+	e2e.RequireRoot(t)
 	ns := namespace(t)
 	b, gw := backend(t)
 	before := hostLinks(t, gw)
@@ -165,7 +152,7 @@ func TestInjectConfigureRemove(t *testing.T) {
 
 // Bad input gets a clear error and leaves nothing behind.
 func TestApplyRefusals(t *testing.T) {
-	requireRoot(t)
+	e2e.RequireRoot(t)
 	ns := namespace(t)
 	b, gw := backend(t)
 	ip(t, "-n", ns, "link", "add", "nsm0", "type", "veth", "peer", "name", "other0")
@@ -196,7 +183,7 @@ func TestApplyRefusals(t *testing.T) {
 // An end whose workload half vanished (the namespace was recreated) is
 // made again by the next Apply.
 func TestApplyRepairsAVanishedHalf(t *testing.T) {
-	requireRoot(t)
+	e2e.RequireRoot(t)
 	ns := namespace(t)
 	b, _ := backend(t)
 	end := dataplane.End{ID: "conn-r", NetNS: ns, Interface: "nsm0", MTU: 1400, Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.255.5/31")}}
@@ -236,7 +223,7 @@ func TestApplyRepairsAVanishedHalf(t *testing.T) {
 // veth as by a network) carry two workloads' ends over VXLAN; the
 // workloads ping each other and see each other's MAC address.
 func TestVXLANEnds(t *testing.T) {
-	requireRoot(t)
+	e2e.RequireRoot(t)
 	gA, gB := underlay(t)
 	wA, wB := namespace(t), namespace(t)
 	bA, bB := backendAt(t, gA), backendAt(t, gB)

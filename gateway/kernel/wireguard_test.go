@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/dataplane"
 )
 
@@ -43,7 +44,7 @@ func inNetNS(t *testing.T, ns string, fn func()) {
 // WireGuard tunnel each (embedded wireguard-go here: the kernel has no
 // module) and a workload address behind it: ping crosses the tunnel.
 func TestWireGuardBetweenGateways(t *testing.T) {
-	requireRoot(t)
+	e2e.RequireRoot(t)
 	nsA, nsB := underlay(t)
 
 	type gw struct {
@@ -92,7 +93,7 @@ func TestWireGuardBetweenGateways(t *testing.T) {
 // the workloads ping each other, and removing the ends leaves the
 // gateways' rules and tables as they were.
 func TestWireGuardEnds(t *testing.T) {
-	requireRoot(t)
+	e2e.RequireRoot(t)
 	gA, gB := underlay(t)
 	wA, wB := namespace(t), namespace(t)
 	rulesBefore := ip(t, "-n", gA, "rule", "show")
@@ -165,7 +166,7 @@ func TestWireGuardEnds(t *testing.T) {
 // endpoint's side learns the client's address from its first handshake;
 // each release keeps the device while another vWire uses it.
 func TestTunnelsPerPeerGateway(t *testing.T) {
-	requireRoot(t)
+	e2e.RequireRoot(t)
 	gA, gB := underlay(t)
 	keyA, _ := wgtypes.GeneratePrivateKey()
 	keyB, _ := wgtypes.GeneratePrivateKey()
