@@ -35,7 +35,9 @@ type Options struct {
 
 // Event is something the keeper noticed.
 type Event struct {
-	Kind string // "down", "requested", "healed", "refresh-failed"
+	// "down", "healed", "requested" (new addresses), "refresh-failed",
+	// "probe-failed" (no probe socket), "close-failed"
+	Kind string
 	Conn *proxypb.Connection
 	Gap  time.Duration // for "healed": from the last good probe to the first good one again
 	Err  error
@@ -105,13 +107,14 @@ func Keep(ctx context.Context, c proxypb.NetworkServiceClient, o Options, conn *
 	probe := time.NewTicker(o.ProbeInterval)
 	defer probe.Stop()
 	lastGood, misses, down := time.Now(), 0, false
-	again := func() {
+	retry, nextTry := time.Second, time.Time{} // while down: re-request with backoff
+	again := func() bool {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		got, err := Request(ctx, c, o, conn.GetId())
 		if err != nil {
 			report(Event{Kind: "refresh-failed", Conn: conn, Err: err})
-			return
+			return false
 		}
 		changed := !proto.Equal(got.GetIpContext(), conn.GetIpContext())
 		conn = got
@@ -119,6 +122,7 @@ func Keep(ctx context.Context, c proxypb.NetworkServiceClient, o Options, conn *
 			openProber()
 			report(Event{Kind: "requested", Conn: conn})
 		}
+		return true
 	}
 	for {
 		select {
@@ -144,7 +148,7 @@ func Keep(ctx context.Context, c proxypb.NetworkServiceClient, o Options, conn *
 				if misses > 0 { // even a short gap is worth a line: a hop restarted
 					report(Event{Kind: "healed", Conn: conn, Gap: time.Since(lastGood)})
 				}
-				lastGood, misses, down = time.Now(), 0, false
+				lastGood, misses, down, retry = time.Now(), 0, false, time.Second
 				continue
 			}
 			if misses++; misses >= o.Misses {
@@ -152,7 +156,15 @@ func Keep(ctx context.Context, c proxypb.NetworkServiceClient, o Options, conn *
 					down = true
 					report(Event{Kind: "down", Conn: conn, Err: err})
 				}
-				again() // the control plane may have lost it, or a hop restarted
+				// The control plane may have lost it, or a hop restarted.
+				if now := time.Now(); now.After(nextTry) {
+					if again() {
+						retry = time.Second
+					} else {
+						retry = min(2*retry, 10*time.Second)
+					}
+					nextTry = now.Add(retry)
+				}
 			}
 		}
 	}

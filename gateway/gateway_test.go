@@ -79,7 +79,7 @@ func TestTwoGatewaysProgramAVWire(t *testing.T) {
 		t.Fatal(err)
 	}
 	ga.Forget("c1")
-	wantB := "e-c1 netns=ep-ns dev=" + endpoint.Interface("c1") + " mtu=1440 addrs=[172.16.0.3/32] routes=[] wireguard=peer:" + ga.PublicKey() + "@invalid AddrPort port=51820 remote=[172.16.0.2/32]"
+	wantB := "e-c1 netns=ep-ns dev=" + endpoint.Interface("c1") + " mtu=1440 addrs=[172.16.0.3/32] routes=[] wireguard=peer:" + ga.PublicKey() + "@learnt port=51820 remote=[172.16.0.2/32]"
 	if fb.String() != wantB {
 		t.Errorf("endpoint's gateway:\n%s\nwant\n%s", fb, wantB)
 	}

@@ -237,15 +237,18 @@ func TestSelectionEthernetAndRefusals(t *testing.T) {
 		before := snapshot(t, a.ns)
 		taken := w.workload("c5")
 		run(t, "ip", "-n", taken, "link", "add", "nsm0", "type", "veth", "peer", "name", "x0")
-		for _, c := range []struct{ args []string }{
-			{[]string{"svc@b.example", "--netns", "vn-no-such-ns"}},
-			{[]string{"svc@b.example", "--netns", taken}},
-			{[]string{"no-such-service@b.example", "--netns", other, "--interface", "nsm9"}},
-			{[]string{"svc@c.example", "--netns", other, "--interface", "nsm9"}},
+		for _, c := range []struct {
+			args []string
+			says string
+		}{
+			{[]string{"svc@b.example", "--netns", "vn-no-such-ns"}, `network namespace "vn-no-such-ns" does not exist`},
+			{[]string{"svc@b.example", "--netns", taken}, `interface "nsm0" is already in use`},
+			{[]string{"no-such-service@b.example", "--netns", other, "--interface", "nsm9"}, `"no-such-service" is not registered`},
+			{[]string{"svc@c.example", "--netns", other, "--interface", "nsm9"}, "_vwire._tcp.c.example"},
 		} {
 			out, err := inNS(a.ns, append([]string{w.bin, "connect", "--once", "--gateway", "unix://" + filepath.Join(a.data, "gateway.sock")}, c.args...)...).CombinedOutput()
-			if err == nil {
-				t.Errorf("vwire connect %v succeeded:\n%s", c.args, out)
+			if err == nil || !strings.Contains(string(out), c.says) {
+				t.Errorf("vwire connect %v: %v, want an error saying %q:\n%s", c.args, err, c.says, out)
 			}
 			t.Logf("vwire connect %v: %s", c.args, strings.TrimSpace(string(out)))
 		}

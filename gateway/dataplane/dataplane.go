@@ -133,7 +133,11 @@ func (e End) String() string {
 			remote = append(remote, p.String())
 		}
 		if w.Peer != "" {
-			s += fmt.Sprintf(" wireguard=peer:%s@%s port=%d remote=[%s]", w.Peer, w.Endpoint, w.Port, strings.Join(remote, " "))
+			endpoint := "learnt"
+			if w.Endpoint.IsValid() {
+				endpoint = w.Endpoint.String()
+			}
+			s += fmt.Sprintf(" wireguard=peer:%s@%s port=%d remote=[%s]", w.Peer, endpoint, w.Port, strings.Join(remote, " "))
 		} else {
 			s += fmt.Sprintf(" wireguard=%s remote=[%s]", w.Device, strings.Join(remote, " "))
 		}
