@@ -2,8 +2,8 @@
 // `vwire domain` does and as tests compose several: etcd (embedded or
 // external), the registry, the built-in CA (or a SPIRE agent), federation
 // with peer domains and the SPIFFE bundle endpoint, all behind one gRPC
-// listener whose SVID is the domain's proxy ID. Later roles (the proxy's
-// request handling, the gateway) join the same listener.
+// listener whose SVID is the domain's proxy ID, with the proxy's request
+// handling and, as root, the node's gateway (its workloads' unix socket).
 package domain
 
 import (
@@ -66,9 +66,9 @@ type Config struct {
 	DNSTTL time.Duration
 	// ConnectionLifetime is how long a connection lives unless refreshed.
 	ConnectionLifetime time.Duration
-	// Dataplane programs the vWires' ends. Until the gateway role exists it
-	// is set only by programs that embed a domain (tests use
-	// proxy.FakeDataplane); without one, requests are refused.
+	// Dataplane programs the vWires' ends, when a program that embeds a
+	// domain brings its own (the sandbox's proxy.FakeDataplane); else
+	// DataplaneKind says which gateway the domain runs.
 	Dataplane proxy.Dataplane
 	// DataplaneKind is the gateway's backend: "kernel", "none" for a
 	// control plane only (requests are refused), or "auto": kernel when

@@ -11,9 +11,9 @@ import (
 )
 
 // Dataplane programs one domain's end of a vWire: the endpoint's side in
-// the endpoint's domain, the client's side in the client's. The gateways
-// implement it (the data-plane issue); until then a domain that has none
-// refuses requests, and tests use FakeDataplane.
+// the endpoint's domain, the client's side in the client's. The gateway
+// implements it (gateway.Gateway); a domain that has none refuses
+// requests, and tests use FakeDataplane.
 type Dataplane interface {
 	// Apply programs (or, for a known id, keeps) side's end of conn and
 	// returns conn with what it set: mechanism, addresses, MTU.

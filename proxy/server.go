@@ -50,7 +50,7 @@ type Server struct {
 // Request implements proxypb.NetworkServiceServer.
 func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest) (*proxypb.Connection, error) {
 	if s.Dataplane == nil {
-		return nil, status.Error(codes.Unimplemented, "this domain has no data plane to program yet (the gateway role comes with the data-plane work)")
+		return nil, status.Error(codes.Unimplemented, "this domain runs without a data plane (--dataplane none, or vwire domain not run as root)")
 	}
 	if req.GetConnection() == nil {
 		return nil, status.Error(codes.InvalidArgument, "the request has no connection")
