@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -298,6 +299,10 @@ func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *re
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if old := g.records[id]; old != nil && old.EndpointURL == rec.EndpointURL && old.VNI == rec.VNI &&
+		slices.Equal(old.Src, rec.Src) && slices.Equal(old.Dst, rec.Dst) {
+		return nil // a refresh: nothing new to write
+	}
 	g.records[id] = rec
 	return g.saveLocked()
 }

@@ -57,8 +57,11 @@ func NewReconciler(backend dataplane.Backend, file string, log *slog.Logger) (*R
 // error for e (the reconciler keeps retrying in the background).
 func (r *Reconciler) Set(ctx context.Context, e dataplane.End) error {
 	r.mu.Lock()
-	r.desired[e.ID] = e
-	err := r.saveLocked()
+	var err error
+	if old, ok := r.desired[e.ID]; !ok || old.String() != e.String() { // a refresh writes nothing
+		r.desired[e.ID] = e
+		err = r.saveLocked()
+	}
 	r.mu.Unlock()
 	if err != nil {
 		return err
