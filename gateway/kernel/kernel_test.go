@@ -15,9 +15,6 @@ import (
 	"github.com/vwire/vwire/gateway/dataplane"
 )
 
-// requireRoot: see e2e.RequireRoot.
-func requireRoot(t *testing.T) { e2e.RequireRoot(t) }
-
 // namespace creates a throw-away network namespace and removes it after.
 func namespace(t *testing.T) string {
 	t.Helper()
