@@ -7,11 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"sync/atomic"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -31,30 +29,20 @@ type Prober struct {
 // NewProber opens a raw ICMP socket in network namespace ns (a name or a
 // path) for probing addresses of family like to.
 func NewProber(ns string, to netip.Addr) (*Prober, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return nil, err
-	}
-	defer orig.Close()
-	target, err := kernel.OpenNS(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return nil, fmt.Errorf("entering network namespace %q: %w", ns, err)
-	}
-	defer netns.Set(orig)
 	p := &Prober{v6: to.Is6(), id: os.Getpid() & 0xffff}
 	network, addr := "ip4:icmp", "0.0.0.0"
 	if p.v6 {
 		network, addr = "ip6:ipv6-icmp", "::"
 	}
-	// The socket stays in the namespace it was opened in.
-	if p.conn, err = icmp.ListenPacket(network, addr); err != nil {
-		return nil, fmt.Errorf("ICMP socket in %q: %w", ns, err)
+	err := kernel.Do(ns, func() (err error) {
+		p.conn, err = icmp.ListenPacket(network, addr)
+		if err != nil {
+			return fmt.Errorf("ICMP socket in %q: %w", ns, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return p, nil
 }

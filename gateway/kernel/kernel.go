@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -142,6 +143,34 @@ func parseHostAlias(a string) (id, ns string, ok bool) {
 		return "", "", false
 	}
 	return strings.Cut(rest, ":")
+}
+
+// Do runs f on a thread inside network namespace ns (a name or a path):
+// sockets f opens stay in that namespace after Do returns.
+func Do(ns string, f func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	target, err := OpenNS(ns)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return fmt.Errorf("entering network namespace %q: %w", ns, err)
+	}
+	err = f()
+	if rerr := netns.Set(orig); rerr != nil {
+		// The thread is in the wrong namespace: let it die with the
+		// goroutine rather than serve anyone else.
+		runtime.LockOSThread()
+		return errors.Join(err, fmt.Errorf("leaving network namespace %q: %w", ns, rerr))
+	}
+	return err
 }
 
 // OpenNS opens a network namespace by name (in /run/netns) or path.

@@ -220,7 +220,7 @@ func TestApplyRepairsAVanishedHalf(t *testing.T) {
 // veth as by a network) carry two workloads' ends over VXLAN; the
 // workloads ping each other and see each other's MAC address.
 func TestVXLANEnds(t *testing.T) {
-	e2e.RequireRoot(t)
+	e2e.RequireRoot(t, "ping")
 	gA, gB := underlay(t)
 	wA, wB := namespace(t), namespace(t)
 	bA, bB := backendAt(t, gA), backendAt(t, gB)

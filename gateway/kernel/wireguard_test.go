@@ -44,7 +44,7 @@ func inNetNS(t *testing.T, ns string, fn func()) {
 // WireGuard tunnel each (embedded wireguard-go here: the kernel has no
 // module) and a workload address behind it: ping crosses the tunnel.
 func TestWireGuardBetweenGateways(t *testing.T) {
-	e2e.RequireRoot(t)
+	e2e.RequireRoot(t, "ping")
 	nsA, nsB := underlay(t)
 
 	type gw struct {
@@ -93,7 +93,7 @@ func TestWireGuardBetweenGateways(t *testing.T) {
 // the workloads ping each other, and removing the ends leaves the
 // gateways' rules and tables as they were.
 func TestWireGuardEnds(t *testing.T) {
-	e2e.RequireRoot(t)
+	e2e.RequireRoot(t, "ping")
 	gA, gB := underlay(t)
 	wA, wB := namespace(t), namespace(t)
 	rulesBefore := ip(t, "-n", gA, "rule", "show")
@@ -166,7 +166,7 @@ func TestWireGuardEnds(t *testing.T) {
 // endpoint's side learns the client's address from its first handshake;
 // each release keeps the device while another vWire uses it.
 func TestTunnelsPerPeerGateway(t *testing.T) {
-	e2e.RequireRoot(t)
+	e2e.RequireRoot(t, "ping")
 	gA, gB := underlay(t)
 	keyA, _ := wgtypes.GeneratePrivateKey()
 	keyB, _ := wgtypes.GeneratePrivateKey()
