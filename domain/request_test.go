@@ -202,3 +202,46 @@ func TestRequestWithoutDataplane(t *testing.T) {
 		t.Errorf("%v", err)
 	}
 }
+
+// New connections take the selected endpoints in turn (Network Service
+// Mesh's round robin); a refresh keeps the endpoint it has.
+func TestNewConnectionsTakeEndpointsInTurn(t *testing.T) {
+	a, b, _, _ := twoDomains(t)
+	second := `
+apiVersion: networkservicemesh.io/v1
+kind: NetworkServiceEndpoint
+metadata: {name: firewall-2, labels: {app: firewall}}
+spec:
+  networkServiceNames: [secure-intranet-connectivity]
+  url: tcp://10.0.0.3:5001
+`
+	objs, err := registry.DecodeManifests(strings.NewReader(second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := registryClient(b).Apply(ctx(t), objs); err != nil {
+		t.Fatal(err)
+	}
+	gw := a.gateway(t)
+	var got []string
+	var first *proxypb.Connection
+	for i := range 4 {
+		c, err := request(t, gw, "secure-intranet-connectivity@b.example", "spiffe://a.example/ns/web", map[string]string{"app": "web"}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = c
+		}
+		got = append(got, c.GetNetworkServiceEndpointName())
+	}
+	if got[0] == got[1] || got[0] != got[2] || got[1] != got[3] {
+		t.Errorf("four new connections went to %v, want the two firewalls in turn", got)
+	}
+	for range 2 {
+		again, err := request(t, gw, "secure-intranet-connectivity@b.example", "spiffe://a.example/ns/web", map[string]string{"app": "web"}, first.GetId())
+		if err != nil || again.GetNetworkServiceEndpointName() != got[0] {
+			t.Fatalf("refresh moved the connection from %s: %v, %v", got[0], again.GetNetworkServiceEndpointName(), err)
+		}
+	}
+}

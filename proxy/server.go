@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -45,6 +46,9 @@ type Server struct {
 	Dataplane Dataplane // nil: requests are refused, nothing would carry them
 	Lifetime  time.Duration
 	Log       *slog.Logger
+
+	mu   sync.Mutex
+	next map[string]int // per service: where the next new connection starts looking
 }
 
 // Request implements proxypb.NetworkServiceServer.
@@ -108,6 +112,24 @@ func (s *Server) segment(conn *proxypb.Connection) {
 	conn.Path.Index = uint32(len(conn.Path.Segments) - 1)
 }
 
+// rotate starts candidates at the service's turn, and with advance moves
+// the turn on.
+func (s *Server) rotate(service string, candidates []*registrypb.Endpoint, advance bool) []*registrypb.Endpoint {
+	if len(candidates) < 2 {
+		return candidates
+	}
+	s.mu.Lock()
+	if s.next == nil {
+		s.next = map[string]int{}
+	}
+	turn := s.next[service] % len(candidates)
+	if advance {
+		s.next[service] = turn + 1
+	}
+	s.mu.Unlock()
+	return append(candidates[turn:len(candidates):len(candidates)], candidates[:turn]...)
+}
+
 func (s *Server) lifetime() time.Duration {
 	if s.Lifetime > 0 {
 		return s.Lifetime
@@ -134,7 +156,10 @@ func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service st
 	if err != nil {
 		return nil, registry.ToStatus(err)
 	}
-	// A refresh keeps its endpoint while the rules still select it.
+	// New connections take the selected endpoints in turn, as Network
+	// Service Mesh's round robin does; a refresh keeps its endpoint while
+	// the rules still select it.
+	candidates = s.rotate(service, candidates, prev == nil)
 	if prev != nil {
 		for i, ep := range candidates {
 			if endpointRef(ep) == prev.GetNetworkServiceEndpointName() {
