@@ -61,6 +61,7 @@ func (d *Domain) startGateway(cfg *Config, log *slog.Logger) (*nodeGateway, erro
 		return nil, err
 	}
 	g.Addr, g.OuterMTU, g.Endpoint = addr, mtu, d.Store.GetEndpoint
+	g.SpiffeID = federation.ProxyID(d.TD).String() // the gateway runs with the domain's identity
 	ctx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
 	go func() { defer close(g.done); g.Run(ctx) }()

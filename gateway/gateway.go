@@ -36,6 +36,8 @@ import (
 // VXLAN for Ethernet payload (the VNI chosen here, on the receiving side).
 type Gateway struct {
 	Node string
+	// SpiffeID is the identity its path segments carry.
+	SpiffeID string
 	// Addr is the gateway's tunnel address, which peer gateways send to.
 	Addr netip.Addr
 	// OuterMTU is the MTU of the link that carries the tunnels.
@@ -219,7 +221,21 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 			DstIp: g.Addr.String(), DstPort: uint32(port), DstPublicKey: own}}}
 	}
 	out.Mtu = uint32(end.MTU)
+	g.segment(out)
 	return out, nil
+}
+
+// segment adds the gateway's path segment after the endpoint domain's
+// proxy, living as long as that proxy's.
+func (g *Gateway) segment(conn *proxypb.Connection) {
+	if conn.Path == nil {
+		conn.Path = &proxypb.Path{}
+	}
+	seg := &proxypb.PathSegment{Name: "gateway." + g.Node, SpiffeId: g.SpiffeID}
+	if n := len(conn.Path.Segments); n > 0 {
+		seg.Expires = conn.Path.Segments[n-1].GetExpires()
+	}
+	conn.Path.Segments = append(conn.Path.Segments, seg)
 }
 
 // applyClient programs the client's end with what the endpoint's side
