@@ -9,7 +9,7 @@ export VWIRE_TOOLS_BIN
 
 PROTOS := registry/registrypb/registry.proto proxy/proxypb/networkservice.proto federation/federationpb/federation.proto
 
-.PHONY: all build run test test-short bench generate verify fix tools clean
+.PHONY: all build run demo test test-short bench generate verify fix tools clean
 
 all: build
 
@@ -19,6 +19,10 @@ build:
 # The main job on its embedded default: one domain, as the README shows.
 run: build
 	./$(BIN)/vwire domain --name a.example --data-dir ./data-a --listen 127.0.0.1:7001
+
+# The main job: Marsha's four domains on this machine, as root (vwire demo).
+demo: build
+	./$(BIN)/vwire demo
 
 # The test command: unit tests, embedded etcd, a real 3-member etcd cluster.
 test: tools
