@@ -168,6 +168,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--gateway-address %q: not an IP address", c.GatewayAddress)
 		}
 	}
+	if c.Node == "" { // "" in a config file: the default
+		c.Node, _ = os.Hostname()
+	}
 	if _, err := federation.GatewayID(spiffeid.RequireTrustDomainFromString("example.org"), c.Node); err != nil || c.Node == "" {
 		return fmt.Errorf("--node %q: a node name is one path segment of letters, digits, '.', '-' and '_'", c.Node)
 	}
