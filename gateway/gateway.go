@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -42,6 +43,9 @@ type Gateway struct {
 	Addr netip.Addr
 	// OuterMTU is the MTU of the link that carries the tunnels.
 	OuterMTU int
+	// HandshakeTimeout bounds how long a new vWire waits for its tunnel's
+	// first WireGuard handshake (0: DefaultHandshakeTimeout).
+	HandshakeTimeout time.Duration
 	// Endpoint looks up a registered endpoint of this domain by name.
 	Endpoint func(ctx context.Context, name string) (*registrypb.Endpoint, error)
 
@@ -66,6 +70,11 @@ type record struct {
 }
 
 var _ proxy.Dataplane = (*Gateway)(nil)
+
+// DefaultHandshakeTimeout is how long a new vWire waits for its tunnel:
+// long enough for WireGuard to resend an initiation that went unanswered
+// (it does after 5 s).
+const DefaultHandshakeTimeout = 6 * time.Second
 
 // Open returns a gateway over backend, with its state in dir (the desired
 // ends, and what it knows of each); it starts reprogramming that state at
@@ -295,13 +304,48 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 	default:
 		return nil, fmt.Errorf("the endpoint's side answered no tunnel mechanism")
 	}
+	_, existed := g.reconciler.Get(id)
 	if err := g.set(ctx, id, end, &record{}); err != nil {
 		return nil, err
+	}
+	if end.WireGuard != nil && !existed {
+		if err := g.handshake(ctx, id, end.WireGuard.Endpoint); err != nil {
+			_ = g.Remove(ctx, proxy.ClientSide, conn.GetId()) // nothing half-programmed stays
+			return nil, err
+		}
 	}
 	g.keepPort(end)
 	out := proto.Clone(conn).(*proxypb.Connection)
 	out.Mtu = uint32(end.MTU)
 	return out, nil
+}
+
+// handshake waits until the tunnel of a new end has a live session with
+// the peer gateway at peer: the side that knows the peer's address
+// handshakes at once (WireGuard is silent otherwise, and a vWire into a
+// gateway that cannot be reached would look up but carry nothing). A
+// session younger than WireGuard's reject-after time (3 min) counts, so a
+// second vWire through a working tunnel does not wait.
+func (g *Gateway) handshake(ctx context.Context, id string, peer netip.AddrPort) error {
+	timeout := g.HandshakeTimeout
+	if timeout == 0 {
+		timeout = DefaultHandshakeTimeout
+	}
+	deadline := time.Now().Add(timeout)
+	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		if at := g.tunneler.Handshake(id); time.Since(at) < 3*time.Minute {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the endpoint's gateway at %s does not answer WireGuard (no handshake within %v): is UDP port %d open to it, and is %s its address?",
+				peer, timeout, peer.Port(), peer.Addr())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 }
 
 // set programs end and records it; a new end that fails is not kept.

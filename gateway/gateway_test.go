@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -145,5 +146,31 @@ func TestClientSideRefusals(t *testing.T) {
 	}
 	if len(g.Ends()) != 0 {
 		t.Errorf("ends left: %v", g.Ends())
+	}
+}
+
+// A peer gateway that never answers the WireGuard handshake: the client
+// side is refused with an error naming its address and port, and nothing
+// stays programmed or recorded.
+func TestUnreachablePeerGateway(t *testing.T) {
+	fa := dataplane.NewFake()
+	fa.Unreachable = true
+	dir := t.TempDir()
+	g := openGateway(t, dir, "10.0.0.1", fa, "")
+	g.HandshakeTimeout = 50 * time.Millisecond
+	g.Expect("c1", &proxypb.KernelInterface{Netns: "ns", InterfaceName: "nsm0"})
+	conn := &proxypb.Connection{Id: "c1", IpContext: &proxypb.IPContext{SrcIpAddrs: []string{"172.16.0.2/32"}, DstIpAddrs: []string{"172.16.0.3/32"}},
+		Mtu: 1440, Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{
+			DstIp: "10.0.0.9", DstPort: 51999, DstPublicKey: make([]byte, 32)}}}}
+	_, err := g.Apply(context.Background(), proxy.ClientSide, conn)
+	if err == nil || !strings.Contains(err.Error(), "gateway at 10.0.0.9:51999 does not answer WireGuard") {
+		t.Fatalf("got %v", err)
+	}
+	if fa.String() != "" || len(g.Ends()) != 0 {
+		t.Errorf("left programmed: %q, desired %v", fa, g.Ends())
+	}
+	// A restart finds nothing to reprogram either.
+	if again := openGateway(t, dir, "10.0.0.1", dataplane.NewFake(), ""); len(again.Ends()) != 0 {
+		t.Errorf("a restarted gateway would reprogram %v", again.Ends())
 	}
 }

@@ -182,9 +182,17 @@ func lastRate(out []byte) string {
 // two ends see each other's MAC addresses. Bad requests leave nothing.
 func TestSelectionEthernetAndRefusals(t *testing.T) {
 	e2e.RequireRoot(t, "ping", "arping")
-	w := newWorld(t, vwireBin, "a.example", "b.example")
+	w := newWorld(t, vwireBin, "a.example", "b.example", "c.example")
+	b := w.domains["b.example"]
+	beforeB := snapshot(t, b.ns)
 	os.WriteFile(filepath.Join(w.dir, "svc.yaml"), []byte(ipService), 0o600)
 	w.cli("b.example", "apply", "-f", filepath.Join(w.dir, "svc.yaml"))
+	// c's gateway tells its peers an address that no route leads to.
+	c := w.domains["c.example"]
+	run(t, "ip", "-n", c.ns, "addr", "add", "10.99.77.1/32", "dev", "lo")
+	w.restart(c, "--gateway-address", "10.99.77.1")
+	w.cli("c.example", "apply", "-f", filepath.Join(w.dir, "svc.yaml"))
+	w.endpoint("c.example", "ep-c", "--service", "svc", "--cidr", "172.16.40.0/24", "--netns", w.workload("ec"))
 	w.cli("b.example", "apply", "-f", "../../registry/testdata/secure-intranet-connectivity.yaml")
 	vpnNS, fwNS, l2NS := w.workload("vpn"), w.workload("fw"), w.workload("l2")
 	w.endpoint("b.example", "vpn-gateway-1", "--service", "secure-intranet-connectivity", "--labels", "app=vpn-gateway", "--cidr", "172.16.10.0/24", "--netns", vpnNS)
@@ -244,7 +252,8 @@ func TestSelectionEthernetAndRefusals(t *testing.T) {
 			{[]string{"svc@b.example", "--netns", "vn-no-such-ns"}, `network namespace "vn-no-such-ns" does not exist`},
 			{[]string{"svc@b.example", "--netns", taken}, `interface "nsm0" is already in use`},
 			{[]string{"no-such-service@b.example", "--netns", other, "--interface", "nsm9"}, `"no-such-service" is not registered`},
-			{[]string{"svc@c.example", "--netns", other, "--interface", "nsm9"}, "_vwire._tcp.c.example"},
+			{[]string{"svc@d.example", "--netns", other, "--interface", "nsm9"}, "_vwire._tcp.d.example"},
+			{[]string{"svc@c.example", "--netns", other, "--interface", "nsm9"}, "the endpoint's gateway at 10.99.77.1:"},
 		} {
 			out, err := inNS(a.ns, append([]string{w.bin, "connect", "--once", "--gateway", "unix://" + filepath.Join(a.data, "gateway.sock")}, c.args...)...).CombinedOutput()
 			if err == nil || !strings.Contains(string(out), c.says) {
@@ -254,6 +263,26 @@ func TestSelectionEthernetAndRefusals(t *testing.T) {
 		}
 		if got := snapshot(t, a.ns); got != before {
 			t.Errorf("refused requests changed a's host:\n%s\nbefore:\n%s", got, before)
+		}
+		if out := run(t, "ip", "-n", other, "-o", "link", "show"); strings.Contains(out, "nsm9") {
+			t.Errorf("a refused request left its interface:\n%s", out)
+		}
+	})
+
+	// b stops while its vWires are up: SIGTERM removes every interface,
+	// route and tunnel it made.
+	t.Run("SIGTERM removes what the domain programmed", func(t *testing.T) {
+		b.proc.Cmd.Process.Signal(syscall.SIGTERM)
+		if err := b.proc.Cmd.Wait(); err != nil {
+			t.Errorf("b's exit after SIGTERM: %v", err)
+		}
+		if got := snapshot(t, b.ns); got != beforeB {
+			t.Errorf("b's host after SIGTERM:\n%s\nbefore:\n%s", got, beforeB)
+		}
+		for _, ns := range []string{vpnNS, fwNS, l2NS, local} {
+			if out := run(t, "ip", "-n", ns, "-o", "link", "show"); strings.Contains(out, "nsm") {
+				t.Errorf("%s still has a vWire interface:\n%s", ns, out)
+			}
 		}
 	})
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,6 +48,7 @@ type host struct {
 	name, ns, addr, data string
 	proc                 *e2e.Process
 	args                 []string
+	extra                []string // more flags for its vwire domain
 }
 
 func (w *world) ns(suffix string) string {
@@ -119,7 +121,18 @@ func (w *world) start(h *host) {
 	h.args = []string{"netns", "exec", h.ns, w.bin, "domain", "--name", h.name, "--data-dir", h.data,
 		"--listen", h.addr + ":7001", "--bundle-listen", h.addr + ":7002", "--dns-server", w.dns,
 		"--connection-lifetime", "30s"}
+	h.args = append(h.args, h.extra...)
 	h.proc = e2e.StartVwire(w.t, "ip", nil, h.args...)
+}
+
+// restart stops the domain's process (SIGTERM: it removes what it
+// programmed) and starts it again with extra flags.
+func (w *world) restart(h *host, extra ...string) {
+	w.t.Helper()
+	h.proc.Cmd.Process.Signal(syscall.SIGTERM)
+	h.proc.Cmd.Wait()
+	h.extra = extra
+	w.start(h)
 }
 
 // cli runs a vwire client command against domain d, from its host.

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 )
 
 // DefaultInterface is the name of a vWire's interface in a workload's
@@ -67,6 +68,9 @@ type Tunneler interface {
 	PublicKey() string
 	// ListenPort is the port of the device that carries end id, or 0.
 	ListenPort(id string) int
+	// Handshake is when the tunnel that carries end id last completed a
+	// WireGuard handshake with its peer (zero: never).
+	Handshake(id string) time.Time
 }
 
 // VXLAN is a point-to-point VXLAN tunnel between two gateways, one VNI per
@@ -154,6 +158,8 @@ type Fake struct {
 	Fail error
 	// Key is the fake gateway's public key (base64); empty: a fixed one.
 	Key string
+	// Unreachable makes every peer gateway silent: no handshake.
+	Unreachable bool
 }
 
 // NewFake returns an empty fake backend.
@@ -204,6 +210,17 @@ func (f *Fake) PublicKey() string {
 		return f.Key
 	}
 	return "ZmFrZS1nYXRld2F5LWtleS0wMDAwMDAwMDAwMDAwMDA="
+}
+
+// Handshake implements Tunneler: every fake peer answers, unless
+// Unreachable.
+func (f *Fake) Handshake(string) time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.Unreachable {
+		return time.Time{}
+	}
+	return time.Now()
 }
 
 // ListenPort implements Tunneler.

@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -76,6 +77,14 @@ func (b *Backend) PublicKey() string {
 		return ""
 	}
 	return b.tunnels.PublicKey().String()
+}
+
+// Handshake implements dataplane.Tunneler.
+func (b *Backend) Handshake(id string) time.Time {
+	if b.tunnels == nil {
+		return time.Time{}
+	}
+	return b.tunnels.Handshake(id)
 }
 
 // ListenPort implements dataplane.Tunneler.

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -103,6 +104,20 @@ func (t *Tunnels) ListenPort(id string) int {
 		}
 	}
 	return 0
+}
+
+// Handshake is when the tunnel that carries vWire id last completed a
+// handshake with its peer (zero: never, or no such tunnel).
+func (t *Tunnels) Handshake(id string) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for key, tun := range t.peers {
+		if _, ok := tun.users[id]; ok {
+			at, _ := tun.dev.LastHandshake(key)
+			return at
+		}
+	}
+	return time.Time{}
 }
 
 // peerOf is the peer key and endpoint of the tunnel that carries vWire id.

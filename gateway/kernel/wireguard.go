@@ -157,6 +157,20 @@ func (w *WireGuard) SetPeer(key wgtypes.Key, endpoint netip.AddrPort, allowed []
 	return nil
 }
 
+// LastHandshake is when the device last completed a handshake with peer.
+func (w *WireGuard) LastHandshake(peer wgtypes.Key) (time.Time, error) {
+	d, err := w.wg.Device(w.Name)
+	if err != nil {
+		return time.Time{}, err
+	}
+	for _, p := range d.Peers {
+		if p.PublicKey == peer {
+			return p.LastHandshakeTime, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%s has no peer %s", w.Name, peer)
+}
+
 // Close removes the device.
 func (w *WireGuard) Close() error {
 	if w.uapi != nil {
