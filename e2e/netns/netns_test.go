@@ -6,12 +6,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+
 	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/gateway/kernel"
 )
 
 var vwireBin string
@@ -57,7 +61,30 @@ func snapshot(t *testing.T, ns string) string {
 			names = append(names, strings.SplitN(f[1], "@", 2)[0])
 		}
 	}
-	return strings.Join(names, " ") + "\n" + run(t, "ip", "-n", ns, "rule", "show") + run(t, "ip", "-4", "-n", ns, "route", "show", "table", "all")
+	return strings.Join(names, " ") + "\n" + run(t, "ip", "-n", ns, "rule", "show") + run(t, "ip", "-4", "-n", ns, "route", "show", "table", "all") +
+		"nftables: " + nftTables(t, ns) + "\n"
+}
+
+// nftTables names the nftables tables of namespace ns.
+func nftTables(t *testing.T, ns string) string {
+	h, err := kernel.OpenNS(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	c, err := nftables.New(nftables.WithNetNSFd(int(h)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := c.ListTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tb := range tables {
+		names = append(names, tb.Name)
+	}
+	return strings.Join(names, " ")
 }
 
 func ping(ns, addr string, args ...string) error {
@@ -135,6 +162,33 @@ func TestIPvWireAcrossDomains(t *testing.T) {
 			t.Fatalf("UDP: %v\n%s", err, out)
 		}
 		t.Logf("UDP: %s", lastRate(out))
+	})
+
+	// Both workloads raise their link's MTU (as a router with jumbo frames
+	// behind them would have): the gateways clamp the MSS that each SYN
+	// offers to what the vWire carries, so TCP still works.
+	t.Run("TCP MSS is clamped", func(t *testing.T) {
+		epIface := strings.TrimSuffix(strings.Fields(run(t, "ip", "-n", epNS, "-o", "link", "show", "type", "veth"))[1], ":")
+		epIface, _, _ = strings.Cut(epIface, "@")
+		for _, l := range []struct{ ns, dev string }{{clientNS, "nsm0"}, {epNS, epIface}} {
+			run(t, "ip", "-n", l.ns, "link", "set", l.dev, "mtu", "9000")
+			defer run(t, "ip", "-n", l.ns, "link", "set", l.dev, "mtu", fmt.Sprint(c.Up.Connection.MTU))
+		}
+		srv := inNS(epNS, "iperf3", "-s", "-1", "-B", c.Up.peer())
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { srv.Process.Kill(); srv.Wait() }()
+		time.Sleep(300 * time.Millisecond)
+		out, err := inNS(clientNS, "iperf3", "-V", "-c", c.Up.peer(), "-t", "1", "--connect-timeout", "3000").CombinedOutput()
+		m := regexp.MustCompile(`TCP MSS: (\d+)`).FindSubmatch(out)
+		if err != nil || m == nil {
+			t.Fatalf("TCP over the vWire with 9000-byte workload links: %v\n%s", err, out)
+		}
+		if mss, _ := strconv.Atoi(string(m[1])); mss > c.Up.Connection.MTU-40 {
+			t.Errorf("TCP MSS %d across a vWire of MTU %d: the gateways did not clamp it\n%s", mss, c.Up.Connection.MTU, out)
+		}
+		t.Logf("TCP MSS with 9000-byte workload links: %s; %s", m[1], lastRate(out))
 	})
 
 	t.Run("gateway SIGKILL heals", func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/vwire/vwire/gateway/dataplane"
@@ -45,6 +47,10 @@ type Backend struct {
 	// forwarding turns on IPv4 forwarding in the gateway's namespace
 	// before the first routed end (nil for NewAt: a test's namespace).
 	forwarding func() error
+	// clamped says the MSS clamping table is in place: installed before
+	// the first routed end, removed with the last end (under mu).
+	clamped bool
+	nsFD    int // the gateway's namespace for nftables; -1: the process's
 }
 
 var _ dataplane.Backend = (*Backend)(nil)
@@ -58,7 +64,40 @@ func New() (*Backend, error) {
 	enable := sync.OnceValue(func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
 	})
-	return &Backend{host: h, forwarding: enable}, nil
+	return &Backend{host: h, forwarding: enable, nsFD: -1}, nil
+}
+
+// clamp installs the MSS clamping table if it is not in place; a kernel
+// without nftables gets a warning, not a refusal: the vWires' own ends
+// have the right MTU.
+func (b *Backend) clamp() {
+	if b.clamped {
+		return
+	}
+	if err := clampMSS(b.nsFD); err != nil {
+		slog.Warn("TCP MSS is not clamped on this gateway: hosts behind a workload with larger links may stall", "err", err)
+		return
+	}
+	b.clamped = true
+}
+
+// unclamp removes the MSS clamping table once no gateway half is left
+// (also one that a killed gateway left behind).
+func (b *Backend) unclamp() {
+	links, err := b.host.LinkList()
+	if err != nil {
+		return
+	}
+	for _, l := range links {
+		if _, _, ok := parseHostAlias(l.Attrs().Alias); ok {
+			return
+		}
+	}
+	if err := unclampMSS(b.nsFD); err != nil && b.clamped {
+		slog.Warn("removing the MSS clamping table", "err", err)
+		return
+	}
+	b.clamped = false
 }
 
 // WithTunnels has the backend keep the WireGuard devices of ends that name
@@ -102,7 +141,12 @@ func NewAt(ns string) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Backend{host: h}, nil
+	nsh, err := OpenNS(ns)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	return &Backend{host: h, nsFD: int(nsh)}, nil
 }
 
 // handleIn is a netlink handle for namespace ns (a name or path).
@@ -121,7 +165,10 @@ func handleIn(ns string) (*netlink.Handle, error) {
 
 // hostName is the gateway-side veth of end id: short enough for IFNAMSIZ
 // and the same after a restart.
-func hostName(id string) string { return "vw" + digest(id) }
+func hostName(id string) string { return hostPrefix + digest(id) }
+
+// hostPrefix begins the name of every gateway half.
+const hostPrefix = "vw"
 
 func tmpName(id string) string { return "vp" + digest(id) }
 
@@ -412,6 +459,7 @@ func (b *Backend) routeBack(host netlink.Link, e dataplane.End) error {
 			return fmt.Errorf("enabling IPv4 forwarding, which routed ends need: %w", err)
 		}
 	}
+	b.clamp()
 	if err := b.host.AddrReplace(host, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(gatewayIP, 32))}); err != nil {
 		return fmt.Errorf("gateway address on %s: %w", host.Attrs().Name, err)
 	}
@@ -599,7 +647,11 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 	}
 	b.removeVXLAN(id)
 	b.removeWireGuard(id)
-	return b.host.LinkDel(host) // the workload's half goes with it
+	if err := b.host.LinkDel(host); err != nil { // the workload's half goes with it
+		return err
+	}
+	b.unclamp()
+	return nil
 }
 
 // List implements dataplane.Backend.
@@ -689,7 +741,15 @@ func readWorkloadSide(e *dataplane.End) error {
 }
 
 // Close implements dataplane.Backend.
+// The MSS clamping table stays only with ends (a shutdown that keeps the
+// data plane).
 func (b *Backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.unclamp()
+	if b.nsFD >= 0 {
+		unix.Close(b.nsFD)
+	}
 	b.host.Close()
 	return nil
 }
