@@ -341,6 +341,16 @@ func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.
 			side, other = "", epDomain
 		}
 	}
+	// The client's side goes first: the endpoint frees the addresses when
+	// its side goes, and another vWire into the same namespace may get
+	// them at once.
+	if s.Dataplane != nil && (side == ClientSide || other == "") {
+		// (For a connection within the domain its client's side is here
+		// too; missing is fine, for a client of another domain.)
+		if err := s.Dataplane.Remove(ctx, ClientSide, stored.GetId()); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "removing connection %s: %v", stored.GetId(), err)
+		}
+	}
 	if other != "" {
 		if pc, err := s.Pool.Conn(ctx, other); err == nil {
 			s.closeRemote(ctx, pc, stored.GetId(), other)
@@ -348,15 +358,8 @@ func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.
 			s.Log.Warn("the peer's end cannot be closed now; it lapses with its lease", "id", stored.GetId(), "domain", other, "err", err)
 		}
 	}
-	if s.Dataplane != nil && side != "" {
-		if err := s.Dataplane.Remove(ctx, side, stored.GetId()); err != nil {
-			return nil, status.Errorf(codes.Unavailable, "removing connection %s: %v", stored.GetId(), err)
-		}
-	}
-	if s.Dataplane != nil && other == "" {
-		// A connection within the domain: its client's side is here too
-		// (missing is fine, for a client of another domain).
-		if err := s.Dataplane.Remove(ctx, ClientSide, stored.GetId()); err != nil {
+	if s.Dataplane != nil && side == EndpointSide {
+		if err := s.Dataplane.Remove(ctx, EndpointSide, stored.GetId()); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "removing connection %s: %v", stored.GetId(), err)
 		}
 	}

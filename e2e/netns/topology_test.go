@@ -36,7 +36,7 @@ func inNS(ns string, args ...string) *exec.Cmd {
 // DNS server (CoreDNS) on it, and per domain a host namespace on the
 // bridge running `vwire domain` with its gateway.
 type world struct {
-	t        *testing.T
+	t        testing.TB
 	dir, bin string
 	tag      string
 	internet string
@@ -61,7 +61,7 @@ func (w *world) ns(suffix string) string {
 
 // newWorld builds the internet, its DNS server and one host per domain.
 // The zones say where each domain's proxy and bundle endpoint are.
-func newWorld(t *testing.T, bin string, domains ...string) *world {
+func newWorld(t testing.TB, bin string, domains ...string) *world {
 	b := make([]byte, 3)
 	rand.Read(b)
 	w := &world{t: t, dir: t.TempDir(), bin: bin, tag: hex.EncodeToString(b), domains: map[string]*host{}}

@@ -48,7 +48,9 @@ type Backend struct {
 	// before the first routed end (nil for NewAt: a test's namespace).
 	forwarding func() error
 	// clamped says the MSS clamping table is in place: installed before
-	// the first routed end, removed with the last end (under mu).
+	// the first routed end, kept while the gateway runs (installing it
+	// takes some 10 ms, a vWire's whole set-up), removed on Close when no
+	// end is left (under mu).
 	clamped bool
 	nsFD    int // the gateway's namespace for nftables; -1: the process's
 }
@@ -81,7 +83,7 @@ func (b *Backend) clamp() {
 	b.clamped = true
 }
 
-// unclamp removes the MSS clamping table once no gateway half is left
+// unclamp removes the MSS clamping table if no gateway half is left
 // (also one that a killed gateway left behind).
 func (b *Backend) unclamp() {
 	links, err := b.host.LinkList()
@@ -169,8 +171,6 @@ func hostName(id string) string { return hostPrefix + digest(id) }
 
 // hostPrefix begins the name of every gateway half.
 const hostPrefix = "vw"
-
-func tmpName(id string) string { return "vp" + digest(id) }
 
 // gatewayIP is the gateway half's address on every IP end that leaves
 // through WireGuard: the workload's next hop for the far side.
@@ -300,27 +300,22 @@ func (b *Backend) create(inNS *netlink.Handle, nsh netns.NsHandle, e dataplane.E
 	if _, err := inNS.LinkByName(e.Interface); err == nil {
 		return nil, fmt.Errorf("interface %q already exists in network namespace %q", e.Interface, e.NetNS)
 	}
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName(e.ID), MTU: e.MTU}, PeerName: tmpName(e.ID)}
+	// The workload's half is made in its namespace under its name: moving
+	// and renaming a link afterwards waits for RCU grace periods (tens of
+	// milliseconds a vWire).
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName(e.ID), MTU: e.MTU}, PeerName: e.Interface,
+		PeerNamespace: netlink.NsFd(nsh)}
 	if err := b.host.LinkAdd(veth); err != nil {
-		return nil, fmt.Errorf("creating %s: %w", veth.Name, err)
+		return nil, fmt.Errorf("creating %s with %s in %q: %w", veth.Name, e.Interface, e.NetNS, err)
 	}
 	host, err := b.host.LinkByName(veth.Name)
 	if err == nil {
 		err = b.host.LinkSetAlias(host, hostAlias(e))
 	}
-	var peer netlink.Link
 	if err == nil {
-		peer, err = b.host.LinkByName(veth.PeerName)
-	}
-	if err == nil {
-		err = b.host.LinkSetNsFd(peer, int(nsh))
-	}
-	if err == nil {
-		var moved netlink.Link
-		if moved, err = inNS.LinkByName(veth.PeerName); err == nil {
-			if err = inNS.LinkSetName(moved, e.Interface); err == nil {
-				err = inNS.LinkSetAlias(moved, aliasPrefix+e.ID)
-			}
+		var peer netlink.Link
+		if peer, err = inNS.LinkByName(e.Interface); err == nil {
+			err = inNS.LinkSetAlias(peer, aliasPrefix+e.ID)
 		}
 	}
 	if err != nil {
@@ -647,11 +642,7 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 	}
 	b.removeVXLAN(id)
 	b.removeWireGuard(id)
-	if err := b.host.LinkDel(host); err != nil { // the workload's half goes with it
-		return err
-	}
-	b.unclamp()
-	return nil
+	return b.host.LinkDel(host) // the workload's half goes with it
 }
 
 // List implements dataplane.Backend.

@@ -1,0 +1,333 @@
+package netns
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/vwire/vwire/client"
+	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/gateway/kernel"
+	"github.com/vwire/vwire/proxy/proxypb"
+)
+
+// The data-plane benchmarks (`make bench` runs them with -benchtime 1x;
+// BENCH=quick makes them short). Each builds its own two domains.
+
+func quick() bool { return os.Getenv("BENCH") == "quick" }
+
+// benchWorld is two federated domains with svc (IP) and l2 (Ethernet)
+// applied in b, an endpoint of each in b and one of svc in a.
+func benchWorld(b *testing.B) *world {
+	e2e.RequireRoot(b, "ping", "iperf3")
+	w := newWorld(b, vwireBin, "a.example", "b.example")
+	os.WriteFile(filepath.Join(w.dir, "svc.yaml"), []byte(ipService), 0o600)
+	for _, d := range []string{"a.example", "b.example"} {
+		w.cli(d, "apply", "-f", filepath.Join(w.dir, "svc.yaml"))
+	}
+	w.endpoint("b.example", "ep1", "--service", "svc", "--cidr", "172.16.0.0/20", "--netns", w.workload("eb"))
+	w.endpoint("a.example", "ep-local", "--service", "svc", "--cidr", "172.17.0.0/20", "--netns", w.workload("ea"))
+	w.endpoint("b.example", "l2-1", "--service", "l2", "--payload", "ETHERNET", "--cidr", "172.18.0.0/20", "--netns", w.workload("el"))
+	return w
+}
+
+// gatewayClient talks to domain d's gateway as a workload does.
+func (w *world) gatewayClient(d string) proxypb.NetworkServiceClient {
+	conn, err := grpc.NewClient("unix://"+filepath.Join(w.domains[d].data, "gateway.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() { conn.Close() })
+	return proxypb.NewNetworkServiceClient(conn)
+}
+
+// pingable asks for a vWire and waits until its peer answers a ping from
+// ns; it returns the connection and the time from request to reply.
+func pingable(ctx context.Context, nsc proxypb.NetworkServiceClient, o client.Options) (*proxypb.Connection, time.Duration, error) {
+	begin := time.Now()
+	conn, err := client.Request(ctx, nsc, o, "")
+	if err != nil {
+		return nil, 0, err
+	}
+	peer, err := client.Peer(conn)
+	if err != nil {
+		return conn, 0, err
+	}
+	p, err := client.NewProber(o.NetNS, peer)
+	if err != nil {
+		return conn, 0, err
+	}
+	defer p.Close()
+	for ctx.Err() == nil {
+		pctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		_, err = p.Ping(pctx, peer)
+		cancel()
+		if err == nil {
+			return conn, time.Since(begin), nil
+		}
+	}
+	return conn, 0, fmt.Errorf("%s never answered: %w", peer, err)
+}
+
+// BenchmarkNetnsSetup: request to pingable, cross-domain and (yardstick)
+// to an endpoint of the client's own domain, one client after another,
+// then setups per second with four clients at once.
+func BenchmarkNetnsSetup(b *testing.B) {
+	w := benchWorld(b)
+	n := 200
+	if quick() {
+		n = 20
+	}
+	for k, tc := range []struct {
+		name, service string
+		clients       int
+	}{{"cross-domain", "svc@b.example", 1}, {"local", "svc", 1}, {"cross-domain/clients=4", "svc@b.example", 4}} {
+		b.Run(tc.name, func(b *testing.B) {
+			nsc := w.gatewayClient("a.example")
+			ns := w.workload(fmt.Sprintf("s%d", k))
+			var mu sync.Mutex
+			var times []time.Duration
+			var wg sync.WaitGroup
+			begin := time.Now()
+			for c := range tc.clients {
+				wg.Go(func() {
+					for i := c; i < n; i += tc.clients {
+						ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+						o := client.Options{Service: tc.service, NetNS: ns, Interface: fmt.Sprintf("vb%d", i)}
+						conn, took, err := pingable(ctx, nsc, o)
+						if conn != nil {
+							nsc.Close(ctx, conn)
+						}
+						cancel()
+						if err != nil {
+							b.Errorf("request %d: %v", i, err)
+							return
+						}
+						mu.Lock()
+						times = append(times, took)
+						mu.Unlock()
+					}
+				})
+			}
+			wg.Wait()
+			wall := time.Since(begin)
+			if len(times) == 0 {
+				b.FailNow()
+			}
+			sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+			b.ReportMetric(ms(times[len(times)/2]), "p50-ms")
+			b.ReportMetric(ms(times[len(times)*99/100]), "p99-ms")
+			b.ReportMetric(float64(len(times))/wall.Seconds(), "setups/s")
+			b.ReportMetric(float64(len(times)), "requests")
+		})
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchmarkNetnsThroughput: TCP throughput (iperf3) and ping RTT over a
+// WireGuard vWire and a VXLAN vWire, beside the same wireguard-go build as
+// a bare tunnel between the two hosts, a bare kernel VXLAN between them,
+// and a raw veth pair between two namespaces.
+func BenchmarkNetnsThroughput(b *testing.B) {
+	w := benchWorld(b)
+	a, bh := w.domains["a.example"], w.domains["b.example"]
+	seconds := "5"
+	if quick() {
+		seconds = "1"
+	}
+	measure := func(b *testing.B, from, to, addr string) {
+		b.Helper()
+		rtt, err := rttOf(from, addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		gbps, err := iperf(from, to, addr, seconds)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(gbps, "Gbit/s")
+		b.ReportMetric(ms(rtt), "rtt-ms")
+	}
+	b.Run("wireguard-vwire", func(b *testing.B) {
+		ns := w.workload("tw")
+		c := w.connect("a.example", "svc@b.example", ns)
+		measure(b, ns, epNamespace(b, w, c), c.Up.peer())
+		c.stop()
+	})
+	b.Run("wireguard-bare", func(b *testing.B) {
+		bareWireGuard(b, a.ns, bh.ns, a.addr, bh.addr)
+		measure(b, a.ns, bh.ns, "100.64.0.2")
+	})
+	b.Run("vxlan-vwire", func(b *testing.B) {
+		ns := w.workload("tx")
+		c := w.connect("a.example", "l2@b.example", ns)
+		measure(b, ns, epNamespace(b, w, c), c.Up.peer())
+		c.stop()
+	})
+	b.Run("vxlan-bare", func(b *testing.B) {
+		for _, h := range []struct{ ns, local, remote, addr string }{{a.ns, a.addr, bh.addr, "100.66.0.1/30"}, {bh.ns, bh.addr, a.addr, "100.66.0.2/30"}} {
+			run(b, "ip", "-n", h.ns, "link", "add", "vxbare", "type", "vxlan", "id", "4242", "local", h.local, "remote", h.remote, "dstport", "4790", "dev", "eth0")
+			b.Cleanup(func() { run(b, "ip", "-n", h.ns, "link", "del", "vxbare") })
+			run(b, "ip", "-n", h.ns, "addr", "add", h.addr, "dev", "vxbare")
+			run(b, "ip", "-n", h.ns, "link", "set", "vxbare", "up")
+		}
+		measure(b, a.ns, bh.ns, "100.66.0.2")
+	})
+	b.Run("veth", func(b *testing.B) {
+		x, y := w.workload("vx"), w.workload("vy")
+		run(b, "ip", "link", "add", "vwbx"+w.tag, "netns", x, "type", "veth", "peer", "name", "vwby"+w.tag, "netns", y)
+		run(b, "ip", "-n", x, "addr", "add", "100.65.0.1/30", "dev", "vwbx"+w.tag)
+		run(b, "ip", "-n", y, "addr", "add", "100.65.0.2/30", "dev", "vwby"+w.tag)
+		run(b, "ip", "-n", x, "link", "set", "vwbx"+w.tag, "up")
+		run(b, "ip", "-n", y, "link", "set", "vwby"+w.tag, "up")
+		measure(b, x, y, "100.65.0.2")
+	})
+}
+
+// epNamespace is the endpoint namespace a connection ended in.
+func epNamespace(b *testing.B, w *world, c *connection) string {
+	switch c.Up.Connection.Endpoint {
+	case "ep1@b.example":
+		return w.nsName("eb")
+	case "l2-1@b.example":
+		return w.nsName("el")
+	}
+	b.Fatalf("unexpected endpoint %q", c.Up.Connection.Endpoint)
+	return ""
+}
+
+// nsName names a namespace that workload made earlier.
+func (w *world) nsName(suffix string) string { return "vn" + w.tag + suffix }
+
+// bareWireGuard joins two host namespaces with wireguard-go devices (the
+// build the gateway embeds), 100.64.0.1 and .2, until the benchmark ends.
+func bareWireGuard(b *testing.B, nsA, nsB, addrA, addrB string) {
+	type side struct {
+		ns, underlay, tunnel string
+		key                  wgtypes.Key
+		dev                  *kernel.WireGuard
+	}
+	sides := []*side{{ns: nsA, underlay: addrA, tunnel: "100.64.0.1"}, {ns: nsB, underlay: addrB, tunnel: "100.64.0.2"}}
+	for i, s := range sides {
+		s.key, _ = wgtypes.GeneratePrivateKey()
+		name := fmt.Sprintf("wgb%d%s", i, s.ns[2:8])
+		err := kernel.Do(s.ns, func() (err error) {
+			s.dev, err = kernel.NewWireGuard(name, s.key, 51900, 1440, slog.Default())
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.dev.Close() })
+		run(b, "ip", "-n", s.ns, "addr", "add", s.tunnel+"/32", "dev", name)
+	}
+	for i, s := range sides {
+		peer := sides[1-i]
+		if err := s.dev.SetPeer(peer.key.PublicKey(), netip.MustParseAddrPort(peer.underlay+":51900"), []netip.Prefix{netip.MustParsePrefix(peer.tunnel + "/32")}); err != nil {
+			b.Fatal(err)
+		}
+		run(b, "ip", "-n", s.ns, "route", "add", peer.tunnel+"/32", "dev", s.dev.Name)
+	}
+}
+
+// rttOf is the median of 20 pings from ns to addr.
+func rttOf(ns, addr string) (time.Duration, error) {
+	to := netip.MustParseAddr(addr)
+	p, err := client.NewProber(ns, to)
+	if err != nil {
+		return 0, err
+	}
+	defer p.Close()
+	var rtts []time.Duration
+	for range 20 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		rtt, err := p.Ping(ctx, to)
+		cancel()
+		if err != nil {
+			return 0, fmt.Errorf("ping %s from %s: %w", addr, ns, err)
+		}
+		rtts = append(rtts, rtt)
+		time.Sleep(10 * time.Millisecond)
+	}
+	sort.Slice(rtts, func(i, j int) bool { return rtts[i] < rtts[j] })
+	return rtts[len(rtts)/2], nil
+}
+
+// iperf runs an iperf3 TCP test from ns to the server it starts in srvNS
+// on addr and returns the receiver's rate in Gbit/s.
+func iperf(ns, srvNS, addr, seconds string) (float64, error) {
+	srv := inNS(srvNS, "iperf3", "-s", "-1", "-B", addr)
+	if err := srv.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	time.Sleep(300 * time.Millisecond)
+	out, err := inNS(ns, "iperf3", "-J", "-c", addr, "-t", seconds, "--connect-timeout", "3000").Output()
+	if err != nil {
+		return 0, fmt.Errorf("iperf3 to %s: %v\n%s", addr, err, out)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || res.End.SumReceived.BitsPerSecond == 0 {
+		return 0, fmt.Errorf("iperf3 to %s printed no rate: %v\n%s", addr, err, out)
+	}
+	return res.End.SumReceived.BitsPerSecond / 1e9, nil
+}
+
+// BenchmarkNetnsHeal: the data-path gap after SIGKILL and restart of the
+// client's domain (its proxy and gateway: one process) and of the
+// endpoint's, from the kill to the first ping through the vWire that
+// passes again; `vwire connect` heals what the restart does not.
+func BenchmarkNetnsHeal(b *testing.B) {
+	w := benchWorld(b)
+	ns := w.workload("h")
+	c := w.connect("a.example", "svc@b.example", ns, "--probe-interval", "100ms")
+	peer := netip.MustParseAddr(c.Up.peer())
+	p, err := client.NewProber(ns, peer)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	for _, d := range []struct{ name, domain string }{{"client-domain", "a.example"}, {"endpoint-domain", "b.example"}} {
+		b.Run(d.name, func(b *testing.B) {
+			h := w.domains[d.domain]
+			killed := time.Now()
+			h.proc.Cmd.Process.Signal(syscall.SIGKILL)
+			h.proc.Cmd.Wait()
+			w.start(h)
+			restart := time.Since(killed)
+			for {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+				_, err := p.Ping(ctx, peer)
+				cancel()
+				if err == nil {
+					break
+				}
+				if time.Since(killed) > time.Minute {
+					b.Fatalf("no ping through the vWire a minute after killing %s", d.domain)
+				}
+			}
+			b.ReportMetric(ms(time.Since(killed)), "gap-ms")
+			b.ReportMetric(ms(restart), "restart-ms")
+		})
+	}
+}
