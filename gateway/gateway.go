@@ -103,7 +103,40 @@ func Open(node string, backend dataplane.Backend, dir string, log *slog.Logger) 
 }
 
 // Run reconciles until ctx ends.
-func (g *Gateway) Run(ctx context.Context) { g.reconciler.Run(ctx) }
+func (g *Gateway) Run(ctx context.Context) {
+	go g.learn(ctx)
+	g.reconciler.Run(ctx)
+}
+
+// learn records, for ends whose peer gateway's address was not given (the
+// endpoint's side), the address WireGuard learnt from the peer's packets:
+// a restarted gateway then knows where its peer is and handshakes at once,
+// instead of waiting until the peer gives up on the old session (15 s).
+func (g *Gateway) learn(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, e := range g.reconciler.Desired() {
+			if e.WireGuard == nil || e.WireGuard.Endpoint.IsValid() {
+				continue
+			}
+			if at := g.tunneler.PeerEndpoint(e.ID); at.IsValid() {
+				learnt := e
+				w := *e.WireGuard
+				w.Endpoint = at
+				learnt.WireGuard = &w
+				if _, err := g.reconciler.Replace(e, learnt); err != nil {
+					g.log.Warn("recording a peer gateway's address", "id", e.ID, "err", err)
+				}
+			}
+		}
+	}
+}
 
 // Ends lists the desired ends (for status and tests).
 func (g *Gateway) Ends() []dataplane.End { return g.reconciler.Desired() }

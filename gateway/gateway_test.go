@@ -174,3 +174,36 @@ func TestUnreachablePeerGateway(t *testing.T) {
 		t.Errorf("a restarted gateway would reprogram %v", again.Ends())
 	}
 }
+
+// The endpoint's side learns where the client's gateway sends from and
+// keeps it, so that after a restart it handshakes at once.
+func TestEndpointSideLearnsPeerAddress(t *testing.T) {
+	ep, _ := endpoint.New("172.16.0.0/24", "ep-ns", "IP")
+	fb := dataplane.NewFake()
+	fb.Learnt = netip.MustParseAddrPort("10.0.0.1:40000")
+	dir := t.TempDir()
+	gb := openGateway(t, dir, "10.0.0.2", fb, serveEndpoint(t, ep))
+	key := make([]byte, 32)
+	key[0] = 1
+	if _, err := gb.Apply(context.Background(), proxy.EndpointSide, &proxypb.Connection{Id: "c1", NetworkServiceEndpointName: "ep1", Payload: "IP",
+		Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{SrcIp: "10.0.0.1", SrcPublicKey: key}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if e := gb.Ends()[0]; e.WireGuard.Endpoint.IsValid() {
+		t.Fatalf("the endpoint's side knew its peer before it sent: %v", e)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); gb.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(5 * time.Second)
+	for gb.Ends()[0].WireGuard.Endpoint != fb.Learnt {
+		if time.Now().After(deadline) {
+			t.Fatalf("not learnt after 5 s: %v", gb.Ends())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if again := openGateway(t, dir, "10.0.0.2", dataplane.NewFake(), ""); again.Ends()[0].WireGuard.Endpoint != fb.Learnt {
+		t.Errorf("a restart forgets the peer's address: %v", again.Ends())
+	}
+}

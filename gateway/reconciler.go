@@ -83,6 +83,23 @@ func (r *Reconciler) Remember(e dataplane.End) error {
 	return r.saveLocked()
 }
 
+// Replace makes e desired in place of old, if old is still what is
+// desired for its id (an end removed meanwhile stays removed), and has the
+// reconciler apply it; it reports whether it did.
+func (r *Reconciler) Replace(old, e dataplane.End) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if cur, ok := r.desired[old.ID]; !ok || cur.String() != old.String() {
+		return false, nil
+	}
+	r.desired[e.ID] = e
+	if err := r.saveLocked(); err != nil {
+		return false, err
+	}
+	r.poke()
+	return true, nil
+}
+
 // Get is the desired end id.
 func (r *Reconciler) Get(id string) (dataplane.End, bool) {
 	r.mu.Lock()

@@ -71,6 +71,9 @@ type Tunneler interface {
 	// Handshake is when the tunnel that carries end id last completed a
 	// WireGuard handshake with its peer (zero: never).
 	Handshake(id string) time.Time
+	// PeerEndpoint is where the peer of end id's tunnel sends from (zero:
+	// not known yet).
+	PeerEndpoint(id string) netip.AddrPort
 }
 
 // VXLAN is a point-to-point VXLAN tunnel between two gateways, one VNI per
@@ -160,6 +163,8 @@ type Fake struct {
 	Key string
 	// Unreachable makes every peer gateway silent: no handshake.
 	Unreachable bool
+	// Learnt is where every peer gateway sends from.
+	Learnt netip.AddrPort
 }
 
 // NewFake returns an empty fake backend.
@@ -221,6 +226,13 @@ func (f *Fake) Handshake(string) time.Time {
 		return time.Time{}
 	}
 	return time.Now()
+}
+
+// PeerEndpoint implements Tunneler.
+func (f *Fake) PeerEndpoint(string) netip.AddrPort {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.Learnt
 }
 
 // ListenPort implements Tunneler.

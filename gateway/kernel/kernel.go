@@ -128,6 +128,14 @@ func (b *Backend) Handshake(id string) time.Time {
 	return b.tunnels.Handshake(id)
 }
 
+// PeerEndpoint implements dataplane.Tunneler.
+func (b *Backend) PeerEndpoint(id string) netip.AddrPort {
+	if b.tunnels == nil {
+		return netip.AddrPort{}
+	}
+	return b.tunnels.PeerEndpoint(id)
+}
+
 // ListenPort implements dataplane.Tunneler.
 func (b *Backend) ListenPort(id string) int {
 	if b.tunnels == nil {

@@ -120,6 +120,20 @@ func (t *Tunnels) Handshake(id string) time.Time {
 	return time.Time{}
 }
 
+// PeerEndpoint is where the peer of the tunnel that carries vWire id
+// sends from, as WireGuard learnt it (zero: not known).
+func (t *Tunnels) PeerEndpoint(id string) netip.AddrPort {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for key, tun := range t.peers {
+		if _, ok := tun.users[id]; ok {
+			at, _ := tun.dev.PeerEndpoint(key)
+			return at
+		}
+	}
+	return netip.AddrPort{}
+}
+
 // peerOf is the peer key and endpoint of the tunnel that carries vWire id.
 func (t *Tunnels) peerOf(id string) (wgtypes.Key, netip.AddrPort, bool) {
 	t.mu.Lock()

@@ -171,6 +171,21 @@ func (w *WireGuard) LastHandshake(peer wgtypes.Key) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%s has no peer %s", w.Name, peer)
 }
 
+// PeerEndpoint is the endpoint the device has for peer, configured or
+// learnt from its packets.
+func (w *WireGuard) PeerEndpoint(peer wgtypes.Key) (netip.AddrPort, error) {
+	d, err := w.wg.Device(w.Name)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	for _, p := range d.Peers {
+		if p.PublicKey == peer && p.Endpoint != nil {
+			return p.Endpoint.AddrPort(), nil
+		}
+	}
+	return netip.AddrPort{}, nil
+}
+
 // Close removes the device.
 func (w *WireGuard) Close() error {
 	if w.uapi != nil {
