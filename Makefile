@@ -33,7 +33,7 @@ test-short:
 
 # Benchmarks: one table (docs/benchmarks.md, raw output for benchstat in
 # docs/benchmarks.txt). BENCH=quick is a short smoke run.
-bench:
+bench: tools
 	$(GO) run ./e2e/bench
 
 # Real component binaries the tests run, cached by version (e2e/tools).

@@ -113,7 +113,7 @@ func (g *Gateway) Run(ctx context.Context) {
 // a restarted gateway then knows where its peer is and handshakes at once,
 // instead of waiting until the peer gives up on the old session (15 s).
 func (g *Gateway) learn(ctx context.Context) {
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(200 * time.Millisecond) // a wgctrl query per end not learnt yet
 	defer tick.Stop()
 	for {
 		select {

@@ -97,7 +97,7 @@ func BenchmarkNetnsSetup(b *testing.B) {
 	}{{"cross-domain", "svc@b.example", 1}, {"local", "svc", 1}, {"cross-domain/clients=4", "svc@b.example", 4}} {
 		b.Run(tc.name, func(b *testing.B) {
 			nsc := w.gatewayClient("a.example")
-			ns := w.workload(fmt.Sprintf("s%d", k))
+			ns := w.fresh(fmt.Sprintf("s%d", k))
 			var mu sync.Mutex
 			var times []time.Duration
 			var wg sync.WaitGroup
@@ -163,7 +163,7 @@ func BenchmarkNetnsThroughput(b *testing.B) {
 		b.ReportMetric(ms(rtt), "rtt-ms")
 	}
 	b.Run("wireguard-vwire", func(b *testing.B) {
-		ns := w.workload("tw")
+		ns := w.fresh("tw")
 		c := w.connect("a.example", "svc@b.example", ns)
 		measure(b, ns, epNamespace(b, w, c), c.Up.peer())
 		c.stop()
@@ -173,7 +173,7 @@ func BenchmarkNetnsThroughput(b *testing.B) {
 		measure(b, a.ns, bh.ns, "100.64.0.2")
 	})
 	b.Run("vxlan-vwire", func(b *testing.B) {
-		ns := w.workload("tx")
+		ns := w.fresh("tx")
 		c := w.connect("a.example", "l2@b.example", ns)
 		measure(b, ns, epNamespace(b, w, c), c.Up.peer())
 		c.stop()
@@ -188,7 +188,7 @@ func BenchmarkNetnsThroughput(b *testing.B) {
 		measure(b, a.ns, bh.ns, "100.66.0.2")
 	})
 	b.Run("veth", func(b *testing.B) {
-		x, y := w.workload("vx"), w.workload("vy")
+		x, y := w.fresh("vx"), w.fresh("vy")
 		run(b, "ip", "link", "add", "vwbx"+w.tag, "netns", x, "type", "veth", "peer", "name", "vwby"+w.tag, "netns", y)
 		run(b, "ip", "-n", x, "addr", "add", "100.65.0.1/30", "dev", "vwbx"+w.tag)
 		run(b, "ip", "-n", y, "addr", "add", "100.65.0.2/30", "dev", "vwby"+w.tag)
@@ -210,6 +210,15 @@ func epNamespace(b *testing.B, w *world, c *connection) string {
 	return ""
 }
 
+// fresh makes a workload namespace with a name not used before: a
+// sub-benchmark runs -count times in one world.
+func (w *world) fresh(prefix string) string {
+	freshN++
+	return w.workload(fmt.Sprintf("%s%d", prefix, freshN))
+}
+
+var freshN int
+
 // nsName names a namespace that workload made earlier.
 func (w *world) nsName(suffix string) string { return "vn" + w.tag + suffix }
 
@@ -226,7 +235,7 @@ func bareWireGuard(b *testing.B, nsA, nsB, addrA, addrB string) {
 		s.key, _ = wgtypes.GeneratePrivateKey()
 		name := fmt.Sprintf("wgb%d%s", i, s.ns[2:8])
 		err := kernel.Do(s.ns, func() (err error) {
-			s.dev, err = kernel.NewWireGuard(name, s.key, 51900, 1440, slog.Default())
+			s.dev, err = kernel.NewWireGuard(name, s.key, 51900, 1440, slog.New(slog.DiscardHandler))
 			return err
 		})
 		if err != nil {
@@ -310,6 +319,14 @@ func BenchmarkNetnsHeal(b *testing.B) {
 	for _, d := range []struct{ name, domain string }{{"client-domain", "a.example"}, {"endpoint-domain", "b.example"}} {
 		b.Run(d.name, func(b *testing.B) {
 			h := w.domains[d.domain]
+			// A vWire in its steady state: it passes, and has for a second.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_, err := p.Ping(ctx, peer)
+			cancel()
+			if err != nil {
+				b.Fatalf("no ping through the vWire before killing %s: %v", d.domain, err)
+			}
+			time.Sleep(time.Second)
 			killed := time.Now()
 			h.proc.Cmd.Process.Signal(syscall.SIGKILL)
 			h.proc.Cmd.Wait()
