@@ -209,6 +209,28 @@ func TestIPvWireAcrossDomains(t *testing.T) {
 		}
 	})
 
+	// --keep-dataplane: a stopped domain leaves the client's interface and
+	// routes in place (its embedded WireGuard device ends with it), and
+	// takes them up again when it starts.
+	t.Run("SIGTERM with --keep-dataplane keeps the vWire", func(t *testing.T) {
+		w.restart(a, "--keep-dataplane") // a plain SIGTERM first: the client re-requests
+		c.wait(t, "healed", 30*time.Second)
+		a.proc.Cmd.Process.Signal(syscall.SIGTERM)
+		if err := a.proc.Cmd.Wait(); err != nil {
+			t.Errorf("a's exit after SIGTERM: %v", err)
+		}
+		if out := run(t, "ip", "-n", clientNS, "-o", "addr", "show", "dev", "nsm0"); !strings.Contains(out, c.Up.self()) {
+			t.Errorf("the client's interface or address went with --keep-dataplane:\n%s", out)
+		}
+		w.start(a)
+		deadline := time.Now().Add(30 * time.Second)
+		for ping(clientNS, c.Up.peer()) != nil {
+			if time.Now().After(deadline) {
+				t.Fatal("no ping through the kept vWire 30 s after a started again")
+			}
+		}
+	})
+
 	t.Run("closing leaves nothing behind", func(t *testing.T) {
 		c.stop()
 		if got := snapshot(t, a.ns); got != beforeA {
