@@ -162,22 +162,20 @@ func BenchmarkNetnsThroughput(b *testing.B) {
 		b.ReportMetric(gbps, "Gbit/s")
 		b.ReportMetric(ms(rtt), "rtt-ms")
 	}
-	b.Run("wireguard-vwire", func(b *testing.B) {
-		ns := w.fresh("tw")
-		c := w.connect("a.example", "svc@b.example", ns)
-		measure(b, ns, epNamespace(b, w, c), c.Up.peer())
-		c.stop()
-	})
+	overVWire := func(service string) func(*testing.B) {
+		return func(b *testing.B) {
+			ns := w.fresh("t")
+			c := w.connect("a.example", service, ns)
+			defer c.stop()
+			measure(b, ns, epNamespace(b, w, c), c.Up.peer())
+		}
+	}
+	b.Run("wireguard-vwire", overVWire("svc@b.example"))
 	b.Run("wireguard-bare", func(b *testing.B) {
 		bareWireGuard(b, a.ns, bh.ns, a.addr, bh.addr)
 		measure(b, a.ns, bh.ns, "100.64.0.2")
 	})
-	b.Run("vxlan-vwire", func(b *testing.B) {
-		ns := w.fresh("tx")
-		c := w.connect("a.example", "l2@b.example", ns)
-		measure(b, ns, epNamespace(b, w, c), c.Up.peer())
-		c.stop()
-	})
+	b.Run("vxlan-vwire", overVWire("l2@b.example"))
 	b.Run("vxlan-bare", func(b *testing.B) {
 		for _, h := range []struct{ ns, local, remote, addr string }{{a.ns, a.addr, bh.addr, "100.66.0.1/30"}, {bh.ns, bh.addr, a.addr, "100.66.0.2/30"}} {
 			run(b, "ip", "-n", h.ns, "link", "add", "vxbare", "type", "vxlan", "id", "4242", "local", h.local, "remote", h.remote, "dstport", "4790", "dev", "eth0")

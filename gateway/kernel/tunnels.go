@@ -93,15 +93,24 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, far 
 	return tun.dev.Name, port, nil
 }
 
+// carrierLocked is the peer key and the tunnel that carry vWire id (nil:
+// none); t.mu is held.
+func (t *Tunnels) carrierLocked(id string) (wgtypes.Key, *tunnel) {
+	for key, tun := range t.peers {
+		if _, ok := tun.users[id]; ok {
+			return key, tun
+		}
+	}
+	return wgtypes.Key{}, nil
+}
+
 // ListenPort is the port of the device that carries vWire id, or 0.
 func (t *Tunnels) ListenPort(id string) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, tun := range t.peers {
-		if _, ok := tun.users[id]; ok {
-			port, _ := tun.dev.Port()
-			return port
-		}
+	if _, tun := t.carrierLocked(id); tun != nil {
+		port, _ := tun.dev.Port()
+		return port
 	}
 	return 0
 }
@@ -111,11 +120,9 @@ func (t *Tunnels) ListenPort(id string) int {
 func (t *Tunnels) Handshake(id string) time.Time {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for key, tun := range t.peers {
-		if _, ok := tun.users[id]; ok {
-			at, _ := tun.dev.LastHandshake(key)
-			return at
-		}
+	if key, tun := t.carrierLocked(id); tun != nil {
+		at, _ := tun.dev.LastHandshake(key)
+		return at
 	}
 	return time.Time{}
 }
@@ -125,11 +132,9 @@ func (t *Tunnels) Handshake(id string) time.Time {
 func (t *Tunnels) PeerEndpoint(id string) netip.AddrPort {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for key, tun := range t.peers {
-		if _, ok := tun.users[id]; ok {
-			at, _ := tun.dev.PeerEndpoint(key)
-			return at
-		}
+	if key, tun := t.carrierLocked(id); tun != nil {
+		at, _ := tun.dev.PeerEndpoint(key)
+		return at
 	}
 	return netip.AddrPort{}
 }
@@ -138,10 +143,8 @@ func (t *Tunnels) PeerEndpoint(id string) netip.AddrPort {
 func (t *Tunnels) peerOf(id string) (wgtypes.Key, netip.AddrPort, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for key, tun := range t.peers {
-		if _, ok := tun.users[id]; ok {
-			return key, tun.endpoint, true
-		}
+	if key, tun := t.carrierLocked(id); tun != nil {
+		return key, tun.endpoint, true
 	}
 	return wgtypes.Key{}, netip.AddrPort{}, false
 }
