@@ -70,7 +70,7 @@ type cached struct {
 
 // NewResolver returns a Resolver that asks server (empty: the system's).
 func NewResolver(server string) *Resolver {
-	return &Resolver{Server: server, NegativeTTL: 5 * time.Second, Timeout: 2 * time.Second, now: time.Now, cache: map[string]cached{}}
+	return &Resolver{Server: server, NegativeTTL: 5 * time.Second, Timeout: 3 * time.Second, now: time.Now, cache: map[string]cached{}}
 }
 
 func (r *Resolver) server() (string, error) {
@@ -131,12 +131,28 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (cached
 	return c, nil
 }
 
+// exchange asks server once over TCP, and over UDP up to three times
+// within Timeout, as stub resolvers do: a datagram may be lost.
 func (r *Resolver) exchange(ctx context.Context, network string, msg *dns.Msg, server string) (*dns.Msg, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
-	client := &dns.Client{Net: network, Timeout: r.Timeout}
-	resp, _, err := client.ExchangeContext(ctx, msg, server)
-	return resp, err
+	attempts := 1
+	if network == "udp" {
+		attempts = 3
+	}
+	client := &dns.Client{Net: network, Timeout: r.Timeout / time.Duration(attempts)}
+	var err error
+	for range attempts {
+		var resp *dns.Msg
+		if resp, _, err = client.ExchangeContext(ctx, msg, server); err == nil {
+			return resp, nil
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() || ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, err
 }
 
 // Lookup returns the proxies of domain in the order to try them: by

@@ -150,3 +150,42 @@ func TestLookupDNSDown(t *testing.T) {
 		t.Errorf("a dead DNS server: %v", err)
 	}
 }
+
+// A lost datagram is asked again: the first query to this server goes
+// unanswered, the next reaches the zone.
+func TestLookupRetriesALostQuery(t *testing.T) {
+	z := newZone(t, "_vwire._tcp.b.example. 30 IN SRV 10 100 7001 p1.b.example.", "p1.b.example. 30 IN A 127.0.0.11")
+	lossy, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lossy.Close()
+	go func() {
+		buf := make([]byte, 4096)
+		for i := 0; ; i++ {
+			n, from, err := lossy.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if i == 0 {
+				continue // lost
+			}
+			up, err := net.Dial("udp", z.Addr)
+			if err != nil {
+				return
+			}
+			up.Write(buf[:n])
+			up.SetReadDeadline(time.Now().Add(time.Second))
+			if m, err := up.Read(buf); err == nil {
+				lossy.WriteTo(buf[:m], from)
+			}
+			up.Close()
+		}
+	}()
+	r := NewResolver(lossy.LocalAddr().String())
+	r.Timeout = 600 * time.Millisecond
+	ts, err := r.Lookup(context.Background(), "b.example")
+	if err != nil || hosts(ts) != "p1.b.example" {
+		t.Fatalf("after a lost query: %v, %v", hosts(ts), err)
+	}
+}
