@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +30,7 @@ import (
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/federation/federationpb"
 	"github.com/vwire/vwire/gateway"
+	"github.com/vwire/vwire/gateway/node"
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
@@ -251,23 +251,25 @@ type Domain struct {
 	Etcd     *registry.Etcd
 	Store    *registry.Store
 	Identity *federation.Identity
+	gateways *proxy.Gateways
 	Peers    *federation.Peers
 	// NetworkService is the proxy's network service API.
 	NetworkService *proxy.Server
 
-	pool   *proxy.Pool
-	gw     *nodeGateway
-	zone   *proxy.Zone
-	pub    *proxy.Publisher
-	dnsCli *clientv3.Client
-	srv    *grpc.Server
-	lis    net.Listener
-	bundle *federation.BundleEndpoint
-	errc   chan error
-	stop   chan struct{}
-	wg     sync.WaitGroup
-	closed sync.Once
-	err    error
+	pool    *proxy.Pool
+	gw      *node.Node
+	gwProxy *grpc.ClientConn // the gateway's connection to this domain
+	zone    *proxy.Zone
+	pub     *proxy.Publisher
+	dnsCli  *clientv3.Client
+	srv     *grpc.Server
+	lis     net.Listener
+	bundle  *federation.BundleEndpoint
+	errc    chan error
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	closed  sync.Once
+	err     error
 }
 
 // Start starts a domain as cfg says; it returns once it serves.
@@ -341,11 +343,16 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 			log.Warn("not running as root: no data plane, connection requests are refused (run as root for vWires; --dataplane none silences this)")
 		}
 	}
-	if dp == nil && kind == "kernel" {
-		if d.gw, err = d.startGateway(cfg, log); err != nil {
-			return nil, err
+	if dp == nil {
+		// Its own gateway, if it runs one, and the nodes' `vwire gateway`s.
+		d.gateways = &proxy.Gateways{TD: td, Source: d.Identity, Endpoint: d.Store.GetEndpoint}
+		if kind == "kernel" {
+			if d.gw, err = d.startGateway(cfg, log); err != nil {
+				return nil, err
+			}
+			d.gateways.Local = d.gw
 		}
-		dp = d.gw
+		dp = d.gateways
 	}
 	d.NetworkService = &proxy.Server{Own: cfg.Name, TD: td, Store: d.Store, Peers: d.Peers, Pool: d.pool,
 		Conns: proxy.NewConnections(d.Etcd.Client, cfg.Name), Dataplane: dp, Lifetime: cfg.ConnectionLifetime, Log: log}
@@ -384,11 +391,6 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 			return nil, fmt.Errorf("--bundle-listen: %w", err)
 		}
 		if d.bundle, err = federation.ServeBundleEndpoint(blis, td, fed.Bundle, d.Identity, log); err != nil {
-			return nil, err
-		}
-	}
-	if d.gw != nil {
-		if err := d.gw.serve(d, d.GatewaySocket(cfg)); err != nil {
 			return nil, err
 		}
 	}
@@ -473,7 +475,7 @@ func (d *Domain) tickCA(ca *federation.CA, log *slog.Logger) {
 }
 
 // GatewaySocket is where workloads reach the domain's gateway.
-func (d *Domain) GatewaySocket(cfg *Config) string { return filepath.Join(cfg.DataDir, "gateway.sock") }
+func (d *Domain) GatewaySocket(cfg *Config) string { return node.Socket(cfg.DataDir) }
 
 // Gateway is the domain's gateway, or nil without one.
 func (d *Domain) Gateway() *gateway.Gateway {
@@ -526,7 +528,8 @@ func (d *Domain) close() error {
 		d.bundle.Close()
 	}
 	if d.gw != nil {
-		d.gw.close()
+		d.gw.Close()
+		d.gwProxy.Close()
 	}
 	if d.srv != nil {
 		d.srv.Stop()
@@ -551,6 +554,9 @@ func (d *Domain) close() error {
 	var errs []error
 	if d.Etcd != nil {
 		errs = append(errs, d.Etcd.Close())
+	}
+	if d.gateways != nil {
+		d.gateways.Close()
 	}
 	if d.Identity != nil {
 		errs = append(errs, d.Identity.Close())

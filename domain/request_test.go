@@ -198,7 +198,9 @@ spec:
 // A domain without a data plane refuses requests rather than pretend.
 func TestRequestWithoutDataplane(t *testing.T) {
 	a := start(t, "a.example")
-	if _, err := request(t, a.gateway(t), "svc", "spiffe://a.example/x", nil, ""); status.Code(err) != codes.Unimplemented {
+	applyReference(t, a)
+	_, err := request(t, a.gateway(t), "secure-intranet-connectivity", "spiffe://a.example/x", map[string]string{"app": "firewall"}, "")
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "this domain runs no gateway of its own") {
 		t.Errorf("%v", err)
 	}
 }

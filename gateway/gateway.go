@@ -39,6 +39,10 @@ type Gateway struct {
 	Node string
 	// SpiffeID is the identity its path segments carry.
 	SpiffeID string
+	// URL is where the domain's proxy reaches the gateway (host:port of
+	// its Service), for a gateway that runs as its own process; empty for
+	// one inside the proxy's process.
+	URL string
 	// Addr is the gateway's tunnel address, which peer gateways send to.
 	Addr netip.Addr
 	// OuterMTU is the MTU of the link that carries the tunnels.
@@ -273,7 +277,7 @@ func (g *Gateway) segment(conn *proxypb.Connection) {
 	if conn.Path == nil {
 		conn.Path = &proxypb.Path{}
 	}
-	seg := &proxypb.PathSegment{Name: "gateway." + g.Node, SpiffeId: g.SpiffeID}
+	seg := &proxypb.PathSegment{Name: "gateway." + g.Node, SpiffeId: g.SpiffeID, Url: g.URL}
 	if n := len(conn.Path.Segments); n > 0 {
 		seg.Expires = conn.Path.Segments[n-1].GetExpires()
 	}
@@ -343,7 +347,7 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 	}
 	if end.WireGuard != nil && !existed {
 		if err := g.handshake(ctx, id, end.WireGuard.Endpoint); err != nil {
-			_ = g.Remove(ctx, proxy.ClientSide, conn.GetId()) // nothing half-programmed stays
+			_ = g.Remove(ctx, proxy.ClientSide, conn) // nothing half-programmed stays
 			return nil, err
 		}
 	}
@@ -439,7 +443,8 @@ func (g *Gateway) freeVNI() uint32 {
 }
 
 // Remove implements proxy.Dataplane.
-func (g *Gateway) Remove(ctx context.Context, side proxy.Side, connID string) error {
+func (g *Gateway) Remove(ctx context.Context, side proxy.Side, conn *proxypb.Connection) error {
+	connID := conn.GetId()
 	id := endID(side, connID)
 	g.mu.Lock()
 	rec := g.records[id]
@@ -506,7 +511,7 @@ func (g *Gateway) RemoveAll(ctx context.Context) {
 		if side == "e" {
 			s = proxy.EndpointSide
 		}
-		if err := g.Remove(ctx, s, connID); err != nil {
+		if err := g.Remove(ctx, s, &proxypb.Connection{Id: connID}); err != nil {
 			g.log.Warn("removing a vWire end failed", "id", e.ID, "err", err)
 		}
 	}

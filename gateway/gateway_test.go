@@ -103,10 +103,10 @@ func TestTwoGatewaysProgramAVWire(t *testing.T) {
 		t.Errorf("refresh on the endpoint's side: %v %v", again.GetIpContext(), err)
 	}
 
-	if err := gb.Remove(ctx, proxy.EndpointSide, "c1"); err != nil {
+	if err := gb.Remove(ctx, proxy.EndpointSide, req); err != nil {
 		t.Fatal(err)
 	}
-	if err := ga.Remove(ctx, proxy.ClientSide, "c1"); err != nil {
+	if err := ga.Remove(ctx, proxy.ClientSide, answer); err != nil {
 		t.Fatal(err)
 	}
 	if fa.String()+fb.String() != "" || ep.InUse() != 0 {

@@ -159,7 +159,7 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	}
 	key, _ := base64.StdEncoding.DecodeString(s.G.PublicKey())
 	conn.Mechanism = &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{SrcIp: s.G.Addr.String(), SrcPublicKey: key}}}
-	conn.Path = &proxypb.Path{Segments: []*proxypb.PathSegment{{Name: "gateway." + s.G.Node, SpiffeId: s.SpiffeID,
+	conn.Path = &proxypb.Path{Segments: []*proxypb.PathSegment{{Name: "gateway." + s.G.Node, SpiffeId: s.SpiffeID, Url: s.G.URL,
 		Expires: timestamppb.New(time.Now().Add(time.Minute))}}}
 	s.G.Expect(conn.Id, k)
 	defer s.G.Forget(conn.Id)
@@ -192,6 +192,8 @@ func (s *Server) RegisterEndpoint(ctx context.Context, req *registrypb.RegisterE
 	if u := req.GetEndpoint().GetUrl(); !strings.HasPrefix(u, "unix://") {
 		return nil, status.Errorf(codes.InvalidArgument, "endpoint URL %q: an endpoint behind a gateway serves on a unix socket on its node (unix://PATH)", u)
 	}
+	req = proto.Clone(req).(*registrypb.RegisterEndpointRequest)
+	req.Endpoint.Gateway = s.G.URL // the proxy programs its end through this gateway
 	return registrypb.NewRegistryClient(s.Proxy).RegisterEndpoint(up, req)
 }
 

@@ -18,8 +18,9 @@ type Dataplane interface {
 	// Apply programs (or, for a known id, keeps) side's end of conn and
 	// returns conn with what it set: mechanism, addresses, MTU.
 	Apply(ctx context.Context, side Side, conn *proxypb.Connection) (*proxypb.Connection, error)
-	// Remove removes side's end of connection id; a missing one is fine.
-	Remove(ctx context.Context, side Side, id string) error
+	// Remove removes side's end of conn (as stored: its path says which
+	// gateways have its ends); a missing one is fine.
+	Remove(ctx context.Context, side Side, conn *proxypb.Connection) error
 }
 
 // Side is which end of a vWire a domain programs.
@@ -61,7 +62,8 @@ func (f *FakeDataplane) Apply(_ context.Context, side Side, conn *proxypb.Connec
 }
 
 // Remove implements Dataplane.
-func (f *FakeDataplane) Remove(_ context.Context, side Side, id string) error {
+func (f *FakeDataplane) Remove(_ context.Context, side Side, conn *proxypb.Connection) error {
+	id := conn.GetId()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.ends, string(side)+"/"+id)

@@ -187,24 +187,27 @@ func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service st
 			return out, nil
 		}
 		c.NetworkServiceEndpointName = ep.GetName()
+		if prev != nil && prev.GetNetworkServiceEndpointName() != ep.GetName() {
+			// Its endpoint is no longer selected: the old end goes first,
+			// as the new one, elsewhere, has the same id.
+			_ = s.Dataplane.Remove(ctx, EndpointSide, prev)
+			prev = nil
+		}
 		out, err := s.Dataplane.Apply(ctx, EndpointSide, c)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", ep.GetName(), err))
 			continue
 		}
-		if prev != nil && prev.GetNetworkServiceEndpointName() != ep.GetName() {
-			_ = s.Dataplane.Remove(ctx, EndpointSide, prev.GetId()) // the new end replaces it
-		}
 		if federation.SourceDomain(ctx) == "" {
 			// The client is of this domain too: its side is programmed here.
 			if out, err = s.Dataplane.Apply(ctx, ClientSide, out); err != nil {
-				_ = s.Dataplane.Remove(ctx, EndpointSide, c.GetId()) // undo; the error below says why
+				_ = s.Dataplane.Remove(ctx, EndpointSide, c) // undo; the error below says why
 				return nil, status.Errorf(codes.Unavailable, "programming the client side of %s: %v", c.GetId(), err)
 			}
 		}
 		if err := s.Conns.Put(ctx, out, int64(s.lifetime()/time.Second)); err != nil {
-			_ = s.Dataplane.Remove(ctx, EndpointSide, out.GetId()) // undo; the error below says why
-			_ = s.Dataplane.Remove(ctx, ClientSide, out.GetId())   // (missing is fine)
+			_ = s.Dataplane.Remove(ctx, EndpointSide, out) // undo; the error below says why
+			_ = s.Dataplane.Remove(ctx, ClientSide, out)   // (missing is fine)
 			return nil, status.Errorf(codes.Unavailable, "storing connection %s: %v", out.GetId(), err)
 		}
 		s.Log.Info("connection up", "id", out.GetId(), "service", service, "endpoint", ep.GetName(), "requester", out.GetRequester())
@@ -244,7 +247,7 @@ func (s *Server) forward(ctx context.Context, req *proxypb.NetworkServiceRequest
 	if err != nil {
 		// Leave nothing half-done: take back the endpoint's side.
 		s.closeRemote(ctx, pc, remote.GetId(), name.Domain)
-		_ = s.Dataplane.Remove(ctx, ClientSide, remote.GetId()) // best effort; the error below says why
+		_ = s.Dataplane.Remove(ctx, ClientSide, remote) // best effort; the error below says why
 		return nil, status.Errorf(codes.Unavailable, "programming the client side of %s: %v", remote.GetId(), err)
 	}
 	s.Log.Info("connection up", "id", got.GetId(), "service", name.String(), "endpoint", got.GetNetworkServiceEndpointName(), "requester", got.GetRequester())
@@ -301,7 +304,7 @@ func (s *Server) hosted(ctx context.Context, conn *proxypb.Connection, name regi
 		return nil, status.Errorf(codes.Unavailable, "programming endpoint %s: %v", ep.GetName(), err)
 	}
 	if err := s.Conns.Put(ctx, out, int64(s.lifetime()/time.Second)); err != nil {
-		_ = s.Dataplane.Remove(ctx, EndpointSide, out.GetId()) // undo; the error below says why
+		_ = s.Dataplane.Remove(ctx, EndpointSide, out) // undo; the error below says why
 		return nil, status.Errorf(codes.Unavailable, "storing connection %s: %v", out.GetId(), err)
 	}
 	s.Log.Info("connection up", "id", out.GetId(), "service", name.String(), "endpoint", ep.GetName(), "requester", out.GetRequester())
@@ -347,7 +350,7 @@ func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.
 	if s.Dataplane != nil && (side == ClientSide || other == "") {
 		// (For a connection within the domain its client's side is here
 		// too; missing is fine, for a client of another domain.)
-		if err := s.Dataplane.Remove(ctx, ClientSide, stored.GetId()); err != nil {
+		if err := s.Dataplane.Remove(ctx, ClientSide, stored); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "removing connection %s: %v", stored.GetId(), err)
 		}
 	}
@@ -359,7 +362,7 @@ func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.
 		}
 	}
 	if s.Dataplane != nil && side == EndpointSide {
-		if err := s.Dataplane.Remove(ctx, EndpointSide, stored.GetId()); err != nil {
+		if err := s.Dataplane.Remove(ctx, EndpointSide, stored); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "removing connection %s: %v", stored.GetId(), err)
 		}
 	}
@@ -426,8 +429,8 @@ func (s *Server) Expire(ctx context.Context) {
 		if err == nil {
 			err = s.Conns.Watch(ctx, rev, func(c *proxypb.Connection, deleted bool) {
 				if deleted && s.Dataplane != nil {
-					_ = s.Dataplane.Remove(ctx, EndpointSide, c.GetId()) // missing is fine
-					_ = s.Dataplane.Remove(ctx, ClientSide, c.GetId())   // missing is fine
+					_ = s.Dataplane.Remove(ctx, EndpointSide, c) // missing is fine
+					_ = s.Dataplane.Remove(ctx, ClientSide, c)   // missing is fine
 				}
 			})
 		}

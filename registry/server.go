@@ -135,6 +135,14 @@ func (s *server) RegisterEndpoint(ctx context.Context, req *registrypb.RegisterE
 	}
 	ep := proto.Clone(req.GetEndpoint()).(*registrypb.Endpoint)
 	ep.Domain = ""
+	// Only a node's gateway says where it serves the endpoint; the proxy
+	// will expect the ID it connected with.
+	ep.GatewayId = ""
+	if caller, ok := federation.PeerID(ctx); ok && src == "" && caller.MemberOf(s.td) && strings.HasPrefix(caller.Path(), "/vwire/gateway/") && ep.GetGateway() != "" {
+		ep.GatewayId = caller.String()
+	} else {
+		ep.Gateway = ""
+	}
 	if src != "" {
 		ep.Name, ep.Domain = name(ep.GetName()), src
 		for _, svc := range ep.GetNetworkServiceNames() {

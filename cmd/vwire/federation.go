@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/federation/federationpb"
 )
 
@@ -186,8 +189,45 @@ func newCACmd() *cobra.Command {
 		},
 	}
 	cf.add(rotate)
-	cmd := &cobra.Command{Use: "ca rotate", Short: "The built-in CA"}
-	cmd.AddCommand(rotate)
+	var dataDir, out string
+	var ttl time.Duration
+	issue := &cobra.Command{
+		Use:   "issue SPIFFE-ID --out DIR [--data-dir DIR] [--ttl 24h]",
+		Short: "Issue an SVID from the built-in CA, on the domain's host: credentials for a node's vwire gateway",
+		Long: `Issue an SVID from the built-in CA that vwire domain keeps in DATA-DIR/ca, on
+the domain's host (it reads the CA's key): svid.pem, svid.key and bundle.pem in
+--out, for vwire gateway --credentials. A gateway's ID is
+spiffe://TD/vwire/gateway/NODE. Issue again before --ttl passes; a SPIRE agent
+(--spiffe-socket) renews by itself.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := spiffeid.FromString(args[0])
+			if err != nil {
+				return usagef("%q is not a SPIFFE ID: %v", args[0], err)
+			}
+			if out == "" {
+				return usagef("--out DIR is required: where the credentials go")
+			}
+			dir := filepath.Join(dataDir, "ca")
+			if _, err := os.Stat(filepath.Join(dir, "ca.pem")); err != nil {
+				return fmt.Errorf("no built-in CA in %s (give the domain's --data-dir): %w", dir, err)
+			}
+			ca, err := federation.OpenCA(dir, id.TrustDomain())
+			if err != nil {
+				return err
+			}
+			if err := ca.WriteCredentials(out, id, ttl); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "credentials for %s in %s, valid for %v\n", id, out, ttl)
+			return nil
+		},
+	}
+	issue.Flags().StringVar(&dataDir, "data-dir", "vwire-data", "the domain's data directory, whose ca/ holds the built-in CA")
+	issue.Flags().StringVar(&out, "out", "", "the directory to write svid.pem, svid.key and bundle.pem to")
+	issue.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long the SVID is valid")
+	cmd := &cobra.Command{Use: "ca rotate|issue", Short: "The built-in CA"}
+	cmd.AddCommand(rotate, issue)
 	return cmd
 }
 

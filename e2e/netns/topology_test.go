@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/proxy/proxypb"
 )
 
 // run runs a command and fails the test if it fails.
@@ -73,13 +74,7 @@ func newWorld(t testing.TB, bin string, domains ...string) *world {
 
 	var corefile strings.Builder
 	for i, d := range domains {
-		h := &host{name: d, ns: w.ns(fmt.Sprintf("h%d", i)), addr: fmt.Sprintf("10.99.0.%d", i+1), data: filepath.Join(w.dir, d)}
-		out := fmt.Sprintf("vn%su%d", w.tag, i)
-		run(t, "ip", "link", "add", out, "netns", w.internet, "type", "veth", "peer", "name", "eth0", "netns", h.ns)
-		run(t, "ip", "-n", w.internet, "link", "set", out, "master", "br0", "up")
-		run(t, "ip", "-n", h.ns, "addr", "add", h.addr+"/24", "dev", "eth0")
-		run(t, "ip", "-n", h.ns, "link", "set", "eth0", "up")
-		run(t, "ip", "-n", h.ns, "route", "add", "default", "via", "10.99.0.254")
+		h := &host{name: d, ns: w.attach(fmt.Sprintf("h%d", i), fmt.Sprintf("10.99.0.%d", i+1)), addr: fmt.Sprintf("10.99.0.%d", i+1), data: filepath.Join(w.dir, d)}
 		w.domains[d] = h
 		zone := filepath.Join(w.dir, d+".zone")
 		os.WriteFile(zone, []byte(fmt.Sprintf(`$ORIGIN %[1]s.
@@ -114,6 +109,32 @@ _spiffe-bundle._tcp	30 IN SRV 10 100 7002 proxy.%[1]s.
 		}
 	}
 	return w
+}
+
+// attach makes a host namespace on the internet's bridge with address
+// addr (10.99.0.N) and a default route through it.
+func (w *world) attach(suffix, addr string) string {
+	ns := w.ns(suffix)
+	out := "vn" + w.tag + "u" + suffix
+	run(w.t, "ip", "link", "add", out, "netns", w.internet, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	run(w.t, "ip", "-n", w.internet, "link", "set", out, "master", "br0", "up")
+	run(w.t, "ip", "-n", ns, "addr", "add", addr+"/24", "dev", "eth0")
+	run(w.t, "ip", "-n", ns, "link", "set", "eth0", "up")
+	run(w.t, "ip", "-n", ns, "route", "add", "default", "via", "10.99.0.254")
+	return ns
+}
+
+// gatewayNode is a second node of domain d, at addr, running `vwire
+// gateway` with credentials from the domain's CA.
+func (w *world) gatewayNode(d, name, addr string) *host {
+	h := w.domains[d]
+	n := &host{name: name, ns: w.attach(name, addr), addr: addr, data: filepath.Join(w.dir, d+"-"+name)}
+	creds := filepath.Join(w.dir, d+"-"+name+"-creds")
+	run(w.t, w.bin, "ca", "issue", "spiffe://"+d+"/vwire/gateway/"+name, "--data-dir", h.data, "--out", creds)
+	n.args = []string{"netns", "exec", n.ns, w.bin, "gateway", "--registry", h.addr + ":7001", "--credentials", creds,
+		"--data-dir", n.data, "--listen", addr + ":7003"}
+	n.proc = e2e.StartVwire(w.t, "ip", nil, n.args...)
+	return n
 }
 
 // start runs the domain's `vwire domain` in its host namespace.
@@ -169,6 +190,9 @@ type event struct {
 		Mechanism map[string]json.RawMessage `json:"mechanism"`
 	} `json:"connection"`
 }
+
+// proto is the connection as the gateway knows it: its id.
+func (e event) proto() *proxypb.Connection { return &proxypb.Connection{Id: e.Connection.ID} }
 
 func (e event) peer() string { return strings.Split(e.Connection.IPContext.Dst[0], "/")[0] }
 func (e event) self() string { return strings.Split(e.Connection.IPContext.Src[0], "/")[0] }

@@ -326,7 +326,10 @@ type PathSegment struct {
 	// Its SPIFFE ID as proved by mTLS.
 	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	// The connection lapses at this hop unless refreshed before then.
-	Expires       *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires,proto3" json:"expires,omitempty"`
+	Expires *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires,proto3" json:"expires,omitempty"`
+	// Where the domain's proxy reaches the hop, for a gateway that runs as
+	// its own process (`vwire gateway`); empty for one inside the proxy's.
+	Url           string `protobuf:"bytes,4,opt,name=url,proto3" json:"url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -380,6 +383,13 @@ func (x *PathSegment) GetExpires() *timestamppb.Timestamp {
 		return x.Expires
 	}
 	return nil
+}
+
+func (x *PathSegment) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
 }
 
 // Mechanism says how a hop carries the vWire; exactly one is set.
@@ -997,6 +1007,97 @@ func (x *ConnectionEvent) GetConnections() map[string]*Connection {
 	return nil
 }
 
+// GatewayRequest asks a node's gateway to program (Apply) or remove one
+// end of a vWire.
+type GatewayRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "client" or "endpoint".
+	Side          string      `protobuf:"bytes,1,opt,name=side,proto3" json:"side,omitempty"`
+	Connection    *Connection `protobuf:"bytes,2,opt,name=connection,proto3" json:"connection,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayRequest) Reset() {
+	*x = GatewayRequest{}
+	mi := &file_proxy_proxypb_networkservice_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayRequest) ProtoMessage() {}
+
+func (x *GatewayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proxy_proxypb_networkservice_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayRequest.ProtoReflect.Descriptor instead.
+func (*GatewayRequest) Descriptor() ([]byte, []int) {
+	return file_proxy_proxypb_networkservice_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GatewayRequest) GetSide() string {
+	if x != nil {
+		return x.Side
+	}
+	return ""
+}
+
+func (x *GatewayRequest) GetConnection() *Connection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
+type GatewayRemoveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayRemoveResponse) Reset() {
+	*x = GatewayRemoveResponse{}
+	mi := &file_proxy_proxypb_networkservice_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayRemoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayRemoveResponse) ProtoMessage() {}
+
+func (x *GatewayRemoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proxy_proxypb_networkservice_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayRemoveResponse.ProtoReflect.Descriptor instead.
+func (*GatewayRemoveResponse) Descriptor() ([]byte, []int) {
+	return file_proxy_proxypb_networkservice_proto_rawDescGZIP(), []int{14}
+}
+
 var File_proxy_proxypb_networkservice_proto protoreflect.FileDescriptor
 
 const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
@@ -1022,11 +1123,12 @@ const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"^\n" +
 	"\x04Path\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12@\n" +
-	"\bsegments\x18\x02 \x03(\v2$.vwire.networkservice.v1.PathSegmentR\bsegments\"t\n" +
+	"\bsegments\x18\x02 \x03(\v2$.vwire.networkservice.v1.PathSegmentR\bsegments\"\x86\x01\n" +
 	"\vPathSegment\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x124\n" +
-	"\aexpires\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\"\xd3\x01\n" +
+	"\aexpires\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12\x10\n" +
+	"\x03url\x18\x04 \x01(\tR\x03url\"\xd3\x01\n" +
 	"\tMechanism\x12B\n" +
 	"\x06kernel\x18\x01 \x01(\v2(.vwire.networkservice.v1.KernelInterfaceH\x00R\x06kernel\x126\n" +
 	"\x05vxlan\x18\x02 \x01(\v2\x1e.vwire.networkservice.v1.VXLANH\x00R\x05vxlan\x12B\n" +
@@ -1079,7 +1181,13 @@ const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
 	"\n" +
 	"\x06UPDATE\x10\x02\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x03*T\n" +
+	"\x06DELETE\x10\x03\"i\n" +
+	"\x0eGatewayRequest\x12\x12\n" +
+	"\x04side\x18\x01 \x01(\tR\x04side\x12C\n" +
+	"\n" +
+	"connection\x18\x02 \x01(\v2#.vwire.networkservice.v1.ConnectionR\n" +
+	"connection\"\x17\n" +
+	"\x15GatewayRemoveResponse*T\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x06\n" +
 	"\x02UP\x10\x01\x12\b\n" +
@@ -1089,7 +1197,10 @@ const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
 	"\x0eNetworkService\x12^\n" +
 	"\aRequest\x12..vwire.networkservice.v1.NetworkServiceRequest\x1a#.vwire.networkservice.v1.Connection\x12T\n" +
 	"\x05Close\x12#.vwire.networkservice.v1.Connection\x1a&.vwire.networkservice.v1.CloseResponse\x12\\\n" +
-	"\aMonitor\x12%.vwire.networkservice.v1.MonitorScope\x1a(.vwire.networkservice.v1.ConnectionEvent0\x01B&Z$github.com/vwire/vwire/proxy/proxypbb\x06proto3"
+	"\aMonitor\x12%.vwire.networkservice.v1.MonitorScope\x1a(.vwire.networkservice.v1.ConnectionEvent0\x012\xc3\x01\n" +
+	"\aGateway\x12U\n" +
+	"\x05Apply\x12'.vwire.networkservice.v1.GatewayRequest\x1a#.vwire.networkservice.v1.Connection\x12a\n" +
+	"\x06Remove\x12'.vwire.networkservice.v1.GatewayRequest\x1a..vwire.networkservice.v1.GatewayRemoveResponseB&Z$github.com/vwire/vwire/proxy/proxypbb\x06proto3"
 
 var (
 	file_proxy_proxypb_networkservice_proto_rawDescOnce sync.Once
@@ -1104,7 +1215,7 @@ func file_proxy_proxypb_networkservice_proto_rawDescGZIP() []byte {
 }
 
 var file_proxy_proxypb_networkservice_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_proxy_proxypb_networkservice_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_proxy_proxypb_networkservice_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_proxy_proxypb_networkservice_proto_goTypes = []any{
 	(State)(0),                    // 0: vwire.networkservice.v1.State
 	(ConnectionEvent_Type)(0),     // 1: vwire.networkservice.v1.ConnectionEvent.Type
@@ -1121,18 +1232,20 @@ var file_proxy_proxypb_networkservice_proto_goTypes = []any{
 	(*CloseResponse)(nil),         // 12: vwire.networkservice.v1.CloseResponse
 	(*MonitorScope)(nil),          // 13: vwire.networkservice.v1.MonitorScope
 	(*ConnectionEvent)(nil),       // 14: vwire.networkservice.v1.ConnectionEvent
-	nil,                           // 15: vwire.networkservice.v1.Connection.LabelsEntry
-	nil,                           // 16: vwire.networkservice.v1.ConnectionEvent.ConnectionsEntry
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*GatewayRequest)(nil),        // 15: vwire.networkservice.v1.GatewayRequest
+	(*GatewayRemoveResponse)(nil), // 16: vwire.networkservice.v1.GatewayRemoveResponse
+	nil,                           // 17: vwire.networkservice.v1.Connection.LabelsEntry
+	nil,                           // 18: vwire.networkservice.v1.ConnectionEvent.ConnectionsEntry
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
 }
 var file_proxy_proxypb_networkservice_proto_depIdxs = []int32{
-	15, // 0: vwire.networkservice.v1.Connection.labels:type_name -> vwire.networkservice.v1.Connection.LabelsEntry
+	17, // 0: vwire.networkservice.v1.Connection.labels:type_name -> vwire.networkservice.v1.Connection.LabelsEntry
 	3,  // 1: vwire.networkservice.v1.Connection.path:type_name -> vwire.networkservice.v1.Path
 	5,  // 2: vwire.networkservice.v1.Connection.mechanism:type_name -> vwire.networkservice.v1.Mechanism
 	9,  // 3: vwire.networkservice.v1.Connection.ip_context:type_name -> vwire.networkservice.v1.IPContext
 	0,  // 4: vwire.networkservice.v1.Connection.state:type_name -> vwire.networkservice.v1.State
 	4,  // 5: vwire.networkservice.v1.Path.segments:type_name -> vwire.networkservice.v1.PathSegment
-	17, // 6: vwire.networkservice.v1.PathSegment.expires:type_name -> google.protobuf.Timestamp
+	19, // 6: vwire.networkservice.v1.PathSegment.expires:type_name -> google.protobuf.Timestamp
 	6,  // 7: vwire.networkservice.v1.Mechanism.kernel:type_name -> vwire.networkservice.v1.KernelInterface
 	7,  // 8: vwire.networkservice.v1.Mechanism.vxlan:type_name -> vwire.networkservice.v1.VXLAN
 	8,  // 9: vwire.networkservice.v1.Mechanism.wireguard:type_name -> vwire.networkservice.v1.WireGuard
@@ -1141,19 +1254,24 @@ var file_proxy_proxypb_networkservice_proto_depIdxs = []int32{
 	2,  // 12: vwire.networkservice.v1.NetworkServiceRequest.connection:type_name -> vwire.networkservice.v1.Connection
 	5,  // 13: vwire.networkservice.v1.NetworkServiceRequest.mechanism_preferences:type_name -> vwire.networkservice.v1.Mechanism
 	1,  // 14: vwire.networkservice.v1.ConnectionEvent.type:type_name -> vwire.networkservice.v1.ConnectionEvent.Type
-	16, // 15: vwire.networkservice.v1.ConnectionEvent.connections:type_name -> vwire.networkservice.v1.ConnectionEvent.ConnectionsEntry
-	2,  // 16: vwire.networkservice.v1.ConnectionEvent.ConnectionsEntry.value:type_name -> vwire.networkservice.v1.Connection
-	11, // 17: vwire.networkservice.v1.NetworkService.Request:input_type -> vwire.networkservice.v1.NetworkServiceRequest
-	2,  // 18: vwire.networkservice.v1.NetworkService.Close:input_type -> vwire.networkservice.v1.Connection
-	13, // 19: vwire.networkservice.v1.NetworkService.Monitor:input_type -> vwire.networkservice.v1.MonitorScope
-	2,  // 20: vwire.networkservice.v1.NetworkService.Request:output_type -> vwire.networkservice.v1.Connection
-	12, // 21: vwire.networkservice.v1.NetworkService.Close:output_type -> vwire.networkservice.v1.CloseResponse
-	14, // 22: vwire.networkservice.v1.NetworkService.Monitor:output_type -> vwire.networkservice.v1.ConnectionEvent
-	20, // [20:23] is the sub-list for method output_type
-	17, // [17:20] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	18, // 15: vwire.networkservice.v1.ConnectionEvent.connections:type_name -> vwire.networkservice.v1.ConnectionEvent.ConnectionsEntry
+	2,  // 16: vwire.networkservice.v1.GatewayRequest.connection:type_name -> vwire.networkservice.v1.Connection
+	2,  // 17: vwire.networkservice.v1.ConnectionEvent.ConnectionsEntry.value:type_name -> vwire.networkservice.v1.Connection
+	11, // 18: vwire.networkservice.v1.NetworkService.Request:input_type -> vwire.networkservice.v1.NetworkServiceRequest
+	2,  // 19: vwire.networkservice.v1.NetworkService.Close:input_type -> vwire.networkservice.v1.Connection
+	13, // 20: vwire.networkservice.v1.NetworkService.Monitor:input_type -> vwire.networkservice.v1.MonitorScope
+	15, // 21: vwire.networkservice.v1.Gateway.Apply:input_type -> vwire.networkservice.v1.GatewayRequest
+	15, // 22: vwire.networkservice.v1.Gateway.Remove:input_type -> vwire.networkservice.v1.GatewayRequest
+	2,  // 23: vwire.networkservice.v1.NetworkService.Request:output_type -> vwire.networkservice.v1.Connection
+	12, // 24: vwire.networkservice.v1.NetworkService.Close:output_type -> vwire.networkservice.v1.CloseResponse
+	14, // 25: vwire.networkservice.v1.NetworkService.Monitor:output_type -> vwire.networkservice.v1.ConnectionEvent
+	2,  // 26: vwire.networkservice.v1.Gateway.Apply:output_type -> vwire.networkservice.v1.Connection
+	16, // 27: vwire.networkservice.v1.Gateway.Remove:output_type -> vwire.networkservice.v1.GatewayRemoveResponse
+	23, // [23:28] is the sub-list for method output_type
+	18, // [18:23] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_proxy_proxypb_networkservice_proto_init() }
@@ -1172,9 +1290,9 @@ func file_proxy_proxypb_networkservice_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proxy_proxypb_networkservice_proto_rawDesc), len(file_proxy_proxypb_networkservice_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_proxy_proxypb_networkservice_proto_goTypes,
 		DependencyIndexes: file_proxy_proxypb_networkservice_proto_depIdxs,

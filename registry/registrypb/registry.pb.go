@@ -275,7 +275,13 @@ type Endpoint struct {
 	// The domain whose proxy serves this endpoint, when it is not this
 	// domain: an endpoint another domain registered with a floating domain.
 	// Set by the registry.
-	Domain        string `protobuf:"bytes,7,opt,name=domain,proto3" json:"domain,omitempty"`
+	Domain string `protobuf:"bytes,7,opt,name=domain,proto3" json:"domain,omitempty"`
+	// The gateway that serves the endpoint when it runs as its own process
+	// (`vwire gateway`): where the proxy reaches it, given by the gateway
+	// that registered the endpoint, and its SPIFFE ID, set by the registry
+	// from that gateway's certificate (cleared for any other registrant).
+	Gateway       string `protobuf:"bytes,8,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	GatewayId     string `protobuf:"bytes,9,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -355,6 +361,20 @@ func (x *Endpoint) GetOwner() string {
 func (x *Endpoint) GetDomain() string {
 	if x != nil {
 		return x.Domain
+	}
+	return ""
+}
+
+func (x *Endpoint) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *Endpoint) GetGatewayId() string {
+	if x != nil {
+		return x.GatewayId
 	}
 	return ""
 }
@@ -1261,7 +1281,7 @@ const file_registry_registrypb_registry_proto_rawDesc = "" +
 	"\x14destination_selector\x18\x01 \x03(\v21.vwire.registry.v1.Route.DestinationSelectorEntryR\x13destinationSelector\x1aF\n" +
 	"\x18DestinationSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc9\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x03\n" +
 	"\bEndpoint\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x122\n" +
 	"\x15network_service_names\x18\x02 \x03(\tR\x13networkServiceNames\x12?\n" +
@@ -1270,7 +1290,10 @@ const file_registry_registrypb_registry_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x14\n" +
 	"\x05owner\x18\x06 \x01(\tR\x05owner\x12\x16\n" +
-	"\x06domain\x18\a \x01(\tR\x06domain\x1a9\n" +
+	"\x06domain\x18\a \x01(\tR\x06domain\x12\x18\n" +
+	"\agateway\x18\b \x01(\tR\agateway\x12\x1d\n" +
+	"\n" +
+	"gateway_id\x18\t \x01(\tR\tgatewayId\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +

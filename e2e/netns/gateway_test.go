@@ -1,0 +1,118 @@
+package netns
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/gateway/kernel"
+	"github.com/vwire/vwire/proxy/proxypb"
+)
+
+// A node of b runs its own `vwire gateway` (credentials from `vwire ca
+// issue`): an endpoint behind it serves a client in a, the proxy of b
+// programs b2's end over mTLS, the path names b2's gateway, traffic keeps
+// flowing while b's domain (its proxy) is down, b2's gateway heals after a
+// SIGKILL, and closing leaves b2 as it was.
+func TestSeparateGateway(t *testing.T) {
+	e2e.RequireRoot(t, "ping")
+	w := newWorld(t, vwireBin, "a.example", "b.example")
+	os.WriteFile(filepath.Join(w.dir, "svc.yaml"), []byte(ipService), 0o600)
+	w.cli("b.example", "apply", "-f", filepath.Join(w.dir, "svc.yaml"))
+	b2 := w.gatewayNode("b.example", "b2", "10.99.0.12")
+	before, beforeLinks := fullSnapshot(t, b2.ns), snapshot(t, b2.ns)
+	epNS := w.workload("e2")
+	e2e.StartVwire(t, "ip", nil, "netns", "exec", b2.ns, w.bin, "endpoint", "--name", "ep-b2", "--service", "svc",
+		"--cidr", "172.16.9.0/24", "--netns", epNS, "--gateway", "unix://"+filepath.Join(b2.data, "gateway.sock"))
+
+	clientNS := w.workload("c")
+	c := w.connect("a.example", "svc@b.example", clientNS, "--probe-interval", "100ms")
+	if c.Up.Connection.Endpoint != "ep-b2@b.example" {
+		t.Fatalf("connected to %q, want ep-b2@b.example", c.Up.Connection.Endpoint)
+	}
+	if err := ping(clientNS, c.Up.peer()); err != nil {
+		t.Fatal(err)
+	}
+	if err := ping(epNS, c.Up.self()); err != nil {
+		t.Error(err)
+	}
+	if out := run(t, "ip", "-n", b2.ns, "-o", "link", "show"); !strings.Contains(out, "wg") {
+		t.Errorf("b2 has no WireGuard device for the vWire:\n%s", out)
+	}
+
+	t.Run("b2's gateway admits b's proxy only", func(t *testing.T) {
+		src, err := federation.LoadCredentials(filepath.Join(w.domains["b.example"].data, "admin"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		gw := spiffeid.RequireFromString("spiffe://b.example/vwire/gateway/b2")
+		conn, err := grpc.NewClient(b2.addr+":7003", grpc.WithTransportCredentials(federation.ClientCredentials(src, federation.AuthorizeOf(gw))),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (c net.Conn, err error) {
+				err = kernel.Do(b2.ns, func() (err error) { c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr); return err })
+				return c, err
+			}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = proxypb.NewGatewayClient(conn).Remove(ctx, &proxypb.GatewayRequest{Side: "client", Connection: c.Up.proto()})
+		if err == nil {
+			t.Fatal("b's admin removed a vWire end through b2's gateway")
+		}
+		t.Logf("b's admin calling b2's gateway: %v", err)
+		if !strings.Contains(err.Error(), "tls") && !strings.Contains(err.Error(), "certificate") {
+			t.Errorf("refused for another reason than its identity: %v", err)
+		}
+		if err := ping(clientNS, c.Up.peer()); err != nil {
+			t.Errorf("after the refused call: %v", err)
+		}
+	})
+
+	t.Run("the data path does not need b's proxy", func(t *testing.T) {
+		b := w.domains["b.example"]
+		b.proc.Cmd.Process.Signal(syscall.SIGKILL)
+		b.proc.Cmd.Wait()
+		if err := ping(clientNS, c.Up.peer()); err != nil {
+			t.Errorf("with b's domain down: %v", err)
+		}
+		w.start(b)
+		if err := ping(clientNS, c.Up.peer()); err != nil {
+			t.Errorf("after b's domain restarted: %v", err)
+		}
+	})
+
+	// (Not a subtest: the restarted gateway must outlive it.)
+	killed := time.Now()
+	b2.proc.Cmd.Process.Signal(syscall.SIGKILL)
+	b2.proc.Cmd.Wait()
+	b2.proc = e2e.StartVwire(t, "ip", nil, b2.args...)
+	ev := c.wait(t, "healed", 30*time.Second)
+	t.Logf("data-path gap after SIGKILL of b2's gateway: %d ms (restart to ready took %v)", ev.GapMS, time.Since(killed).Round(time.Millisecond))
+
+	t.Run("closing leaves nothing on b2", func(t *testing.T) {
+		c.stop()
+		if got := snapshot(t, b2.ns); got != beforeLinks {
+			t.Errorf("b2 after close:\n%s\nbefore:\n%s", got, beforeLinks)
+		}
+		if out := run(t, "ip", "-n", epNS, "-o", "link", "show"); strings.Contains(out, "nsm") {
+			t.Errorf("the endpoint's interface is still there:\n%s", out)
+		}
+		b2.proc.Cmd.Process.Signal(syscall.SIGTERM) // and the gateway its MSS table
+		b2.proc.Cmd.Wait()
+		if got := fullSnapshot(t, b2.ns); got != before {
+			t.Errorf("b2 after its gateway stopped:\n%s\nbefore:\n%s", got, before)
+		}
+	})
+}

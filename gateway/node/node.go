@@ -1,0 +1,137 @@
+// Package node runs a node's gateway: the kernel backend, its WireGuard
+// tunnels, the reconciler and the workloads' unix socket. `vwire domain`
+// runs one in its own process; `vwire gateway` runs one on any node of the
+// domain, which the domain's proxy then calls over mTLS.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"google.golang.org/grpc"
+
+	"github.com/vwire/vwire/gateway"
+	"github.com/vwire/vwire/gateway/dataplane"
+	"github.com/vwire/vwire/gateway/kernel"
+	"github.com/vwire/vwire/registry/registrypb"
+)
+
+// Config says how to run a node's gateway.
+type Config struct {
+	Node           string
+	DataDir        string // state in DataDir/gateway, workloads' socket DataDir/gateway.sock
+	GatewayAddress string // the tunnel address; "": the default route's interface's
+	Keep           bool   // leave the ends programmed on Close
+	TD             spiffeid.TrustDomain
+	SpiffeID       string // the ID its path segments carry
+	URL            string // where the proxy reaches its Service; "" inside the proxy's process
+	// Proxy is the mTLS connection to the domain's proxy, which the
+	// workloads' calls go to.
+	Proxy *grpc.ClientConn
+	// Endpoint looks up a registered endpoint of the domain by name.
+	Endpoint func(ctx context.Context, name string) (*registrypb.Endpoint, error)
+	Log      *slog.Logger
+}
+
+// Socket is where workloads reach the gateway of data directory dir.
+func Socket(dir string) string { return filepath.Join(dir, "gateway.sock") }
+
+// Node is a running gateway.
+type Node struct {
+	*gateway.Gateway
+	tunnels *kernel.Tunnels
+	backend *kernel.Backend
+	srv     *grpc.Server
+	cancel  context.CancelFunc
+	done    chan struct{}
+	keep    bool
+}
+
+// Start opens the kernel gateway with its state in DataDir/gateway,
+// starts reprogramming it, and serves the workloads' socket.
+func Start(cfg Config) (n *Node, err error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the gateway's kernel data plane needs root (CAP_NET_ADMIN) to program interfaces")
+	}
+	log := cfg.Log
+	dir := filepath.Join(cfg.DataDir, "gateway")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	key, err := loadKey(filepath.Join(dir, "wireguard.key"))
+	if err != nil {
+		return nil, err
+	}
+	addr, mtu, err := kernel.TunnelAddress(cfg.GatewayAddress)
+	if err != nil && cfg.GatewayAddress != "" {
+		return nil, err
+	}
+	if err != nil {
+		log.Warn("the gateway has no tunnel address; vWires are refused until --gateway-address is given", "err", err)
+	}
+	wgMTU, _ := dataplane.PathMTU(mtu, addr.Is6(), dataplane.WireGuardOverhead)
+	n = &Node{tunnels: kernel.NewTunnels(key, max(wgMTU, 1280), log), keep: cfg.Keep, done: make(chan struct{})}
+	if n.backend, err = kernel.New(); err != nil {
+		return nil, err
+	}
+	n.backend.WithTunnels(n.tunnels)
+	if n.Gateway, err = gateway.Open(cfg.Node, n.backend, dir, log); err != nil {
+		n.backend.Close()
+		return nil, err
+	}
+	n.Addr, n.OuterMTU, n.Endpoint = addr, mtu, cfg.Endpoint
+	n.SpiffeID, n.URL = cfg.SpiffeID, cfg.URL
+	ctx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	go func() { defer close(n.done); n.Run(ctx) }()
+	s := &gateway.Server{G: n.Gateway, TD: cfg.TD, Proxy: cfg.Proxy, Check: kernel.CheckWorkload, SpiffeID: cfg.SpiffeID}
+	if n.srv, _, err = s.Listen(Socket(cfg.DataDir)); err != nil {
+		n.Close()
+		return nil, err
+	}
+	log.Info("gateway programming its vWires", "node", cfg.Node, "tunnel_address", addr, "outer_mtu", mtu, "public_key", n.PublicKey())
+	return n, nil
+}
+
+// Close stops the gateway: its socket, its reconciler, and unless Keep the
+// ends it programmed.
+func (n *Node) Close() {
+	if n.srv != nil {
+		n.srv.Stop()
+	}
+	n.cancel()
+	<-n.done
+	if !n.keep {
+		n.RemoveAll(context.Background())
+	}
+	n.Gateway.Close()
+	n.tunnels.Close()
+	n.backend.Close()
+}
+
+// loadKey reads the gateway's WireGuard key, or makes one: peers keep
+// knowing the gateway by it across restarts.
+func loadKey(path string) (wgtypes.Key, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		k, err := wgtypes.ParseKey(string(b))
+		if err != nil {
+			return k, fmt.Errorf("%s: %w", path, err)
+		}
+		return k, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return wgtypes.Key{}, err
+	}
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return k, err
+	}
+	return k, os.WriteFile(path, []byte(k.String()), 0o600)
+}
