@@ -345,4 +345,55 @@ func BenchmarkNetnsHeal(b *testing.B) {
 			b.ReportMetric(ms(restart), "restart-ms")
 		})
 	}
+	// The proxy alone: the endpoint is behind a node of b that runs its own
+	// gateway, so killing b's domain kills its proxy and nothing of the
+	// path. The gap is the longest run of failed probes from the kill until
+	// a second after the restart.
+	b.Run("proxy", func(b *testing.B) {
+		os.WriteFile(filepath.Join(w.dir, "svc2.yaml"), []byte("apiVersion: networkservicemesh.io/v1\nkind: NetworkService\nmetadata:\n  name: svc2\nspec:\n  payload: IP\n"), 0o600)
+		w.cli("b.example", "apply", "-f", filepath.Join(w.dir, "svc2.yaml"))
+		node := w.gatewayNode("b.example", fmt.Sprintf("p%d", freshN), fmt.Sprintf("10.99.0.%d", 20+freshN))
+		freshN++
+		e2e.StartVwire(b, "ip", nil, "netns", "exec", node.ns, w.bin, "endpoint", "--name", "ep-"+node.name, "--service", "svc2",
+			"--cidr", "172.19.0.0/24", "--netns", w.fresh("pe"), "--gateway", "unix://"+filepath.Join(node.data, "gateway.sock"))
+		ns := w.fresh("ph")
+		c := w.connect("a.example", "svc2@b.example", ns, "--probe-interval", "100ms")
+		defer c.stop()
+		peer := netip.MustParseAddr(c.Up.peer())
+		p, err := client.NewProber(ns, peer)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		h := w.domains["b.example"]
+		killed := time.Now()
+		h.proc.Cmd.Process.Signal(syscall.SIGKILL)
+		h.proc.Cmd.Wait()
+		done := make(chan time.Duration)
+		go func() { w.start(h); done <- time.Since(killed) }()
+		var restart, worst, down time.Duration
+		var failedSince time.Time
+		for restart == 0 || time.Since(killed) < restart+time.Second {
+			select {
+			case restart = <-done:
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+			_, err := p.Ping(ctx, peer)
+			cancel()
+			switch {
+			case err != nil && failedSince.IsZero():
+				failedSince = time.Now()
+			case err == nil && !failedSince.IsZero():
+				down, failedSince = time.Since(failedSince), time.Time{}
+				worst = max(worst, down)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !failedSince.IsZero() {
+			b.Fatalf("the vWire through b2's gateway stopped when b's proxy was killed, and did not come back")
+		}
+		b.ReportMetric(ms(worst), "gap-ms")
+		b.ReportMetric(ms(restart), "restart-ms")
+	})
 }
