@@ -335,3 +335,23 @@ func TestMirrorFollowsOtherWritersAndExpiry(t *testing.T) {
 		t.Errorf("a deleted service is still found: %v", err)
 	}
 }
+
+// Only a node's gateway says where it serves an endpoint, and the registry
+// records the gateway's own ID with it; anyone else's address is dropped.
+func TestEndpointGatewayIsTheRegistrants(t *testing.T) {
+	d := startDomain(t, "a.example")
+	for _, tc := range []struct{ path, gateway, id string }{
+		{"/vwire/gateway/n1", "10.0.0.1:7003", "spiffe://a.example/vwire/gateway/n1"},
+		{"/ns/default/sa/mallory", "", ""},
+	} {
+		ep := &registrypb.Endpoint{Name: "nse" + strings.ReplaceAll(tc.path, "/", "-"), NetworkServiceNames: []string{"svc"},
+			Url: "unix:///x.sock", Gateway: "10.0.0.1:7003", GatewayId: "spiffe://a.example/vwire/gateway/forged"}
+		got, err := d.client(tc.path).RegisterEndpoint(ctx(t), &registrypb.RegisterEndpointRequest{Endpoint: ep})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.GetGateway() != tc.gateway || got.GetGatewayId() != tc.id {
+			t.Errorf("registered by %s: gateway %q (%q), want %q (%q)", tc.path, got.GetGateway(), got.GetGatewayId(), tc.gateway, tc.id)
+		}
+	}
+}
