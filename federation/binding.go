@@ -118,6 +118,7 @@ func PeerDialOptions(src Source, ownDomain string, peer Peer) ([]grpc.DialOption
 		return metadata.AppendToOutgoingContext(ctx, DomainHeader, ownDomain)
 	}
 	return []grpc.DialOption{
+		Reconnect,
 		grpc.WithTransportCredentials(ClientCredentials(src, AuthorizeOf(ProxyID(peer.TrustDomain)))),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			return invoker(tag(ctx), method, req, reply, cc, opts...)

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 )
@@ -76,6 +79,33 @@ func AuthorizeOf(ids ...spiffeid.ID) Authorizer { return tlsconfig.AuthorizeOneO
 // AuthorizeMember admits any ID of trust domain td (and no other).
 func AuthorizeMember(td spiffeid.TrustDomain) Authorizer { return tlsconfig.AuthorizeMemberOf(td) }
 
+// Reconnect is how every vwire connection to another vwire process comes
+// back after that process restarts: gRPC's default backoff grows to two
+// minutes, in which requests fail at once with the old error; vwire's
+// stops at two seconds.
+var Reconnect = grpc.WithConnectParams(grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+	MinConnectTimeout: 5 * time.Second,
+})
+
+// Revive has a connection that failed try again at once instead of at its
+// next backoff, and waits (up to 2 s, within ctx) for that try: a request
+// right after the other side restarted then reaches it, where it would
+// fail at once with the old error.
+func Revive(ctx context.Context, conn *grpc.ClientConn) {
+	if conn.GetState() != connectivity.TransientFailure {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	conn.ResetConnectBackoff()
+	for s := conn.GetState(); s != connectivity.Ready && conn.WaitForStateChange(ctx, s); {
+		if s = conn.GetState(); s == connectivity.TransientFailure {
+			return // tried, and failed again
+		}
+	}
+}
+
 // DialDomain connects to the domain of src's own trust domain at addr: the
 // server must prove it is that domain's registry or proxy (`vwire domain`
 // serves every role on one listener as its proxy).
@@ -85,7 +115,7 @@ func DialDomain(addr string, src Source) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("%s: %w: %v", addr, ErrNoSVID, err)
 	}
 	td := svid.ID.TrustDomain()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(ClientCredentials(src, AuthorizeOf(RegistryID(td), ProxyID(td)))))
+	conn, err := grpc.NewClient(addr, Reconnect, grpc.WithTransportCredentials(ClientCredentials(src, AuthorizeOf(RegistryID(td), ProxyID(td)))))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", addr, err)
 	}
