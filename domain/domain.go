@@ -82,6 +82,9 @@ type Config struct {
 	Node string
 	// KeepDataplane leaves the interfaces and routes in place on shutdown.
 	KeepDataplane bool
+	// IntraDomain is the tunnel of IP vWires between two gateways of the
+	// domain: "vxlan" or "wireguard".
+	IntraDomain string
 	// Peers to federate with at start, as --peer specs (see ParsePeerSpec);
 	// `vwire federation add` adds more at run time.
 	Peers []string
@@ -93,6 +96,7 @@ func NewConfig() *Config {
 	return &Config{
 		Config:              *registry.NewConfig(),
 		DataplaneKind:       "none",
+		IntraDomain:         "vxlan",
 		Node:                node,
 		RefreshHint:         federation.DefaultRefreshHint,
 		RotationPropagation: 2 * federation.DefaultRefreshHint,
@@ -120,6 +124,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.GatewayAddress, "gateway-address", c.GatewayAddress, "the gateway's tunnel address, which peer gateways send to (default: the default route's interface address)")
 	fs.StringVar(&c.Node, "node", c.Node, "this node's name, for its gateway's path segment (default: the host name)")
 	fs.BoolVar(&c.KeepDataplane, "keep-dataplane", c.KeepDataplane, "on shutdown, leave the vWires' interfaces and routes in place")
+	fs.StringVar(&c.IntraDomain, "intra-domain-tunnel", c.IntraDomain, `the tunnel of IP vWires between two gateways of this domain: "vxlan" (the domain's own network) or "wireguard" (encrypted there too)`)
 	fs.StringArrayVar(&c.Peers, "peer", c.Peers, `federate with a peer at start: "DOMAIN;bundle-endpoint=URL;bundle=FILE[;trust-domain=TD][;endpoint-id=ID][;trust-only]" (repeatable)`)
 }
 
@@ -159,6 +164,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.PublishDNS != "" || c.DNSListen != "") && c.advertise() == "" {
 		return fmt.Errorf("--advertise: --listen %q is not an address peers can reach; say which one they should use", c.Listen)
+	}
+	if err := node.CheckIntraDomain(c.IntraDomain); err != nil {
+		return err
 	}
 	if c.DataplaneKind != "kernel" && c.DataplaneKind != "none" && c.DataplaneKind != "auto" {
 		return fmt.Errorf("--dataplane %q: want auto, kernel or none", c.DataplaneKind)

@@ -20,7 +20,7 @@ func (d *Domain) startGateway(cfg *Config, log *slog.Logger) (*node.Node, error)
 	if os.Geteuid() != 0 {
 		return nil, errors.New("--dataplane kernel needs root (CAP_NET_ADMIN) to program interfaces; run as root, or with --dataplane none for a control plane only")
 	}
-	n, err := node.Start(node.Config{Node: cfg.Node, DataDir: cfg.DataDir, GatewayAddress: cfg.GatewayAddress, Keep: cfg.KeepDataplane,
+	n, err := node.Start(node.Config{Node: cfg.Node, DataDir: cfg.DataDir, GatewayAddress: cfg.GatewayAddress, Keep: cfg.KeepDataplane, IntraDomain: cfg.IntraDomain,
 		TD: d.TD, SpiffeID: federation.ProxyID(d.TD).String(), // the gateway runs with the domain's identity
 		Proxy: proxy, Endpoint: d.Store.GetEndpoint, Log: log})
 	if err != nil {

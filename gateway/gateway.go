@@ -33,8 +33,10 @@ import (
 // socket) for the addresses and its namespace; for the client's side it
 // uses the namespace and interface the workload asked for through the
 // gateway's socket. The tunnel between the two gateways is WireGuard for
-// IP payload (keys and ports exchanged in the connection's mechanism) and
-// VXLAN for Ethernet payload (the VNI chosen here, on the receiving side).
+// IP payload across domains (keys and ports exchanged in the connection's
+// mechanism) and VXLAN for Ethernet payload and, unless IntraDomain says
+// otherwise, for IP payload within the domain (the VNI chosen here, on the
+// receiving side).
 type Gateway struct {
 	Node string
 	// SpiffeID is the identity its path segments carry.
@@ -47,6 +49,10 @@ type Gateway struct {
 	Addr netip.Addr
 	// OuterMTU is the MTU of the link that carries the tunnels.
 	OuterMTU int
+	// IntraDomain is the tunnel of IP vWires between two gateways of the
+	// domain: "vxlan" (the default: the domain's own network) or
+	// "wireguard" (encrypted there too).
+	IntraDomain string
 	// HandshakeTimeout bounds how long a new vWire waits for its tunnel's
 	// first WireGuard handshake (0: DefaultHandshakeTimeout).
 	HandshakeTimeout time.Duration
@@ -232,7 +238,10 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 	case local:
 		// Both ends on this gateway: it routes between them, no tunnel.
 		end.MTU, end.Routed = g.OuterMTU, far
-	case conn.GetPayload() == "ETHERNET":
+	case conn.GetPayload() == "ETHERNET" || (intraDomain(conn) && g.IntraDomain != "wireguard"):
+		if conn.GetPayload() != "ETHERNET" {
+			end.Routes = onLink(far) // IP on an L2 link: the far end is a neighbour
+		}
 		if vni == 0 {
 			vni = g.freeVNI()
 		}
@@ -269,6 +278,27 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 	out.Mtu = uint32(end.MTU)
 	g.segment(out)
 	return out, nil
+}
+
+// intraDomain says whether the client is of the endpoint's domain: its
+// request passed one proxy only.
+func intraDomain(conn *proxypb.Connection) bool {
+	proxies := 0
+	for _, s := range conn.GetPath().GetSegments() {
+		if strings.HasPrefix(s.GetName(), "proxy.") {
+			proxies++
+		}
+	}
+	return proxies == 1
+}
+
+// onLink routes far directly on the end's interface.
+func onLink(far []netip.Prefix) []dataplane.Route {
+	routes := make([]dataplane.Route, 0, len(far))
+	for _, p := range far {
+		routes = append(routes, dataplane.Route{Prefix: p})
+	}
+	return routes
 }
 
 // segment adds the gateway's path segment after the endpoint domain's
@@ -333,6 +363,9 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 			return nil, fmt.Errorf("the endpoint's side answered an incomplete VXLAN mechanism (%v)", v)
 		}
 		end.VXLAN = &dataplane.VXLAN{VNI: v.GetVni(), Local: g.Addr, Remote: dst}
+		if conn.GetPayload() != "ETHERNET" {
+			end.Routes = onLink(far)
+		}
 		mtu, err := dataplane.PathMTU(g.OuterMTU, g.Addr.Is6(), dataplane.VXLANOverhead)
 		if err != nil {
 			return nil, err

@@ -28,7 +28,7 @@ import (
 const gatewayPort = "7003"
 
 func newGatewayCmd() *cobra.Command {
-	var registryAddr, credentials, spiffeSocket, nodeName, dataDir, listen, advertise, gatewayAddress string
+	var registryAddr, credentials, spiffeSocket, nodeName, dataDir, listen, advertise, gatewayAddress, intraDomain string
 	var keep bool
 	cmd := &cobra.Command{
 		Use:   "gateway --registry ADDR (--credentials DIR | --spiffe-socket PATH) [--node NAME]",
@@ -93,7 +93,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 			}
 			defer proxy.Close()
 			reg := registrypb.NewRegistryClient(proxy)
-			n, err := node.Start(node.Config{Node: nodeName, DataDir: dataDir, GatewayAddress: gatewayAddress, Keep: keep,
+			n, err := node.Start(node.Config{Node: nodeName, DataDir: dataDir, GatewayAddress: gatewayAddress, Keep: keep, IntraDomain: intraDomain,
 				TD: td, SpiffeID: svid.ID.String(), URL: advertise, Proxy: proxy, Log: log,
 				Endpoint: func(ctx context.Context, name string) (*registrypb.Endpoint, error) {
 					return reg.GetEndpoint(ctx, &registrypb.GetEndpointRequest{Name: name})
@@ -129,6 +129,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 	f.StringVar(&advertise, "advertise", "", "the host:port the proxy dials (default: --listen, its host the tunnel address when --listen has none)")
 	f.StringVar(&gatewayAddress, "gateway-address", "", "the tunnel address peer gateways send to (default: the address of the default route's interface)")
 	f.BoolVar(&keep, "keep-dataplane", false, "on shutdown, leave the vWires' interfaces and routes in place")
+	f.StringVar(&intraDomain, "intra-domain-tunnel", "vxlan", `the tunnel of IP vWires whose endpoint is behind this gateway and whose client is of the same domain: "vxlan" or "wireguard"`)
 	return cmd
 }
 

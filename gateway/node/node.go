@@ -28,6 +28,7 @@ type Config struct {
 	DataDir        string // state in DataDir/gateway, workloads' socket DataDir/gateway.sock
 	GatewayAddress string // the tunnel address; "": the default route's interface's
 	Keep           bool   // leave the ends programmed on Close
+	IntraDomain    string // the tunnel of IP vWires within the domain: vxlan or wireguard
 	TD             spiffeid.TrustDomain
 	SpiffeID       string // the ID its path segments carry
 	URL            string // where the proxy reaches its Service; "" inside the proxy's process
@@ -37,6 +38,14 @@ type Config struct {
 	// Endpoint looks up a registered endpoint of the domain by name.
 	Endpoint func(ctx context.Context, name string) (*registrypb.Endpoint, error)
 	Log      *slog.Logger
+}
+
+// CheckIntraDomain says what is wrong with an --intra-domain-tunnel.
+func CheckIntraDomain(t string) error {
+	if t != "" && t != "vxlan" && t != "wireguard" {
+		return fmt.Errorf("--intra-domain-tunnel %q: want vxlan or wireguard", t)
+	}
+	return nil
 }
 
 // Socket is where workloads reach the gateway of data directory dir.
@@ -58,6 +67,9 @@ type Node struct {
 func Start(cfg Config) (n *Node, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the gateway's kernel data plane needs root (CAP_NET_ADMIN) to program interfaces")
+	}
+	if err := CheckIntraDomain(cfg.IntraDomain); err != nil {
+		return nil, err
 	}
 	log := cfg.Log
 	dir := filepath.Join(cfg.DataDir, "gateway")
@@ -86,7 +98,7 @@ func Start(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	n.Addr, n.OuterMTU, n.Endpoint = addr, mtu, cfg.Endpoint
-	n.SpiffeID, n.URL = cfg.SpiffeID, cfg.URL
+	n.SpiffeID, n.URL, n.IntraDomain = cfg.SpiffeID, cfg.URL, cfg.IntraDomain
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	go func() { defer close(n.done); n.Run(ctx) }()
