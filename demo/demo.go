@@ -236,7 +236,7 @@ func (d *demo) network(context.Context) (string, error) {
 		return "", err
 	}
 	for _, args := range [][]string{
-		{"-n", d.internet, "link", "add", "br0", "type", "bridge"},
+		{"-n", d.internet, "link", "add", "br0", "address", "02:76:77:00:00:fe", "type", "bridge"}, // fixed: ports do not change it
 		{"-n", d.internet, "addr", "add", bridgeAddr + "/24", "dev", "br0"},
 		{"-n", d.internet, "link", "set", "br0", "up"},
 	} {

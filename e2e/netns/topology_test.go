@@ -67,7 +67,9 @@ func newWorld(t testing.TB, bin string, domains ...string) *world {
 	rand.Read(b)
 	w := &world{t: t, dir: t.TempDir(), bin: bin, tag: hex.EncodeToString(b), domains: map[string]*host{}}
 	w.internet = w.ns("i")
-	run(t, "ip", "-n", w.internet, "link", "add", "br0", "type", "bridge")
+	// A fixed MAC: a bridge otherwise takes its lowest port's, and hosts
+	// attached later would change it under the others' ARP caches.
+	run(t, "ip", "-n", w.internet, "link", "add", "br0", "address", "02:76:77:00:00:fe", "type", "bridge")
 	run(t, "ip", "-n", w.internet, "addr", "add", "10.99.0.254/24", "dev", "br0")
 	run(t, "ip", "-n", w.internet, "link", "set", "br0", "up")
 	w.dns = "10.99.0.254:53"
