@@ -22,6 +22,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/vwire/vwire/internal/atomicfile"
 )
 
 // Defaults of the built-in CA.
@@ -200,10 +202,10 @@ func (ca *CA) createAuthority(name string) (authority, error) {
 	if err := os.MkdirAll(ca.dir, 0o700); err != nil {
 		return authority{}, err
 	}
-	if err := writeFileAtomic(filepath.Join(ca.dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(ca.dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return authority{}, err
 	}
-	if err := writeFileAtomic(filepath.Join(ca.dir, name+".pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(ca.dir, name+".pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		return authority{}, err
 	}
 	cert, err := x509.ParseCertificate(der)
@@ -338,7 +340,7 @@ func (ca *CA) publishLocked(roots []*x509.Certificate) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(ca.dir, "bundle.pem"), b, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(ca.dir, "bundle.pem"), b, 0o644); err != nil {
 		return fmt.Errorf("%w: %v", ErrRotation, err)
 	}
 	ca.published = roots
@@ -406,7 +408,7 @@ func (ca *CA) saveScheduleLocked() error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(ca.dir, "rotation.json"), b, 0o644)
+	return atomicfile.Write(filepath.Join(ca.dir, "rotation.json"), b, 0o644)
 }
 
 // WriteCredentials writes an SVID for id with the CA's bundle into dir as
@@ -432,7 +434,7 @@ func (ca *CA) WriteCredentials(dir string, id spiffeid.ID, ttl time.Duration) er
 		data []byte
 		mode os.FileMode
 	}{{"svid.key", keyPEM, 0o600}, {"svid.pem", certPEM, 0o644}, {"bundle.pem", bundlePEM, 0o644}} {
-		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+		if err := atomicfile.Write(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return err
 		}
 	}
@@ -445,26 +447,4 @@ func serial() *big.Int {
 		panic(err)
 	}
 	return n
-}
-
-// writeFileAtomic writes through a temporary file and a rename, so a reader
-// never sees half a key.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/vwire/vwire/gateway/dataplane"
+	"github.com/vwire/vwire/internal/atomicfile"
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -528,11 +529,7 @@ func (g *Gateway) saveLocked() error {
 	if err != nil {
 		return err
 	}
-	tmp := g.file + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, g.file)
+	return atomicfile.Write(g.file, b, 0o600)
 }
 
 // RemoveAll removes every end (a domain stopping without

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vwire/vwire/gateway/dataplane"
+	"github.com/vwire/vwire/internal/atomicfile"
 )
 
 // Reconciler brings a backend to the desired ends: it applies those that
@@ -148,14 +149,10 @@ func (r *Reconciler) saveLocked() error {
 	if err != nil {
 		return err
 	}
-	tmp := r.file + ".tmp"
 	if err := os.MkdirAll(filepath.Dir(r.file), 0o700); err != nil {
 		return err
 	}
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, r.file)
+	return atomicfile.Write(r.file, b, 0o600)
 }
 
 func (r *Reconciler) fail(id string, err error) {
