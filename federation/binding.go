@@ -117,8 +117,7 @@ func PeerDialOptions(src Source, ownDomain string, peer Peer) ([]grpc.DialOption
 	tag := func(ctx context.Context) context.Context {
 		return metadata.AppendToOutgoingContext(ctx, DomainHeader, ownDomain)
 	}
-	return []grpc.DialOption{
-		Reconnect,
+	return WithReconnect(
 		grpc.WithTransportCredentials(ClientCredentials(src, AuthorizeOf(ProxyID(peer.TrustDomain)))),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			return invoker(tag(ctx), method, req, reply, cc, opts...)
@@ -126,5 +125,5 @@ func PeerDialOptions(src Source, ownDomain string, peer Peer) ([]grpc.DialOption
 		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 			return streamer(tag(ctx), desc, cc, method, opts...)
 		}),
-	}, nil
+	), nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -79,20 +80,35 @@ func AuthorizeOf(ids ...spiffeid.ID) Authorizer { return tlsconfig.AuthorizeOneO
 // AuthorizeMember admits any ID of trust domain td (and no other).
 func AuthorizeMember(td spiffeid.TrustDomain) Authorizer { return tlsconfig.AuthorizeMemberOf(td) }
 
-// Reconnect is how every vwire connection to another vwire process comes
-// back after that process restarts: gRPC's default backoff grows to two
-// minutes, in which requests fail at once with the old error; vwire's
-// stops at two seconds.
-var Reconnect = grpc.WithConnectParams(grpc.ConnectParams{
-	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
-	MinConnectTimeout: 5 * time.Second,
-})
+// WithReconnect adds to opts how every vwire connection to another vwire
+// process comes back after that process restarts: gRPC's default backoff
+// grows to two minutes, in which calls fail at once with the old error.
+// vwire's stops at two seconds, and a call on a connection that failed has
+// it try again at once (see revive).
+func WithReconnect(opts ...grpc.DialOption) []grpc.DialOption {
+	return append(slices.Clone(reconnect), opts...)
+}
 
-// Revive has a connection that failed try again at once instead of at its
-// next backoff, and waits (up to 2 s, within ctx) for that try: a request
+var reconnect = []grpc.DialOption{
+	grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+		MinConnectTimeout: 5 * time.Second,
+	}),
+	grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		revive(ctx, cc)
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}),
+	grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		revive(ctx, cc)
+		return streamer(ctx, desc, cc, method, opts...)
+	}),
+}
+
+// revive has a connection that failed try again at once instead of at its
+// next backoff, and waits (up to 2 s, within ctx) for that try: a call
 // right after the other side restarted then reaches it, where it would
 // fail at once with the old error.
-func Revive(ctx context.Context, conn *grpc.ClientConn) {
+func revive(ctx context.Context, conn *grpc.ClientConn) {
 	if conn.GetState() != connectivity.TransientFailure {
 		return
 	}
@@ -115,7 +131,7 @@ func DialDomain(addr string, src Source) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("%s: %w: %v", addr, ErrNoSVID, err)
 	}
 	td := svid.ID.TrustDomain()
-	conn, err := grpc.NewClient(addr, Reconnect, grpc.WithTransportCredentials(ClientCredentials(src, AuthorizeOf(RegistryID(td), ProxyID(td)))))
+	conn, err := grpc.NewClient(addr, WithReconnect(grpc.WithTransportCredentials(ClientCredentials(src, AuthorizeOf(RegistryID(td), ProxyID(td)))))...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", addr, err)
 	}

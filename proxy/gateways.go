@@ -130,12 +130,9 @@ func (g *Gateways) dial(ref gatewayRef) (*grpc.ClientConn, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if c := g.conns[key]; c != nil {
-		g.mu.Unlock()
-		federation.Revive(context.Background(), c) // the gateway may be back from a restart
-		g.mu.Lock()
 		return c, nil
 	}
-	c, err := grpc.NewClient(ref.url, federation.Reconnect, grpc.WithTransportCredentials(federation.ClientCredentials(g.Source, federation.AuthorizeOf(id))))
+	c, err := grpc.NewClient(ref.url, federation.WithReconnect(grpc.WithTransportCredentials(federation.ClientCredentials(g.Source, federation.AuthorizeOf(id))))...)
 	if err != nil {
 		return nil, fmt.Errorf("gateway %s at %s: %w", ref.id, ref.url, err)
 	}

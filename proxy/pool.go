@@ -74,9 +74,6 @@ func (p *Pool) Conn(ctx context.Context, domain string) (*grpc.ClientConn, error
 			pc.res.UpdateState(resolver.State{Addresses: addrs})
 			pc.addrs = sorted
 		}
-		p.mu.Unlock()
-		federation.Revive(ctx, pc.conn) // the peer may be back from a restart
-		p.mu.Lock()
 		return pc.conn, nil
 	}
 	res := manual.NewBuilderWithScheme("vwire-peer")
