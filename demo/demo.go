@@ -300,11 +300,11 @@ func (d *demo) dns(context.Context) (string, error) {
 
 // run starts a vwire program on a host and records how to stop it.
 func (d *demo) run(ctx context.Context, h *host, name string, ready func(string) bool, args ...string) (string, error) {
-	p, line, err := start(ctx, d.dir, name, h.ns, d.o.Bin, ready, args...)
+	stop, line, err := start(ctx, d.dir, name, h.ns, d.o.Bin, ready, args...)
 	if err != nil {
 		return "", err
 	}
-	d.later(p.stop)
+	d.later(stop)
 	return line, nil
 }
 
