@@ -37,19 +37,23 @@ func (c *clientFlags) add(cmd *cobra.Command) {
 	cmd.Flags().DurationVar(&c.timeout, "timeout", 30*time.Second, "how long a command may take")
 }
 
+// openSource is the SVID a command proves itself with: the SPIRE agent's
+// at socket (the first that prefer accepts), else the credentials
+// directory's.
+func openSource(ctx context.Context, socket, credentials string, prefer func(spiffeid.ID) bool) (federation.Source, error) {
+	if socket != "" {
+		return federation.WorkloadSource(ctx, socket, prefer)
+	}
+	return federation.LoadCredentials(credentials)
+}
+
 // run connects to the domain with the chosen credentials and calls f.
 func (c *clientFlags) run(cmd *cobra.Command, f func(context.Context, *grpc.ClientConn) error) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	var src federation.Source
-	var err error
-	if c.spiffeSocket != "" {
-		// The agent may hand this binary the domain's SVIDs too: the CLI
-		// is the admin.
-		src, err = federation.WorkloadSource(ctx, c.spiffeSocket, func(id spiffeid.ID) bool { return id.Path() == federation.AdminPath })
-	} else {
-		src, err = federation.LoadCredentials(c.credentials)
-	}
+	// The agent may hand this binary the domain's SVIDs too: the CLI is
+	// the admin.
+	src, err := openSource(ctx, c.spiffeSocket, c.credentials, func(id spiffeid.ID) bool { return id.Path() == federation.AdminPath })
 	if err != nil {
 		return err
 	}

@@ -45,17 +45,12 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 			begin := time.Now()
 			ctx := cmd.Context()
 			log := slog.Default().With("role", "gateway")
-			var src federation.Source
-			var err error
-			if spiffeSocket != "" {
-				src, err = federation.WorkloadSource(ctx, spiffeSocket, func(id spiffeid.ID) bool {
-					return strings.HasPrefix(id.Path(), "/vwire/gateway/") && (nodeName == "" || id.Path() == "/vwire/gateway/"+nodeName)
-				})
-			} else if credentials != "" {
-				src, err = federation.LoadCredentials(credentials)
-			} else {
+			if spiffeSocket == "" && credentials == "" {
 				return usagef("give --credentials DIR (from vwire ca issue) or --spiffe-socket PATH: the gateway proves it is spiffe://TD/vwire/gateway/NODE")
 			}
+			src, err := openSource(ctx, spiffeSocket, credentials, func(id spiffeid.ID) bool {
+				return strings.HasPrefix(id.Path(), "/vwire/gateway/") && (nodeName == "" || id.Path() == "/vwire/gateway/"+nodeName)
+			})
 			if err != nil {
 				return err
 			}
