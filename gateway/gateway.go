@@ -246,7 +246,7 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 		if vni == 0 {
 			vni = g.freeVNI()
 		}
-		if end.MTU, err = dataplane.PathMTU(g.OuterMTU, g.Addr.Is6(), dataplane.VXLANOverhead); err != nil {
+		if end.MTU, err = g.pathMTU(dataplane.VXLANOverhead); err != nil {
 			return nil, err
 		}
 		end.VXLAN = &dataplane.VXLAN{VNI: vni, Local: g.Addr, Remote: src}
@@ -257,7 +257,7 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 		if len(peer) != 32 {
 			return nil, errors.New("the request carries no client gateway WireGuard key (mechanism src_public_key)")
 		}
-		if end.MTU, err = dataplane.PathMTU(g.OuterMTU, g.Addr.Is6(), dataplane.WireGuardOverhead); err != nil {
+		if end.MTU, err = g.pathMTU(dataplane.WireGuardOverhead); err != nil {
 			return nil, err
 		}
 		end.WireGuard = &dataplane.WireGuard{Peer: base64.StdEncoding.EncodeToString(peer), Remote: far, Port: g.portOf(id)}
@@ -279,6 +279,12 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 	out.Mtu = uint32(end.MTU)
 	g.segment(out)
 	return out, nil
+}
+
+// pathMTU is the MTU of a vWire through a tunnel with overhead from this
+// gateway's tunnel address.
+func (g *Gateway) pathMTU(overhead int) (int, error) {
+	return dataplane.PathMTU(g.OuterMTU, g.Addr.Is6(), overhead)
 }
 
 // intraDomain says whether the client is of the endpoint's domain: its
@@ -352,7 +358,7 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 		}
 		end.WireGuard = &dataplane.WireGuard{Peer: base64.StdEncoding.EncodeToString(w.GetDstPublicKey()),
 			Endpoint: netip.AddrPortFrom(dst, uint16(w.GetDstPort())), Remote: far, Port: g.portOf(id)}
-		mtu, err := dataplane.PathMTU(g.OuterMTU, g.Addr.Is6(), dataplane.WireGuardOverhead)
+		mtu, err := g.pathMTU(dataplane.WireGuardOverhead)
 		if err != nil {
 			return nil, err
 		}
@@ -367,7 +373,7 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 		if conn.GetPayload() != "ETHERNET" {
 			end.Routes = onLink(far)
 		}
-		mtu, err := dataplane.PathMTU(g.OuterMTU, g.Addr.Is6(), dataplane.VXLANOverhead)
+		mtu, err := g.pathMTU(dataplane.VXLANOverhead)
 		if err != nil {
 			return nil, err
 		}

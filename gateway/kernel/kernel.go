@@ -147,14 +147,14 @@ func (b *Backend) ListenPort(id string) int {
 // NewAt returns a backend for the gateway network namespace ns (a name
 // or path), as for a gateway that runs in it.
 func NewAt(ns string) (*Backend, error) {
-	h, err := handleIn(ns)
+	nsh, err := OpenNS(ns)
 	if err != nil {
 		return nil, err
 	}
-	nsh, err := OpenNS(ns)
+	h, err := netlink.NewHandleAt(nsh)
 	if err != nil {
-		h.Close()
-		return nil, err
+		nsh.Close()
+		return nil, fmt.Errorf("netlink in network namespace %q: %w", ns, err)
 	}
 	return &Backend{host: h, nsFD: int(nsh)}, nil
 }
