@@ -176,29 +176,39 @@ func endID(side proxy.Side, id string) string { return string(side[:1]) + "-" + 
 
 // Apply implements proxy.Dataplane.
 func (g *Gateway) Apply(ctx context.Context, side proxy.Side, conn *proxypb.Connection) (*proxypb.Connection, error) {
-	if !g.Addr.IsValid() {
-		return nil, errors.New("the gateway has no tunnel address: give --gateway-address (there is no default route to take it from)")
-	}
 	if side == proxy.EndpointSide {
-		return g.applyEndpoint(ctx, conn)
+		return g.ApplyEndpoint(ctx, conn, "")
+	}
+	if !g.Addr.IsValid() {
+		return nil, errNoAddress
 	}
 	return g.applyClient(ctx, conn)
 }
 
-// applyEndpoint asks the selected endpoint for its end and programs it.
-func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (*proxypb.Connection, error) {
+var errNoAddress = errors.New("the gateway has no tunnel address: give --gateway-address (there is no default route to take it from)")
+
+// ApplyEndpoint asks the selected endpoint, at url (empty: as registered),
+// for its end and programs it.
+func (g *Gateway) ApplyEndpoint(ctx context.Context, conn *proxypb.Connection, url string) (*proxypb.Connection, error) {
+	if !g.Addr.IsValid() {
+		return nil, errNoAddress
+	}
 	id := endID(proxy.EndpointSide, conn.GetId())
 	src := sourceOf(conn.GetMechanism())
 	if !src.IsValid() {
 		return nil, errors.New("the request carries no client gateway address (mechanism src_ip)")
 	}
-	ep, err := g.Endpoint(ctx, conn.GetNetworkServiceEndpointName())
-	if err != nil {
-		return nil, err
+	name := conn.GetNetworkServiceEndpointName()
+	if url == "" {
+		ep, err := g.Endpoint(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		url = ep.GetUrl()
 	}
-	nse, err := g.dialEndpoint(ep.GetUrl())
+	nse, err := g.dialEndpoint(url)
 	if err != nil {
-		return nil, fmt.Errorf("endpoint %s: %w", ep.GetName(), err)
+		return nil, fmt.Errorf("endpoint %s: %w", name, err)
 	}
 	g.mu.Lock()
 	rec, known := g.records[id]
@@ -210,19 +220,19 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 	}
 	got, err := proxypb.NewNetworkServiceClient(nse).Request(ctx, &proxypb.NetworkServiceRequest{Connection: ask})
 	if err != nil {
-		return nil, fmt.Errorf("endpoint %s: %w", ep.GetName(), err)
+		return nil, fmt.Errorf("endpoint %s: %w", name, err)
 	}
 	k := got.GetMechanism().GetKernel()
 	if k.GetNetns() == "" {
-		return nil, fmt.Errorf("endpoint %s answered without its network namespace", ep.GetName())
+		return nil, fmt.Errorf("endpoint %s answered without its network namespace", name)
 	}
 	end := dataplane.End{ID: id, NetNS: k.GetNetns(), Interface: k.GetInterfaceName()}
 	if end.Addrs, err = prefixes(got.GetIpContext().GetDstIpAddrs()); err != nil {
-		return nil, fmt.Errorf("endpoint %s: %w", ep.GetName(), err)
+		return nil, fmt.Errorf("endpoint %s: %w", name, err)
 	}
 	far, err := prefixes(got.GetIpContext().GetSrcIpAddrs())
 	if err != nil {
-		return nil, fmt.Errorf("endpoint %s: %w", ep.GetName(), err)
+		return nil, fmt.Errorf("endpoint %s: %w", name, err)
 	}
 	out := proto.Clone(conn).(*proxypb.Connection)
 	out.IpContext = got.GetIpContext()
@@ -234,7 +244,7 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 	local := bytes.Equal(conn.GetMechanism().GetWireguard().GetSrcPublicKey(), own)
 	switch {
 	case local && conn.GetPayload() == "ETHERNET":
-		g.closeEndpoint(ctx, ep.GetUrl(), conn.GetId())
+		g.closeEndpoint(ctx, url, conn.GetId())
 		return nil, errors.New("an Ethernet vWire between two workloads of one gateway is not supported yet (IP payload is)")
 	case local:
 		// Both ends on this gateway: it routes between them, no tunnel.
@@ -262,10 +272,10 @@ func (g *Gateway) applyEndpoint(ctx context.Context, conn *proxypb.Connection) (
 		}
 		end.WireGuard = &dataplane.WireGuard{Peer: base64.StdEncoding.EncodeToString(peer), Remote: far, Port: g.portOf(id)}
 	}
-	if err := g.set(ctx, id, end, &record{EndpointURL: ep.GetUrl(),
+	if err := g.set(ctx, id, end, &record{EndpointURL: url,
 		Src: got.GetIpContext().GetSrcIpAddrs(), Dst: got.GetIpContext().GetDstIpAddrs(), VNI: vni}); err != nil {
 		if !known {
-			g.closeEndpoint(ctx, ep.GetUrl(), conn.GetId())
+			g.closeEndpoint(ctx, url, conn.GetId())
 		}
 		return nil, err
 	}

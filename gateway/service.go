@@ -32,7 +32,12 @@ func (s *Service) Apply(ctx context.Context, req *proxypb.GatewayRequest) (*prox
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.G.Apply(ctx, sd, req.GetConnection())
+	var out *proxypb.Connection
+	if sd == proxy.EndpointSide {
+		out, err = s.G.ApplyEndpoint(ctx, req.GetConnection(), req.GetEndpointUrl())
+	} else {
+		out, err = s.G.Apply(ctx, sd, req.GetConnection())
+	}
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}

@@ -31,8 +31,10 @@ type Gateways struct {
 	conns map[string]*grpc.ClientConn // by URL and ID
 }
 
-// gatewayRef is where an end's gateway is: URL empty for Local.
-type gatewayRef struct{ url, id string }
+// gatewayRef is where an end's gateway is: URL empty for Local. For the
+// endpoint's side it also has the endpoint's own URL, which the gateway
+// then need not look up again.
+type gatewayRef struct{ url, id, endpointURL string }
 
 // Apply implements Dataplane.
 func (g *Gateways) Apply(ctx context.Context, side Side, conn *proxypb.Connection) (*proxypb.Connection, error) {
@@ -50,7 +52,7 @@ func (g *Gateways) Apply(ctx context.Context, side Side, conn *proxypb.Connectio
 	if err != nil {
 		return nil, err
 	}
-	out, err := proxypb.NewGatewayClient(c).Apply(ctx, &proxypb.GatewayRequest{Side: string(side), Connection: conn})
+	out, err := proxypb.NewGatewayClient(c).Apply(ctx, &proxypb.GatewayRequest{Side: string(side), Connection: conn, EndpointUrl: ref.endpointURL})
 	if err != nil {
 		return nil, fmt.Errorf("gateway %s at %s: %w", ref.id, ref.url, err)
 	}
@@ -84,7 +86,7 @@ func (g *Gateways) applyRef(ctx context.Context, side Side, conn *proxypb.Connec
 		if err != nil {
 			return gatewayRef{}, err
 		}
-		return gatewayRef{url: ep.GetGateway(), id: ep.GetGatewayId()}, nil
+		return gatewayRef{url: ep.GetGateway(), id: ep.GetGatewayId(), endpointURL: ep.GetUrl()}, nil
 	}
 	segs := conn.GetPath().GetSegments()
 	if len(segs) == 0 || segs[0].GetUrl() == "" {

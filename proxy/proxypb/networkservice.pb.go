@@ -1012,8 +1012,11 @@ func (x *ConnectionEvent) GetConnections() map[string]*Connection {
 type GatewayRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "client" or "endpoint".
-	Side          string      `protobuf:"bytes,1,opt,name=side,proto3" json:"side,omitempty"`
-	Connection    *Connection `protobuf:"bytes,2,opt,name=connection,proto3" json:"connection,omitempty"`
+	Side       string      `protobuf:"bytes,1,opt,name=side,proto3" json:"side,omitempty"`
+	Connection *Connection `protobuf:"bytes,2,opt,name=connection,proto3" json:"connection,omitempty"`
+	// For the endpoint's side: the endpoint's URL as registered (its unix
+	// socket on the node), which the proxy has just looked up.
+	EndpointUrl   string `protobuf:"bytes,3,opt,name=endpoint_url,json=endpointUrl,proto3" json:"endpoint_url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1060,6 +1063,13 @@ func (x *GatewayRequest) GetConnection() *Connection {
 		return x.Connection
 	}
 	return nil
+}
+
+func (x *GatewayRequest) GetEndpointUrl() string {
+	if x != nil {
+		return x.EndpointUrl
+	}
+	return ""
 }
 
 type GatewayRemoveResponse struct {
@@ -1181,12 +1191,13 @@ const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
 	"\n" +
 	"\x06UPDATE\x10\x02\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x03\"i\n" +
+	"\x06DELETE\x10\x03\"\x8c\x01\n" +
 	"\x0eGatewayRequest\x12\x12\n" +
 	"\x04side\x18\x01 \x01(\tR\x04side\x12C\n" +
 	"\n" +
 	"connection\x18\x02 \x01(\v2#.vwire.networkservice.v1.ConnectionR\n" +
-	"connection\"\x17\n" +
+	"connection\x12!\n" +
+	"\fendpoint_url\x18\x03 \x01(\tR\vendpointUrl\"\x17\n" +
 	"\x15GatewayRemoveResponse*T\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x06\n" +
