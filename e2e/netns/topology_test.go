@@ -1,7 +1,7 @@
 package netns
 
 import (
-	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/internal/proc"
 	"github.com/vwire/vwire/proxy/proxypb"
 )
 
@@ -201,9 +202,8 @@ func (e event) self() string { return strings.Split(e.Connection.IPContext.Src[0
 
 // connection is a running `vwire connect`.
 type connection struct {
-	cmd    *exec.Cmd
-	events chan event
-	done   chan struct{}
+	p      *proc.Process
+	events chan event // after the first, up
 	Up     event
 }
 
@@ -213,34 +213,31 @@ func (w *world) connect(d, service, netns string, args ...string) *connection {
 	h := w.domains[d]
 	cmd := inNS(h.ns, append([]string{w.bin, "connect", service, "--netns", netns, "-o", "json",
 		"--gateway", "unix://" + filepath.Join(h.data, "gateway.sock")}, args...)...)
-	out, _ := cmd.StdoutPipe()
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		w.t.Fatal(err)
+	c := &connection{events: make(chan event, 100)}
+	first := true
+	each := func(line string) {
+		w.t.Logf("vwire connect %s: %s", service, line)
+		var ev event
+		if json.Unmarshal([]byte(line), &ev) != nil {
+			return
+		}
+		if first { // up: Start returns it
+			first = false
+			return
+		}
+		select {
+		case c.events <- ev:
+		default: // nobody is listening: the test did not ask
+		}
 	}
-	c := &connection{cmd: cmd, events: make(chan event, 100), done: make(chan struct{})}
-	go func() {
-		defer close(c.done)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			w.t.Logf("vwire connect %s: %s", service, sc.Text())
-			var ev event
-			if json.Unmarshal(sc.Bytes(), &ev) == nil {
-				c.events <- ev
-			}
-		}
-	}()
-	w.t.Cleanup(func() { c.stop() })
-	select {
-	case ev := <-c.events:
-		if ev.Event != "up" {
-			w.t.Fatalf("vwire connect %s: first event %q, want up", service, ev.Event)
-		}
-		c.Up = ev
-	case <-c.done:
-		w.t.Fatalf("vwire connect %s exited before its vWire was up (its output is above)", service)
-	case <-time.After(30 * time.Second):
-		w.t.Fatalf("vwire connect %s: no vWire after 30s", service)
+	p, line, err := proc.Start(context.Background(), cmd, 30*time.Second, each, func(l string) bool { return strings.HasPrefix(l, "{") })
+	if err != nil {
+		w.t.Fatalf("vwire connect %s: %v (its output is above)", service, err)
+	}
+	c.p = p
+	w.t.Cleanup(c.stop)
+	if json.Unmarshal([]byte(line), &c.Up); c.Up.Event != "up" {
+		w.t.Fatalf("vwire connect %s: first event %q, want up", service, c.Up.Event)
 	}
 	return c
 }
@@ -263,14 +260,7 @@ func (c *connection) wait(t *testing.T, kind string, within time.Duration) event
 
 // stop interrupts the client (which closes its vWire) and waits.
 func (c *connection) stop() {
-	if c.cmd.ProcessState != nil {
-		return
+	if c.p.Cmd.ProcessState == nil {
+		c.p.Stop(15 * time.Second)
 	}
-	c.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-c.done:
-	case <-time.After(15 * time.Second):
-		c.cmd.Process.Kill()
-	}
-	c.cmd.Wait()
 }
