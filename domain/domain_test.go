@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/federation/federationpb"
 	"github.com/vwire/vwire/proxy/proxypb"
@@ -460,14 +462,8 @@ func testLogger(t *testing.T, name string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testLog{t, name}, nil))
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+func freeAddr(t testing.TB) string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(e2e.FreePort(t)))
 }
 
 func registryClient(d *testDomain) registrypb.RegistryClient {

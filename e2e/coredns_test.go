@@ -26,14 +26,14 @@ func TestCoreDNSDiscovery(t *testing.T) {
 	dir := t.TempDir()
 	vwireBin := buildVwire(t, dir)
 
-	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
 	startProcess(t, "etcd", exec.Command(etcdBin, "--name", "dns", "--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
 		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
 		"--initial-cluster", "dns="+peerURL, "--log-level", "error"))
 
-	dnsPort := freePort(t)
+	dnsPort := FreePort(t)
 	corefile := filepath.Join(dir, "Corefile")
 	os.WriteFile(corefile, []byte(fmt.Sprintf(`.:%d {
     bind 127.0.0.1
@@ -52,7 +52,7 @@ func TestCoreDNSDiscovery(t *testing.T) {
 	b := &dom{name: "b.example"}
 	procs := map[string]*Process{}
 	for _, d := range []*dom{a, b} {
-		d.addr, d.bundleAddr, d.data = fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t)), filepath.Join(dir, d.name)
+		d.addr, d.bundleAddr, d.data = fmt.Sprintf("127.0.0.1:%d", FreePort(t)), fmt.Sprintf("127.0.0.1:%d", FreePort(t)), filepath.Join(dir, d.name)
 		// a runs as one process with its embedded etcd; b as a proxy on the
 		// external etcd (which also holds the DNS records).
 		role := []string{"domain"}

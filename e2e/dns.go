@@ -1,12 +1,13 @@
 package e2e
 
 import (
-	"net"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"github.com/vwire/vwire/internal/sameport"
 )
 
 // Zone is an in-process DNS server for tests (UDP and TCP on one loopback
@@ -27,11 +28,7 @@ func NewZone(t testing.TB, records ...string) *Zone {
 	t.Helper()
 	z := &Zone{records: map[string][]dns.RR{}, truncate: map[string]bool{}, asked: map[string]int{}}
 	z.Add(t, records...)
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
+	pc, l, err := sameport.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

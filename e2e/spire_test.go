@@ -99,7 +99,7 @@ func TestSPIREFederation(t *testing.T) {
 
 	doms := map[string]*spireDomain{}
 	for _, td := range []string{"a.example", "b.example"} {
-		d := &spireDomain{td: td, dir: filepath.Join(dir, td[:1]), port: freePort(t), bundlePort: freePort(t)}
+		d := &spireDomain{td: td, dir: filepath.Join(dir, td[:1]), port: FreePort(t), bundlePort: FreePort(t)}
 		d.serverSock, d.agentSock = filepath.Join(d.dir, "server.sock"), filepath.Join(d.dir, "agent.sock")
 		os.MkdirAll(d.dir, 0o700)
 		doms[td] = d
@@ -201,7 +201,7 @@ plugins {
 	addrs := map[string]string{}
 	for td, d := range doms {
 		waitForFile(t, d.agentSock)
-		addrs[td] = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		addrs[td] = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 		StartVwire(t, vwireBin, nil, "domain", "--name", td, "--data-dir", filepath.Join(d.dir, "vwire"), "--listen", addrs[td], "--spiffe-socket", d.agentSock)
 	}
 	cli := func(td string, args ...string) (string, error) {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"net"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -15,14 +14,4 @@ func buildVwire(t *testing.T, dir string) string {
 		t.Fatalf("building vwire: %v\n%s", err, out)
 	}
 	return bin
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+
+	"github.com/vwire/vwire/internal/sameport"
 )
 
 // Zone serves a domain's own records for development (`vwire domain
@@ -36,13 +38,8 @@ func ServeZone(addr, domain string, records []Record, ttl uint32) (*Zone, error)
 
 // ListenDNS opens UDP and TCP on addr (the same port for both).
 func ListenDNS(addr string) (net.PacketConn, net.Listener, error) {
-	pc, err := net.ListenPacket("udp", addr)
+	pc, l, err := sameport.Listen(addr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("--dns-listen: %w", err)
-	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
 		return nil, nil, fmt.Errorf("--dns-listen: %w", err)
 	}
 	return pc, l, nil

@@ -3,7 +3,6 @@ package registry_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,24 +20,6 @@ import (
 	"github.com/vwire/vwire/registry/registrypb"
 )
 
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	var ls []net.Listener
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
-}
-
 type member struct {
 	name, clientURL string
 	cmd             *exec.Cmd
@@ -48,7 +29,10 @@ type member struct {
 // loopback and stops them when the test ends.
 func startCluster(t *testing.T) []*member {
 	bin := e2e.ToolPath(t, "etcd")
-	ports := freePorts(t, 6)
+	var ports []int
+	for range 6 {
+		ports = append(ports, e2e.FreePort(t))
+	}
 	var ms []*member
 	var initial []string
 	for i := 0; i < 3; i++ {
