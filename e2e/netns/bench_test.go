@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -21,6 +23,7 @@ import (
 	"github.com/vwire/vwire/client"
 	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/kernel"
+	"github.com/vwire/vwire/internal/proc"
 	"github.com/vwire/vwire/proxy/proxypb"
 )
 
@@ -172,7 +175,11 @@ func BenchmarkNetnsThroughput(b *testing.B) {
 	}
 	b.Run("wireguard-vwire", overVWire("svc@b.example"))
 	b.Run("wireguard-bare", func(b *testing.B) {
-		bareWireGuard(b, a.ns, bh.ns, a.addr, bh.addr)
+		bareWireGuard(b, true, a.ns, bh.ns, a.addr, bh.addr)
+		measure(b, a.ns, bh.ns, "100.64.0.2")
+	})
+	b.Run("wireguard-bare-one-process", func(b *testing.B) {
+		bareWireGuard(b, false, a.ns, bh.ns, a.addr, bh.addr)
 		measure(b, a.ns, bh.ns, "100.64.0.2")
 	})
 	b.Run("vxlan-vwire", overVWire("l2@b.example"))
@@ -222,33 +229,89 @@ func (w *world) nsName(suffix string) string { return "vn" + w.tag + suffix }
 
 // bareWireGuard joins two host namespaces with wireguard-go devices (the
 // build the gateway embeds), 100.64.0.1 and .2, until the benchmark ends.
-func bareWireGuard(b *testing.B, nsA, nsB, addrA, addrB string) {
+// With apart, each device runs in a process of its own, as each gateway
+// does (and as the wireguard-go program does, one per device): the test
+// binary again, in wireGuardHelper; otherwise both run in this process.
+func bareWireGuard(b *testing.B, apart bool, nsA, nsB, addrA, addrB string) {
 	type side struct {
-		ns, underlay, tunnel string
-		key                  wgtypes.Key
-		dev                  *kernel.WireGuard
+		ns, underlay, tunnel, name string
+		key                        wgtypes.Key
 	}
 	sides := []*side{{ns: nsA, underlay: addrA, tunnel: "100.64.0.1"}, {ns: nsB, underlay: addrB, tunnel: "100.64.0.2"}}
 	for i, s := range sides {
 		s.key, _ = wgtypes.GeneratePrivateKey()
-		name := fmt.Sprintf("wgb%d%s", i, s.ns[2:8])
-		err := kernel.Do(s.ns, func() (err error) {
-			s.dev, err = kernel.NewWireGuard(name, s.key, 51900, 1440, slog.New(slog.DiscardHandler))
-			return err
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { s.dev.Close() })
-		run(b, "ip", "-n", s.ns, "addr", "add", s.tunnel+"/32", "dev", name)
+		s.name = fmt.Sprintf("wgb%d%s", i, s.ns[2:8])
 	}
 	for i, s := range sides {
 		peer := sides[1-i]
-		if err := s.dev.SetPeer(peer.key.PublicKey(), netip.MustParseAddrPort(peer.underlay+":51900"), []netip.Prefix{netip.MustParsePrefix(peer.tunnel + "/32")}); err != nil {
-			b.Fatal(err)
+		h := wireGuardHelper{NS: s.ns, Name: s.name, Key: s.key, Peer: peer.key.PublicKey(),
+			PeerAt: peer.underlay + ":51900", PeerTunnel: peer.tunnel}
+		if apart {
+			spec, _ := json.Marshal(h)
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), wireGuardHelperEnv+"="+string(spec))
+			p, _, err := proc.Start(context.Background(), cmd, 10*time.Second, func(string) {}, func(l string) bool { return l == "ready" })
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { p.Stop(5 * time.Second) })
+		} else {
+			dev, err := h.start()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { dev.Close() })
 		}
-		run(b, "ip", "-n", s.ns, "route", "add", peer.tunnel+"/32", "dev", s.dev.Name)
+		run(b, "ip", "-n", s.ns, "addr", "add", s.tunnel+"/32", "dev", s.name)
+		run(b, "ip", "-n", s.ns, "route", "add", peer.tunnel+"/32", "dev", s.name)
 	}
+}
+
+// wireGuardHelperEnv, when set, makes the test binary a wireGuardHelper:
+// TestMain runs it instead of the tests.
+const wireGuardHelperEnv = "VWIRE_BENCH_WIREGUARD"
+
+// wireGuardHelper is one side of the bare tunnel: a wireguard-go device
+// in a namespace with one peer.
+type wireGuardHelper struct {
+	NS, Name, PeerAt, PeerTunnel string
+	Key, Peer                    wgtypes.Key
+}
+
+func (h wireGuardHelper) start() (dev *kernel.WireGuard, err error) {
+	err = kernel.Do(h.NS, func() (err error) {
+		dev, err = kernel.NewWireGuard(h.Name, h.Key, 51900, 1440, slog.New(slog.DiscardHandler))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := dev.SetPeer(h.Peer, netip.MustParseAddrPort(h.PeerAt), []netip.Prefix{netip.MustParsePrefix(h.PeerTunnel + "/32")}); err != nil {
+		dev.Close()
+		return nil, err
+	}
+	return dev, nil
+}
+
+// runWireGuardHelper serves the device that spec describes until
+// interrupted.
+func runWireGuardHelper(spec string) int {
+	var h wireGuardHelper
+	if err := json.Unmarshal([]byte(spec), &h); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	dev, err := h.start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer dev.Close()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	fmt.Println("ready")
+	<-sig
+	return 0
 }
 
 // rttOf is the median of 20 pings from ns to addr.

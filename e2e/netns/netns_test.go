@@ -21,6 +21,9 @@ import (
 var vwireBin string
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(wireGuardHelperEnv); spec != "" {
+		os.Exit(runWireGuardHelper(spec))
+	}
 	dir, err := os.MkdirTemp("", "vwire-netns-")
 	if err != nil {
 		panic(err)
