@@ -7,6 +7,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vwire/vwire/domain"
+	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/federation/federationpb"
 	"github.com/vwire/vwire/proxy/proxypb"
@@ -470,13 +472,9 @@ func TestPriorityFailover(t *testing.T) {
 	s := New(t, "a.example", "b.example")
 	a, b := s.D("a.example"), s.D("b.example")
 	b.Apply(reference)
-	// A dead first choice, ahead of b's real proxy (priority 10).
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(dead.Addr().String())
-	dead.Close()
+	// A dead first choice, ahead of b's real proxy (priority 10): a port
+	// below the ephemeral range, which no other test's socket takes.
+	port := strconv.Itoa(e2e.FreePort(t))
 	s.Zone.Add(t, "_vwire._tcp.b.example. 30 IN SRV 5 100 "+port+" dead.b.example.", "dead.b.example. 30 IN A 127.0.0.1")
 	if _, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", nil, ""); err != nil {
 		t.Fatalf("no failover past a dead first target: %v", err)
