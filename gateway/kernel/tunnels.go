@@ -72,6 +72,16 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, far 
 		tun = &tunnel{dev: dev, users: map[string][]netip.Prefix{}}
 		t.peers[peer] = tun
 	}
+	if endpoint.IsValid() && tun.endpoint.IsValid() && endpoint != tun.endpoint {
+		// The peer gateway answers from another port: its device for us is
+		// new (its last vWire to us closed while ours stayed), and the
+		// session this side holds is one it no longer knows. Drop it, so
+		// that traffic waits for a new handshake (which the caller waits
+		// for) rather than for WireGuard to notice, seconds later.
+		if err := tun.dev.RemovePeer(peer); err != nil {
+			return "", 0, err
+		}
+	}
 	prev, had := tun.users[id]
 	tun.users[id] = far
 	if endpoint.IsValid() {

@@ -157,6 +157,14 @@ func (w *WireGuard) SetPeer(key wgtypes.Key, endpoint netip.AddrPort, allowed []
 	return nil
 }
 
+// RemovePeer removes the peer with key, and with it its sessions.
+func (w *WireGuard) RemovePeer(key wgtypes.Key) error {
+	if err := w.wg.ConfigureDevice(w.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: key, Remove: true}}}); err != nil {
+		return fmt.Errorf("removing peer %s from %s: %w", key, w.Name, err)
+	}
+	return nil
+}
+
 // LastHandshake is when the device last completed a handshake with peer.
 func (w *WireGuard) LastHandshake(peer wgtypes.Key) (time.Time, error) {
 	d, err := w.wg.Device(w.Name)

@@ -229,3 +229,62 @@ func TestTunnelsPerPeerGateway(t *testing.T) {
 		}
 	}
 }
+
+// The endpoint's gateway drops its device for a peer (its last vWire to it
+// closed) while the client's gateway keeps its own (another vWire still
+// uses it); the next vWire gets a new device there, on another port. The
+// client's side must not go on with the session the peer no longer has:
+// WireGuard would notice only after 15 s of unanswered traffic.
+func TestTunnelsPeerDeviceRenewed(t *testing.T) {
+	e2e.RequireRoot(t, "ping")
+	gA, gB := underlay(t)
+	keyA, _ := wgtypes.GeneratePrivateKey()
+	keyB, _ := wgtypes.GeneratePrivateKey()
+	tA, tB := NewTunnels(keyA, 1420, slog.Default()), NewTunnels(keyB, 1420, slog.Default())
+	defer tA.Close()
+	defer tB.Close()
+	bA, bB := backendAt(t, gA), backendAt(t, gB)
+	pfx := func(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s + "/32")} }
+	up := func(id, a, b string) (portB int) {
+		t.Helper()
+		wA, wB := namespace(t), namespace(t)
+		var devA, devB string
+		var err error
+		inNetNS(t, gB, func() { devB, portB, err = tB.Use(id, keyA.PublicKey(), netip.AddrPort{}, pfx(a), 0) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		inNetNS(t, gA, func() {
+			devA, _, err = tA.Use(id, keyB.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)), pfx(b), 0)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bA.Apply(context.Background(), dataplane.End{ID: id, NetNS: wA, MTU: 1420, Addrs: pfx(a), WireGuard: &dataplane.WireGuard{Device: devA, Remote: pfx(b)}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := bB.Apply(context.Background(), dataplane.End{ID: id, NetNS: wB, MTU: 1420, Addrs: pfx(b), WireGuard: &dataplane.WireGuard{Device: devB, Remote: pfx(a)}}); err != nil {
+			t.Fatal(err)
+		}
+		// One reply within 4 s (a handshake takes milliseconds; a stale
+		// session is noticed after 15).
+		out, err := exec.Command("ip", "netns", "exec", wA, "ping", "-c", "1", "-w", "4", b).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "1 received") {
+			t.Fatalf("vWire %s: ping: %v\n%s", id, err, out)
+		}
+		return portB
+	}
+	first := up("v1", "172.30.0.1", "172.30.0.2")
+	// b's side of v1 goes; a keeps v1 (its close has not reached it yet).
+	bB.Remove(context.Background(), "v1")
+	tB.Release("v1")
+	if len(tB.Devices()) != 0 {
+		t.Fatalf("b kept its device: %v", tB.Devices())
+	}
+	if second := up("v2", "172.30.1.1", "172.30.1.2"); second == first {
+		t.Logf("b's new device has the port of the old one (%d): the test shows nothing this time", first)
+	}
+	bA.Remove(context.Background(), "v1")
+	bA.Remove(context.Background(), "v2")
+	bB.Remove(context.Background(), "v2")
+}
