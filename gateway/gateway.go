@@ -419,7 +419,7 @@ func (g *Gateway) handshake(ctx context.Context, id string, peer netip.AddrPort)
 		timeout = DefaultHandshakeTimeout
 	}
 	deadline := time.Now().Add(timeout)
-	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+	for wait := time.Millisecond; ; wait = min(2*wait, 10*time.Millisecond) {
 		if at := g.tunneler.Handshake(id); time.Since(at) < 3*time.Minute {
 			return nil
 		}
