@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
@@ -30,6 +32,7 @@ type WireGuard struct {
 	Userspace bool // embedded wireguard-go
 
 	dev  *device.Device
+	bind *nsBind // nil: the process's namespace
 	uapi net.Listener
 	link netlink.Link
 	wg   *wgctrl.Client
@@ -41,12 +44,13 @@ func NewWireGuard(name string, key wgtypes.Key, port, mtu int, log *slog.Logger)
 	if len(name) > 15 {
 		return nil, fmt.Errorf("WireGuard device name %q is longer than 15 characters", name)
 	}
-	w = &WireGuard{Name: name}
+	dev := &WireGuard{Name: name}
 	defer func() {
 		if err != nil {
-			w.Close()
+			dev.Close() // not w: a failed return sets it to nil
 		}
 	}()
+	w = dev
 	if w.wg, err = wgctrl.New(); err != nil {
 		return nil, fmt.Errorf("wgctrl: %w", err)
 	}
@@ -62,9 +66,13 @@ func NewWireGuard(name string, key wgtypes.Key, port, mtu int, log *slog.Logger)
 		return nil, fmt.Errorf("creating WireGuard device %s: %w", name, err)
 	}
 	if w.Userspace {
-		// Set in this goroutine: the UDP socket opens in the network
-		// namespace of the thread that binds it.
-		err = w.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(key[:]), port))
+		// Up bound a port of the kernel's choice; a port asked for binds
+		// again (it is what a restart asks for; a new device takes any).
+		conf := "private_key=" + hex.EncodeToString(key[:]) + "\n"
+		if port != 0 {
+			conf += fmt.Sprintf("listen_port=%d\n", port)
+		}
+		err = w.dev.IpcSet(conf)
 	} else {
 		err = w.wg.ConfigureDevice(name, wgtypes.Config{PrivateKey: &key, ListenPort: &port})
 	}
@@ -87,7 +95,8 @@ const Keepalive = 5 * time.Second
 // errNotSupported is what the kernel answers without the module.
 var errNotSupported = errors.New("operation not supported")
 
-// startUserspace runs wireguard-go for the device, with its control socket.
+// startUserspace runs wireguard-go for the device, with its control
+// socket, and brings it up.
 func (w *WireGuard) startUserspace(mtu int, log *slog.Logger) error {
 	t, err := tun.CreateTUN(w.Name, mtu)
 	if err != nil {
@@ -97,7 +106,13 @@ func (w *WireGuard) startUserspace(mtu int, log *slog.Logger) error {
 		Verbosef: func(string, ...any) {},
 		Errorf:   func(f string, a ...any) { log.Warn("wireguard-go: "+fmt.Sprintf(f, a...), "device", w.Name) },
 	}
-	w.dev = device.NewDevice(t, conn.NewDefaultBind(), logger)
+	bind, err := bindHere()
+	if err != nil {
+		t.Close()
+		return err
+	}
+	w.dev = device.NewDevice(t, bind, logger)
+	w.bind, _ = bind.(*nsBind)
 	w.Userspace = true
 	file, err := ipc.UAPIOpen(w.Name)
 	if err != nil {
@@ -194,6 +209,50 @@ func (w *WireGuard) PeerEndpoint(peer wgtypes.Key) (netip.AddrPort, error) {
 	return netip.AddrPort{}, nil
 }
 
+// nsBind is wireguard-go's UDP bind, opening its sockets in the network
+// namespace it was made in whichever goroutine opens them: wireguard-go
+// brings a device up (and binds) also from its TUN event goroutine, whose
+// thread is in the process's namespace, not necessarily the gateway's.
+type nsBind struct {
+	conn.Bind
+	ns netns.NsHandle
+}
+
+// bindHere is the bind for a device made by this thread: the plain one if
+// the thread is in the process's namespace, else an nsBind.
+func bindHere() (conn.Bind, error) {
+	here, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("this thread's network namespace: %w", err)
+	}
+	process, err := netns.GetFromPath("/proc/self/ns/net")
+	if err != nil {
+		here.Close()
+		return nil, fmt.Errorf("the process's network namespace: %w", err)
+	}
+	defer process.Close()
+	if here.Equal(process) {
+		here.Close()
+		return conn.NewDefaultBind(), nil
+	}
+	return &nsBind{Bind: conn.NewDefaultBind(), ns: here}, nil
+}
+
+// Open opens the sockets on a thread of the bind's namespace.
+func (b *nsBind) Open(port uint16) (fns []conn.ReceiveFunc, actual uint16, err error) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err = netns.Set(b.ns); err != nil {
+			return
+		}
+		fns, actual, err = b.Bind.Open(port)
+	}()
+	<-done
+	return fns, actual, err
+}
+
 // Close removes the device.
 func (w *WireGuard) Close() error {
 	if w.uapi != nil {
@@ -207,6 +266,9 @@ func (w *WireGuard) Close() error {
 	}
 	if w.wg != nil {
 		w.wg.Close()
+	}
+	if w.bind != nil {
+		w.bind.ns.Close()
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os/exec"
 	"runtime"
@@ -287,4 +288,35 @@ func TestTunnelsPeerDeviceRenewed(t *testing.T) {
 	bA.Remove(context.Background(), "v1")
 	bA.Remove(context.Background(), "v2")
 	bB.Remove(context.Background(), "v2")
+}
+
+// A restarted gateway asks for the port its device had; if something else
+// holds it now, the device takes another (the peer learns it from the next
+// handshake) rather than failing the vWire.
+func TestTunnelsPortTaken(t *testing.T) {
+	e2e.RequireRoot(t)
+	ns := namespace(t)
+	key, _ := wgtypes.GeneratePrivateKey()
+	peer, _ := wgtypes.GeneratePrivateKey()
+	tun := NewTunnels(key, 1420, slog.New(slog.DiscardHandler))
+	defer tun.Close()
+	inNetNS(t, ns, func() {
+		held, err := net.ListenPacket("udp4", ":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer held.Close()
+		taken := held.LocalAddr().(*net.UDPAddr).Port
+		if w, err := NewWireGuard("wgtaken0", key, taken, 1420, slog.New(slog.DiscardHandler)); err == nil {
+			w.Close()
+			t.Fatalf("a device bound port %d, which a socket holds", taken)
+		}
+		dev, port, err := tun.Use("v1", peer.PublicKey(), netip.AddrPort{}, []netip.Prefix{netip.MustParsePrefix("172.30.0.2/32")}, taken)
+		if err != nil {
+			t.Fatalf("the device did not take another port: %v", err)
+		}
+		if port == taken || port == 0 {
+			t.Errorf("%s listens on %d; %d is taken", dev, port, taken)
+		}
+	})
 }
