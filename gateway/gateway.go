@@ -139,7 +139,7 @@ func (g *Gateway) learn(ctx context.Context) {
 			if at := g.tunneler.PeerEndpoint(e.ID); at.IsValid() {
 				learnt := e
 				w := *e.WireGuard
-				w.Endpoint = at
+				w.Endpoint, w.Learnt = at, true
 				learnt.WireGuard = &w
 				if _, err := g.reconciler.Replace(e, learnt); err != nil {
 					g.log.Warn("recording a peer gateway's address", "id", e.ID, "err", err)

@@ -56,6 +56,11 @@ type WireGuard struct {
 	// Endpoint is where the peer gateway listens; zero: learnt from its
 	// first handshake.
 	Endpoint netip.AddrPort `json:",omitzero"`
+	// Learnt says Endpoint is where the peer's packets came from (the
+	// endpoint's side), not what the peer told: it seeds a new device
+	// (after a restart), but never overrides where a live one's peer
+	// roamed to.
+	Learnt bool `json:",omitempty"`
 	// Port is this gateway's listen port for the peer; 0: the kernel's
 	// choice (the backend reports it through Tunneler.ListenPort).
 	Port int `json:",omitempty"`

@@ -409,7 +409,7 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 		if err != nil {
 			return fmt.Errorf("end %q: peer gateway key %q: %w", e.ID, e.WireGuard.Peer, err)
 		}
-		if device, _, err = b.tunnels.Use(e.ID, key, e.WireGuard.Endpoint, e.WireGuard.Remote, e.WireGuard.Port); err != nil {
+		if device, _, err = b.tunnels.Use(e.ID, key, e.WireGuard.Endpoint, e.WireGuard.Learnt, e.WireGuard.Remote, e.WireGuard.Port); err != nil {
 			return fmt.Errorf("end %q: tunnel to %s: %w", e.ID, e.WireGuard.Endpoint, err)
 		}
 	}
@@ -684,8 +684,8 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 				e.WireGuard.Remote = append(e.WireGuard.Remote, prefix(r.Dst))
 			}
 			if b.tunnels != nil {
-				if key, ep, ok := b.tunnels.peerOf(id); ok {
-					e.WireGuard.Peer, e.WireGuard.Endpoint, e.WireGuard.Port = key.String(), ep, b.tunnels.ListenPort(id)
+				if key, ep, learnt, ok := b.tunnels.peerOf(id); ok {
+					e.WireGuard.Peer, e.WireGuard.Endpoint, e.WireGuard.Learnt, e.WireGuard.Port = key.String(), ep, learnt, b.tunnels.ListenPort(id)
 				}
 			}
 		}

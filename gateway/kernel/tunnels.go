@@ -31,7 +31,18 @@ type Tunnels struct {
 type tunnel struct {
 	dev      *WireGuard
 	endpoint netip.AddrPort
+	told     bool                      // endpoint is what the peer told, not learnt
 	users    map[string][]netip.Prefix // vWire id → its far addresses
+}
+
+// configured is the endpoint to configure the peer with: what the peer
+// told; a learnt one only for a new device (fresh), for WireGuard follows
+// a live peer's packets itself.
+func (tun *tunnel) configured(fresh bool) netip.AddrPort {
+	if tun.told || fresh {
+		return tun.endpoint
+	}
+	return netip.AddrPort{}
 }
 
 // NewTunnels returns the tunnels of a gateway with private key key; their
@@ -52,15 +63,17 @@ func (t *Tunnels) deviceName(peer wgtypes.Key) string {
 }
 
 // Use makes vWire id reach far through the peer gateway with key peer, at
-// endpoint (zero if not known yet: learnt when the peer connects). It
-// returns the device to route the vWire into and the port it listens on.
-// A new device listens on listen (0: any), as after a restart, where the
-// peer still sends to the port it was told.
-func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, far []netip.Prefix, listen int) (device string, port int, err error) {
+// endpoint (zero if not known yet: learnt when the peer connects; learnt:
+// where the peer's packets came from before, which only a new device
+// takes). It returns the device to route the vWire into and the port it
+// listens on. A new device listens on listen (0: any), as after a restart,
+// where the peer still sends to the port it was told.
+func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, learnt bool, far []netip.Prefix, listen int) (device string, port int, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	tun := t.peers[peer]
-	if tun == nil {
+	fresh := tun == nil
+	if fresh {
 		dev, err := NewWireGuard(t.deviceName(peer), t.key, listen, t.mtu, t.log)
 		if err != nil && listen != 0 {
 			t.log.Warn("the WireGuard port of before is taken; the peer learns the new one from the next handshake", "port", listen, "err", err)
@@ -72,22 +85,27 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, far 
 		tun = &tunnel{dev: dev, users: map[string][]netip.Prefix{}}
 		t.peers[peer] = tun
 	}
-	if endpoint.IsValid() && tun.endpoint.IsValid() && endpoint != tun.endpoint {
-		// The peer gateway answers from another port: its device for us is
-		// new (its last vWire to us closed while ours stayed), and the
-		// session this side holds is one it no longer knows. Drop it, so
-		// that traffic waits for a new handshake (which the caller waits
-		// for) rather than for WireGuard to notice, seconds later.
-		if err := tun.dev.RemovePeer(peer); err != nil {
-			return "", 0, err
+	switch {
+	case !endpoint.IsValid():
+	case !learnt:
+		if tun.told && endpoint != tun.endpoint {
+			// The peer gateway answers from another port: its device for
+			// us is new (its last vWire to us closed while ours stayed),
+			// and the session this side holds is one it no longer knows.
+			// Drop it, so that traffic waits for a new handshake (which
+			// the caller waits for) rather than for WireGuard to notice,
+			// seconds later.
+			if err := tun.dev.RemovePeer(peer); err != nil {
+				return "", 0, err
+			}
 		}
+		tun.endpoint, tun.told = endpoint, true
+	case !tun.told:
+		tun.endpoint = endpoint
 	}
 	prev, had := tun.users[id]
 	tun.users[id] = far
-	if endpoint.IsValid() {
-		tun.endpoint = endpoint
-	}
-	if err := tun.dev.SetPeer(peer, tun.endpoint, allowed(tun.users)); err != nil {
+	if err := tun.dev.SetPeer(peer, tun.configured(fresh), allowed(tun.users)); err != nil {
 		if had {
 			tun.users[id] = prev
 		} else {
@@ -149,14 +167,15 @@ func (t *Tunnels) PeerEndpoint(id string) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// peerOf is the peer key and endpoint of the tunnel that carries vWire id.
-func (t *Tunnels) peerOf(id string) (wgtypes.Key, netip.AddrPort, bool) {
+// peerOf is the peer key and endpoint of the tunnel that carries vWire id,
+// and whether the endpoint was learnt.
+func (t *Tunnels) peerOf(id string) (key wgtypes.Key, endpoint netip.AddrPort, learnt, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if key, tun := t.carrierLocked(id); tun != nil {
-		return key, tun.endpoint, true
+		return key, tun.endpoint, tun.endpoint.IsValid() && !tun.told, true
 	}
-	return wgtypes.Key{}, netip.AddrPort{}, false
+	return wgtypes.Key{}, netip.AddrPort{}, false, false
 }
 
 // Release drops vWire id from whichever tunnel carries it; a tunnel that no
@@ -172,7 +191,7 @@ func (t *Tunnels) Release(id string) error {
 		if t.dropIfUnused(peer, tun) {
 			return nil
 		}
-		return tun.dev.SetPeer(peer, tun.endpoint, allowed(tun.users))
+		return tun.dev.SetPeer(peer, tun.configured(false), allowed(tun.users))
 	}
 	return nil
 }

@@ -182,13 +182,13 @@ func TestTunnelsPerPeerGateway(t *testing.T) {
 		// The endpoint's gateway first: it does not know the client's port.
 		var devB string
 		var portB int
-		inNetNS(t, gB, func() { devB, portB, err = tB.Use(v.id, keyA.PublicKey(), netip.AddrPort{}, pfx(v.a), 0) })
+		inNetNS(t, gB, func() { devB, portB, err = tB.Use(v.id, keyA.PublicKey(), netip.AddrPort{}, false, pfx(v.a), 0) })
 		if err != nil {
 			t.Fatal(err)
 		}
 		var devA string
 		inNetNS(t, gA, func() {
-			devA, _, err = tA.Use(v.id, keyB.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)), pfx(v.b), 0)
+			devA, _, err = tA.Use(v.id, keyB.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)), false, pfx(v.b), 0)
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -251,12 +251,12 @@ func TestTunnelsPeerDeviceRenewed(t *testing.T) {
 		wA, wB := namespace(t), namespace(t)
 		var devA, devB string
 		var err error
-		inNetNS(t, gB, func() { devB, portB, err = tB.Use(id, keyA.PublicKey(), netip.AddrPort{}, pfx(a), 0) })
+		inNetNS(t, gB, func() { devB, portB, err = tB.Use(id, keyA.PublicKey(), netip.AddrPort{}, false, pfx(a), 0) })
 		if err != nil {
 			t.Fatal(err)
 		}
 		inNetNS(t, gA, func() {
-			devA, _, err = tA.Use(id, keyB.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)), pfx(b), 0)
+			devA, _, err = tA.Use(id, keyB.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)), false, pfx(b), 0)
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -311,7 +311,7 @@ func TestTunnelsPortTaken(t *testing.T) {
 			w.Close()
 			t.Fatalf("a device bound port %d, which a socket holds", taken)
 		}
-		dev, port, err := tun.Use("v1", peer.PublicKey(), netip.AddrPort{}, []netip.Prefix{netip.MustParsePrefix("172.30.0.2/32")}, taken)
+		dev, port, err := tun.Use("v1", peer.PublicKey(), netip.AddrPort{}, false, []netip.Prefix{netip.MustParsePrefix("172.30.0.2/32")}, taken)
 		if err != nil {
 			t.Fatalf("the device did not take another port: %v", err)
 		}
