@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +17,44 @@ type Process struct {
 	Cmd *exec.Cmd
 	// Ready is the line it printed when ready ("vwire domain … ready in …").
 	Ready string
+
+	mu    sync.Mutex
+	lines []string
+	added chan struct{} // closed and replaced at each line
+}
+
+// WaitFor returns the first line of its output so far or within d that
+// contains each of parts, or "" if none does.
+func (p *Process) WaitFor(d time.Duration, parts ...string) string {
+	deadline := time.After(d)
+	for seen := 0; ; {
+		p.mu.Lock()
+		lines, added := p.lines[seen:], p.added
+		seen = len(p.lines)
+		p.mu.Unlock()
+	lines:
+		for _, l := range lines {
+			for _, part := range parts {
+				if !strings.Contains(l, part) {
+					continue lines
+				}
+			}
+			return l
+		}
+		select {
+		case <-added:
+		case <-deadline:
+			return ""
+		}
+	}
+}
+
+func (p *Process) add(line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lines = append(p.lines, line)
+	close(p.added)
+	p.added = make(chan struct{})
 }
 
 // StartVwire runs bin with args (and env added to the test's) until the
@@ -32,11 +71,13 @@ func StartVwire(t testing.TB, bin string, env []string, args ...string) *Process
 			name += " " + args[i+1]
 		}
 	}
-	p, line, err := proc.Start(context.Background(), cmd, time.Minute, func(l string) { t.Logf("vwire %s: %s", name, l) },
+	out := &Process{Cmd: cmd, added: make(chan struct{})}
+	p, line, err := proc.Start(context.Background(), cmd, time.Minute, func(l string) { t.Logf("vwire %s: %s", name, l); out.add(l) },
 		func(l string) bool { return strings.Contains(l, " ready in ") })
 	if err != nil {
 		t.Fatalf("vwire %v: %v (its output is above)", args, err)
 	}
 	t.Cleanup(func() { p.Stop(10 * time.Second) })
-	return &Process{Cmd: cmd, Ready: line}
+	out.Ready = line
+	return out
 }
