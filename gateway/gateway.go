@@ -24,6 +24,7 @@ import (
 
 	"github.com/vwire/vwire/gateway/dataplane"
 	"github.com/vwire/vwire/internal/atomicfile"
+	"github.com/vwire/vwire/internal/conncache"
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -65,11 +66,11 @@ type Gateway struct {
 	reconciler *Reconciler
 	file       string
 	log        *slog.Logger
+	nses       conncache.Cache // by endpoint URL
 
 	mu      sync.Mutex
 	records map[string]*record // by connection id and side: "c-ID", "e-ID"
 	waiting map[string]*proxypb.KernelInterface
-	nses    map[string]*grpc.ClientConn // by endpoint URL
 }
 
 // record is what the gateway keeps of one of its vWire ends, beyond the
@@ -100,7 +101,7 @@ func Open(node string, backend dataplane.Backend, dir string, log *slog.Logger) 
 		return nil, err
 	}
 	g := &Gateway{Node: node, backend: backend, tunneler: tun, reconciler: r, file: filepath.Join(dir, "vwires.json"), log: log,
-		records: map[string]*record{}, waiting: map[string]*proxypb.KernelInterface{}, nses: map[string]*grpc.ClientConn{}}
+		records: map[string]*record{}, waiting: map[string]*proxypb.KernelInterface{}}
 	b, err := os.ReadFile(g.file)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("gateway state: %w", err)
@@ -527,17 +528,9 @@ func (g *Gateway) dialEndpoint(url string) (*grpc.ClientConn, error) {
 	if !strings.HasPrefix(url, "unix://") {
 		return nil, fmt.Errorf("its URL %q is not a unix socket on this node (unix://PATH)", url)
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if c := g.nses[url]; c != nil {
-		return c, nil
-	}
-	c, err := grpc.NewClient(url, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	g.nses[url] = c
-	return c, nil
+	return g.nses.Get(url, func() (*grpc.ClientConn, error) {
+		return grpc.NewClient(url, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	})
 }
 
 func (g *Gateway) saveLocked() error {
@@ -565,12 +558,7 @@ func (g *Gateway) RemoveAll(ctx context.Context) {
 
 // Close closes the gateway's connections to endpoints (not the ends).
 func (g *Gateway) Close() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for url, c := range g.nses {
-		c.Close()
-		delete(g.nses, url)
-	}
+	g.nses.Close()
 	return nil
 }
 

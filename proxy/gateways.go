@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/internal/conncache"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry/registrypb"
 )
@@ -27,8 +27,7 @@ type Gateways struct {
 	Source   federation.Source
 	Endpoint func(ctx context.Context, name string) (*registrypb.Endpoint, error)
 
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn // by URL and ID
+	conns conncache.Cache // by URL and ID
 }
 
 // gatewayRef is where an end's gateway is: URL empty for Local. For the
@@ -128,30 +127,17 @@ func (g *Gateways) dial(ref gatewayRef) (*grpc.ClientConn, error) {
 	if err != nil || !id.MemberOf(g.TD) || !strings.HasPrefix(id.Path(), "/vwire/gateway/") {
 		return nil, fmt.Errorf("%q at %s is not a gateway of trust domain %q", ref.id, ref.url, g.TD)
 	}
-	key := ref.url + " " + ref.id
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if c := g.conns[key]; c != nil {
+	return g.conns.Get(ref.url+" "+ref.id, func() (*grpc.ClientConn, error) {
+		c, err := grpc.NewClient(ref.url, federation.WithReconnect(grpc.WithTransportCredentials(federation.ClientCredentials(g.Source, federation.AuthorizeOf(id))))...)
+		if err != nil {
+			return nil, fmt.Errorf("gateway %s at %s: %w", ref.id, ref.url, err)
+		}
 		return c, nil
-	}
-	c, err := grpc.NewClient(ref.url, federation.WithReconnect(grpc.WithTransportCredentials(federation.ClientCredentials(g.Source, federation.AuthorizeOf(id))))...)
-	if err != nil {
-		return nil, fmt.Errorf("gateway %s at %s: %w", ref.id, ref.url, err)
-	}
-	if g.conns == nil {
-		g.conns = map[string]*grpc.ClientConn{}
-	}
-	g.conns[key] = c
-	return c, nil
+	})
 }
 
 // Close closes the connections to gateways.
 func (g *Gateways) Close() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for k, c := range g.conns {
-		c.Close()
-		delete(g.conns, k)
-	}
+	g.conns.Close()
 	return nil
 }
