@@ -168,42 +168,10 @@ func TestWireGuardEnds(t *testing.T) {
 // each release keeps the device while another vWire uses it.
 func TestTunnelsPerPeerGateway(t *testing.T) {
 	e2e.RequireRoot(t, "ping")
-	gA, gB := underlay(t)
-	keyA, _ := wgtypes.GeneratePrivateKey()
-	keyB, _ := wgtypes.GeneratePrivateKey()
-	tA, tB := NewTunnels(keyA, 1420, slog.Default()), NewTunnels(keyB, 1420, slog.Default())
-	defer tA.Close()
-	defer tB.Close()
-	bA, bB := backendAt(t, gA), backendAt(t, gB)
-	var err error
+	p := newGatewayPair(t)
+	tA, tB, bA, bB := p.tA, p.tB, p.bA, p.bB
 	for i, v := range []struct{ id, a, b string }{{"v1", "172.30.0.1", "172.30.0.2"}, {"v2", "172.30.1.1", "172.30.1.2"}} {
-		wA, wB := namespace(t), namespace(t)
-		pfx := func(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s + "/32")} }
-		// The endpoint's gateway first: it does not know the client's port.
-		var devB string
-		var portB int
-		inNetNS(t, gB, func() { devB, portB, err = tB.Use(v.id, keyA.PublicKey(), netip.AddrPort{}, false, pfx(v.a), 0) })
-		if err != nil {
-			t.Fatal(err)
-		}
-		var devA string
-		inNetNS(t, gA, func() {
-			devA, _, err = tA.Use(v.id, keyB.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)), false, pfx(v.b), 0)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range []struct {
-			b   *Backend
-			end dataplane.End
-		}{
-			{bA, dataplane.End{ID: v.id, NetNS: wA, MTU: 1420, Addrs: pfx(v.a), WireGuard: &dataplane.WireGuard{Device: devA, Remote: pfx(v.b)}}},
-			{bB, dataplane.End{ID: v.id, NetNS: wB, MTU: 1420, Addrs: pfx(v.b), WireGuard: &dataplane.WireGuard{Device: devB, Remote: pfx(v.a)}}},
-		} {
-			if err := e.b.Apply(context.Background(), e.end); err != nil {
-				t.Fatal(err)
-			}
-		}
+		wA, _ := p.up(v.id, v.a, v.b)
 		out, err := exec.Command("ip", "netns", "exec", wA, "ping", "-c", "2", "-W", "2", v.b).CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "2 received") {
 			t.Fatalf("vWire %d: ping over the shared tunnel: %v\n%s", i+1, err, out)
@@ -224,7 +192,7 @@ func TestTunnelsPerPeerGateway(t *testing.T) {
 	if len(tA.Devices())+len(tB.Devices()) != 0 {
 		t.Errorf("devices left: %v %v", tA.Devices(), tB.Devices())
 	}
-	for _, ns := range []string{gA, gB} {
+	for _, ns := range []string{p.gA, p.gB} {
 		if out := ip(t, "-n", ns, "link", "show"); strings.Contains(out, " wg") {
 			t.Errorf("a WireGuard device left in %s:\n%s", ns, out)
 		}
@@ -238,35 +206,11 @@ func TestTunnelsPerPeerGateway(t *testing.T) {
 // WireGuard would notice only after 15 s of unanswered traffic.
 func TestTunnelsPeerDeviceRenewed(t *testing.T) {
 	e2e.RequireRoot(t, "ping")
-	gA, gB := underlay(t)
-	keyA, _ := wgtypes.GeneratePrivateKey()
-	keyB, _ := wgtypes.GeneratePrivateKey()
-	tA, tB := NewTunnels(keyA, 1420, slog.Default()), NewTunnels(keyB, 1420, slog.Default())
-	defer tA.Close()
-	defer tB.Close()
-	bA, bB := backendAt(t, gA), backendAt(t, gB)
-	pfx := func(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s + "/32")} }
+	p := newGatewayPair(t)
+	tB, bA, bB := p.tB, p.bA, p.bB
 	up := func(id, a, b string) (portB int) {
 		t.Helper()
-		wA, wB := namespace(t), namespace(t)
-		var devA, devB string
-		var err error
-		inNetNS(t, gB, func() { devB, portB, err = tB.Use(id, keyA.PublicKey(), netip.AddrPort{}, false, pfx(a), 0) })
-		if err != nil {
-			t.Fatal(err)
-		}
-		inNetNS(t, gA, func() {
-			devA, _, err = tA.Use(id, keyB.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)), false, pfx(b), 0)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := bA.Apply(context.Background(), dataplane.End{ID: id, NetNS: wA, MTU: 1420, Addrs: pfx(a), WireGuard: &dataplane.WireGuard{Device: devA, Remote: pfx(b)}}); err != nil {
-			t.Fatal(err)
-		}
-		if err := bB.Apply(context.Background(), dataplane.End{ID: id, NetNS: wB, MTU: 1420, Addrs: pfx(b), WireGuard: &dataplane.WireGuard{Device: devB, Remote: pfx(a)}}); err != nil {
-			t.Fatal(err)
-		}
+		wA, portB := p.up(id, a, b)
 		// One reply within 4 s (a handshake takes milliseconds; a stale
 		// session is noticed after 15).
 		out, err := exec.Command("ip", "netns", "exec", wA, "ping", "-c", "1", "-w", "4", b).CombinedOutput()
@@ -319,4 +263,54 @@ func TestTunnelsPortTaken(t *testing.T) {
 			t.Errorf("%s listens on %d; %d is taken", dev, port, taken)
 		}
 	})
+}
+
+// gatewayPair is two gateways (namespaces joined by a veth, 172.31.0.1 and
+// .2) with their tunnels and backends.
+type gatewayPair struct {
+	t          *testing.T
+	gA, gB     string
+	keyA, keyB wgtypes.Key
+	tA, tB     *Tunnels
+	bA, bB     *Backend
+}
+
+func newGatewayPair(t *testing.T) *gatewayPair {
+	p := &gatewayPair{t: t}
+	p.gA, p.gB = underlay(t)
+	p.keyA, _ = wgtypes.GeneratePrivateKey()
+	p.keyB, _ = wgtypes.GeneratePrivateKey()
+	p.tA, p.tB = NewTunnels(p.keyA, 1420, slog.Default()), NewTunnels(p.keyB, 1420, slog.Default())
+	t.Cleanup(func() { p.tA.Close(); p.tB.Close() })
+	p.bA, p.bB = backendAt(t, p.gA), backendAt(t, p.gB)
+	return p
+}
+
+// up programs vWire id between a workload namespace behind each gateway,
+// a (behind a) to b, the endpoint's gateway b first (it does not know the
+// client's port); it returns a's workload namespace and b's device port.
+func (p *gatewayPair) up(id, a, b string) (wA string, portB int) {
+	t := p.t
+	t.Helper()
+	pfx := func(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s + "/32")} }
+	wA, wB := namespace(t), namespace(t)
+	var devA, devB string
+	var err error
+	inNetNS(t, p.gB, func() { devB, portB, err = p.tB.Use(id, p.keyA.PublicKey(), netip.AddrPort{}, false, pfx(a), 0) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	inNetNS(t, p.gA, func() {
+		devA, _, err = p.tA.Use(id, p.keyB.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)), false, pfx(b), 0)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.bA.Apply(context.Background(), dataplane.End{ID: id, NetNS: wA, MTU: 1420, Addrs: pfx(a), WireGuard: &dataplane.WireGuard{Device: devA, Remote: pfx(b)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.bB.Apply(context.Background(), dataplane.End{ID: id, NetNS: wB, MTU: 1420, Addrs: pfx(b), WireGuard: &dataplane.WireGuard{Device: devB, Remote: pfx(a)}}); err != nil {
+		t.Fatal(err)
+	}
+	return wA, portB
 }
