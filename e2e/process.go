@@ -57,6 +57,11 @@ func (p *Process) add(line string) {
 	p.added = make(chan struct{})
 }
 
+// LogOutput logs a line that process name printed. It is not a t.Helper:
+// the line is attributed to this file, which tells a process's output from
+// the test's own messages (testsum's closing summary shows only those).
+func LogOutput(t testing.TB, name, line string) { t.Logf("%s: %s", name, line) }
+
 // StartVwire runs bin with args (and env added to the test's) until the
 // test ends, logging its output through t, and returns once it printed its
 // ready line. It fails the test if the process exits first or is not ready
@@ -72,7 +77,7 @@ func StartVwire(t testing.TB, bin string, env []string, args ...string) *Process
 		}
 	}
 	out := &Process{Cmd: cmd, added: make(chan struct{})}
-	p, line, err := proc.Start(context.Background(), cmd, time.Minute, func(l string) { t.Logf("vwire %s: %s", name, l); out.add(l) },
+	p, line, err := proc.Start(context.Background(), cmd, time.Minute, func(l string) { LogOutput(t, "vwire "+name, l); out.add(l) },
 		func(l string) bool { return strings.Contains(l, " ready in ") })
 	if err != nil {
 		t.Fatalf("vwire %v: %v (its output is above)", args, err)

@@ -49,7 +49,7 @@ func startProcess(t *testing.T, name string, cmd *exec.Cmd) {
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			t.Logf("%s: %s", name, sc.Text())
+			LogOutput(t, name, sc.Text())
 		}
 	}()
 	t.Cleanup(func() {

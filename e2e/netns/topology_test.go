@@ -216,7 +216,7 @@ func (w *world) connect(d, service, netns string, args ...string) *connection {
 	c := &connection{events: make(chan event, 100)}
 	first := true
 	each := func(line string) {
-		w.t.Logf("vwire connect %s: %s", service, line)
+		e2e.LogOutput(w.t, "vwire connect "+service, line)
 		var ev event
 		if json.Unmarshal([]byte(line), &ev) != nil {
 			return
