@@ -535,14 +535,15 @@ func (d *Domain) close() error {
 	if d.bundle != nil {
 		d.bundle.Close()
 	}
-	if d.gw != nil {
-		d.gw.Close()
-		d.gwProxy.Close()
-	}
+	// No request reaches the gateway once it starts removing its ends.
 	if d.srv != nil {
 		d.srv.Stop()
 	} else if d.lis != nil {
 		d.lis.Close()
+	}
+	if d.gw != nil {
+		d.gw.Close()
+		d.gwProxy.Close()
 	}
 	if d.pub != nil {
 		d.pub.Close() // withdraw the records before going away

@@ -68,6 +68,13 @@ type Gateway struct {
 	log        *slog.Logger
 	nses       conncache.Cache // by endpoint URL
 
+	// life orders programming against RemoveAll: set holds it shared,
+	// RemoveAll takes it to mark the gateway stopping, after which nothing
+	// is programmed (a refresh arriving while the domain stops would
+	// otherwise put back an end that RemoveAll had already taken away).
+	life     sync.RWMutex
+	stopping bool
+
 	mu      sync.Mutex
 	records map[string]*record // by connection id and side: "c-ID", "e-ID"
 	waiting map[string]*proxypb.KernelInterface
@@ -438,6 +445,11 @@ func (g *Gateway) handshake(ctx context.Context, id string, peer netip.AddrPort)
 
 // set programs end and records it; a new end that fails is not kept.
 func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *record) error {
+	g.life.RLock()
+	defer g.life.RUnlock()
+	if g.stopping {
+		return errStopping
+	}
 	_, existed := g.reconciler.Get(id)
 	if err := g.reconciler.Set(ctx, end); err != nil {
 		if !existed {
@@ -541,9 +553,15 @@ func (g *Gateway) saveLocked() error {
 	return atomicfile.Write(g.file, b, 0o600)
 }
 
+var errStopping = errors.New("the gateway is stopping")
+
 // RemoveAll removes every end (a domain stopping without
-// --keep-dataplane).
+// --keep-dataplane), once the ends being programmed are; from then on the
+// gateway programs none.
 func (g *Gateway) RemoveAll(ctx context.Context) {
+	g.life.Lock()
+	g.stopping = true
+	g.life.Unlock()
 	for _, e := range g.reconciler.Desired() {
 		side, connID, _ := strings.Cut(e.ID, "-")
 		s := proxy.ClientSide

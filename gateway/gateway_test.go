@@ -132,6 +132,27 @@ func TestFailedEndpointSideLeavesNothing(t *testing.T) {
 	}
 }
 
+// Once a stopping gateway removed its ends, a refresh that arrives late
+// programs nothing again: what the gateway made is gone when it stops.
+func TestRemoveAllThenRefresh(t *testing.T) {
+	ctx := context.Background()
+	ep, _ := endpoint.New("172.16.0.0/24", "ep-ns", "IP")
+	fb := dataplane.NewFake()
+	gb := openGateway(t, t.TempDir(), "10.0.0.2", fb, serveEndpoint(t, ep))
+	req := &proxypb.Connection{Id: "c1", NetworkServiceEndpointName: "ep1", Payload: "IP",
+		Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{SrcIp: "10.0.0.1", SrcPublicKey: make([]byte, 32)}}}}
+	if _, err := gb.Apply(ctx, proxy.EndpointSide, req); err != nil {
+		t.Fatal(err)
+	}
+	gb.RemoveAll(ctx)
+	if _, err := gb.Apply(ctx, proxy.EndpointSide, req); !errors.Is(err, errStopping) {
+		t.Errorf("a refresh after RemoveAll: %v, want %v", err, errStopping)
+	}
+	if fb.String() != "" || len(gb.Ends()) != 0 || ep.InUse() != 0 {
+		t.Errorf("after RemoveAll and a refresh: programmed %q, ends %v, endpoint pairs in use %d", fb, gb.Ends(), ep.InUse())
+	}
+}
+
 // A client side with no waiting workload, and answers without a usable
 // mechanism, are refused.
 func TestClientSideRefusals(t *testing.T) {
