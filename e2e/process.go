@@ -18,6 +18,7 @@ type Process struct {
 	// Ready is the line it printed when ready ("vwire domain … ready in …").
 	Ready string
 
+	p     *proc.Process
 	mu    sync.Mutex
 	lines []string
 	added chan struct{} // closed and replaced at each line
@@ -47,6 +48,15 @@ func (p *Process) WaitFor(d time.Duration, parts ...string) string {
 			return ""
 		}
 	}
+}
+
+// Signal sends sig and waits until the process exited and all its output
+// was logged (Cmd.Wait alone may cut the last lines off); it returns how
+// the process ended.
+func (p *Process) Signal(sig os.Signal) error {
+	p.Cmd.Process.Signal(sig)
+	<-p.p.Done()
+	return p.Cmd.Wait()
 }
 
 func (p *Process) add(line string) {
@@ -83,6 +93,6 @@ func StartVwire(t testing.TB, bin string, env []string, args ...string) *Process
 		t.Fatalf("vwire %v: %v (its output is above)", args, err)
 	}
 	t.Cleanup(func() { p.Stop(10 * time.Second) })
-	out.Ready = line
+	out.p, out.Ready = p, line
 	return out
 }

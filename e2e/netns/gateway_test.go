@@ -101,8 +101,7 @@ func TestSeparateGateway(t *testing.T) {
 
 	t.Run("the data path does not need b's proxy", func(t *testing.T) {
 		b := w.domains["b.example"]
-		b.proc.Cmd.Process.Signal(syscall.SIGKILL)
-		b.proc.Cmd.Wait()
+		b.proc.Signal(syscall.SIGKILL)
 		if err := ping(clientNS, c.Up.peer()); err != nil {
 			t.Errorf("with b's domain down: %v", err)
 		}
@@ -118,8 +117,7 @@ func TestSeparateGateway(t *testing.T) {
 
 	// (Not a subtest: the restarted gateway must outlive it.)
 	killed := time.Now()
-	b2.proc.Cmd.Process.Signal(syscall.SIGKILL)
-	b2.proc.Cmd.Wait()
+	b2.proc.Signal(syscall.SIGKILL)
 	b2.proc = e2e.StartVwire(t, "ip", nil, b2.args...)
 	restarted := time.Since(killed)
 	for deadline := time.Now().Add(30 * time.Second); ping(clientNS, c.Up.peer()) != nil; {

@@ -201,8 +201,7 @@ func TestIPvWireAcrossDomains(t *testing.T) {
 
 	t.Run("gateway SIGKILL heals", func(t *testing.T) {
 		killed := time.Now()
-		a.proc.Cmd.Process.Signal(syscall.SIGKILL)
-		a.proc.Cmd.Wait()
+		a.proc.Signal(syscall.SIGKILL)
 		w.start(a)
 		started := time.Since(killed)
 		ev := c.wait(t, "healed", 30*time.Second)
@@ -218,8 +217,7 @@ func TestIPvWireAcrossDomains(t *testing.T) {
 	t.Run("SIGTERM with --keep-dataplane keeps the vWire", func(t *testing.T) {
 		w.restart(a, "--keep-dataplane") // a plain SIGTERM first: the client re-requests
 		c.wait(t, "healed", 30*time.Second)
-		a.proc.Cmd.Process.Signal(syscall.SIGTERM)
-		if err := a.proc.Cmd.Wait(); err != nil {
+		if err := a.proc.Signal(syscall.SIGTERM); err != nil {
 			t.Errorf("a's exit after SIGTERM: %v", err)
 		}
 		if out := run(t, "ip", "-n", clientNS, "-o", "addr", "show", "dev", "nsm0"); !strings.Contains(out, c.Up.self()) {
@@ -356,8 +354,7 @@ func TestSelectionEthernetAndRefusals(t *testing.T) {
 	// b stops while its vWires are up: SIGTERM removes every interface,
 	// route and tunnel it made.
 	t.Run("SIGTERM removes what the domain programmed", func(t *testing.T) {
-		b.proc.Cmd.Process.Signal(syscall.SIGTERM)
-		if err := b.proc.Cmd.Wait(); err != nil {
+		if err := b.proc.Signal(syscall.SIGTERM); err != nil {
 			t.Errorf("b's exit after SIGTERM: %v", err)
 		}
 		if got := fullSnapshot(t, b.ns); got != beforeB {

@@ -153,8 +153,7 @@ func (w *world) start(h *host) {
 // programmed) and starts it again with extra flags.
 func (w *world) restart(h *host, extra ...string) {
 	w.t.Helper()
-	h.proc.Cmd.Process.Signal(syscall.SIGTERM)
-	h.proc.Cmd.Wait()
+	h.proc.Signal(syscall.SIGTERM)
 	h.extra = extra
 	w.start(h)
 }
