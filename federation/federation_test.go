@@ -1,7 +1,9 @@
 package federation
 
 import (
+	"context"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +13,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -123,4 +128,83 @@ func TestOpenIdentityBuiltin(t *testing.T) {
 		t.Error(err)
 	}
 	src.Close()
+}
+
+// A server on a credentials directory (`vwire gateway --credentials`) keeps
+// admitting new connections after its first SVID expired, once the SVID was
+// issued again into the directory; and it follows a new CA's bundle.
+func TestCredentialsReissued(t *testing.T) {
+	ca, err := OpenCA(t.TempDir(), td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	gw := spiffeid.RequireFromPath(td, "/vwire/gateway/n1")
+	if err := ca.WriteCredentials(dir, gw, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	src, err := LoadCredentials(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := src.GetX509SVID()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.Creds(ServerCredentials(src, AuthorizeOf(ProxyID(td)), slog.Default())))
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go srv.Serve(lis)
+	defer srv.Stop()
+	check := func() error { // a new connection each time: a new handshake
+		proxy, err := ca.NewSource(ProxyID(td), time.Hour, NewTrust(ca.Bundle()), slog.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer proxy.Close()
+		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(ClientCredentials(proxy, AuthorizeOf(gw))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	if err := check(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WriteCredentials(dir, gw, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(first.Certificates[0].NotAfter.Sub(time.Now()) + 100*time.Millisecond) // the first SVID has expired
+	if err := check(); err != nil {
+		t.Errorf("after the SVID was issued again: %v", err)
+	}
+	if now, _ := src.GetX509SVID(); !time.Now().Before(now.Certificates[0].NotAfter) {
+		t.Errorf("the source still holds an expired SVID (until %v)", now.Certificates[0].NotAfter)
+	}
+
+	// Files for another ID are not taken: the source keeps its identity.
+	if err := ca.WriteCredentials(dir, AdminID(td), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(reloadEvery)
+	if now, _ := src.GetX509SVID(); now.ID != gw {
+		t.Errorf("the source took credentials for %v", now.ID)
+	}
+
+	// The domain's CA changed: the new bundle is trusted once written.
+	ca2, err := OpenCA(t.TempDir(), td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca2.WriteCredentials(dir, gw, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(reloadEvery)
+	if b, err := src.GetX509BundleForTrustDomain(td); err != nil || !b.Equal(ca2.Bundle()) {
+		t.Errorf("bundle after the CA changed: %v", err)
+	}
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -151,36 +153,103 @@ func WorkloadSource(ctx context.Context, socket string, prefer func(spiffeid.ID)
 	return src, nil
 }
 
-// FileSource is a fixed SVID and bundle read from a credentials directory
-// (svid.pem, svid.key, bundle.pem), as `vwire domain` writes for its admin.
+// FileSource is the SVID and bundle of a credentials directory (svid.pem,
+// svid.key, bundle.pem), as `vwire domain` writes for its admin and `vwire
+// ca issue` for a gateway. A long-running holder (`vwire gateway`) picks up
+// credentials issued again into the directory at its next handshake (the
+// files are looked at no more than once a second): renewing them, or a
+// bundle after the domain's CA rotated, needs no restart.
 type FileSource struct {
 	*Trust
-	svid *x509svid.SVID
+	dir string
+
+	mu      sync.Mutex
+	svid    *x509svid.SVID
+	stamp   string    // the files' sizes and times when last read
+	checked time.Time // when the files were last looked at
 }
+
+// reloadEvery bounds how often a FileSource looks at its files.
+const reloadEvery = time.Second
 
 // LoadCredentials reads dir. The bundle is taken as the SVID's own trust
 // domain's.
 func LoadCredentials(dir string) (*FileSource, error) {
-	svid, err := x509svid.Load(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid.key"))
+	stamp := filesStamp(dir)
+	svid, bundle, err := readCredentials(dir)
 	if err != nil {
-		return nil, fmt.Errorf("credentials %s: %w", dir, err)
+		return nil, err
 	}
 	if leaf := svid.Certificates[0]; time.Now().After(leaf.NotAfter) {
 		return nil, fmt.Errorf("credentials %s: the SVID %s expired at %s; restart the domain or get new credentials",
 			dir, svid.ID, leaf.NotAfter.Format(time.RFC3339))
 	}
+	return &FileSource{Trust: NewTrust(bundle), dir: dir, svid: svid, stamp: stamp, checked: time.Now()}, nil
+}
+
+func readCredentials(dir string) (*x509svid.SVID, *x509bundle.Bundle, error) {
+	svid, err := x509svid.Load(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid.key"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("credentials %s: %w", dir, err)
+	}
 	bundle, err := x509bundle.Load(svid.ID.TrustDomain(), filepath.Join(dir, "bundle.pem"))
 	if err != nil {
-		return nil, fmt.Errorf("credentials %s: %w", dir, err)
+		return nil, nil, fmt.Errorf("credentials %s: %w", dir, err)
 	}
-	return &FileSource{Trust: NewTrust(bundle), svid: svid}, nil
+	return svid, bundle, nil
+}
+
+// filesStamp sums up the credentials files' sizes and modification times:
+// it changes when any of them is written again.
+func filesStamp(dir string) string {
+	var b strings.Builder
+	for _, name := range []string{"svid.pem", "svid.key", "bundle.pem"} {
+		if fi, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			fmt.Fprintf(&b, "%s:%d:%d ", name, fi.Size(), fi.ModTime().UnixNano())
+		}
+	}
+	return b.String()
+}
+
+// reload reads the files again if they changed since they were last read.
+// New credentials are taken only whole and for the same SPIFFE ID; anything
+// else keeps the ones in use (and is tried again when the files change).
+func (s *FileSource) reload() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if time.Since(s.checked) < reloadEvery {
+		return
+	}
+	s.checked = time.Now()
+	stamp := filesStamp(s.dir)
+	if stamp == s.stamp {
+		return
+	}
+	s.stamp = stamp
+	svid, bundle, err := readCredentials(s.dir)
+	if err != nil || svid.ID != s.svid.ID {
+		return
+	}
+	s.svid = svid
+	s.Trust.Set(bundle)
 }
 
 // GetX509SVID implements x509svid.Source.
-func (s *FileSource) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
+func (s *FileSource) GetX509SVID() (*x509svid.SVID, error) {
+	s.reload()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.svid, nil
+}
+
+// GetX509BundleForTrustDomain implements x509bundle.Source.
+func (s *FileSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	s.reload()
+	return s.Trust.GetX509BundleForTrustDomain(td)
+}
 
 // Close implements Source.
 func (s *FileSource) Close() error { return nil }
 
-// ID is the SVID's SPIFFE ID.
+// ID is the SVID's SPIFFE ID (it never changes: reload keeps to it).
 func (s *FileSource) ID() spiffeid.ID { return s.svid.ID }

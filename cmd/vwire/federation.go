@@ -197,7 +197,9 @@ func newCACmd() *cobra.Command {
 		Long: `Issue an SVID from the built-in CA that vwire domain keeps in DATA-DIR/ca, on
 the domain's host (it reads the CA's key): svid.pem, svid.key and bundle.pem in
 --out, for vwire gateway --credentials. A gateway's ID is
-spiffe://TD/vwire/gateway/NODE. Issue again before --ttl passes; a SPIRE agent
+spiffe://TD/vwire/gateway/NODE. Issue again into the same --out (and copy it
+to the node) before --ttl passes, and after vwire ca rotate: a running gateway
+takes the new files at its next handshake, without a restart. A SPIRE agent
 (--spiffe-socket) renews by itself.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
