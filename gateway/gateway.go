@@ -525,6 +525,10 @@ func (g *Gateway) Remove(ctx context.Context, side proxy.Side, conn *proxypb.Con
 }
 
 func (g *Gateway) closeEndpoint(ctx context.Context, url, connID string) {
+	// A stuck endpoint must not hold up the removal of the end, nor a
+	// stopping gateway (RemoveAll has no deadline of its own).
+	ctx, cancel := context.WithTimeout(ctx, endpointCloseTimeout)
+	defer cancel()
 	nse, err := g.dialEndpoint(url)
 	if err == nil {
 		_, err = proxypb.NewNetworkServiceClient(nse).Close(ctx, &proxypb.Connection{Id: connID})
@@ -554,6 +558,9 @@ func (g *Gateway) saveLocked() error {
 }
 
 var errStopping = errors.New("the gateway is stopping")
+
+// endpointCloseTimeout bounds telling an endpoint that a connection closed.
+const endpointCloseTimeout = 2 * time.Second
 
 // RemoveAll removes every end (a domain stopping without
 // --keep-dataplane), once the ends being programmed are; from then on the

@@ -153,6 +153,55 @@ func TestRemoveAllThenRefresh(t *testing.T) {
 	}
 }
 
+// stuckEndpoint hands out addresses but never answers a Close.
+type stuckEndpoint struct {
+	*endpoint.Endpoint
+	release chan struct{}
+}
+
+func (s stuckEndpoint) Close(ctx context.Context, _ *proxypb.Connection) (*proxypb.CloseResponse, error) {
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+	}
+	return nil, ctx.Err()
+}
+
+// A stopping gateway removes its ends although an endpoint never answers
+// that its connection closed.
+func TestRemoveAllStuckEndpoint(t *testing.T) {
+	ctx := context.Background()
+	ep, _ := endpoint.New("172.16.0.0/24", "ep-ns", "IP")
+	stuck := stuckEndpoint{ep, make(chan struct{})}
+	defer close(stuck.release)
+	path := filepath.Join(t.TempDir(), "ep.sock")
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	proxypb.RegisterNetworkServiceServer(srv, stuck)
+	go srv.Serve(lis)
+	defer srv.Stop()
+	fb := dataplane.NewFake()
+	gb := openGateway(t, t.TempDir(), "10.0.0.2", fb, "unix://"+path)
+	req := &proxypb.Connection{Id: "c1", NetworkServiceEndpointName: "ep1", Payload: "IP",
+		Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{SrcIp: "10.0.0.1", SrcPublicKey: make([]byte, 32)}}}}
+	if _, err := gb.Apply(ctx, proxy.EndpointSide, req); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { gb.RemoveAll(ctx); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2*endpointCloseTimeout + time.Second):
+		t.Fatal("RemoveAll waits for an endpoint that does not answer")
+	}
+	if fb.String() != "" {
+		t.Errorf("left programmed: %q", fb)
+	}
+}
+
 // A client side with no waiting workload, and answers without a usable
 // mechanism, are refused.
 func TestClientSideRefusals(t *testing.T) {
