@@ -6,6 +6,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
@@ -173,6 +174,12 @@ func Keep(ctx context.Context, c proxypb.NetworkServiceClient, o Options, conn *
 // Tunnel names the tunnel a connection's answer carries.
 func Tunnel(conn *proxypb.Connection) string {
 	switch m := conn.GetMechanism(); {
+	case m.GetWireguard() != nil && bytes.Equal(m.GetWireguard().GetSrcPublicKey(), m.GetWireguard().GetDstPublicKey()):
+		how := "routed"
+		if conn.GetPayload() == "ETHERNET" {
+			how = "bridged"
+		}
+		return fmt.Sprintf("none, both ends behind the gateway at %s (%s)", m.GetWireguard().GetDstIp(), how)
 	case m.GetWireguard() != nil:
 		return fmt.Sprintf("wireguard to %s:%d", m.GetWireguard().GetDstIp(), m.GetWireguard().GetDstPort())
 	case m.GetVxlan() != nil:

@@ -252,8 +252,8 @@ func (g *Gateway) ApplyEndpoint(ctx context.Context, conn *proxypb.Connection, u
 	local := bytes.Equal(conn.GetMechanism().GetWireguard().GetSrcPublicKey(), own)
 	switch {
 	case local && conn.GetPayload() == "ETHERNET":
-		g.closeEndpoint(ctx, url, conn.GetId())
-		return nil, errors.New("an Ethernet vWire between two workloads of one gateway is not supported yet (IP payload is)")
+		// Both ends on this gateway: one bridge joins them, no tunnel.
+		end.MTU, end.Bridge = g.OuterMTU, id
 	case local:
 		// Both ends on this gateway: it routes between them, no tunnel.
 		end.MTU, end.Routed = g.OuterMTU, far
@@ -365,8 +365,12 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 	end.MTU = int(conn.GetMtu())
 	own, _ := base64.StdEncoding.DecodeString(g.PublicKey())
 	switch m := conn.GetMechanism(); {
-	case bytes.Equal(m.GetWireguard().GetDstPublicKey(), own):
-		end.Routed = far // the endpoint is on this gateway too
+	case bytes.Equal(m.GetWireguard().GetDstPublicKey(), own): // the endpoint is on this gateway too
+		if conn.GetPayload() == "ETHERNET" {
+			end.Bridge = endID(proxy.EndpointSide, conn.GetId()) // its bridge
+		} else {
+			end.Routed = far
+		}
 		end.MTU = g.OuterMTU
 	case m.GetWireguard() != nil:
 		w := m.GetWireguard()

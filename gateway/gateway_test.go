@@ -132,6 +132,31 @@ func TestFailedEndpointSideLeavesNothing(t *testing.T) {
 	}
 }
 
+// An Ethernet vWire between two workloads of one gateway: one bridge, no
+// tunnel, the endpoint's /31 on both ends.
+func TestLocalEthernet(t *testing.T) {
+	ctx := context.Background()
+	ep, _ := endpoint.New("172.16.0.0/24", "ep-ns", "ETHERNET")
+	f := dataplane.NewFake()
+	g := openGateway(t, t.TempDir(), "10.0.0.1", f, serveEndpoint(t, ep))
+	key, _ := base64.StdEncoding.DecodeString(g.PublicKey())
+	req := &proxypb.Connection{Id: "c1", NetworkServiceEndpointName: "ep1", Payload: "ETHERNET",
+		Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{SrcIp: "10.0.0.1", SrcPublicKey: key}}}}
+	answer, err := g.Apply(ctx, proxy.EndpointSide, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Expect("c1", &proxypb.KernelInterface{Netns: "client-ns", InterfaceName: "nsm0"})
+	if _, err := g.Apply(ctx, proxy.ClientSide, answer); err != nil {
+		t.Fatal(err)
+	}
+	want := "c-c1 netns=client-ns dev=nsm0 mtu=1500 addrs=[172.16.0.2/31] routes=[] bridge=e-c1\n" +
+		"e-c1 netns=ep-ns dev=" + endpoint.Interface("c1") + " mtu=1500 addrs=[172.16.0.3/31] routes=[] bridge=e-c1"
+	if f.String() != want {
+		t.Errorf("programmed:\n%s\nwant\n%s", f, want)
+	}
+}
+
 // Once a stopping gateway removed its ends, a refresh that arrives late
 // programs nothing again: what the gateway made is gone when it stops.
 func TestRemoveAllThenRefresh(t *testing.T) {

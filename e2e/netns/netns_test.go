@@ -300,26 +300,34 @@ func TestSelectionEthernetAndRefusals(t *testing.T) {
 		t.Errorf("two clients of one endpoint share a vWire: %v / %v", toVPN.Up.Connection, inB.Up.Connection)
 	}
 
+	// arping from the client's namespace is answered with the MAC address
+	// of the endpoint's interface: the two ends share one Ethernet link.
+	sameLink := func(t *testing.T, c *connection, ns string) {
+		t.Helper()
+		epIface := run(t, "ip", "-n", l2NS, "-o", "link", "show")
+		out, err := inNS(ns, "arping", "-c", "2", "-w", "3", "-I", "nsm0", c.Up.peer()).CombinedOutput()
+		if err != nil {
+			t.Fatalf("arping across the vWire: %v\n%s", err, out)
+		}
+		mac := regexp.MustCompile(`[0-9a-f]{2}(:[0-9a-f]{2}){5}`).Find(out)
+		if mac == nil || !strings.Contains(epIface, string(mac)) {
+			t.Errorf("arping answered\n%s\nthe endpoint's interfaces are\n%s", out, epIface)
+		}
+		if err := ping(ns, c.Up.peer()); err != nil {
+			t.Error(err)
+		}
+	}
 	t.Run("Ethernet over VXLAN", func(t *testing.T) {
 		l2 := w.workload("c4")
 		c := w.connect("a.example", "l2@b.example", l2)
 		if c.Up.Connection.Mechanism["vxlan"] == nil {
 			t.Fatalf("mechanism %v, want vxlan", c.Up.Connection.Mechanism)
 		}
-		epIface := run(t, "ip", "-n", l2NS, "-o", "link", "show")
-		out, err := inNS(l2, "arping", "-c", "2", "-w", "3", "-I", "nsm0", c.Up.peer()).CombinedOutput()
-		if err != nil {
-			t.Fatalf("arping across the VXLAN vWire: %v\n%s", err, out)
-		}
-		// The reply names the MAC address of the endpoint's interface,
-		// seen from the client's across the two gateways.
-		mac := regexp.MustCompile(`[0-9a-f]{2}(:[0-9a-f]{2}){5}`).Find(out)
-		if mac == nil || !strings.Contains(epIface, string(mac)) {
-			t.Errorf("arping answered\n%s\nthe endpoint's interfaces are\n%s", out, epIface)
-		}
-		if err := ping(l2, c.Up.peer()); err != nil {
-			t.Error(err)
-		}
+		sameLink(t, c, l2)
+	})
+	localL2 := w.workload("c6")
+	t.Run("Ethernet between two workloads of one gateway", func(t *testing.T) {
+		sameLink(t, w.connect("b.example", "l2", localL2), localL2)
 	})
 
 	t.Run("refusals leave nothing", func(t *testing.T) {
@@ -360,7 +368,7 @@ func TestSelectionEthernetAndRefusals(t *testing.T) {
 		if got := fullSnapshot(t, b.ns); got != beforeB {
 			t.Errorf("b's host after SIGTERM:\n%s\nbefore:\n%s", got, beforeB)
 		}
-		for _, ns := range []string{vpnNS, fwNS, l2NS, local} {
+		for _, ns := range []string{vpnNS, fwNS, l2NS, local, localL2} {
 			if out := run(t, "ip", "-n", ns, "-o", "link", "show"); strings.Contains(out, "nsm") {
 				t.Errorf("%s still has a vWire interface:\n%s", ns, out)
 			}

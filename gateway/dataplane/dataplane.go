@@ -43,6 +43,11 @@ type End struct {
 	// Routed, if set, are the far end's addresses on this same gateway:
 	// the gateway routes between the two ends, with no tunnel.
 	Routed []netip.Prefix `json:",omitempty"`
+	// Bridge, if set, is the id of the end on this same gateway whose
+	// bridge the end's gateway half joins: an Ethernet link between two
+	// workloads of one gateway, with no tunnel. The endpoint's end names
+	// itself and keeps the bridge; the client's end joins it.
+	Bridge string `json:",omitempty"`
 }
 
 // WireGuard is how an IP end reaches the far end through a peer gateway.
@@ -138,6 +143,9 @@ func (e End) String() string {
 			far = append(far, p.String())
 		}
 		s += fmt.Sprintf(" routed=[%s]", strings.Join(far, " "))
+	}
+	if e.Bridge != "" {
+		s += " bridge=" + e.Bridge
 	}
 	if w := e.WireGuard; w != nil {
 		var remote []string

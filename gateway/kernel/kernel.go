@@ -504,6 +504,9 @@ func (b *Backend) removeWireGuard(id string) {
 // setVXLAN joins the end's gateway half and a VXLAN device to the peer
 // gateway in a bridge of their own, or removes them when e has none.
 func (b *Backend) setVXLAN(host netlink.Link, e dataplane.End) error {
+	if e.Bridge != "" {
+		return b.setBridge(host, e)
+	}
 	if e.VXLAN == nil {
 		b.removeVXLAN(e.ID)
 		return nil
@@ -520,18 +523,9 @@ func (b *Backend) setVXLAN(host netlink.Link, e dataplane.End) error {
 		}
 		_ = b.host.LinkDel(old) // changed: make it again
 	}
-	br, err := b.host.LinkByName(bridgeName(e.ID))
+	br, err := b.bridge(e.ID)
 	if err != nil {
-		bridge := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName(e.ID)}}
-		if err := b.host.LinkAdd(bridge); err != nil {
-			return fmt.Errorf("bridge for %s: %w", e.ID, err)
-		}
-		if br, err = b.host.LinkByName(bridge.Name); err != nil {
-			return err
-		}
-		if err := b.host.LinkSetAlias(br, aliasPrefix+e.ID); err != nil { // the tag Remove looks for
-			return err
-		}
+		return err
 	}
 	vx := &netlink.Vxlan{
 		LinkAttrs: netlink.LinkAttrs{Name: vxlanName(e.ID), MTU: e.MTU, MasterIndex: br.Attrs().Index},
@@ -550,6 +544,47 @@ func (b *Backend) setVXLAN(host netlink.Link, e dataplane.End) error {
 			return err
 		}
 		if err := b.host.LinkSetUp(l); err != nil {
+			return err
+		}
+	}
+	return b.host.LinkSetUp(br)
+}
+
+// bridge is end id's bridge, made and tagged if it is not there yet.
+func (b *Backend) bridge(id string) (netlink.Link, error) {
+	if br, err := b.host.LinkByName(bridgeName(id)); err == nil {
+		return br, nil
+	}
+	bridge := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName(id)}}
+	if err := b.host.LinkAdd(bridge); err != nil {
+		return nil, fmt.Errorf("bridge for %s: %w", id, err)
+	}
+	br, err := b.host.LinkByName(bridge.Name)
+	if err != nil {
+		return nil, err
+	}
+	return br, b.host.LinkSetAlias(br, aliasPrefix+id) // the tag Remove looks for
+}
+
+// setBridge puts the end's gateway half in the bridge of end e.Bridge on
+// this gateway (its own, made if missing, when it names itself): two
+// workloads of one gateway on one Ethernet link.
+func (b *Backend) setBridge(host netlink.Link, e dataplane.End) error {
+	if vx, err := b.host.LinkByName(vxlanName(e.ID)); err == nil && vx.Attrs().Alias == aliasPrefix+e.ID {
+		_ = b.host.LinkDel(vx) // it had a tunnel before: no more
+	}
+	var br netlink.Link
+	var err error
+	if e.Bridge == e.ID {
+		br, err = b.bridge(e.ID)
+	} else if br, err = b.host.LinkByName(bridgeName(e.Bridge)); err != nil || br.Attrs().Alias != aliasPrefix+e.Bridge {
+		err = fmt.Errorf("end %q joins the bridge of end %q on this gateway, which is not programmed", e.ID, e.Bridge)
+	}
+	if err != nil {
+		return err
+	}
+	if host.Attrs().MasterIndex != br.Attrs().Index {
+		if err := b.host.LinkSetMaster(host, br); err != nil {
 			return err
 		}
 	}
@@ -673,6 +708,13 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 				local, _ := netip.AddrFromSlice(vx.SrcAddr)
 				remote, _ := netip.AddrFromSlice(vx.Group)
 				e.VXLAN = &dataplane.VXLAN{VNI: uint32(vx.VxlanId), Local: local.Unmap(), Remote: remote.Unmap(), Port: uint16(vx.Port)}
+			}
+		}
+		if m := l.Attrs().MasterIndex; e.VXLAN == nil && m != 0 {
+			if br, err := b.host.LinkByIndex(m); err == nil {
+				if owner, ok := strings.CutPrefix(br.Attrs().Alias, aliasPrefix); ok {
+					e.Bridge = owner
+				}
 			}
 		}
 		if routes, err := b.host.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: tableOf(id)}, netlink.RT_FILTER_TABLE); err == nil && len(routes) > 0 {

@@ -268,3 +268,55 @@ func TestVXLANEnds(t *testing.T) {
 		}
 	}
 }
+
+// Two workloads of one gateway on one Ethernet link: the endpoint's end
+// keeps a bridge, the client's joins it (also when it is applied first, as
+// after a restart: it fails until the bridge is there); they see each
+// other's MAC; List reports both as applied; removing both leaves the
+// gateway as it was.
+func TestBridgedEnds(t *testing.T) {
+	e2e.RequireRoot(t, "ping")
+	b, gw := backend(t)
+	before := hostLinks(t, gw)
+	wC, wE := namespace(t), namespace(t)
+	client := dataplane.End{ID: "c-l2", NetNS: wC, Interface: "nsm0", MTU: 1500, Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.101.0/31")}, Bridge: "e-l2"}
+	endpoint := dataplane.End{ID: "e-l2", NetNS: wE, Interface: "nsm0", MTU: 1500, Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.101.1/31")}, Bridge: "e-l2"}
+	ctx := context.Background()
+	if err := b.Apply(ctx, client); err == nil || !strings.Contains(err.Error(), `the bridge of end "e-l2"`) {
+		t.Errorf("client's end before the endpoint's: %v", err)
+	}
+	if got := hostLinks(t, gw); !slices.Equal(got, before) {
+		t.Errorf("a refused end left %v (before: %v)", got, before)
+	}
+	for _, e := range []dataplane.End{endpoint, client, client} {
+		if err := b.Apply(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command("ip", "netns", "exec", wC, "ping", "-c", "2", "-W", "2", "172.31.101.1").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "2 received") {
+		t.Fatalf("ping across the bridge: %v\n%s", err, out)
+	}
+	var links []struct{ Address string }
+	json.Unmarshal([]byte(ip(t, "-n", wE, "-j", "link", "show", "nsm0")), &links)
+	if neigh := ip(t, "-n", wC, "neigh", "show", "172.31.101.1"); len(links) != 1 || !strings.Contains(neigh, links[0].Address) {
+		t.Errorf("the client does not see the endpoint's MAC %v: %q", links, neigh)
+	}
+	listed, err := b.List(ctx)
+	var got []string
+	for _, e := range listed {
+		got = append(got, e.String())
+	}
+	slices.Sort(got)
+	if want := []string{client.String(), endpoint.String()}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("List: %v, %v\nwant %v", got, err, want)
+	}
+	for _, id := range []string{"e-l2", "c-l2"} {
+		if err := b.Remove(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := hostLinks(t, gw); !slices.Equal(got, before) {
+		t.Errorf("after removing both ends: %v, before: %v", got, before)
+	}
+}
