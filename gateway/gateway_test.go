@@ -22,7 +22,7 @@ import (
 )
 
 // serveEndpoint runs an endpoint on a unix socket and returns its URL.
-func serveEndpoint(t *testing.T, ep *endpoint.Endpoint) string {
+func serveEndpoint(t *testing.T, ep proxypb.NetworkServiceServer) string {
 	path := filepath.Join(t.TempDir(), "ep.sock")
 	lis, err := net.Listen("unix", path)
 	if err != nil {
@@ -121,9 +121,7 @@ func TestFailedEndpointSideLeavesNothing(t *testing.T) {
 	fb := dataplane.NewFake()
 	fb.Fail = errors.New("netlink says no")
 	gb := openGateway(t, t.TempDir(), "10.0.0.2", fb, serveEndpoint(t, ep))
-	key := make([]byte, 32)
-	_, err := gb.Apply(context.Background(), proxy.EndpointSide, &proxypb.Connection{Id: "c1", NetworkServiceEndpointName: "ep1", Payload: "IP",
-		Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{SrcIp: "10.0.0.1", SrcPublicKey: key}}}})
+	_, err := gb.Apply(context.Background(), proxy.EndpointSide, fromPeer("c1"))
 	if err == nil || !strings.Contains(err.Error(), "netlink says no") {
 		t.Fatalf("got %v", err)
 	}
@@ -157,6 +155,13 @@ func TestLocalEthernet(t *testing.T) {
 	}
 }
 
+// fromPeer is the connection id of an IP client behind the gateway at
+// 10.0.0.1, as it reaches the endpoint's gateway.
+func fromPeer(id string) *proxypb.Connection {
+	return &proxypb.Connection{Id: id, NetworkServiceEndpointName: "ep1", Payload: "IP",
+		Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{SrcIp: "10.0.0.1", SrcPublicKey: make([]byte, 32)}}}}
+}
+
 // Once a stopping gateway removed its ends, a refresh that arrives late
 // programs nothing again: what the gateway made is gone when it stops.
 func TestRemoveAllThenRefresh(t *testing.T) {
@@ -164,8 +169,7 @@ func TestRemoveAllThenRefresh(t *testing.T) {
 	ep, _ := endpoint.New("172.16.0.0/24", "ep-ns", "IP")
 	fb := dataplane.NewFake()
 	gb := openGateway(t, t.TempDir(), "10.0.0.2", fb, serveEndpoint(t, ep))
-	req := &proxypb.Connection{Id: "c1", NetworkServiceEndpointName: "ep1", Payload: "IP",
-		Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{SrcIp: "10.0.0.1", SrcPublicKey: make([]byte, 32)}}}}
+	req := fromPeer("c1")
 	if _, err := gb.Apply(ctx, proxy.EndpointSide, req); err != nil {
 		t.Fatal(err)
 	}
@@ -199,19 +203,9 @@ func TestRemoveAllStuckEndpoint(t *testing.T) {
 	ep, _ := endpoint.New("172.16.0.0/24", "ep-ns", "IP")
 	stuck := stuckEndpoint{ep, make(chan struct{})}
 	defer close(stuck.release)
-	path := filepath.Join(t.TempDir(), "ep.sock")
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	proxypb.RegisterNetworkServiceServer(srv, stuck)
-	go srv.Serve(lis)
-	defer srv.Stop()
 	fb := dataplane.NewFake()
-	gb := openGateway(t, t.TempDir(), "10.0.0.2", fb, "unix://"+path)
-	req := &proxypb.Connection{Id: "c1", NetworkServiceEndpointName: "ep1", Payload: "IP",
-		Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{SrcIp: "10.0.0.1", SrcPublicKey: make([]byte, 32)}}}}
+	gb := openGateway(t, t.TempDir(), "10.0.0.2", fb, serveEndpoint(t, stuck))
+	req := fromPeer("c1")
 	if _, err := gb.Apply(ctx, proxy.EndpointSide, req); err != nil {
 		t.Fatal(err)
 	}

@@ -219,6 +219,22 @@ func TestApplyRepairsAVanishedHalf(t *testing.T) {
 // An Ethernet vWire: two gateways (each in its namespace, joined by a
 // veth as by a network) carry two workloads' ends over VXLAN; the
 // workloads ping each other and see each other's MAC address.
+// sameLink checks that the workload in namespace from reaches addr, the
+// nsm0 of namespace to, on one Ethernet link: it pings it and has learnt
+// its MAC address.
+func sameLink(t *testing.T, from, to, addr string) {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", from, "ping", "-c", "2", "-W", "2", addr).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "2 received") {
+		t.Fatalf("ping %s from %s: %v\n%s", addr, from, err, out)
+	}
+	var links []struct{ Address string }
+	json.Unmarshal([]byte(ip(t, "-n", to, "-j", "link", "show", "nsm0")), &links)
+	if neigh := ip(t, "-n", from, "neigh", "show", addr); len(links) != 1 || !strings.Contains(neigh, links[0].Address) {
+		t.Errorf("%s does not see the MAC of %s's nsm0 %v: %q", from, to, links, neigh)
+	}
+}
+
 func TestVXLANEnds(t *testing.T) {
 	e2e.RequireRoot(t, "ping")
 	gA, gB := underlay(t)
@@ -241,15 +257,7 @@ func TestVXLANEnds(t *testing.T) {
 			t.Fatalf("second apply: %v", err)
 		}
 	}
-	out, err := exec.Command("ip", "netns", "exec", wA, "ping", "-c", "2", "-W", "2", "172.31.100.2").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "2 received") {
-		t.Fatalf("ping over VXLAN: %v\n%s", err, out)
-	}
-	var links []struct{ Address string }
-	json.Unmarshal([]byte(ip(t, "-n", wB, "-j", "link", "show", "nsm0")), &links)
-	if neigh := ip(t, "-n", wA, "neigh", "show", "172.31.100.2"); len(links) != 1 || !strings.Contains(neigh, links[0].Address) {
-		t.Errorf("a does not see b's MAC %v: %q", links, neigh)
-	}
+	sameLink(t, wA, wB, "172.31.100.2")
 	listed, err := bA.List(context.Background())
 	if err != nil || len(listed) != 1 || listed[0].String() != ends[0].end.String() {
 		t.Errorf("List: %v, %v\nwant %v", listed, err, ends[0].end)
@@ -293,15 +301,7 @@ func TestBridgedEnds(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	out, err := exec.Command("ip", "netns", "exec", wC, "ping", "-c", "2", "-W", "2", "172.31.101.1").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "2 received") {
-		t.Fatalf("ping across the bridge: %v\n%s", err, out)
-	}
-	var links []struct{ Address string }
-	json.Unmarshal([]byte(ip(t, "-n", wE, "-j", "link", "show", "nsm0")), &links)
-	if neigh := ip(t, "-n", wC, "neigh", "show", "172.31.101.1"); len(links) != 1 || !strings.Contains(neigh, links[0].Address) {
-		t.Errorf("the client does not see the endpoint's MAC %v: %q", links, neigh)
-	}
+	sameLink(t, wC, wE, "172.31.101.1")
 	listed, err := b.List(ctx)
 	var got []string
 	for _, e := range listed {
