@@ -178,7 +178,7 @@ func TestCredentialsReissued(t *testing.T) {
 	if err := ca.WriteCredentials(dir, gw, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(first.Certificates[0].NotAfter.Sub(time.Now()) + 100*time.Millisecond) // the first SVID has expired
+	time.Sleep(time.Until(first.Certificates[0].NotAfter) + 100*time.Millisecond) // the first SVID has expired
 	if err := check(); err != nil {
 		t.Errorf("after the SVID was issued again: %v", err)
 	}
