@@ -51,6 +51,13 @@ metadata:
   name: l2
 spec:
   payload: ETHERNET
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata:
+  name: svc6
+spec:
+  payload: IP
 `
 
 // snapshot is what a gateway host has programmed: links, rules, routes.
@@ -280,6 +287,8 @@ func TestSelectionEthernetAndRefusals(t *testing.T) {
 	w.endpoint("b.example", "vpn-gateway-1", "--service", "secure-intranet-connectivity", "--labels", "app=vpn-gateway", "--cidr", "172.16.10.0/24", "--netns", vpnNS)
 	w.endpoint("b.example", "firewall-1", "--service", "secure-intranet-connectivity", "--labels", "app=firewall", "--cidr", "172.16.20.0/24", "--netns", fwNS)
 	w.endpoint("b.example", "l2-1", "--service", "l2", "--payload", "ETHERNET", "--cidr", "172.16.30.0/24", "--netns", l2NS)
+	v6NS := w.workload("v6")
+	w.endpoint("b.example", "ep6", "--service", "svc6", "--cidr", "fd00:16::/120", "--netns", v6NS)
 
 	fw, other, local := w.workload("c1"), w.workload("c2"), w.workload("c3")
 	toVPN := w.connect("a.example", "secure-intranet-connectivity@b.example", fw, "--labels", "app=firewall")
@@ -330,6 +339,25 @@ func TestSelectionEthernetAndRefusals(t *testing.T) {
 		sameLink(t, w.connect("b.example", "l2", localL2), localL2)
 	})
 
+	t.Run("IPv6", func(t *testing.T) {
+		ns := w.workload("c7")
+		c := w.connect("a.example", "svc6@b.example", ns)
+		if c.Up.Connection.Mechanism["wireguard"] == nil || !strings.HasPrefix(c.Up.peer(), "fd00:16::") {
+			t.Fatalf("%s over %v, want an address of fd00:16::/120 over wireguard", c.Up.peer(), c.Up.Connection.Mechanism)
+		}
+		if err := ping(ns, c.Up.peer()); err != nil {
+			t.Error(err)
+		}
+		if err := ping(v6NS, c.Up.self()); err != nil {
+			t.Error(err)
+		}
+		// And routed by b's gateway to a client of its own.
+		inB := w.workload("c8")
+		if err := ping(inB, w.connect("b.example", "svc6", inB).Up.peer()); err != nil {
+			t.Error(err)
+		}
+	})
+
 	t.Run("refusals leave nothing", func(t *testing.T) {
 		a := w.domains["a.example"]
 		before := snapshot(t, a.ns)
@@ -368,7 +396,7 @@ func TestSelectionEthernetAndRefusals(t *testing.T) {
 		if got := fullSnapshot(t, b.ns); got != beforeB {
 			t.Errorf("b's host after SIGTERM:\n%s\nbefore:\n%s", got, beforeB)
 		}
-		for _, ns := range []string{vpnNS, fwNS, l2NS, local, localL2} {
+		for _, ns := range []string{vpnNS, fwNS, l2NS, local, localL2, v6NS} {
 			if out := run(t, "ip", "-n", ns, "-o", "link", "show"); strings.Contains(out, "nsm") {
 				t.Errorf("%s still has a vWire interface:\n%s", ns, out)
 			}

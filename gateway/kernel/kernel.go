@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -45,8 +46,9 @@ type Backend struct {
 	host    *netlink.Handle
 	tunnels *Tunnels // the WireGuard devices of ends that name a Peer
 	// forwarding turns on IPv4 forwarding in the gateway's namespace
-	// before the first routed end (nil for NewAt: a test's namespace).
-	forwarding func() error
+	// before the first routed end, and forwarding6 IPv6's before the first
+	// with IPv6 addresses (nil for NewAt: a test's namespace).
+	forwarding, forwarding6 func() error
 	// clamped says the MSS clamping table is in place: installed before
 	// the first routed end, kept while the gateway runs (installing it
 	// takes some 10 ms, a vWire's whole set-up), removed on Close when no
@@ -63,10 +65,11 @@ func New() (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	enable := sync.OnceValue(func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
-	})
-	return &Backend{host: h, forwarding: enable, nsFD: -1}, nil
+	enable := func(path string) func() error {
+		return sync.OnceValue(func() error { return os.WriteFile(path, []byte("1"), 0o644) })
+	}
+	return &Backend{host: h, forwarding: enable("/proc/sys/net/ipv4/ip_forward"),
+		forwarding6: enable("/proc/sys/net/ipv6/conf/all/forwarding"), nsFD: -1}, nil
 }
 
 // clamp installs the MSS clamping table if it is not in place; a kernel
@@ -180,9 +183,48 @@ func hostName(id string) string { return hostPrefix + digest(id) }
 // hostPrefix begins the name of every gateway half.
 const hostPrefix = "vw"
 
-// gatewayIP is the gateway half's address on every IP end that leaves
-// through WireGuard: the workload's next hop for the far side.
-var gatewayIP = netip.MustParseAddr("169.254.0.1")
+// gatewayIP and gatewayIP6 are the gateway half's addresses on every IP
+// end that leaves through WireGuard or is routed: the workload's next hop
+// for the far side, by family.
+var (
+	gatewayIP  = netip.MustParseAddr("169.254.0.1")
+	gatewayIP6 = netip.MustParseAddr("fe80::1")
+)
+
+// families are the address families of an IP end's own and far addresses
+// (IPv4 always: the gateway half's IPv4 address is what a routed end
+// has always had, and what List expects).
+func families(e dataplane.End) []int {
+	far := e.Routed
+	if e.WireGuard != nil {
+		far = e.WireGuard.Remote
+	}
+	for _, p := range append(slices.Clone(e.Addrs), far...) {
+		if p.Addr().Is6() {
+			return []int{netlink.FAMILY_V4, netlink.FAMILY_V6}
+		}
+	}
+	return []int{netlink.FAMILY_V4}
+}
+
+// address is p as an interface address; an IPv6 one skips duplicate
+// address detection: on a vWire's link of two it cannot clash, and the
+// workload uses it at once.
+func address(p netip.Prefix) *netlink.Addr {
+	a := &netlink.Addr{IPNet: ipNet(p)}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	return a
+}
+
+// gatewayOf is the gateway half's address in a's family.
+func gatewayOf(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return gatewayIP
+	}
+	return gatewayIP6
+}
 
 // tableOf is the routing table of end id's policy rule.
 func tableOf(id string) int {
@@ -377,7 +419,7 @@ func workloadRoutes(e dataplane.End) []dataplane.Route {
 	}
 	var routes []dataplane.Route // via the gateway half, on link: each end has its own
 	for _, p := range far {
-		routes = append(routes, dataplane.Route{Prefix: p, Via: gatewayIP})
+		routes = append(routes, dataplane.Route{Prefix: p, Via: gatewayOf(p.Addr())})
 	}
 	return append(routes, e.Routes...)
 }
@@ -394,11 +436,6 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 			return b.routeBack(host, e)
 		}
 		return nil
-	}
-	for _, p := range e.WireGuard.Remote {
-		if !p.Addr().Is4() {
-			return fmt.Errorf("end %q: IPv6 far addresses over WireGuard (%s) are not supported yet", e.ID, p)
-		}
 	}
 	device := e.WireGuard.Device
 	if e.WireGuard.Peer != "" {
@@ -418,7 +455,7 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 		return fmt.Errorf("end %q: WireGuard device %q: %w", e.ID, device, err)
 	}
 	// The far side, in the end's table.
-	have, err := b.host.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	have, err := b.host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return err
 	}
@@ -435,20 +472,23 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 			_ = b.host.RouteDel(&r)
 		}
 	}
-	// The rule that sends the half's packets to that table.
-	rules, err := b.host.RuleList(netlink.FAMILY_V4)
-	if err != nil {
-		return err
-	}
-	found := false
-	for _, r := range rules {
-		found = found || r.Table == table
-	}
-	if !found {
-		rule := netlink.NewRule()
-		rule.IifName, rule.Table, rule.Priority, rule.Family = host.Attrs().Name, table, rulePriority, netlink.FAMILY_V4
-		if err := b.host.RuleAdd(rule); err != nil {
-			return fmt.Errorf("rule for %s: %w", host.Attrs().Name, err)
+	// The rules, one per family, that send the half's packets to that
+	// table.
+	for _, family := range families(e) {
+		rules, err := b.host.RuleList(family)
+		if err != nil {
+			return err
+		}
+		found := false
+		for _, r := range rules {
+			found = found || r.Table == table
+		}
+		if !found {
+			rule := netlink.NewRule()
+			rule.IifName, rule.Table, rule.Priority, rule.Family = host.Attrs().Name, table, rulePriority, family
+			if err := b.host.RuleAdd(rule); err != nil {
+				return fmt.Errorf("rule for %s: %w", host.Attrs().Name, err)
+			}
 		}
 	}
 	return b.routeBack(host, e)
@@ -462,15 +502,24 @@ func (b *Backend) routeBack(host netlink.Link, e dataplane.End) error {
 			return fmt.Errorf("enabling IPv4 forwarding, which routed ends need: %w", err)
 		}
 	}
+	fams := families(e)
+	if b.forwarding6 != nil && slices.Contains(fams, netlink.FAMILY_V6) {
+		if err := b.forwarding6(); err != nil {
+			return fmt.Errorf("enabling IPv6 forwarding, which IPv6 vWires need: %w", err)
+		}
+	}
 	b.clamp()
-	if err := b.host.AddrReplace(host, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(gatewayIP, 32))}); err != nil {
-		return fmt.Errorf("gateway address on %s: %w", host.Attrs().Name, err)
+	for _, f := range fams {
+		gw := gatewayIP
+		if f == netlink.FAMILY_V6 {
+			gw = gatewayIP6
+		}
+		if err := b.host.AddrReplace(host, address(netip.PrefixFrom(gw, gw.BitLen()))); err != nil {
+			return fmt.Errorf("gateway address %s on %s: %w", gw, host.Attrs().Name, err)
+		}
 	}
 	for _, p := range e.Addrs {
-		if !p.Addr().Is4() {
-			continue
-		}
-		r := &netlink.Route{Dst: ipNet(netip.PrefixFrom(p.Addr(), 32)), LinkIndex: host.Attrs().Index, Scope: netlink.SCOPE_LINK, Protocol: routeProtocol}
+		r := &netlink.Route{Dst: ipNet(netip.PrefixFrom(p.Addr(), p.Addr().BitLen())), LinkIndex: host.Attrs().Index, Scope: netlink.SCOPE_LINK, Protocol: routeProtocol}
 		if err := b.host.RouteReplace(r); err != nil {
 			return fmt.Errorf("route back to %s: %w", p.Addr(), err)
 		}
@@ -487,14 +536,14 @@ func (b *Backend) removeWireGuard(id string) {
 		}
 	}
 	table := tableOf(id)
-	if rules, err := b.host.RuleList(netlink.FAMILY_V4); err == nil {
+	if rules, err := b.host.RuleList(netlink.FAMILY_ALL); err == nil {
 		for _, r := range rules {
 			if r.Table == table {
 				_ = b.host.RuleDel(&r)
 			}
 		}
 	}
-	if routes, err := b.host.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE); err == nil {
+	if routes, err := b.host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE); err == nil {
 		for _, r := range routes {
 			_ = b.host.RouteDel(&r)
 		}
@@ -621,7 +670,7 @@ func setAddrs(h *netlink.Handle, link netlink.Link, want []netip.Prefix) error {
 	wanted := map[netip.Prefix]bool{}
 	for _, p := range want {
 		wanted[p] = true
-		if err := h.AddrReplace(link, &netlink.Addr{IPNet: ipNet(p)}); err != nil {
+		if err := h.AddrReplace(link, address(p)); err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
@@ -647,7 +696,7 @@ func setRoutes(h *netlink.Handle, link netlink.Link, want []dataplane.Route) err
 		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(r.Prefix), Protocol: routeProtocol}
 		if r.Via.IsValid() {
 			route.Gw = net.IP(r.Via.AsSlice())
-			if r.Via == gatewayIP {
+			if r.Via == gatewayIP { // fe80::1 is on every link by itself
 				route.Flags = int(netlink.FLAG_ONLINK)
 			}
 		} else {
@@ -717,7 +766,7 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 				}
 			}
 		}
-		if routes, err := b.host.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: tableOf(id)}, netlink.RT_FILTER_TABLE); err == nil && len(routes) > 0 {
+		if routes, err := b.host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: tableOf(id)}, netlink.RT_FILTER_TABLE); err == nil && len(routes) > 0 {
 			e.WireGuard = &dataplane.WireGuard{}
 			for _, r := range routes {
 				if wg, err := b.host.LinkByIndex(r.LinkIndex); err == nil {
@@ -766,7 +815,7 @@ func readWorkloadSide(e *dataplane.End) error {
 	}
 	for _, r := range routes {
 		rt := dataplane.Route{Prefix: prefix(r.Dst)}
-		if net.IP(gatewayIP.AsSlice()).Equal(r.Gw) {
+		if gw, _ := netip.AddrFromSlice(r.Gw); gw.Unmap() == gatewayIP || gw == gatewayIP6 {
 			if e.WireGuard == nil {
 				e.Routed = append(e.Routed, rt.Prefix)
 			}

@@ -54,7 +54,7 @@ func hostLinks(t *testing.T, gw string) []string {
 // backend is a gateway's backend in a namespace of its own (so that tests
 // running at once on one machine never meet) and that namespace.
 // underlay makes two gateway namespaces joined by a veth, as two hosts on
-// one network: 172.31.0.1 and 172.31.0.2, forwarding IPv4.
+// one network: 172.31.0.1 and 172.31.0.2, forwarding IPv4 and IPv6.
 func underlay(t *testing.T) (gA, gB string) {
 	t.Helper()
 	gA, gB = namespace(t), namespace(t)
@@ -62,7 +62,7 @@ func underlay(t *testing.T) (gA, gB string) {
 	for _, g := range []struct{ ns, dev, addr string }{{gA, "vwt-ua", "172.31.0.1/30"}, {gB, "vwt-ub", "172.31.0.2/30"}} {
 		ip(t, "-n", g.ns, "addr", "add", g.addr, "dev", g.dev)
 		ip(t, "-n", g.ns, "link", "set", g.dev, "up")
-		if out, err := exec.Command("ip", "netns", "exec", g.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
+		if out, err := exec.Command("ip", "netns", "exec", g.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1").CombinedOutput(); err != nil {
 			t.Fatalf("ip_forward in %s: %v %s", g.ns, err, out)
 		}
 	}

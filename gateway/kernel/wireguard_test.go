@@ -199,6 +199,34 @@ func TestTunnelsPerPeerGateway(t *testing.T) {
 	}
 }
 
+// IPv6 workloads over an IPv4 underlay: the far addresses are allowed IPs
+// and routes like IPv4 ones, the workloads reach each other at once (no
+// duplicate address detection holds their addresses back), and List
+// reports the ends as they were applied.
+func TestWireGuardIPv6(t *testing.T) {
+	e2e.RequireRoot(t, "ping")
+	p := newGatewayPair(t)
+	wA, _ := p.up("v6", "fd00:30::1", "fd00:30::2")
+	out, err := exec.Command("ip", "netns", "exec", wA, "ping", "-c", "2", "-W", "2", "fd00:30::2").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "2 received") {
+		t.Fatalf("ping over WireGuard, IPv6: %v\n%s", err, out)
+	}
+	listed, err := p.bA.List(context.Background())
+	if err != nil || len(listed) != 1 || listed[0].WireGuard == nil || fmt.Sprint(listed[0].Addrs, listed[0].WireGuard.Remote) != "[fd00:30::1/128] [fd00:30::2/128]" {
+		t.Errorf("List: %v, %v", listed, err)
+	}
+	for _, b := range []*Backend{p.bA, p.bB} {
+		if err := b.Remove(context.Background(), "v6"); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, ns := range []string{p.gA, p.gB} {
+		if rules := ip(t, "-n", ns, "-6", "rule", "show"); strings.Contains(rules, fmt.Sprint(tableOf("v6"))) {
+			t.Errorf("an IPv6 rule left in %s:\n%s", ns, rules)
+		}
+	}
+}
+
 // The endpoint's gateway drops its device for a peer (its last vWire to it
 // closed) while the client's gateway keeps its own (another vWire still
 // uses it); the next vWire gets a new device there, on another port. The
@@ -292,7 +320,10 @@ func newGatewayPair(t *testing.T) *gatewayPair {
 func (p *gatewayPair) up(id, a, b string) (wA string, portB int) {
 	t := p.t
 	t.Helper()
-	pfx := func(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s + "/32")} }
+	pfx := func(s string) []netip.Prefix {
+		a := netip.MustParseAddr(s)
+		return []netip.Prefix{netip.PrefixFrom(a, a.BitLen())}
+	}
 	wA, wB := namespace(t), namespace(t)
 	var devA, devB string
 	var err error
