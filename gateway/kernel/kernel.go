@@ -232,7 +232,10 @@ func tableOf(id string) int {
 	return 1_000_000 + int(binary.BigEndian.Uint32(sum[:4])%1_000_000_000)
 }
 
-// vxlanName and bridgeName are the gateway-side devices of an Ethernet end.
+// bridgeName is the bridge of an Ethernet end between two workloads of
+// one gateway; vxlanName the gateway-side VXLAN device of an Ethernet end
+// as versions before the device moved into the workload's namespace made
+// it (Remove still takes it away).
 func vxlanName(id string) string  { return "vx" + digest(id) }
 func bridgeName(id string) string { return "vb" + digest(id) }
 
@@ -320,10 +323,10 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 
 	host, err := b.host.LinkByName(hostName(e.ID))
 	if err == nil && host.Attrs().Alias == hostAlias(e) {
-		if _, werr := workloadLink(inNS, e.ID); werr != nil {
-			// The workload's half is gone (its namespace was recreated):
-			// start the end again.
-			_ = b.host.LinkDel(host)
+		if werr := current(inNS, host, e); werr != nil {
+			// The workload's half is gone (its namespace was recreated), or
+			// the end changed its tunnel: start it again.
+			b.removeLocked(host, e.ID, e.NetNS)
 			err = werr
 		}
 	}
@@ -333,9 +336,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 		}
 		defer func() {
 			if err != nil { // a new end is all or nothing
-				b.removeVXLAN(e.ID)
-				b.removeWireGuard(e.ID)
-				_ = b.host.LinkDel(host)
+				b.removeLocked(host, e.ID, e.NetNS)
 			}
 		}()
 	} else if host.Attrs().Alias != hostAlias(e) {
@@ -344,11 +345,50 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	return b.configure(inNS, host, e)
 }
 
-// create makes the veth pair and moves one half into the namespace under
-// its name.
+// current says whether the end's programmed halves can be kept for e: the
+// workload's half is there, and of the kind e wants (a VXLAN device with
+// e's tunnel, or the other half of a veth pair).
+func current(inNS *netlink.Handle, host netlink.Link, e dataplane.End) error {
+	link, err := workloadLink(inNS, e.ID)
+	if err != nil {
+		return err
+	}
+	vx, isVXLAN := link.(*netlink.Vxlan)
+	switch {
+	case e.VXLAN == nil && !isVXLAN:
+		return nil
+	case e.VXLAN != nil && isVXLAN:
+		want := *e.VXLAN
+		if want.Port == 0 {
+			want.Port = 4789
+		}
+		if vxlanOf(vx) == want {
+			return nil
+		}
+	}
+	return fmt.Errorf("end %q changed its tunnel", e.ID)
+}
+
+// vxlanOf is the tunnel of a VXLAN device, as an end states it.
+func vxlanOf(vx *netlink.Vxlan) dataplane.VXLAN {
+	local, _ := netip.AddrFromSlice(vx.SrcAddr)
+	remote, _ := netip.AddrFromSlice(vx.Group)
+	return dataplane.VXLAN{VNI: uint32(vx.VxlanId), Local: local.Unmap(), Remote: remote.Unmap(), Port: uint16(vx.Port)}
+}
+
+// create makes the end's two halves: the workload's under its name in its
+// namespace, and the gateway's in the gateway's namespace, tagged with the
+// end. For a VXLAN end the workload's half is the VXLAN device itself
+// (its socket stays in the gateway's namespace, where it was made), and the
+// gateway's half is a bridge with no ports that only carries the tag: no
+// veth, no bridge and no netfilter between the workload and the tunnel.
+// Other ends are a veth pair.
 func (b *Backend) create(inNS *netlink.Handle, nsh netns.NsHandle, e dataplane.End) (netlink.Link, error) {
 	if _, err := inNS.LinkByName(e.Interface); err == nil {
 		return nil, fmt.Errorf("interface %q already exists in network namespace %q", e.Interface, e.NetNS)
+	}
+	if e.VXLAN != nil {
+		return b.createVXLAN(inNS, nsh, e)
 	}
 	// The workload's half is made in its namespace under its name: moving
 	// and renaming a link afterwards waits for RCU grace periods (tens of
@@ -375,6 +415,52 @@ func (b *Backend) create(inNS *netlink.Handle, nsh netns.NsHandle, e dataplane.E
 	return host, nil
 }
 
+// createVXLAN makes a VXLAN end's halves (see create).
+func (b *Backend) createVXLAN(inNS *netlink.Handle, nsh netns.NsHandle, e dataplane.End) (netlink.Link, error) {
+	v := e.VXLAN
+	port := int(v.Port)
+	if port == 0 {
+		port = 4789
+	}
+	vx := &netlink.Vxlan{
+		LinkAttrs: netlink.LinkAttrs{Name: e.Interface, MTU: e.MTU, Namespace: netlink.NsFd(nsh)},
+		VxlanId:   int(v.VNI), Port: port,
+		Group: net.IP(v.Remote.AsSlice()), SrcAddr: net.IP(v.Local.AsSlice()),
+		Learning: true,
+	}
+	if err := b.host.LinkAdd(vx); err != nil {
+		return nil, fmt.Errorf("VXLAN %d as %s in %q: %w", v.VNI, e.Interface, e.NetNS, err)
+	}
+	link, err := inNS.LinkByName(e.Interface)
+	if err == nil {
+		err = inNS.LinkSetAlias(link, aliasPrefix+e.ID)
+	}
+	if err != nil {
+		if link != nil {
+			_ = inNS.LinkDel(link)
+		}
+		return nil, fmt.Errorf("VXLAN %d as %s in %q: %w", v.VNI, e.Interface, e.NetNS, err)
+	}
+	tag := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: hostName(e.ID)}}
+	if err := b.host.LinkAdd(tag); err != nil {
+		_ = inNS.LinkDel(link)
+		return nil, fmt.Errorf("creating %s: %w", tag.Name, err)
+	}
+	host, err := b.host.LinkByName(tag.Name)
+	if err == nil {
+		err = b.host.LinkSetAlias(host, hostAlias(e))
+	}
+	if err != nil {
+		_ = inNS.LinkDel(link)
+		_ = b.host.LinkDel(tag)
+		return nil, fmt.Errorf("tagging %s: %w", tag.Name, err)
+	}
+	return host, nil
+}
+
+// isTag says whether host is the tag of a VXLAN end, not a veth half.
+func isTag(host netlink.Link) bool { return host.Type() == "bridge" }
+
 // configure brings both halves to the end's MTU, addresses and routes.
 func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane.End) error {
 	link, err := workloadLink(inNS, e.ID)
@@ -385,7 +471,9 @@ func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane
 		return fmt.Errorf("end %q is %s in %q; it cannot be renamed to %s (close and request again)", e.ID, link.Attrs().Name, e.NetNS, e.Interface)
 	}
 	if e.MTU > 0 {
-		if err := b.host.LinkSetMTU(host, e.MTU); err != nil {
+		if isTag(host) {
+			// nothing passes through the tag
+		} else if err := b.host.LinkSetMTU(host, e.MTU); err != nil {
 			return fmt.Errorf("MTU %d on %s: %w", e.MTU, host.Attrs().Name, err)
 		}
 		if err := inNS.LinkSetMTU(link, e.MTU); err != nil {
@@ -398,16 +486,19 @@ func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane
 	if err := inNS.LinkSetUp(link); err != nil {
 		return err
 	}
-	if err := b.host.LinkSetUp(host); err != nil {
-		return err
-	}
 	if err := setRoutes(inNS, link, workloadRoutes(e)); err != nil {
 		return fmt.Errorf("routes of %s in %q: %w", e.Interface, e.NetNS, err)
+	}
+	if isTag(host) {
+		return nil // the VXLAN device is the whole end
+	}
+	if err := b.host.LinkSetUp(host); err != nil {
+		return err
 	}
 	if err := b.setWireGuard(host, e); err != nil {
 		return err
 	}
-	return b.setVXLAN(host, e)
+	return b.setBridge(host, e)
 }
 
 // workloadRoutes are the end's routes, and for a WireGuard end the far
@@ -550,55 +641,6 @@ func (b *Backend) removeWireGuard(id string) {
 	}
 }
 
-// setVXLAN joins the end's gateway half and a VXLAN device to the peer
-// gateway in a bridge of their own, or removes them when e has none.
-func (b *Backend) setVXLAN(host netlink.Link, e dataplane.End) error {
-	if e.Bridge != "" {
-		return b.setBridge(host, e)
-	}
-	if e.VXLAN == nil {
-		b.removeVXLAN(e.ID)
-		return nil
-	}
-	v := e.VXLAN
-	port := int(v.Port)
-	if port == 0 {
-		port = 4789
-	}
-	if old, err := b.host.LinkByName(vxlanName(e.ID)); err == nil {
-		cur, ok := old.(*netlink.Vxlan)
-		if ok && cur.VxlanId == int(v.VNI) && cur.Port == port && cur.Group.Equal(net.IP(v.Remote.AsSlice())) && cur.SrcAddr.Equal(net.IP(v.Local.AsSlice())) {
-			return nil
-		}
-		_ = b.host.LinkDel(old) // changed: make it again
-	}
-	br, err := b.bridge(e.ID)
-	if err != nil {
-		return err
-	}
-	vx := &netlink.Vxlan{
-		LinkAttrs: netlink.LinkAttrs{Name: vxlanName(e.ID), MTU: e.MTU, MasterIndex: br.Attrs().Index},
-		VxlanId:   int(v.VNI), Port: port,
-		Group: net.IP(v.Remote.AsSlice()), SrcAddr: net.IP(v.Local.AsSlice()),
-		Learning: true,
-	}
-	if err := b.host.LinkAdd(vx); err != nil {
-		return fmt.Errorf("VXLAN %d for %s: %w", v.VNI, e.ID, err)
-	}
-	if err := b.host.LinkSetAlias(vx, aliasPrefix+e.ID); err != nil {
-		return err
-	}
-	for _, l := range []netlink.Link{host, vx} {
-		if err := b.host.LinkSetMaster(l, br); err != nil {
-			return err
-		}
-		if err := b.host.LinkSetUp(l); err != nil {
-			return err
-		}
-	}
-	return b.host.LinkSetUp(br)
-}
-
 // bridge is end id's bridge, made and tagged if it is not there yet.
 func (b *Backend) bridge(id string) (netlink.Link, error) {
 	if br, err := b.host.LinkByName(bridgeName(id)); err == nil {
@@ -617,10 +659,12 @@ func (b *Backend) bridge(id string) (netlink.Link, error) {
 
 // setBridge puts the end's gateway half in the bridge of end e.Bridge on
 // this gateway (its own, made if missing, when it names itself): two
-// workloads of one gateway on one Ethernet link.
+// workloads of one gateway on one Ethernet link. Without e.Bridge it
+// removes the end's own bridge, if any.
 func (b *Backend) setBridge(host netlink.Link, e dataplane.End) error {
-	if vx, err := b.host.LinkByName(vxlanName(e.ID)); err == nil && vx.Attrs().Alias == aliasPrefix+e.ID {
-		_ = b.host.LinkDel(vx) // it had a tunnel before: no more
+	if e.Bridge == "" {
+		b.removeVXLAN(e.ID)
+		return nil
 	}
 	var br netlink.Link
 	var err error
@@ -729,12 +773,29 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if got, _, ok := parseHostAlias(host.Attrs().Alias); !ok || got != id {
+	got, ns, ok := parseHostAlias(host.Attrs().Alias)
+	if !ok || got != id {
 		return fmt.Errorf("%s belongs to %q, not to end %q", host.Attrs().Name, host.Attrs().Alias, id)
 	}
+	return b.removeLocked(host, id, ns)
+}
+
+// removeLocked removes end id's halves: host, the gateway's (a veth,
+// whose workload half goes with it, or a VXLAN end's tag, whose VXLAN
+// device in namespace ns is removed by name), and what routes or bridges
+// it.
+func (b *Backend) removeLocked(host netlink.Link, id, ns string) error {
 	b.removeVXLAN(id)
 	b.removeWireGuard(id)
-	return b.host.LinkDel(host) // the workload's half goes with it
+	if isTag(host) {
+		if h, err := handleIn(ns); err == nil {
+			if link, err := workloadLink(h, id); err == nil {
+				_ = h.LinkDel(link)
+			}
+			h.Close()
+		}
+	}
+	return b.host.LinkDel(host)
 }
 
 // List implements dataplane.Backend.
@@ -752,14 +813,7 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 			continue
 		}
 		e := dataplane.End{ID: id, NetNS: ns, MTU: l.Attrs().MTU}
-		if vl, err := b.host.LinkByName(vxlanName(id)); err == nil {
-			if vx, ok := vl.(*netlink.Vxlan); ok {
-				local, _ := netip.AddrFromSlice(vx.SrcAddr)
-				remote, _ := netip.AddrFromSlice(vx.Group)
-				e.VXLAN = &dataplane.VXLAN{VNI: uint32(vx.VxlanId), Local: local.Unmap(), Remote: remote.Unmap(), Port: uint16(vx.Port)}
-			}
-		}
-		if m := l.Attrs().MasterIndex; e.VXLAN == nil && m != 0 {
+		if m := l.Attrs().MasterIndex; m != 0 {
 			if br, err := b.host.LinkByIndex(m); err == nil {
 				if owner, ok := strings.CutPrefix(br.Attrs().Alias, aliasPrefix); ok {
 					e.Bridge = owner
@@ -799,6 +853,10 @@ func readWorkloadSide(e *dataplane.End) error {
 		return err
 	}
 	e.Interface, e.MTU = link.Attrs().Name, link.Attrs().MTU
+	if vx, ok := link.(*netlink.Vxlan); ok {
+		v := vxlanOf(vx)
+		e.VXLAN = &v
+	}
 	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
 		return err

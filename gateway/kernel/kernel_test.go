@@ -275,6 +275,49 @@ func TestVXLANEnds(t *testing.T) {
 			}
 		}
 	}
+	for _, ns := range []string{wA, wB} {
+		if out := ip(t, "-n", ns, "link", "show"); strings.Contains(out, "nsm0") {
+			t.Errorf("the workload's interface is left in %s:\n%s", ns, out)
+		}
+	}
+}
+
+// A VXLAN end's workload interface is the VXLAN device itself (no veth or
+// bridge between the workload and the tunnel); an end whose tunnel changed
+// (another VNI) is made again with it.
+func TestVXLANEndIsTheDevice(t *testing.T) {
+	e2e.RequireRoot(t)
+	b, gw := backend(t)
+	w := namespace(t)
+	before := hostLinks(t, gw)
+	e := dataplane.End{ID: "l2", NetNS: w, Interface: "nsm0", MTU: 1450, Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.100.1/31")},
+		VXLAN: &dataplane.VXLAN{VNI: 100, Local: netip.MustParseAddr("172.31.0.1"), Remote: netip.MustParseAddr("172.31.0.2")}}
+	ctx := context.Background()
+	for _, vni := range []uint32{100, 100, 101} {
+		e.VXLAN.VNI = vni
+		if err := b.Apply(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		var links []struct {
+			Linkinfo struct {
+				InfoKind string              `json:"info_kind"`
+				InfoData struct{ ID uint32 } `json:"info_data"`
+			}
+		}
+		json.Unmarshal([]byte(ip(t, "-n", w, "-d", "-j", "link", "show", "nsm0")), &links)
+		if len(links) != 1 || links[0].Linkinfo.InfoKind != "vxlan" || links[0].Linkinfo.InfoData.ID != vni {
+			t.Errorf("nsm0 is %+v, want the VXLAN device of VNI %d", links, vni)
+		}
+		if listed, err := b.List(ctx); err != nil || len(listed) != 1 || listed[0].String() != e.String() {
+			t.Errorf("List: %v, %v\nwant %v", listed, err, e)
+		}
+	}
+	if err := b.Remove(ctx, "l2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := hostLinks(t, gw); !slices.Equal(got, before) {
+		t.Errorf("after Remove: %v, before: %v", got, before)
+	}
 }
 
 // Two workloads of one gateway on one Ethernet link: the endpoint's end
