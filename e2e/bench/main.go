@@ -86,6 +86,8 @@ var rows = []row{
 		func(v, y float64) bool { return v >= 0.95*y }, "iperf3 -t 5, client namespace to endpoint namespace across two gateways (one process each); yardstick: the same wireguard-go build as a bare tunnel between the two hosts, one process per host as the gateways and the wireguard-go program run"},
 	{"WireGuard vWire TCP throughput vs bare, both ends in one process", "NetnsThroughput/wireguard-vwire", "Gbit/s", "NetnsThroughput/wireguard-bare-one-process", "Gbit/s", "", nil,
 		"yardstick: the bare tunnel with both wireguard-go devices in the benchmark's process (one Go runtime for both ends: faster on 2 cores, not a deployment anyone runs)"},
+	{"WireGuard vWire TCP throughput vs bare, workloads behind veths", "NetnsThroughput/wireguard-vwire", "Gbit/s", "NetnsThroughput/wireguard-bare-behind-veth", "Gbit/s", "", nil,
+		"yardstick: the bare tunnel (a process per end) with a workload namespace behind each host on a veth, routed by the host as a gateway routes: the vWire's hops without vwire"},
 	{"WireGuard vWire TCP throughput vs raw veth", "NetnsThroughput/wireguard-vwire", "Gbit/s", "NetnsThroughput/veth", "Gbit/s", "", nil,
 		"yardstick: a veth pair between two namespaces, no tunnel"},
 	{"WireGuard vWire ping RTT", "NetnsThroughput/wireguard-vwire", "rtt-ms", "NetnsThroughput/wireguard-bare", "rtt-ms", "", nil, "median of 20 ICMP echoes from the client's namespace"},

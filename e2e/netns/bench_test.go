@@ -154,6 +154,12 @@ func BenchmarkNetnsThroughput(b *testing.B) {
 	}
 	measure := func(b *testing.B, from, to, addr string) {
 		b.Helper()
+		// A second of traffic first, thrown away: the first row after the
+		// world starts measured low (its domains still settling), and
+		// every row should meet the same warm machine.
+		if _, err := iperf(from, to, addr, "1"); err != nil {
+			b.Fatal(err)
+		}
 		rtt, err := rttOf(from, addr)
 		if err != nil {
 			b.Fatal(err)
@@ -175,12 +181,16 @@ func BenchmarkNetnsThroughput(b *testing.B) {
 	}
 	b.Run("wireguard-vwire", overVWire("svc@b.example"))
 	b.Run("wireguard-bare", func(b *testing.B) {
-		bareWireGuard(b, true, a.ns, bh.ns, a.addr, bh.addr)
+		bareWireGuard(b, w, true, false, a.ns, bh.ns, a.addr, bh.addr)
 		measure(b, a.ns, bh.ns, "100.64.0.2")
 	})
 	b.Run("wireguard-bare-one-process", func(b *testing.B) {
-		bareWireGuard(b, false, a.ns, bh.ns, a.addr, bh.addr)
+		bareWireGuard(b, w, false, false, a.ns, bh.ns, a.addr, bh.addr)
 		measure(b, a.ns, bh.ns, "100.64.0.2")
+	})
+	b.Run("wireguard-bare-behind-veth", func(b *testing.B) {
+		x, y := bareWireGuard(b, w, true, true, a.ns, bh.ns, a.addr, bh.addr)
+		measure(b, x, y, "100.68.1.2")
 	})
 	b.Run("vxlan-vwire", overVWire("l2@b.example"))
 	b.Run("vxlan-bare", func(b *testing.B) {
@@ -232,20 +242,35 @@ func (w *world) nsName(suffix string) string { return "vn" + w.tag + suffix }
 // With apart, each device runs in a process of its own, as each gateway
 // does (and as the wireguard-go program does, one per device): the test
 // binary again, in wireGuardHelper; otherwise both run in this process.
-func bareWireGuard(b *testing.B, apart bool, nsA, nsB, addrA, addrB string) {
+// With behind, each host also routes to a workload namespace behind it on
+// a veth (100.68.0.2 behind a, 100.68.1.2 behind b), as a gateway does;
+// it returns those two namespaces.
+func bareWireGuard(b *testing.B, w *world, apart, behind bool, nsA, nsB, addrA, addrB string) (wlA, wlB string) {
 	type side struct {
-		ns, underlay, tunnel, name string
-		key                        wgtypes.Key
+		ns, underlay, tunnel, name, workload, behind string
+		key                                          wgtypes.Key
 	}
 	sides := []*side{{ns: nsA, underlay: addrA, tunnel: "100.64.0.1"}, {ns: nsB, underlay: addrB, tunnel: "100.64.0.2"}}
 	for i, s := range sides {
 		s.key, _ = wgtypes.GeneratePrivateKey()
 		s.name = fmt.Sprintf("wgb%d%s", i, s.ns[2:8])
+		if behind {
+			s.workload, s.behind = w.fresh("wb"), fmt.Sprintf("100.68.%d.0/24", i)
+			host := fmt.Sprintf("vwbw%d%s", i, w.tag)
+			run(b, "ip", "link", "add", host, "netns", s.ns, "type", "veth", "peer", "name", "eth0", "netns", s.workload)
+			b.Cleanup(func() { exec.Command("ip", "-n", s.ns, "link", "del", host).Run() })
+			run(b, "ip", "-n", s.ns, "addr", "add", fmt.Sprintf("100.68.%d.1/24", i), "dev", host)
+			run(b, "ip", "-n", s.workload, "addr", "add", fmt.Sprintf("100.68.%d.2/24", i), "dev", "eth0")
+			run(b, "ip", "-n", s.ns, "link", "set", host, "up")
+			run(b, "ip", "-n", s.workload, "link", "set", "eth0", "up")
+			run(b, "ip", "-n", s.workload, "route", "add", "default", "via", fmt.Sprintf("100.68.%d.1", i))
+			run(b, "ip", "netns", "exec", s.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		}
 	}
 	for i, s := range sides {
 		peer := sides[1-i]
 		h := wireGuardHelper{NS: s.ns, Name: s.name, Key: s.key, Peer: peer.key.PublicKey(),
-			PeerAt: peer.underlay + ":51900", PeerTunnel: peer.tunnel}
+			PeerAt: peer.underlay + ":51900", PeerTunnel: peer.tunnel, PeerBehind: peer.behind}
 		if apart {
 			spec, _ := json.Marshal(h)
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -264,7 +289,11 @@ func bareWireGuard(b *testing.B, apart bool, nsA, nsB, addrA, addrB string) {
 		}
 		run(b, "ip", "-n", s.ns, "addr", "add", s.tunnel+"/32", "dev", s.name)
 		run(b, "ip", "-n", s.ns, "route", "add", peer.tunnel+"/32", "dev", s.name)
+		if behind {
+			run(b, "ip", "-n", s.ns, "route", "add", peer.behind, "dev", s.name)
+		}
 	}
+	return sides[0].workload, sides[1].workload
 }
 
 // wireGuardHelperEnv, when set, makes the test binary a wireGuardHelper:
@@ -275,6 +304,7 @@ const wireGuardHelperEnv = "VWIRE_BENCH_WIREGUARD"
 // in a namespace with one peer.
 type wireGuardHelper struct {
 	NS, Name, PeerAt, PeerTunnel string
+	PeerBehind                   string // a prefix routed behind the peer, or ""
 	Key, Peer                    wgtypes.Key
 }
 
@@ -286,7 +316,11 @@ func (h wireGuardHelper) start() (dev *kernel.WireGuard, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := dev.SetPeer(h.Peer, netip.MustParseAddrPort(h.PeerAt), []netip.Prefix{netip.MustParsePrefix(h.PeerTunnel + "/32")}); err != nil {
+	allowed := []netip.Prefix{netip.MustParsePrefix(h.PeerTunnel + "/32")}
+	if h.PeerBehind != "" {
+		allowed = append(allowed, netip.MustParsePrefix(h.PeerBehind))
+	}
+	if err := dev.SetPeer(h.Peer, netip.MustParseAddrPort(h.PeerAt), allowed); err != nil {
 		dev.Close()
 		return nil, err
 	}
