@@ -257,6 +257,16 @@ func parseHostAlias(a string) (id, ns string, ok bool) {
 // Do runs f on a thread inside network namespace ns (a name or a path):
 // sockets f opens stay in that namespace after Do returns.
 func Do(ns string, f func() error) error {
+	target, err := OpenNS(ns)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	return doIn(target, ns, f)
+}
+
+// doIn is Do for an open namespace, named name in errors.
+func doIn(target netns.NsHandle, name string, f func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -264,20 +274,15 @@ func Do(ns string, f func() error) error {
 		return err
 	}
 	defer orig.Close()
-	target, err := OpenNS(ns)
-	if err != nil {
-		return err
-	}
-	defer target.Close()
 	if err := netns.Set(target); err != nil {
-		return fmt.Errorf("entering network namespace %q: %w", ns, err)
+		return fmt.Errorf("entering network namespace %q: %w", name, err)
 	}
 	err = f()
 	if rerr := netns.Set(orig); rerr != nil {
 		// The thread is in the wrong namespace: let it die with the
 		// goroutine rather than serve anyone else.
 		runtime.LockOSThread()
-		return errors.Join(err, fmt.Errorf("leaving network namespace %q: %w", ns, rerr))
+		return errors.Join(err, fmt.Errorf("leaving network namespace %q: %w", name, rerr))
 	}
 	return err
 }

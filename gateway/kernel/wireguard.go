@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"time"
 
@@ -238,18 +237,12 @@ func bindHere() (conn.Bind, error) {
 	return &nsBind{Bind: conn.NewDefaultBind(), ns: here}, nil
 }
 
-// Open opens the sockets on a thread of the bind's namespace.
+// Open opens the sockets on a thread in the bind's namespace.
 func (b *nsBind) Open(port uint16) (fns []conn.ReceiveFunc, actual uint16, err error) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err = netns.Set(b.ns); err != nil {
-			return
-		}
+	err = doIn(b.ns, b.ns.String(), func() (err error) {
 		fns, actual, err = b.Bind.Open(port)
-	}()
-	<-done
+		return err
+	})
 	return fns, actual, err
 }
 
