@@ -269,7 +269,7 @@ func (g *Gateway) ApplyEndpoint(ctx context.Context, conn *proxypb.Connection, u
 		}
 		end.VXLAN = &dataplane.VXLAN{VNI: vni, Local: g.Addr, Remote: src}
 		out.Mechanism = &proxypb.Mechanism{Type: &proxypb.Mechanism_Vxlan{Vxlan: &proxypb.VXLAN{
-			SrcIp: src.String(), DstIp: g.Addr.String(), Vni: vni, DstPort: 4789}}}
+			SrcIp: src.String(), DstIp: g.Addr.String(), Vni: vni, DstPort: dataplane.VXLANPort}}}
 	default:
 		peer := conn.GetMechanism().GetWireguard().GetSrcPublicKey()
 		if len(peer) != 32 {

@@ -92,7 +92,19 @@ type VXLAN struct {
 	VNI    uint32
 	Local  netip.Addr // this gateway's tunnel address
 	Remote netip.Addr // the peer gateway's
-	Port   uint16     // UDP port; 0: 4789
+	Port   uint16     // UDP port; 0: VXLANPort
+}
+
+// VXLANPort is VXLAN's IANA port, a tunnel's unless it names another.
+const VXLANPort = 4789
+
+// WithPort is v with its port stated (VXLANPort for 0), as a backend
+// reports it.
+func (v VXLAN) WithPort() VXLAN {
+	if v.Port == 0 {
+		v.Port = VXLANPort
+	}
+	return v
 }
 
 // Route is a route set on the workload's interface.
@@ -131,11 +143,7 @@ func (e End) String() string {
 	s := fmt.Sprintf("%s netns=%s dev=%s mtu=%d addrs=[%s] routes=[%s]", e.ID, e.NetNS, e.Interface, e.MTU,
 		strings.Join(addrs, " "), strings.Join(routes, ", "))
 	if v := e.VXLAN; v != nil {
-		port := v.Port
-		if port == 0 {
-			port = 4789
-		}
-		s += fmt.Sprintf(" vxlan=%d %s->%s:%d", v.VNI, v.Local, v.Remote, port)
+		s += fmt.Sprintf(" vxlan=%d %s->%s:%d", v.VNI, v.Local, v.Remote, v.WithPort().Port)
 	}
 	if len(e.Routed) > 0 {
 		var far []string

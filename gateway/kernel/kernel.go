@@ -191,20 +191,28 @@ var (
 	gatewayIP6 = netip.MustParseAddr("fe80::1")
 )
 
-// families are the address families of an IP end's own and far addresses
-// (IPv4 always: the gateway half's IPv4 address is what a routed end
-// has always had, and what List expects).
-func families(e dataplane.End) []int {
+// gateways are the gateway half's addresses a routed end needs: IPv4's
+// always (what a routed end has always had, and what List expects), and
+// IPv6's if the end's own or far addresses are IPv6.
+func gateways(e dataplane.End) []netip.Addr {
 	far := e.Routed
 	if e.WireGuard != nil {
 		far = e.WireGuard.Remote
 	}
 	for _, p := range append(slices.Clone(e.Addrs), far...) {
 		if p.Addr().Is6() {
-			return []int{netlink.FAMILY_V4, netlink.FAMILY_V6}
+			return []netip.Addr{gatewayIP, gatewayIP6}
 		}
 	}
-	return []int{netlink.FAMILY_V4}
+	return []netip.Addr{gatewayIP}
+}
+
+// family is a's netlink address family.
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
 }
 
 // address is p as an interface address; an IPv6 one skips duplicate
@@ -362,14 +370,8 @@ func current(inNS *netlink.Handle, host netlink.Link, e dataplane.End) error {
 	switch {
 	case e.VXLAN == nil && !isVXLAN:
 		return nil
-	case e.VXLAN != nil && isVXLAN:
-		want := *e.VXLAN
-		if want.Port == 0 {
-			want.Port = 4789
-		}
-		if vxlanOf(vx) == want {
-			return nil
-		}
+	case e.VXLAN != nil && isVXLAN && vxlanOf(vx) == e.VXLAN.WithPort():
+		return nil
 	}
 	return fmt.Errorf("end %q changed its tunnel", e.ID)
 }
@@ -422,14 +424,10 @@ func (b *Backend) create(inNS *netlink.Handle, nsh netns.NsHandle, e dataplane.E
 
 // createVXLAN makes a VXLAN end's halves (see create).
 func (b *Backend) createVXLAN(inNS *netlink.Handle, nsh netns.NsHandle, e dataplane.End) (netlink.Link, error) {
-	v := e.VXLAN
-	port := int(v.Port)
-	if port == 0 {
-		port = 4789
-	}
+	v := e.VXLAN.WithPort()
 	vx := &netlink.Vxlan{
 		LinkAttrs: netlink.LinkAttrs{Name: e.Interface, MTU: e.MTU, Namespace: netlink.NsFd(nsh)},
-		VxlanId:   int(v.VNI), Port: port,
+		VxlanId:   int(v.VNI), Port: int(v.Port),
 		Group: net.IP(v.Remote.AsSlice()), SrcAddr: net.IP(v.Local.AsSlice()),
 		Learning: true,
 	}
@@ -446,19 +444,10 @@ func (b *Backend) createVXLAN(inNS *netlink.Handle, nsh netns.NsHandle, e datapl
 		}
 		return nil, fmt.Errorf("VXLAN %d as %s in %q: %w", v.VNI, e.Interface, e.NetNS, err)
 	}
-	tag := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: hostName(e.ID)}}
-	if err := b.host.LinkAdd(tag); err != nil {
-		_ = inNS.LinkDel(link)
-		return nil, fmt.Errorf("creating %s: %w", tag.Name, err)
-	}
-	host, err := b.host.LinkByName(tag.Name)
-	if err == nil {
-		err = b.host.LinkSetAlias(host, hostAlias(e))
-	}
+	host, err := b.addBridge(hostName(e.ID), hostAlias(e))
 	if err != nil {
 		_ = inNS.LinkDel(link)
-		_ = b.host.LinkDel(tag)
-		return nil, fmt.Errorf("tagging %s: %w", tag.Name, err)
+		return nil, err
 	}
 	return host, nil
 }
@@ -476,11 +465,6 @@ func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane
 		return fmt.Errorf("end %q is %s in %q; it cannot be renamed to %s (close and request again)", e.ID, link.Attrs().Name, e.NetNS, e.Interface)
 	}
 	if e.MTU > 0 {
-		if isTag(host) {
-			// nothing passes through the tag
-		} else if err := b.host.LinkSetMTU(host, e.MTU); err != nil {
-			return fmt.Errorf("MTU %d on %s: %w", e.MTU, host.Attrs().Name, err)
-		}
 		if err := inNS.LinkSetMTU(link, e.MTU); err != nil {
 			return fmt.Errorf("MTU %d on %s: %w", e.MTU, e.Interface, err)
 		}
@@ -496,6 +480,12 @@ func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane
 	}
 	if isTag(host) {
 		return nil // the VXLAN device is the whole end
+	}
+	// The gateway's half of a veth pair: what the workload's packets meet.
+	if e.MTU > 0 {
+		if err := b.host.LinkSetMTU(host, e.MTU); err != nil {
+			return fmt.Errorf("MTU %d on %s: %w", e.MTU, host.Attrs().Name, err)
+		}
 	}
 	if err := b.host.LinkSetUp(host); err != nil {
 		return err
@@ -570,8 +560,9 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 	}
 	// The rules, one per family, that send the half's packets to that
 	// table.
-	for _, family := range families(e) {
-		rules, err := b.host.RuleList(family)
+	for _, gw := range gateways(e) {
+		fam := family(gw)
+		rules, err := b.host.RuleList(fam)
 		if err != nil {
 			return err
 		}
@@ -581,7 +572,7 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 		}
 		if !found {
 			rule := netlink.NewRule()
-			rule.IifName, rule.Table, rule.Priority, rule.Family = host.Attrs().Name, table, rulePriority, family
+			rule.IifName, rule.Table, rule.Priority, rule.Family = host.Attrs().Name, table, rulePriority, fam
 			if err := b.host.RuleAdd(rule); err != nil {
 				return fmt.Errorf("rule for %s: %w", host.Attrs().Name, err)
 			}
@@ -598,18 +589,14 @@ func (b *Backend) routeBack(host netlink.Link, e dataplane.End) error {
 			return fmt.Errorf("enabling IPv4 forwarding, which routed ends need: %w", err)
 		}
 	}
-	fams := families(e)
-	if b.forwarding6 != nil && slices.Contains(fams, netlink.FAMILY_V6) {
+	gws := gateways(e)
+	if b.forwarding6 != nil && slices.Contains(gws, gatewayIP6) {
 		if err := b.forwarding6(); err != nil {
 			return fmt.Errorf("enabling IPv6 forwarding, which IPv6 vWires need: %w", err)
 		}
 	}
 	b.clamp()
-	for _, f := range fams {
-		gw := gatewayIP
-		if f == netlink.FAMILY_V6 {
-			gw = gatewayIP6
-		}
+	for _, gw := range gws {
 		if err := b.host.AddrReplace(host, address(netip.PrefixFrom(gw, gw.BitLen()))); err != nil {
 			return fmt.Errorf("gateway address %s on %s: %w", gw, host.Attrs().Name, err)
 		}
@@ -651,15 +638,24 @@ func (b *Backend) bridge(id string) (netlink.Link, error) {
 	if br, err := b.host.LinkByName(bridgeName(id)); err == nil {
 		return br, nil
 	}
-	bridge := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName(id)}}
-	if err := b.host.LinkAdd(bridge); err != nil {
-		return nil, fmt.Errorf("bridge for %s: %w", id, err)
+	return b.addBridge(bridgeName(id), aliasPrefix+id) // the tag removeBridge looks for
+}
+
+// addBridge makes a bridge in the gateway's namespace with alias as its
+// tag: whole, or not at all.
+func (b *Backend) addBridge(name, alias string) (netlink.Link, error) {
+	if err := b.host.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
+		return nil, fmt.Errorf("creating bridge %s: %w", name, err)
 	}
-	br, err := b.host.LinkByName(bridge.Name)
+	br, err := b.host.LinkByName(name)
+	if err == nil {
+		err = b.host.LinkSetAlias(br, alias)
+	}
 	if err != nil {
-		return nil, err
+		_ = b.host.LinkDel(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}})
+		return nil, fmt.Errorf("tagging bridge %s: %w", name, err)
 	}
-	return br, b.host.LinkSetAlias(br, aliasPrefix+id) // the tag Remove looks for
+	return br, nil
 }
 
 // setBridge puts the end's gateway half in the bridge of end e.Bridge on
@@ -668,7 +664,7 @@ func (b *Backend) bridge(id string) (netlink.Link, error) {
 // removes the end's own bridge, if any.
 func (b *Backend) setBridge(host netlink.Link, e dataplane.End) error {
 	if e.Bridge == "" {
-		b.removeVXLAN(e.ID)
+		b.removeBridge(e.ID)
 		return nil
 	}
 	var br netlink.Link
@@ -689,7 +685,10 @@ func (b *Backend) setBridge(host netlink.Link, e dataplane.End) error {
 	return b.host.LinkSetUp(br)
 }
 
-func (b *Backend) removeVXLAN(id string) {
+// removeBridge removes end id's bridge, and the gateway-side VXLAN device
+// of an end made by versions before the device moved into the workload's
+// namespace.
+func (b *Backend) removeBridge(id string) {
 	for _, name := range []string{vxlanName(id), bridgeName(id)} {
 		if l, err := b.host.LinkByName(name); err == nil && l.Attrs().Alias == aliasPrefix+id {
 			_ = b.host.LinkDel(l)
@@ -790,7 +789,7 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 // device in namespace ns is removed by name), and what routes or bridges
 // it.
 func (b *Backend) removeLocked(host netlink.Link, id, ns string) error {
-	b.removeVXLAN(id)
+	b.removeBridge(id)
 	b.removeWireGuard(id)
 	if isTag(host) {
 		if h, err := handleIn(ns); err == nil {
@@ -878,7 +877,7 @@ func readWorkloadSide(e *dataplane.End) error {
 	}
 	for _, r := range routes {
 		rt := dataplane.Route{Prefix: prefix(r.Dst)}
-		if gw, _ := netip.AddrFromSlice(r.Gw); gw.Unmap() == gatewayIP || gw == gatewayIP6 {
+		if gw, _ := netip.AddrFromSlice(r.Gw); gw.Unmap() == gatewayOf(gw.Unmap()) { // via the gateway half
 			if e.WireGuard == nil {
 				e.Routed = append(e.Routed, rt.Prefix)
 			}
