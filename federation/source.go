@@ -162,6 +162,7 @@ func WorkloadSource(ctx context.Context, socket string, prefer func(spiffeid.ID)
 type FileSource struct {
 	*Trust
 	dir string
+	id  spiffeid.ID // the SVID's; reload keeps to it
 
 	mu      sync.Mutex
 	svid    *x509svid.SVID
@@ -184,7 +185,7 @@ func LoadCredentials(dir string) (*FileSource, error) {
 		return nil, fmt.Errorf("credentials %s: the SVID %s expired at %s; restart the domain or get new credentials",
 			dir, svid.ID, leaf.NotAfter.Format(time.RFC3339))
 	}
-	return &FileSource{Trust: NewTrust(bundle), dir: dir, svid: svid, stamp: stamp, checked: time.Now()}, nil
+	return &FileSource{Trust: NewTrust(bundle), dir: dir, id: svid.ID, svid: svid, stamp: stamp, checked: time.Now()}, nil
 }
 
 func readCredentials(dir string) (*x509svid.SVID, *x509bundle.Bundle, error) {
@@ -227,7 +228,7 @@ func (s *FileSource) reload() {
 	}
 	s.stamp = stamp
 	svid, bundle, err := readCredentials(s.dir)
-	if err != nil || svid.ID != s.svid.ID {
+	if err != nil || svid.ID != s.id {
 		return
 	}
 	s.svid = svid
@@ -251,5 +252,5 @@ func (s *FileSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509
 // Close implements Source.
 func (s *FileSource) Close() error { return nil }
 
-// ID is the SVID's SPIFFE ID (it never changes: reload keeps to it).
-func (s *FileSource) ID() spiffeid.ID { return s.svid.ID }
+// ID is the SVID's SPIFFE ID.
+func (s *FileSource) ID() spiffeid.ID { return s.id }
