@@ -254,8 +254,19 @@ func TestTunnelsPeerDeviceRenewed(t *testing.T) {
 	if len(tB.Devices()) != 0 {
 		t.Fatalf("b kept its device: %v", tB.Devices())
 	}
+	// Hold the old port, so that b's new device surely gets another (the
+	// kernel could hand the same one out again).
+	var held net.PacketConn
+	err := Do(p.gB, func() (err error) {
+		held, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", first))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("holding b's old port %d: %v", first, err)
+	}
+	defer held.Close()
 	if second := up("v2", "172.30.1.1", "172.30.1.2"); second == first {
-		t.Logf("b's new device has the port of the old one (%d): the test shows nothing this time", first)
+		t.Fatalf("b's new device has the port of the old one (%d), which is held", first)
 	}
 	bA.Remove(context.Background(), "v1")
 	bA.Remove(context.Background(), "v2")
