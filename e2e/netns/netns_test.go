@@ -71,7 +71,17 @@ func snapshot(t *testing.T, ns string) string {
 			names = append(names, strings.SplitN(f[1], "@", 2)[0])
 		}
 	}
-	return strings.Join(names, " ") + "\n" + run(t, "ip", "-n", ns, "rule", "show") + run(t, "ip", "-4", "-n", ns, "route", "show", "table", "all")
+	// IPv6 routes the kernel makes itself come and go with IPv6 forwarding
+	// (the subnet-router anycast) and address autoconfiguration: only the
+	// others count.
+	var v6 []string
+	for _, r := range strings.SplitAfter(run(t, "ip", "-6", "-n", ns, "route", "show", "table", "all"), "\n") {
+		if !strings.Contains(r, " proto kernel ") {
+			v6 = append(v6, r)
+		}
+	}
+	return strings.Join(names, " ") + "\n" + run(t, "ip", "-n", ns, "rule", "show") + run(t, "ip", "-4", "-n", ns, "route", "show", "table", "all") +
+		run(t, "ip", "-6", "-n", ns, "rule", "show") + strings.Join(v6, "")
 }
 
 // fullSnapshot adds the nftables tables: the gateway's MSS clamping table
