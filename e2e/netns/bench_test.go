@@ -181,15 +181,15 @@ func BenchmarkNetnsThroughput(b *testing.B) {
 	}
 	b.Run("wireguard-vwire", overVWire("svc@b.example"))
 	b.Run("wireguard-bare", func(b *testing.B) {
-		bareWireGuard(b, w, true, false, a.ns, bh.ns, a.addr, bh.addr)
+		bareWireGuard(b, w, bare{apart: true}, a.ns, bh.ns, a.addr, bh.addr)
 		measure(b, a.ns, bh.ns, "100.64.0.2")
 	})
 	b.Run("wireguard-bare-one-process", func(b *testing.B) {
-		bareWireGuard(b, w, false, false, a.ns, bh.ns, a.addr, bh.addr)
+		bareWireGuard(b, w, bare{}, a.ns, bh.ns, a.addr, bh.addr)
 		measure(b, a.ns, bh.ns, "100.64.0.2")
 	})
 	b.Run("wireguard-bare-behind-veth", func(b *testing.B) {
-		x, y := bareWireGuard(b, w, true, true, a.ns, bh.ns, a.addr, bh.addr)
+		x, y := bareWireGuard(b, w, bare{apart: true, behind: true}, a.ns, bh.ns, a.addr, bh.addr)
 		measure(b, x, y, "100.68.1.2")
 	})
 	b.Run("vxlan-vwire", overVWire("l2@b.example"))
@@ -237,15 +237,22 @@ var freshN int
 // nsName names a namespace that workload made earlier.
 func (w *world) nsName(suffix string) string { return "vn" + w.tag + suffix }
 
+// bare is how a bare WireGuard yardstick is set up.
+type bare struct {
+	// apart: each device runs in a process of its own, as each gateway
+	// does (and as the wireguard-go program does, one per device): the
+	// test binary again, in wireGuardHelper; otherwise both run in this
+	// process.
+	apart bool
+	// behind: each host also routes to a workload namespace behind it on
+	// a veth (100.68.0.2 behind a, 100.68.1.2 behind b), as a gateway does.
+	behind bool
+}
+
 // bareWireGuard joins two host namespaces with wireguard-go devices (the
-// build the gateway embeds), 100.64.0.1 and .2, until the benchmark ends.
-// With apart, each device runs in a process of its own, as each gateway
-// does (and as the wireguard-go program does, one per device): the test
-// binary again, in wireGuardHelper; otherwise both run in this process.
-// With behind, each host also routes to a workload namespace behind it on
-// a veth (100.68.0.2 behind a, 100.68.1.2 behind b), as a gateway does;
-// it returns those two namespaces.
-func bareWireGuard(b *testing.B, w *world, apart, behind bool, nsA, nsB, addrA, addrB string) (wlA, wlB string) {
+// build the gateway embeds), 100.64.0.1 and .2, until the benchmark ends,
+// as how says; it returns the workload namespaces of how.behind.
+func bareWireGuard(b *testing.B, w *world, how bare, nsA, nsB, addrA, addrB string) (wlA, wlB string) {
 	type side struct {
 		ns, underlay, tunnel, name, workload, behind string
 		key                                          wgtypes.Key
@@ -254,7 +261,7 @@ func bareWireGuard(b *testing.B, w *world, apart, behind bool, nsA, nsB, addrA, 
 	for i, s := range sides {
 		s.key, _ = wgtypes.GeneratePrivateKey()
 		s.name = fmt.Sprintf("wgb%d%s", i, s.ns[2:8])
-		if behind {
+		if how.behind {
 			s.workload, s.behind = w.fresh("wb"), fmt.Sprintf("100.68.%d.0/24", i)
 			host := fmt.Sprintf("vwbw%d%s", i, w.tag)
 			run(b, "ip", "link", "add", host, "netns", s.ns, "type", "veth", "peer", "name", "eth0", "netns", s.workload)
@@ -271,7 +278,7 @@ func bareWireGuard(b *testing.B, w *world, apart, behind bool, nsA, nsB, addrA, 
 		peer := sides[1-i]
 		h := wireGuardHelper{NS: s.ns, Name: s.name, Key: s.key, Peer: peer.key.PublicKey(),
 			PeerAt: peer.underlay + ":51900", PeerTunnel: peer.tunnel, PeerBehind: peer.behind}
-		if apart {
+		if how.apart {
 			spec, _ := json.Marshal(h)
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
 			cmd.Env = append(os.Environ(), wireGuardHelperEnv+"="+string(spec))
@@ -289,7 +296,7 @@ func bareWireGuard(b *testing.B, w *world, apart, behind bool, nsA, nsB, addrA, 
 		}
 		run(b, "ip", "-n", s.ns, "addr", "add", s.tunnel+"/32", "dev", s.name)
 		run(b, "ip", "-n", s.ns, "route", "add", peer.tunnel+"/32", "dev", s.name)
-		if behind {
+		if how.behind {
 			run(b, "ip", "-n", s.ns, "route", "add", peer.behind, "dev", s.name)
 		}
 	}
