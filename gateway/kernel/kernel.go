@@ -274,25 +274,30 @@ func Do(ns string, f func() error) error {
 }
 
 // doIn is Do for an open namespace, named name in errors.
-func doIn(target netns.NsHandle, name string, f func() error) error {
+func doIn(target netns.NsHandle, name string, f func() error) (err error) {
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
+		runtime.UnlockOSThread()
 		return err
 	}
 	defer orig.Close()
 	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
 		return fmt.Errorf("entering network namespace %q: %w", name, err)
 	}
-	err = f()
-	if rerr := netns.Set(orig); rerr != nil {
-		// The thread is in the wrong namespace: let it die with the
-		// goroutine rather than serve anyone else.
-		runtime.LockOSThread()
-		return errors.Join(err, fmt.Errorf("leaving network namespace %q: %w", name, rerr))
-	}
-	return err
+	// Deferred, so that a panicking f (or a test's t.FailNow) does not
+	// hand the thread back to the scheduler inside the namespace.
+	defer func() {
+		if rerr := netns.Set(orig); rerr != nil {
+			// The thread is in the wrong namespace: it stays locked and
+			// dies with the goroutine rather than serve anyone else.
+			err = errors.Join(err, fmt.Errorf("leaving network namespace %q: %w", name, rerr))
+			return
+		}
+		runtime.UnlockOSThread()
+	}()
+	return f()
 }
 
 // OpenNS opens a network namespace by name (in /run/netns) or path.
