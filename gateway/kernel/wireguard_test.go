@@ -7,39 +7,14 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/dataplane"
 )
-
-// inNetNS runs fn on a thread in network namespace ns, as a gateway
-// running in that namespace would.
-func inNetNS(t *testing.T, ns string, fn func()) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // the thread dies with the goroutine: never reused in ns
-		target, err := netns.GetFromName(ns)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			t.Error(err)
-			return
-		}
-		fn()
-	}()
-	<-done
-}
 
 // Two gateways in two namespaces, joined by a veth as by a network, get a
 // WireGuard tunnel each (embedded wireguard-go here: the kernel has no
@@ -57,14 +32,13 @@ func TestWireGuardBetweenGateways(t *testing.T) {
 	for i, g := range gws {
 		g.key, _ = wgtypes.GeneratePrivateKey()
 		name := fmt.Sprintf("wgt%d%s", i, g.ns[len(g.ns)-4:]) // unique on the machine
-		inNetNS(t, g.ns, func() {
-			var err error
-			if g.dev, err = NewWireGuard(name, g.key, 51820, 1420, slog.Default()); err != nil {
-				t.Error(err)
-			}
-		})
-		if g.dev == nil {
-			t.FailNow()
+		// Made on a thread in the gateway's namespace, as a gateway
+		// running there would.
+		if err := Do(g.ns, func() (err error) {
+			g.dev, err = NewWireGuard(name, g.key, 51820, 1420, slog.Default())
+			return err
+		}); err != nil {
+			t.Fatal(err)
 		}
 		t.Cleanup(func() { g.dev.Close() })
 		ip(t, "-n", g.ns, "addr", "add", g.tunnel+"/32", "dev", name)
@@ -108,14 +82,11 @@ func TestWireGuardEnds(t *testing.T) {
 	for i, s := range sides {
 		s.key, _ = wgtypes.GeneratePrivateKey()
 		name := fmt.Sprintf("wge%d%s", i, s.gw[len(s.gw)-4:])
-		inNetNS(t, s.gw, func() {
-			var err error
-			if s.dev, err = NewWireGuard(name, s.key, 51820, 1420, slog.Default()); err != nil {
-				t.Error(err)
-			}
-		})
-		if s.dev == nil {
-			t.FailNow()
+		if err := Do(s.gw, func() (err error) {
+			s.dev, err = NewWireGuard(name, s.key, 51820, 1420, slog.Default())
+			return err
+		}); err != nil {
+			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.dev.Close() })
 		s.b = backendAt(t, s.gw)
@@ -283,25 +254,34 @@ func TestTunnelsPortTaken(t *testing.T) {
 	peer, _ := wgtypes.GeneratePrivateKey()
 	tun := NewTunnels(key, 1420, slog.New(slog.DiscardHandler))
 	defer tun.Close()
-	inNetNS(t, ns, func() {
-		held, err := net.ListenPacket("udp4", ":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer held.Close()
-		taken := held.LocalAddr().(*net.UDPAddr).Port
+	var held net.PacketConn
+	if err := Do(ns, func() (err error) { held, err = net.ListenPacket("udp4", ":0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	taken := held.LocalAddr().(*net.UDPAddr).Port
+	err := Do(ns, func() error {
 		if w, err := NewWireGuard("wgtaken0", key, taken, 1420, slog.New(slog.DiscardHandler)); err == nil {
 			w.Close()
-			t.Fatalf("a device bound port %d, which a socket holds", taken)
+			return fmt.Errorf("a device bound port %d, which a socket holds", taken)
 		}
-		dev, port, err := tun.Use("v1", peer.PublicKey(), netip.AddrPort{}, false, []netip.Prefix{netip.MustParsePrefix("172.30.0.2/32")}, taken)
-		if err != nil {
-			t.Fatalf("the device did not take another port: %v", err)
-		}
-		if port == taken || port == 0 {
-			t.Errorf("%s listens on %d; %d is taken", dev, port, taken)
-		}
+		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dev string
+	var port int
+	err = Do(ns, func() (err error) {
+		dev, port, err = tun.Use("v1", peer.PublicKey(), netip.AddrPort{}, false, []netip.Prefix{netip.MustParsePrefix("172.30.0.2/32")}, taken)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("the device did not take another port: %v", err)
+	}
+	if port == taken || port == 0 {
+		t.Errorf("%s listens on %d; %d is taken", dev, port, taken)
+	}
 }
 
 // gatewayPair is two gateways (namespaces joined by a veth, 172.31.0.1 and
@@ -338,12 +318,16 @@ func (p *gatewayPair) up(id, a, b string) (wA string, portB int) {
 	wA, wB := namespace(t), namespace(t)
 	var devA, devB string
 	var err error
-	inNetNS(t, p.gB, func() { devB, portB, err = p.tB.Use(id, p.keyA.PublicKey(), netip.AddrPort{}, false, pfx(a), 0) })
+	err = Do(p.gB, func() (err error) {
+		devB, portB, err = p.tB.Use(id, p.keyA.PublicKey(), netip.AddrPort{}, false, pfx(a), 0)
+		return err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	inNetNS(t, p.gA, func() {
+	err = Do(p.gA, func() (err error) {
 		devA, _, err = p.tA.Use(id, p.keyB.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)), false, pfx(b), 0)
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)
