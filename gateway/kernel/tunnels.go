@@ -86,8 +86,7 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, lear
 		t.peers[peer] = tun
 	}
 	switch {
-	case !endpoint.IsValid():
-	case !learnt:
+	case endpoint.IsValid() && !learnt:
 		if tun.told && endpoint != tun.endpoint {
 			// The peer gateway answers from another port: its device for
 			// us is new (its last vWire to us closed while ours stayed),
@@ -100,7 +99,7 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, lear
 			}
 		}
 		tun.endpoint, tun.told = endpoint, true
-	case !tun.told:
+	case endpoint.IsValid() && !tun.told: // learnt: never over what the peer told
 		tun.endpoint = endpoint
 	}
 	prev, had := tun.users[id]
