@@ -430,8 +430,7 @@ func BenchmarkNetnsHeal(b *testing.B) {
 			}
 			time.Sleep(time.Second)
 			killed := time.Now()
-			h.proc.Cmd.Process.Signal(syscall.SIGKILL)
-			h.proc.Cmd.Wait()
+			h.proc.Signal(syscall.SIGKILL)
 			w.start(h)
 			restart := time.Since(killed)
 			for {
@@ -471,8 +470,7 @@ func BenchmarkNetnsHeal(b *testing.B) {
 		defer p.Close()
 		h := w.domains["b.example"]
 		killed := time.Now()
-		h.proc.Cmd.Process.Signal(syscall.SIGKILL)
-		h.proc.Cmd.Wait()
+		h.proc.Signal(syscall.SIGKILL)
 		done := make(chan time.Duration)
 		go func() { w.start(h); done <- time.Since(killed) }()
 		var restart, worst, down time.Duration

@@ -140,8 +140,7 @@ func TestSeparateGateway(t *testing.T) {
 		if out := run(t, "ip", "-n", epNS, "-o", "link", "show"); strings.Contains(out, "nsm") {
 			t.Errorf("the endpoint's interface is still there:\n%s", out)
 		}
-		b2.proc.Cmd.Process.Signal(syscall.SIGTERM) // and the gateway its MSS table
-		b2.proc.Cmd.Wait()
+		b2.proc.Signal(syscall.SIGTERM) // and the gateway its MSS table
 		if got := fullSnapshot(t, b2.ns); got != before {
 			t.Errorf("b2 after its gateway stopped:\n%s\nbefore:\n%s", got, before)
 		}
