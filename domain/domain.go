@@ -137,6 +137,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.BundleListen); err != nil {
 			return fmt.Errorf("--bundle-listen %q: %v (want host:port)", c.BundleListen, err)
 		}
+		if c.SpiffeSocket != "" || c.Identity != nil {
+			return errors.New("--bundle-listen and --spiffe-socket exclude each other: with SPIRE, the SPIRE server serves the trust domain's bundle endpoint (its federation.bundle_endpoint); give peers that one")
+		}
 	}
 	if c.RefreshHint < federation.MinRefresh || c.RefreshHint > federation.MaxRefresh {
 		return fmt.Errorf("--bundle-refresh-hint %v: between %v and %v", c.RefreshHint, federation.MinRefresh, federation.MaxRefresh)
@@ -280,28 +283,33 @@ type Domain struct {
 	err     error
 }
 
-// Start starts a domain as cfg says; it returns once it serves.
-func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
+// Start starts a domain as cfg says; it returns once it serves. On an
+// error it has stopped whatever it started.
+func Start(ctx context.Context, cfg *Config) (*Domain, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	log := cfg.Log()
 	td, err := cfg.SPIFFETrustDomain()
 	if err != nil {
 		return nil, err
 	}
-	d = &Domain{Name: cfg.Name, TD: td, errc: make(chan error, 1), stop: make(chan struct{})}
-	started := d
-	defer func() {
-		if err != nil { // the return has set d to nil
-			started.Close()
-		}
-	}()
-	if d.Identity, err = federation.OpenIdentity(ctx, cfg.SpiffeSocket, cfg.DataDir, federation.ProxyID(td), log); err != nil {
+	d := &Domain{Name: cfg.Name, TD: td, errc: make(chan error, 1), stop: make(chan struct{})}
+	if err := d.start(ctx, cfg); err != nil {
+		d.Close()
 		return nil, err
 	}
+	return d, nil
+}
+
+// start starts the roles one after the other; goroutines it starts end
+// with d.stop, so that Close can stop a domain that failed half-way.
+func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
+	log, td := cfg.Log(), d.TD
+	if d.Identity, err = federation.OpenIdentity(ctx, cfg.SpiffeSocket, cfg.DataDir, federation.ProxyID(td), log); err != nil {
+		return err
+	}
 	if d.Etcd, err = registry.OpenEtcd(ctx, &cfg.Config); err != nil {
-		return nil, err
+		return err
 	}
 	d.Etcd.OnFailure(d.fail)
 	d.Store = registry.NewStore(d.Etcd.Client, cfg.Name)
@@ -311,7 +319,7 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 	go func() { defer d.wg.Done(); <-d.stop; stopMirror(); <-mirrored }()
 	// With SPIRE, SPIRE federates the bundles; vwire only binds domains.
 	if d.Peers, err = federation.OpenPeers(ctx, d.Etcd.Client, cfg.Name, d.Identity.Trust, log); err != nil {
-		return nil, err
+		return err
 	}
 
 	resolver := proxy.NewResolver(cfg.DNSServer)
@@ -325,11 +333,11 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 			return "https://" + targets[0].Addresses()[0], nil
 		}}
 	if err := configurePeers(ctx, fed, cfg.Peers); err != nil {
-		return nil, err
+		return err
 	}
 
 	if d.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("--listen: %w", err)
+		return fmt.Errorf("--listen: %w", err)
 	}
 	binding := &federation.Binding{Own: td, Peers: d.Peers, PeerMethods: peerMethods}
 	bindUnary, bindStream := binding.Interceptors()
@@ -356,7 +364,7 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 		d.gateways = &proxy.Gateways{TD: td, Source: d.Identity, Endpoint: d.Store.GetEndpoint}
 		if kind == "kernel" {
 			if d.gw, err = d.startGateway(cfg, log); err != nil {
-				return nil, err
+				return err
 			}
 			d.gateways.Local = d.gw
 		}
@@ -391,23 +399,20 @@ func Start(ctx context.Context, cfg *Config) (d *Domain, err error) {
 	}()
 
 	if cfg.BundleListen != "" {
-		if d.Identity.CA == nil {
-			return nil, errors.New("--bundle-listen: with --spiffe-socket, the SPIRE server serves the bundle endpoint")
-		}
 		blis, err := net.Listen("tcp", cfg.BundleListen)
 		if err != nil {
-			return nil, fmt.Errorf("--bundle-listen: %w", err)
+			return fmt.Errorf("--bundle-listen: %w", err)
 		}
 		if d.bundle, err = federation.ServeBundleEndpoint(blis, td, fed.Bundle, d.Identity, log); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := d.publish(ctx, cfg); err != nil {
-		return nil, err
+		return err
 	}
 	log.Info("domain serving", "domain", cfg.Name, "addr", d.lis.Addr().String(), "trust_domain", td.Name(),
 		"etcd", d.Etcd.Summary(&cfg.Config), "bundle_endpoint", d.BundleURL())
-	return d, nil
+	return nil
 }
 
 // configurePeers federates with the --peer peers that are not already
