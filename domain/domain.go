@@ -224,6 +224,9 @@ func ParsePeerSpec(s string) (PeerSpec, error) {
 		k, v, _ := strings.Cut(strings.TrimSpace(kv), "=")
 		switch k {
 		case "bundle-endpoint":
+			if err := federation.CheckBundleEndpointURL(v); err != nil {
+				return spec, err
+			}
 			spec.Peer.BundleEndpointUrl = v
 		case "bundle":
 			spec.BundleFile = v
@@ -318,7 +321,7 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	d.wg.Add(1)
 	go func() { defer d.wg.Done(); <-d.stop; stopMirror(); <-mirrored }()
 	// With SPIRE, SPIRE federates the bundles; vwire only binds domains.
-	if d.Peers, err = federation.OpenPeers(ctx, d.Etcd.Client, cfg.Name, d.Identity.Trust, log); err != nil {
+	if d.Peers, err = federation.OpenPeers(ctx, d.Etcd.Client, cfg.Name, d.Identity.Trust, d.Identity, log); err != nil {
 		return err
 	}
 
@@ -349,7 +352,7 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	)
 	d.pool = proxy.NewPool(resolver, d.Identity, cfg.Name, d.Peers)
 	local := registry.NewServer(d.Store, td, cfg.EndpointLifetime, d.Peers, log)
-	registrypb.RegisterRegistryServer(d.srv, proxy.NewRegistry(local, cfg.Name, d.pool))
+	registrypb.RegisterRegistryServer(d.srv, proxy.NewRegistry(local, cfg.Name, td, d.pool))
 	dp := cfg.Dataplane
 	kind := cfg.DataplaneKind
 	if kind == "auto" {

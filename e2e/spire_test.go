@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -14,9 +15,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
 )
 
@@ -259,13 +262,37 @@ plugins {
 		t.Errorf("a's proxy found %v in b, want [nse-b]", found)
 	}
 
+	// b's federation list shows what b trusts for a.example: the bundle
+	// SPIRE delivers, not a fetch vwire never made.
+	var rows []struct {
+		Domain, Source, LastError string
+		Authorities               int
+	}
+	out, err := cli("b.example", "federation", "list", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 1 {
+		t.Fatalf("federation list on b: %v\n%s", err, out)
+	}
+	if r := rows[0]; r.Domain != "a.example" || r.Source != federation.FromSPIRE || r.Authorities < 1 || r.LastError != "" {
+		t.Errorf("federation list on b: %+v", r)
+	}
+	// a's proxy may act for a's workloads only: naming a workload of
+	// another trust domain is refused, and says so.
+	stream, err := registrypb.NewRegistryClient(conn).Find(metadata.AppendToOutgoingContext(ctx, registry.ClientHeader, "spiffe://c.example/ns/x"),
+		&registrypb.FindRequest{Service: "svc"})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "may not act for spiffe://c.example/ns/x of another trust domain") {
+		t.Errorf("a's proxy acting for c's workload: %v", err)
+	}
+
 	// A workload SPIRE does not know (the same binary at another path)
 	// gets no SVID and reaches nothing.
 	stranger := filepath.Join(dir, "stranger")
 	copyFile(t, vwireBin, stranger)
-	out, err := exec.Command(stranger, "get", "services", "--registry", addrs["a.example"], "--spiffe-socket", doms["a.example"].agentSock).CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "is this workload registered with SPIRE?") {
-		t.Errorf("an unregistered workload: err=%v\n%s", err, out)
+	sout, err := exec.Command(stranger, "get", "services", "--registry", addrs["a.example"], "--spiffe-socket", doms["a.example"].agentSock).CombinedOutput()
+	if err == nil || !strings.Contains(string(sout), "is this workload registered with SPIRE?") {
+		t.Errorf("an unregistered workload: err=%v\n%s", err, sout)
 	}
 	// And b refuses a's proxy speaking for a domain it does not bind.
 	spoof, err := federation.DialPeer(addrs["b.example"], src, "c.example", federation.Peer{Domain: "b.example", TrustDomain: tdB})
@@ -273,7 +300,7 @@ plugins {
 		t.Fatal(err)
 	}
 	defer spoof.Close()
-	stream, err := registrypb.NewRegistryClient(spoof).Find(ctx, &registrypb.FindRequest{Service: "svc"})
+	stream, err = registrypb.NewRegistryClient(spoof).Find(ctx, &registrypb.FindRequest{Service: "svc"})
 	if err == nil {
 		_, err = stream.Recv()
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -45,6 +46,27 @@ type PeerStatus struct {
 	// LastError is the last failed fetch's reason, cleared by a good one.
 	LastError string
 	NextFetch time.Time
+	// Source is where the bundle the domain trusts for the peer came from
+	// (FromBundleEndpoint, FromBootstrap, FromSPIRE); "" when none is.
+	// Expires and Authorities describe that bundle.
+	Source string
+}
+
+// CheckBundleEndpointURL accepts only what the https_spiffe profile can
+// fetch: an https URL with a host. Anything else (http above all: whoever
+// is on the path could hand over a bundle and become trusted) is refused.
+func CheckBundleEndpointURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("bundle endpoint %q: %v", raw, err)
+	}
+	if u.Scheme != "https" {
+		return fmt.Errorf("bundle endpoint %q: the scheme must be https, not %q: a SPIFFE bundle endpoint is fetched over TLS and authenticated (https_spiffe), never over plain http", raw, u.Scheme)
+	}
+	if u.Host == "" || u.User != nil {
+		return fmt.Errorf("bundle endpoint %q: want https://HOST:PORT[/PATH], with no user name", raw)
+	}
+	return nil
 }
 
 // Refresh bounds: a peer's refresh hint is honoured within these.
@@ -68,8 +90,8 @@ type Follower struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	// OnUpdate, if set before Start, is called with each new valid bundle
-	// (to persist it).
-	OnUpdate func(*spiffebundle.Bundle)
+	// (to persist it); ctx ends when the Follower is closed.
+	OnUpdate func(context.Context, *spiffebundle.Bundle)
 }
 
 // NewFollower puts the bootstrap bundle into trust (after checking it) and
@@ -154,7 +176,7 @@ func (f *Follower) fetch(ctx context.Context) (time.Duration, error) {
 	if prev == nil || !prev.Equal(usable.X509Bundle()) {
 		f.log.Info("federated bundle updated", "authorities", len(usable.X509Authorities()))
 		if f.OnUpdate != nil {
-			f.OnUpdate(usable)
+			f.OnUpdate(ctx, usable)
 		}
 	}
 	f.mu.Lock()
@@ -171,12 +193,21 @@ func (f *Follower) fetch(ctx context.Context) (time.Duration, error) {
 // fetchBundle GETs peer's bundle over https_spiffe: the endpoint must
 // present peer.EndpointID, verified with the bundle already trusted. (It
 // does what go-spiffe's federation.FetchBundle does, with no keep-alive:
-// that one leaves an idle connection behind every fetch.)
+// that one leaves an idle connection behind every fetch.) A redirect is
+// refused, not followed: it could send the fetch anywhere, off https too.
 func fetchBundle(ctx context.Context, peer Peer, trust *Trust) (*spiffebundle.Bundle, error) {
-	client := &http.Client{Transport: &http.Transport{
-		TLSClientConfig:   tlsconfig.TLSClientConfig(trust, tlsconfig.AuthorizeID(peer.EndpointID)),
-		DisableKeepAlives: true,
-	}}
+	if err := CheckBundleEndpointURL(peer.BundleEndpointURL); err != nil {
+		return nil, err
+	}
+	client := &http.Client{
+		Transport: &http.Transport{
+			TLSClientConfig:   tlsconfig.TLSClientConfig(trust, AuthorizeOf(peer.EndpointID)),
+			DisableKeepAlives: true,
+		},
+		CheckRedirect: func(req *http.Request, _ []*http.Request) error {
+			return fmt.Errorf("the bundle endpoint redirected to %s: redirects are not followed (configure the endpoint's own URL)", req.URL.Redacted())
+		},
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, peer.BundleEndpointURL, http.NoBody)
 	if err != nil {
 		return nil, fmt.Errorf("bundle endpoint %q: %w", peer.BundleEndpointURL, err)

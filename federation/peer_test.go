@@ -152,7 +152,7 @@ func TestFollowerRefusesWrongEndpointID(t *testing.T) {
 	ep := servePeer(t, caB, spiffeid.RequireFromPath(tdB, "/not-the-endpoint"))
 	f, _ := follow(t, caB, ep.url, ProxyID(tdB))
 	eventually(t, "refused", func() bool {
-		return strings.Contains(f.Status().LastError, `unexpected ID "spiffe://b.example/not-the-endpoint"`)
+		return strings.Contains(f.Status().LastError, "expected spiffe://b.example/vwire/proxy, got spiffe://b.example/not-the-endpoint")
 	})
 	if !f.Status().LastFetched.IsZero() {
 		t.Error("a bundle from an impostor endpoint was taken")

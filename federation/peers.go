@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -30,15 +31,62 @@ var (
 // follows each peer's bundle endpoint and keeps the peer's bundle in it;
 // without one (SPIRE federates the bundles), it only binds domains to trust
 // domains.
+//
+// One trust domain speaks for one peer domain: a trust domain has one
+// bundle, and a proxy's SVID names only its trust domain, so two peers of
+// one trust domain could not be told apart. Adding a second peer with a
+// trust domain in use is refused.
+//
+// Handshakes and look-ups (Lookup, IsPeerProxy, AllowsWorkloads) never wait
+// for etcd: changes do their I/O first and then swap the maps under a lock
+// held for nothing else.
 type Peers struct {
-	cli    *clientv3.Client
-	prefix string
-	trust  *Trust
-	log    *slog.Logger
+	store   peerStore
+	trust   *Trust
+	bundles x509bundle.Source
+	log     *slog.Logger
 
-	mu        sync.RWMutex
+	change sync.Mutex // one Add, Remove or Close at a time, across its I/O
+
+	mu        sync.RWMutex // the maps only; never held across I/O
 	peers     map[string]Peer
 	followers map[string]*Follower
+	watchers  []func(domain string)
+	closed    bool
+}
+
+// peerStore keeps peer records: etcd, or a test's stand-in.
+type peerStore interface {
+	load(ctx context.Context) (map[string][]byte, error)
+	put(ctx context.Context, domain string, record []byte) error
+	delete(ctx context.Context, domain string) error
+}
+
+type etcdPeers struct {
+	cli    *clientv3.Client
+	prefix string
+}
+
+func (s etcdPeers) load(ctx context.Context) (map[string][]byte, error) {
+	resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	for _, kv := range resp.Kvs {
+		out[string(kv.Key)] = kv.Value
+	}
+	return out, nil
+}
+
+func (s etcdPeers) put(ctx context.Context, domain string, record []byte) error {
+	_, err := s.cli.Put(ctx, s.prefix+domain, string(record))
+	return err
+}
+
+func (s etcdPeers) delete(ctx context.Context, domain string) error {
+	_, err := s.cli.Delete(ctx, s.prefix+domain)
+	return err
 }
 
 // peerRecord is a peer as stored in etcd.
@@ -52,31 +100,51 @@ type peerRecord struct {
 }
 
 // OpenPeers loads the peers stored for domain and starts following them.
-func OpenPeers(ctx context.Context, cli *clientv3.Client, domain string, trust *Trust, log *slog.Logger) (*Peers, error) {
-	p := &Peers{cli: cli, prefix: "/vwire/" + domain + "/federation/peers/", trust: trust, log: log,
-		peers: map[string]Peer{}, followers: map[string]*Follower{}}
-	resp, err := cli.Get(ctx, p.prefix, clientv3.WithPrefix())
+// bundles is what the domain's handshakes trust (its Source): federation
+// list reports from it.
+func OpenPeers(ctx context.Context, cli *clientv3.Client, domain string, trust *Trust, bundles x509bundle.Source, log *slog.Logger) (*Peers, error) {
+	return openPeers(ctx, etcdPeers{cli, "/vwire/" + domain + "/federation/peers/"}, trust, bundles, log)
+}
+
+func openPeers(ctx context.Context, store peerStore, trust *Trust, bundles x509bundle.Source, log *slog.Logger) (*Peers, error) {
+	p := &Peers{store: store, trust: trust, bundles: bundles, log: log, peers: map[string]Peer{}, followers: map[string]*Follower{}}
+	records, err := store.load(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("loading federation peers: %w", err)
 	}
-	for _, kv := range resp.Kvs {
+	keys := make([]string, 0, len(records))
+	for k := range records {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
 		var rec peerRecord
-		if err := json.Unmarshal(kv.Value, &rec); err != nil {
-			return nil, fmt.Errorf("corrupt peer record %s: %w", kv.Key, err)
+		if err := json.Unmarshal(records[key], &rec); err != nil {
+			return nil, fmt.Errorf("corrupt peer record %s: %w", key, err)
 		}
 		peer, err := rec.peer()
 		if err != nil {
-			return nil, fmt.Errorf("peer record %s: %w", kv.Key, err)
+			return nil, fmt.Errorf("peer record %s: %w", key, err)
 		}
 		bundle, err := spiffebundle.Parse(peer.TrustDomain, rec.Bundle)
 		if err != nil {
-			return nil, fmt.Errorf("peer record %s: bundle: %w", kv.Key, err)
+			return nil, fmt.Errorf("peer record %s: bundle: %w", key, err)
 		}
-		if err := p.start(peer, bundle); err != nil {
-			// An expired stored bundle must not stop the domain: say so
-			// and leave the peer to be added again.
-			log.Error("federation peer not resumed", "peer", peer.Domain, "err", err)
+		// A record an older vwire stored may break today's rules (an
+		// http:// endpoint, a shared trust domain), and an expired bundle
+		// must not stop the domain: say so and leave the peer to be added
+		// again.
+		if err := p.check(peer); err != nil {
+			log.Error("federation peer not resumed; add it again", "peer", peer.Domain, "err", err)
+			continue
 		}
+		f, err := p.follower(peer, bundle)
+		if err != nil {
+			log.Error("federation peer not resumed; add it again", "peer", peer.Domain, "err", err)
+			continue
+		}
+		p.peers[peer.Domain], p.followers[peer.Domain] = peer, f
+		f.Start()
 	}
 	return p, nil
 }
@@ -95,80 +163,123 @@ func (r peerRecord) peer() (Peer, error) {
 	return peer, nil
 }
 
-func (p *Peers) start(peer Peer, bundle *spiffebundle.Bundle) error {
-	var f *Follower
-	if p.trust != nil {
-		var err error
-		if f, err = NewFollower(peer, bundle, p.trust, p.log); err != nil {
-			return err
-		}
-		f.OnUpdate = func(b *spiffebundle.Bundle) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if err := p.store(ctx, peer, b); err != nil {
-				p.log.Error("storing the peer's new bundle failed; it is in use but a restart would start from the previous one", "peer", peer.Domain, "err", err)
-			}
-		}
-		if peer.BundleEndpointURL != "" {
-			f.Start()
-		}
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if old := p.followers[peer.Domain]; old != nil {
-		old.Close()
-	}
-	p.peers[peer.Domain] = peer
-	p.followers[peer.Domain] = f
-	return nil
-}
-
-func (p *Peers) store(ctx context.Context, peer Peer, b *spiffebundle.Bundle) error {
+func record(peer Peer, b *spiffebundle.Bundle) ([]byte, error) {
 	raw, err := b.Marshal()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	rec := peerRecord{Domain: peer.Domain, TrustDomain: peer.TrustDomain.Name(), BundleEndpointURL: peer.BundleEndpointURL, TrustOnly: peer.TrustOnly, Bundle: raw}
 	if !peer.EndpointID.IsZero() {
 		rec.EndpointID = peer.EndpointID.String()
 	}
-	val, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	_, err = p.cli.Put(ctx, p.prefix+peer.Domain, string(val))
-	return err
+	return json.Marshal(rec)
 }
 
-// Add federates with peer, starting from the bootstrap bundle (SPIFFE
-// format or PEM). Adding a known domain again replaces its configuration.
-// Nothing is stored when the peer or the bundle is refused.
-func (p *Peers) Add(ctx context.Context, peer Peer, bootstrap []byte) error {
+// follower makes (but does not start) the Follower of peer: it trusts the
+// bootstrap bundle at once and stores each newer bundle it fetches. It is
+// nil when SPIRE federates the bundles.
+func (p *Peers) follower(peer Peer, bootstrap *spiffebundle.Bundle) (*Follower, error) {
+	if p.trust == nil {
+		return nil, nil
+	}
+	f, err := NewFollower(peer, bootstrap, p.trust, p.log)
+	if err != nil {
+		return nil, err
+	}
+	f.OnUpdate = func(ctx context.Context, b *spiffebundle.Bundle) {
+		rec, err := record(peer, b)
+		if err == nil {
+			err = p.store.put(ctx, peer.Domain, rec)
+		}
+		if err != nil && ctx.Err() == nil {
+			p.log.Error("storing the peer's new bundle failed; it is in use but a restart would start from the previous one", "peer", peer.Domain, "err", err)
+		}
+	}
+	return f, nil
+}
+
+// check applies the rules every peer keeps: an https bundle endpoint (when
+// bundles are fetched), an endpoint ID of the peer's trust domain, and a
+// trust domain no other peer has.
+func (p *Peers) check(peer Peer) error {
 	if peer.TrustDomain.IsZero() {
 		return fmt.Errorf("%w: %q has no trust domain", ErrBadPeer, peer.Domain)
 	}
-	if peer.EndpointID.IsZero() {
-		peer.EndpointID = ProxyID(peer.TrustDomain)
-	}
-	if peer.EndpointID.TrustDomain() != peer.TrustDomain {
+	if !peer.EndpointID.IsZero() && peer.EndpointID.TrustDomain() != peer.TrustDomain {
 		return fmt.Errorf("%w: endpoint ID %s is not in trust domain %q", ErrBadPeer, peer.EndpointID, peer.TrustDomain)
 	}
 	if p.trust != nil && peer.BundleEndpointURL == "" {
 		return fmt.Errorf("%w: %q needs a bundle endpoint URL (--bundle-endpoint) to keep its bundle fresh", ErrBadPeer, peer.Domain)
 	}
+	if peer.BundleEndpointURL != "" {
+		if err := CheckBundleEndpointURL(peer.BundleEndpointURL); err != nil {
+			return fmt.Errorf("%w: %v", ErrBadPeer, err)
+		}
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for d, other := range p.peers {
+		if d != peer.Domain && other.TrustDomain == peer.TrustDomain {
+			return fmt.Errorf("%w: trust domain %q already speaks for %q; one trust domain speaks for one domain (remove %q first, or give %q its own --trust-domain)",
+				ErrBadPeer, peer.TrustDomain.Name(), d, d, peer.Domain)
+		}
+	}
+	return nil
+}
+
+// Add federates with peer, starting from the bootstrap bundle (SPIFFE
+// format or PEM). Adding a known domain again replaces its configuration.
+// Nothing is stored or changed when the peer or the bundle is refused, or
+// when storing fails.
+func (p *Peers) Add(ctx context.Context, peer Peer, bootstrap []byte) error {
+	if peer.EndpointID.IsZero() && !peer.TrustDomain.IsZero() {
+		peer.EndpointID = ProxyID(peer.TrustDomain)
+	}
 	bundle, err := ParseBundle(peer.TrustDomain, bootstrap)
 	if err != nil {
 		return fmt.Errorf("%w: bundle of %q: %v", ErrBadPeer, peer.Domain, err)
 	}
+	p.change.Lock()
+	defer p.change.Unlock()
+	if p.closed {
+		return errors.New("federation is shutting down")
+	}
+	if err := p.check(peer); err != nil {
+		return err
+	}
 	if _, err := ValidateBundle(bundle, peer.TrustDomain, time.Now()); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadPeer, err)
 	}
-	if err := p.store(ctx, peer, bundle); err != nil {
+	rec, err := record(peer, bundle)
+	if err != nil {
 		return err
 	}
-	if err := p.start(peer, bundle); err != nil {
-		return err
+	if err := p.store.put(ctx, peer.Domain, rec); err != nil {
+		return fmt.Errorf("storing peer %q: %w", peer.Domain, err)
 	}
+	// The old follower stops before the new one starts: it can neither
+	// overwrite the new record nor set its trust domain's bundle again.
+	p.mu.RLock()
+	old, had := p.peers[peer.Domain]
+	oldFollower := p.followers[peer.Domain]
+	p.mu.RUnlock()
+	if oldFollower != nil {
+		oldFollower.Close()
+	}
+	f, err := p.follower(peer, bundle)
+	if err != nil { // validated above; only the clock could have moved
+		return fmt.Errorf("%w: %v", ErrBadPeer, err)
+	}
+	p.mu.Lock()
+	p.peers[peer.Domain], p.followers[peer.Domain] = peer, f
+	p.mu.Unlock()
+	if had && old.TrustDomain != peer.TrustDomain && p.trust != nil {
+		p.trust.Remove(old.TrustDomain)
+	}
+	if f != nil {
+		f.Start()
+	}
+	p.changed(peer.Domain)
 	p.log.Info("federating with a peer", "peer", peer.Domain, "trust_domain", peer.TrustDomain.Name(), "bundle_endpoint", peer.BundleEndpointURL)
 	return nil
 }
@@ -197,37 +308,91 @@ func ParseBundle(td spiffeid.TrustDomain, b []byte) (*spiffebundle.Bundle, error
 	return spiffebundle.FromX509Authorities(td, certs), nil
 }
 
-// Remove stops federating with domain and forgets its bundle.
+// Remove stops federating with domain and forgets its bundle. When the
+// store cannot forget it, nothing changes.
 func (p *Peers) Remove(ctx context.Context, domain string) error {
-	p.mu.Lock()
+	p.change.Lock()
+	defer p.change.Unlock()
+	p.mu.RLock()
 	peer, ok := p.peers[domain]
+	p.mu.RUnlock()
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrNotFederated, domain)
+	}
+	if err := p.store.delete(ctx, domain); err != nil {
+		return fmt.Errorf("forgetting peer %q: %w", domain, err)
+	}
+	p.mu.Lock()
 	f := p.followers[domain]
 	delete(p.peers, domain)
 	delete(p.followers, domain)
 	p.mu.Unlock()
-	if !ok {
-		return fmt.Errorf("%w: %q", ErrNotFederated, domain)
-	}
 	if f != nil {
 		f.Close()
 	}
 	if p.trust != nil {
 		p.trust.Remove(peer.TrustDomain)
 	}
-	_, err := p.cli.Delete(ctx, p.prefix+domain)
-	return err
+	p.changed(domain)
+	p.log.Info("no longer federating with a peer", "peer", domain, "trust_domain", peer.TrustDomain.Name())
+	return nil
 }
 
-// List reports every peer, by domain.
+// OnChange has f called with a peer's domain after it was added, changed or
+// removed (to drop what was built on its old configuration).
+func (p *Peers) OnChange(f func(domain string)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.watchers = append(p.watchers, f)
+}
+
+func (p *Peers) changed(domain string) {
+	p.mu.RLock()
+	ws := p.watchers
+	p.mu.RUnlock()
+	for _, w := range ws {
+		w(domain)
+	}
+}
+
+// Where a trusted peer bundle came from (PeerStatus.Source).
+const (
+	FromBundleEndpoint = "bundle endpoint"
+	FromBootstrap      = "bootstrap bundle"
+	FromSPIRE          = "SPIRE"
+)
+
+// List reports every peer, by domain, with what the domain's handshakes
+// trust for its trust domain right now.
 func (p *Peers) List() []PeerStatus {
 	p.mu.RLock()
-	defer p.mu.RUnlock()
 	out := make([]PeerStatus, 0, len(p.peers))
 	for d, peer := range p.peers {
+		st := PeerStatus{Peer: peer}
 		if f := p.followers[d]; f != nil {
-			out = append(out, f.Status())
-		} else {
-			out = append(out, PeerStatus{Peer: peer})
+			st = f.Status()
+		}
+		out = append(out, st)
+	}
+	p.mu.RUnlock()
+	for i := range out {
+		st := &out[i]
+		st.Authorities, st.Expires, st.Source = 0, time.Time{}, ""
+		b, err := p.bundles.GetX509BundleForTrustDomain(st.TrustDomain)
+		if err != nil || len(b.X509Authorities()) == 0 {
+			if st.LastError == "" {
+				st.LastError = fmt.Sprintf("no bundle of trust domain %q is trusted here", st.TrustDomain.Name())
+			}
+			continue
+		}
+		st.Authorities, st.Expires = len(b.X509Authorities()), latestExpiry(spiffebundle.FromX509Bundle(b))
+		switch {
+		case p.trust == nil:
+			st.Source = FromSPIRE
+		case st.LastFetched.IsZero():
+			st.Source = FromBootstrap
+		default:
+			st.Source = FromBundleEndpoint
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Domain < out[j].Domain })
@@ -269,11 +434,18 @@ func (p *Peers) AllowsWorkloads(td spiffeid.TrustDomain) bool {
 
 // Close stops following; the peers stay stored.
 func (p *Peers) Close() {
+	p.change.Lock()
+	defer p.change.Unlock()
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	fs := make([]*Follower, 0, len(p.followers))
 	for _, f := range p.followers {
 		if f != nil {
-			f.Close()
+			fs = append(fs, f)
 		}
+	}
+	p.closed = true
+	p.mu.Unlock()
+	for _, f := range fs {
+		f.Close()
 	}
 }

@@ -185,7 +185,7 @@ func statusProto(st PeerStatus) *federationpb.PeerStatus {
 	p := &federationpb.PeerStatus{
 		Peer:        &federationpb.Peer{Domain: st.Domain, TrustDomain: st.TrustDomain.Name(), BundleEndpointUrl: st.BundleEndpointURL},
 		LastFetched: ts(st.LastFetched), Expires: ts(st.Expires), Authorities: int32(st.Authorities),
-		LastError: st.LastError, NextFetch: ts(st.NextFetch),
+		LastError: st.LastError, NextFetch: ts(st.NextFetch), Source: st.Source,
 	}
 	if !st.EndpointID.IsZero() {
 		p.Peer.EndpointId = st.EndpointID.String()

@@ -120,26 +120,34 @@ func newFederationListCmd() *cobra.Command {
 						LastFetched    string `json:"lastFetched,omitempty"`
 						Expires        string `json:"expires,omitempty"`
 						Authorities    int32  `json:"authorities"`
+						Source         string `json:"source,omitempty"`
 						LastError      string `json:"lastError,omitempty"`
 					}
 					rows := []row{}
 					for _, p := range resp.GetPeers() {
 						rows = append(rows, row{p.GetPeer().GetDomain(), p.GetPeer().GetTrustDomain(), p.GetPeer().GetBundleEndpointUrl(),
-							p.GetPeer().GetEndpointId(), rfc3339(p.GetLastFetched()), rfc3339(p.GetExpires()), p.GetAuthorities(), p.GetLastError()})
+							p.GetPeer().GetEndpointId(), rfc3339(p.GetLastFetched()), rfc3339(p.GetExpires()), p.GetAuthorities(), p.GetSource(), p.GetLastError()})
 					}
 					enc := json.NewEncoder(cmd.OutOrStdout())
 					enc.SetIndent("", "  ")
 					return enc.Encode(rows)
 				}
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 3, ' ', 0)
-				fmt.Fprintln(tw, "DOMAIN\tTRUST DOMAIN\tBUNDLE ENDPOINT\tLAST FETCHED\tEXPIRES\tERROR")
+				fmt.Fprintln(tw, "DOMAIN\tTRUST DOMAIN\tBUNDLE ENDPOINT\tTRUSTED\tLAST FETCHED\tEXPIRES\tERROR")
 				for _, p := range resp.GetPeers() {
 					fetched := "never"
-					if p.GetLastFetched() != nil {
+					switch {
+					case p.GetLastFetched() != nil:
 						fetched = time.Since(p.GetLastFetched().AsTime()).Round(time.Second).String() + " ago"
+					case p.GetSource() == federation.FromSPIRE:
+						fetched = "-" // SPIRE fetches it
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.GetPeer().GetDomain(), p.GetPeer().GetTrustDomain(),
-						orDash(p.GetPeer().GetBundleEndpointUrl()), fetched, orDash(rfc3339(p.GetExpires())), orDash(p.GetLastError()))
+					trusted := "nothing"
+					if p.GetSource() != "" {
+						trusted = fmt.Sprintf("%d %s from %s", p.GetAuthorities(), plural(int(p.GetAuthorities()), "authority", "authorities"), p.GetSource())
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.GetPeer().GetDomain(), p.GetPeer().GetTrustDomain(),
+						orDash(p.GetPeer().GetBundleEndpointUrl()), trusted, fetched, orDash(rfc3339(p.GetExpires())), orDash(p.GetLastError()))
 				}
 				return tw.Flush()
 			})
@@ -238,4 +246,11 @@ func rfc3339(ts *timestamppb.Timestamp) string {
 		return ""
 	}
 	return ts.AsTime().Format(time.RFC3339)
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

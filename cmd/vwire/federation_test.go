@@ -7,6 +7,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/vwire/vwire/federation"
 )
 
 // Two `vwire domain` processes federate with one command each, list each
@@ -33,8 +38,8 @@ func TestFederationCommands(t *testing.T) {
 		}
 	}
 	type row struct {
-		Domain, TrustDomain, LastFetched, LastError string
-		Authorities                                 int
+		Domain, TrustDomain, LastFetched, LastError, Source string
+		Authorities                                         int
 	}
 	list := func(d *dom) []row {
 		var rows []row
@@ -47,7 +52,8 @@ func TestFederationCommands(t *testing.T) {
 	for i, d := range doms {
 		waitUntil(t, d.name+" fetched its peer's bundle", func() bool {
 			rows := list(d)
-			return len(rows) == 1 && rows[0].Domain == doms[1-i].name && rows[0].LastFetched != "" && rows[0].LastError == ""
+			return len(rows) == 1 && rows[0].Domain == doms[1-i].name && rows[0].LastFetched != "" && rows[0].LastError == "" &&
+				rows[0].Source == federation.FromBundleEndpoint && rows[0].Authorities == 1
 		})
 	}
 	if table := vwire(t, true, append([]string{"federation", "list"}, creds(doms[0])...)...); !strings.Contains(table, "b.example") || !strings.Contains(table, " ago") {
@@ -72,6 +78,26 @@ func TestFederationCommands(t *testing.T) {
 	}
 	if out := vwire(t, false, append([]string{"federation", "remove", "z.example"}, creds(doms[1])...)...); !strings.Contains(out, "NotFound") {
 		t.Errorf("removing an unknown peer: %s", out)
+	}
+	// A bundle endpoint over plain http is refused, and nothing is stored.
+	caC, err := federation.OpenCA(filepath.Join(dir, "c-ca"), spiffeid.RequireTrustDomainFromString("c.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := spiffebundle.FromX509Bundle(caC.Bundle()).Marshal()
+	os.WriteFile(filepath.Join(dir, "c.bundle"), raw, 0o644)
+	out := vwire(t, false, append([]string{"federation", "add", "c.example", "--bundle-endpoint", "http://127.0.0.1:1", "--bundle", filepath.Join(dir, "c.bundle")}, creds(doms[1])...)...)
+	if !strings.Contains(out, `InvalidArgument: bad peer: bundle endpoint "http://127.0.0.1:1": the scheme must be https, not "http"`) {
+		t.Errorf("an http bundle endpoint: %s", out)
+	}
+	// So is a second domain for a trust domain that speaks for a peer.
+	out = vwire(t, false, append([]string{"federation", "add", "c.example", "--trust-domain", "a.example", "--bundle-endpoint", "https://" + doms[0].bundleAddr,
+		"--bundle", filepath.Join(dir, "a.example.bundle")}, creds(doms[1])...)...)
+	if !strings.Contains(out, `trust domain "a.example" already speaks for "a.example"`) {
+		t.Errorf("a second peer of a.example's trust domain: %s", out)
+	}
+	if rows := list(doms[1]); len(rows) != 1 || rows[0].Domain != "a.example" {
+		t.Errorf("after the refusals, b lists %+v", rows)
 	}
 }
 

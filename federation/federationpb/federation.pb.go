@@ -120,8 +120,12 @@ type PeerStatus struct {
 	Expires     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires,proto3" json:"expires,omitempty"`
 	Authorities int32                  `protobuf:"varint,4,opt,name=authorities,proto3" json:"authorities,omitempty"`
 	// The last failed fetch's reason; empty after a good one.
-	LastError     string                 `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
-	NextFetch     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=next_fetch,json=nextFetch,proto3" json:"next_fetch,omitempty"`
+	LastError string                 `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	NextFetch *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=next_fetch,json=nextFetch,proto3" json:"next_fetch,omitempty"`
+	// Where the bundle this domain trusts for the peer came from: "bundle
+	// endpoint", "bootstrap bundle" or "SPIRE"; empty when none is trusted.
+	// expires and authorities describe that bundle.
+	Source        string `protobuf:"bytes,7,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -196,6 +200,13 @@ func (x *PeerStatus) GetNextFetch() *timestamppb.Timestamp {
 		return x.NextFetch
 	}
 	return nil
+}
+
+func (x *PeerStatus) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
 }
 
 type GetBundleRequest struct {
@@ -602,7 +613,7 @@ const file_federation_federationpb_federation_proto_rawDesc = "" +
 	"\vendpoint_id\x18\x04 \x01(\tR\n" +
 	"endpointId\x12\x1d\n" +
 	"\n" +
-	"trust_only\x18\x05 \x01(\bR\ttrustOnly\"\xac\x02\n" +
+	"trust_only\x18\x05 \x01(\bR\ttrustOnly\"\xc4\x02\n" +
 	"\n" +
 	"PeerStatus\x12-\n" +
 	"\x04peer\x18\x01 \x01(\v2\x19.vwire.federation.v1.PeerR\x04peer\x12=\n" +
@@ -612,7 +623,8 @@ const file_federation_federationpb_federation_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x05 \x01(\tR\tlastError\x129\n" +
 	"\n" +
-	"next_fetch\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tnextFetch\"\x12\n" +
+	"next_fetch\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tnextFetch\x12\x16\n" +
+	"\x06source\x18\a \x01(\tR\x06source\"\x12\n" +
 	"\x10GetBundleRequest\"C\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
