@@ -473,6 +473,12 @@ func registryClient(d *testDomain) registrypb.RegistryClient {
 // asWorkload connects to d's network service API as a workload of d.
 func (d *testDomain) asWorkload(t *testing.T, path string) proxypb.NetworkServiceClient {
 	t.Helper()
+	return proxypb.NewNetworkServiceClient(d.asWorkloadConn(t, path))
+}
+
+// asWorkloadConn connects to d as its workload spiffe://TD/path.
+func (d *testDomain) asWorkloadConn(t *testing.T, path string) *grpc.ClientConn {
+	t.Helper()
 	src, err := d.Identity.CA.NewSource(spiffeid.RequireFromPath(d.TD, path), time.Hour, d.Identity.Trust, testLogger(t, path))
 	if err != nil {
 		t.Fatal(err)
@@ -483,5 +489,5 @@ func (d *testDomain) asWorkload(t *testing.T, path string) proxypb.NetworkServic
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return proxypb.NewNetworkServiceClient(conn)
+	return conn
 }

@@ -2,6 +2,7 @@ package domain
 
 import (
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"slices"
@@ -12,11 +13,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/federation/federationpb"
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -261,5 +267,156 @@ func TestPublishDNSEtcd(t *testing.T) {
 	b.pub = nil
 	if resp, _ := b.Etcd.Get(ctx(t), "/skydns/", clientv3.WithPrefix()); len(resp.Kvs) != 0 {
 		t.Errorf("records stayed after the publisher closed: %d", len(resp.Kvs))
+	}
+}
+
+// The pool hands out a connection to a peer only while the peer is
+// federated as it was when the connection was made: not to a removed peer
+// whose DNS stopped answering, and not to one whose trust domain changed.
+func TestPoolFollowsFederation(t *testing.T) {
+	svc := "secure-intranet-connectivity@b.example"
+	t.Run("removed while DNS is out", func(t *testing.T) {
+		zone := e2e.NewZone(t)
+		a, b := startIn(t, zone, "a.example"), startIn(t, zone, "b.example")
+		host, port, _ := net.SplitHostPort(b.Addr().String())
+		zone.Add(t, "_vwire._tcp.b.example. 1 IN SRV 10 100 "+port+" proxy.b.example.", "proxy.b.example. 1 IN A "+host)
+		a.federate(t, b)
+		b.federate(t, a)
+		applyFile(t, b, "../registry/testdata/secure-intranet-connectivity.yaml", "../registry/testdata/endpoints.yaml")
+		if _, err := a.findAs(t, svc, nil); err != nil {
+			t.Fatal(err)
+		}
+		zone.Silence(true)
+		key := "_vwire._tcp.b.example./SRV"
+		asked := zone.Asked("", key)
+		waitFor(t, "a asks DNS again once the 1 s TTL is over", func() bool {
+			if _, err := a.findAs(t, svc, nil); err != nil {
+				t.Fatalf("with DNS out, the pooled connection to a federated peer should still serve: %v", err)
+			}
+			return zone.Asked("", key) > asked
+		})
+		if _, err := a.fed().RemovePeer(ctx(t), &federationpb.RemovePeerRequest{Domain: "b.example"}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := a.findAs(t, svc, nil)
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), `domain "b.example" is not federated with "a.example"`) {
+			t.Errorf("a removed peer, DNS out: %v", err)
+		}
+	})
+	t.Run("trust domain changed", func(t *testing.T) {
+		zone := e2e.NewZone(t)
+		a, b := startIn(t, zone, "a.example"), startIn(t, zone, "b.example")
+		publish(t, zone, "b.example", 10, b.Addr().String())
+		a.federate(t, b)
+		b.federate(t, a)
+		applyFile(t, b, "../registry/testdata/secure-intranet-connectivity.yaml", "../registry/testdata/endpoints.yaml")
+		if _, err := a.findAs(t, svc, nil); err != nil {
+			t.Fatal(err)
+		}
+		// The admin says another trust domain speaks for b.example.
+		other, err := federation.OpenCA(t.TempDir(), spiffeid.RequireTrustDomainFromString("other.example"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := spiffebundle.FromX509Bundle(other.Bundle()).Marshal()
+		if _, err := a.fed().AddPeer(ctx(t), &federationpb.AddPeerRequest{
+			Peer:   &federationpb.Peer{Domain: "b.example", TrustDomain: "other.example", BundleEndpointUrl: b.BundleURL()},
+			Bundle: raw,
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// b's proxy proves b.example's trust domain, which a no longer
+		// trusts: the connection made before the change is not used.
+		_, err = a.findAs(t, svc, nil)
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), `trust domain \"b.example\" is not trusted here`) {
+			t.Errorf("b.example under another trust domain: %v", err)
+		}
+	})
+}
+
+// A DNS answer that sends a's proxy to the wrong domain's proxy: the
+// handshake fails, saying which identity a expected and which it got, and
+// the server logs that the client gave up, not that it refused the client.
+func TestMisdirectedPeer(t *testing.T) {
+	zone := e2e.NewZone(t)
+	var logB syncBuffer
+	a := startIn(t, zone, "a.example")
+	b := startWith(t, "b.example", func(c *Config) {
+		c.DNSServer = zone.Addr
+		c.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(testLog{t, "b.example"}, &logB), nil))
+	})
+	c := startIn(t, zone, "c.example")
+	publish(t, zone, "c.example", 10, b.Addr().String()) // c's record, b's address
+	a.federate(t, b)
+	b.federate(t, a)
+	a.federate(t, c)
+	_, err := a.findAs(t, "svc@c.example", nil)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "unexpected SPIFFE ID: expected spiffe://c.example/vwire/proxy, got spiffe://b.example/vwire/proxy") {
+		t.Errorf("c.example's name, b.example's proxy: %v", err)
+	}
+	waitFor(t, "b logs that a client gave up", func() bool { return strings.Contains(logB.String(), "a client gave up the TLS handshake") })
+	if strings.Contains(logB.String(), "refused a TLS connection") {
+		t.Errorf("b logged the client's abort as its own refusal:\n%s", logB.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Across domains a's admin is judged by b's policies as a workload is, by
+// its own SPIFFE ID; and a local workload cannot have a's proxy name a
+// more privileged workload to b.
+func TestOriginalClientAcrossDomains(t *testing.T) {
+	zone := e2e.NewZone(t)
+	a, b := startIn(t, zone, "a.example"), startIn(t, zone, "b.example")
+	publish(t, zone, "b.example", 10, b.Addr().String())
+	a.federate(t, b)
+	b.federate(t, a)
+	objs, err := registry.DecodeManifests(strings.NewReader(`
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: admins}
+spec: {payload: IP, allowedSpiffeIDs: [spiffe://a.example/vwire/admin]}
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: prod}
+spec: {payload: IP, allowedSpiffeIDs: [spiffe://a.example/ns/prod/*]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := registrypb.NewRegistryClient(b.admin).Apply(ctx(t), objs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.findAs(t, "admins@b.example", nil); err != nil {
+		t.Errorf("a's admin, named by b's policy: %v", err)
+	}
+	if _, err := a.findAs(t, "prod@b.example", nil); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "spiffe://a.example/vwire/admin may not connect") {
+		t.Errorf("a's admin, not named: %v", err)
+	}
+	// A dev workload of a names a prod workload: b judges the dev one.
+	dev := registrypb.NewRegistryClient(a.asWorkloadConn(t, "/ns/dev/sa/x"))
+	stream, err := dev.Find(metadata.AppendToOutgoingContext(ctx(t), registry.ClientHeader, "spiffe://a.example/ns/prod/sa/web"), &registrypb.FindRequest{Service: "prod@b.example"})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "spiffe://a.example/ns/dev/sa/x may not connect") {
+		t.Errorf("a dev workload naming a prod one: %v", err)
 	}
 }

@@ -68,6 +68,17 @@ func TestCrossDomainRequestAndClose(t *testing.T) {
 	if strings.Join(hops, " ") != "proxy.a.example=spiffe://a.example/vwire/proxy proxy.b.example=spiffe://b.example/vwire/proxy" {
 		t.Errorf("path %v", hops)
 	}
+	// Each domain records the original requester, not only the hop that
+	// asked it (a's gateway, b's peer proxy).
+	for _, d := range []*testDomain{a, b} {
+		c, err := d.NetworkService.Conns.Get(ctx(t), fw.GetId())
+		if err != nil || c.GetClientId() != "spiffe://a.example/ns/default/sa/fw" {
+			t.Errorf("%s records client %q (%v), want a's workload", d.Name, c.GetClientId(), err)
+		}
+	}
+	if c, _ := b.NetworkService.Conns.Get(ctx(t), fw.GetId()); c.GetRequester() != "spiffe://a.example/vwire/proxy" {
+		t.Errorf("b records requester %q, want a's proxy", c.GetRequester())
+	}
 	wantA := "client " + fw.GetId() + " secure-intranet-connectivity@b.example -> vpn-gateway-1@b.example"
 	wantB := "endpoint " + fw.GetId() + " secure-intranet-connectivity -> vpn-gateway-1"
 	if !strings.Contains(fa.String(), wantA) || !strings.Contains(fb.String(), wantB) {

@@ -19,6 +19,7 @@ type Zone struct {
 	mu       sync.Mutex
 	records  map[string][]dns.RR // "name./TYPE"
 	glue     bool
+	silent   bool
 	truncate map[string]bool
 	asked    map[string]int // "udp name./TYPE"
 }
@@ -59,6 +60,10 @@ func (z *Zone) Add(t testing.TB, records ...string) {
 // Glue makes SRV answers carry their targets' A records.
 func (z *Zone) Glue() { z.mu.Lock(); z.glue = true; z.mu.Unlock() }
 
+// Silence makes the server stop answering (true) or answer again (false):
+// a DNS outage as a resolver sees it, every question timing out.
+func (z *Zone) Silence(silent bool) { z.mu.Lock(); z.silent = silent; z.mu.Unlock() }
+
 // Truncate makes UDP answers for name (with a final dot) truncated.
 func (z *Zone) Truncate(name string) { z.mu.Lock(); z.truncate[name] = true; z.mu.Unlock() }
 
@@ -79,6 +84,10 @@ func (z *Zone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	key := q.Name + "/" + dns.TypeToString[q.Qtype]
 	z.mu.Lock()
 	z.asked[w.LocalAddr().Network()+" "+key]++
+	if z.silent {
+		z.mu.Unlock()
+		return
+	}
 	answer, exists := z.records[key]
 	for k := range z.records {
 		exists = exists || strings.HasPrefix(k, q.Name+"/")

@@ -3,10 +3,12 @@ package federation
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -46,7 +48,14 @@ type loggingCreds struct {
 
 func (c *loggingCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	out, info, err := c.TransportCredentials.ServerHandshake(conn)
-	if err != nil {
+	var alert *net.OpError
+	switch {
+	case err == nil:
+	case errors.As(err, &alert) && alert.Op == "remote error":
+		// The client sent the alert: it refused this server (its
+		// certificate, most often), not the other way round.
+		c.log.Info("a client gave up the TLS handshake: it did not accept this server", "remote", conn.RemoteAddr().String(), "alert", alert.Err.Error())
+	default:
 		c.log.Warn("refused a TLS connection", "remote", conn.RemoteAddr().String(), "reason", err.Error())
 	}
 	return out, info, err
@@ -74,11 +83,30 @@ func idFromCert(cert *x509.Certificate) (spiffeid.ID, bool) {
 	return id, err == nil
 }
 
-// AuthorizeOf admits exactly the given IDs.
-func AuthorizeOf(ids ...spiffeid.ID) Authorizer { return tlsconfig.AuthorizeOneOf(ids...) }
+// AuthorizeOf admits exactly the given IDs; its refusal names the ID the
+// other side presented and the ones it had to present.
+func AuthorizeOf(ids ...spiffeid.ID) Authorizer {
+	return func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+		if slices.Contains(ids, id) {
+			return nil
+		}
+		want := make([]string, len(ids))
+		for i, w := range ids {
+			want[i] = w.String()
+		}
+		return fmt.Errorf("unexpected SPIFFE ID: expected %s, got %s", strings.Join(want, " or "), id)
+	}
+}
 
 // AuthorizeMember admits any ID of trust domain td (and no other).
-func AuthorizeMember(td spiffeid.TrustDomain) Authorizer { return tlsconfig.AuthorizeMemberOf(td) }
+func AuthorizeMember(td spiffeid.TrustDomain) Authorizer {
+	return func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+		if id.MemberOf(td) {
+			return nil
+		}
+		return fmt.Errorf("unexpected SPIFFE ID: expected a member of trust domain %q, got %s", td.Name(), id)
+	}
+}
 
 // WithReconnect adds to opts how every vwire connection to another vwire
 // process comes back after that process restarts: gRPC's default backoff

@@ -20,7 +20,10 @@ var ErrNotFederated = errors.New("not federated")
 // Pool keeps one mutual-TLS connection per peer domain, to the domain's
 // proxies as DNS lists them: gRPC's pick_first tries them in RFC 2782 order
 // and fails over to the next when one is down. Requests share the
-// connection; nothing dials per request.
+// connection; nothing dials per request. A connection is only handed out
+// while its domain is federated as it was when the connection was made: a
+// peer removed or changed (another trust domain, another endpoint ID) loses
+// its connection at once, and a new one is made with the new settings.
 type Pool struct {
 	resolver *Resolver
 	src      federation.Source
@@ -33,6 +36,7 @@ type Pool struct {
 
 type peerConn struct {
 	conn  *grpc.ClientConn
+	peer  federation.Peer // as federated when dialled
 	res   *manual.Resolver
 	addrs []string // sorted, to notice a changed set
 }
@@ -40,25 +44,47 @@ type peerConn struct {
 // NewPool returns a Pool that dials as src, says it speaks for own, finds
 // proxies with r and accepts the peers' trust domains from peers.
 func NewPool(r *Resolver, src federation.Source, own string, peers *federation.Peers) *Pool {
-	return &Pool{resolver: r, src: src, own: own, peers: peers, conns: map[string]*peerConn{}}
+	p := &Pool{resolver: r, src: src, own: own, peers: peers, conns: map[string]*peerConn{}}
+	peers.OnChange(p.forget)
+	return p
+}
+
+// forget closes the connection to domain, if there is one.
+func (p *Pool) forget(domain string) {
+	p.mu.Lock()
+	pc := p.conns[domain]
+	delete(p.conns, domain)
+	p.mu.Unlock()
+	if pc != nil {
+		pc.conn.Close()
+	}
 }
 
 // Conn returns the connection to domain's proxies.
 func (p *Pool) Conn(ctx context.Context, domain string) (*grpc.ClientConn, error) {
 	targets, err := p.resolver.Lookup(ctx, domain)
+	// DNS only locates; federation alone makes a domain trusted, and it is
+	// asked before any connection is handed out.
+	peer, federated := p.peers.Lookup(domain)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pc := p.conns[domain]
+	if pc != nil && (!federated || pc.peer != peer) {
+		pc.conn.Close()
+		delete(p.conns, domain)
+		pc = nil
+	}
+	if err != nil && !errors.Is(err, ErrDNS) {
+		return nil, err // no such domain
+	}
+	if !federated {
+		return nil, fmt.Errorf("domain %q is %w with %q (vwire federation add %s …)", domain, ErrNotFederated, p.own, domain)
+	}
 	if err != nil {
-		if pc != nil && errors.Is(err, ErrDNS) {
+		if pc != nil {
 			return pc.conn, nil // DNS only locates: keep using what it said
 		}
 		return nil, err
-	}
-	// DNS found the domain; only federation makes it trusted.
-	peer, ok := p.peers.Lookup(domain)
-	if !ok {
-		return nil, fmt.Errorf("domain %q is %w with %q (vwire federation add %s …)", domain, ErrNotFederated, p.own, domain)
 	}
 	var addrs []resolver.Address
 	var sorted []string
@@ -86,7 +112,7 @@ func (p *Pool) Conn(ctx context.Context, domain string) (*grpc.ClientConn, error
 	if err != nil {
 		return nil, fmt.Errorf("peer %q: %w", domain, err)
 	}
-	p.conns[domain] = &peerConn{conn: conn, res: res, addrs: sorted}
+	p.conns[domain] = &peerConn{conn: conn, peer: peer, res: res, addrs: sorted}
 	return conn, nil
 }
 

@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -27,12 +27,14 @@ import (
 type Registry struct {
 	registrypb.RegistryServer
 	own  string
+	td   spiffeid.TrustDomain
 	pool *Pool
 }
 
-// NewRegistry wraps the local registry server.
-func NewRegistry(local registrypb.RegistryServer, own string, pool *Pool) *Registry {
-	return &Registry{RegistryServer: local, own: own, pool: pool}
+// NewRegistry wraps the local registry server of domain own, of trust
+// domain td.
+func NewRegistry(local registrypb.RegistryServer, own string, td spiffeid.TrustDomain, pool *Pool) *Registry {
+	return &Registry{RegistryServer: local, own: own, td: td, pool: pool}
 }
 
 // Find implements registrypb.RegistryServer.
@@ -55,8 +57,11 @@ func (r *Registry) Find(req *registrypb.FindRequest, stream grpc.ServerStreaming
 	if err != nil {
 		return toStatus(name.Domain, err)
 	}
-	out := metadata.NewOutgoingContext(ctx, actingFor(ctx))
-	remote, err := registrypb.NewRegistryClient(conn).Find(out, &registrypb.FindRequest{
+	md, err := actingFor(ctx, r.td)
+	if err != nil {
+		return registry.ToStatus(err)
+	}
+	remote, err := registrypb.NewRegistryClient(conn).Find(metadata.NewOutgoingContext(ctx, md), &registrypb.FindRequest{
 		Service: name.Service, SourceLabels: req.GetSourceLabels(), Watch: req.GetWatch(),
 	})
 	if err != nil {
@@ -77,18 +82,24 @@ func (r *Registry) Find(req *registrypb.FindRequest, stream grpc.ServerStreaming
 	}
 }
 
-// actingFor names the workload a forwarded call acts for: the local
-// caller itself, or the workload a local vwire component named.
-func actingFor(ctx context.Context) metadata.MD {
+// actingFor names, for a peer domain, the workload a forwarded call acts
+// for: the client registry.ClientOf validated (a local workload itself, or
+// the one a local vwire component named; never what a workload claims), or
+// the domain's admin itself, whom other domains' policies name as they name
+// workloads.
+func actingFor(ctx context.Context, td spiffeid.TrustDomain) (metadata.MD, error) {
+	client, err := registry.ClientOf(ctx, td)
+	if err != nil {
+		return nil, err
+	}
+	if id, ok := federation.PeerID(ctx); ok && client.IsZero() && id == federation.AdminID(td) {
+		client = id
+	}
 	md := metadata.MD{}
-	if named := metadata.ValueFromIncomingContext(ctx, registry.ClientHeader); len(named) > 0 {
-		md.Set(registry.ClientHeader, named[0])
-		return md
+	if !client.IsZero() {
+		md.Set(registry.ClientHeader, client.String())
 	}
-	if id, ok := federation.PeerID(ctx); ok && !strings.HasPrefix(id.Path(), "/vwire/") {
-		md.Set(registry.ClientHeader, id.String())
-	}
-	return md
+	return md, nil
 }
 
 // qualify appends @domain to the names in a peer's answer.

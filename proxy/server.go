@@ -77,14 +77,21 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	if prev != nil && !s.mayChange(ctx, prev) {
 		return nil, status.Errorf(codes.PermissionDenied, "connection %q belongs to %s", conn.Id, prev.GetRequester())
 	}
-	conn.Requester = caller.String()
+	client, err := registry.ClientOf(ctx, s.TD)
+	if err != nil {
+		return nil, registry.ToStatus(err)
+	}
+	conn.Requester, conn.ClientId = caller.String(), ""
+	if !client.IsZero() {
+		conn.ClientId = client.String()
+	}
 	if name.Domain != "" && name.Domain != s.Own {
 		if src := federation.SourceDomain(ctx); src == name.Domain && conn.GetNetworkServiceEndpointName() != "" {
 			return s.hosted(ctx, conn, name)
 		}
 		return s.forward(ctx, req, conn, name, prev)
 	}
-	return s.local(ctx, conn, name.Service, prev)
+	return s.local(ctx, conn, name.Service, client, prev)
 }
 
 // mayChange reports whether the caller may refresh or close conn.
@@ -138,11 +145,7 @@ func (s *Server) lifetime() time.Duration {
 }
 
 // local serves a request for one of this domain's services.
-func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service string, prev *proxypb.Connection) (*proxypb.Connection, error) {
-	client, err := registry.ClientOf(ctx, s.TD)
-	if err != nil {
-		return nil, registry.ToStatus(err)
-	}
+func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service string, client spiffeid.ID, prev *proxypb.Connection) (*proxypb.Connection, error) {
 	svc, err := s.Store.GetService(ctx, service)
 	if err != nil {
 		return nil, registry.ToStatus(err)
@@ -210,7 +213,7 @@ func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service st
 			_ = s.Dataplane.Remove(ctx, ClientSide, out)   // (missing is fine)
 			return nil, status.Errorf(codes.Unavailable, "storing connection %s: %v", out.GetId(), err)
 		}
-		s.Log.Info("connection up", "id", out.GetId(), "service", service, "endpoint", ep.GetName(), "requester", out.GetRequester())
+		s.Log.Info("connection up", "id", out.GetId(), "service", service, "endpoint", ep.GetName(), "requester", out.GetRequester(), "client", out.GetClientId())
 		return out, nil
 	}
 	return nil, status.Errorf(codes.Unavailable, "no endpoint of %q could be programmed: %v", service, errors.Join(errs...))
@@ -222,15 +225,19 @@ func (s *Server) forward(ctx context.Context, req *proxypb.NetworkServiceRequest
 	if src := federation.SourceDomain(ctx); src != "" {
 		return nil, status.Errorf(codes.PermissionDenied, "domain %q asked this domain (%q) for %q: ask %q directly", src, s.Own, name, name.Domain)
 	}
+	md, err := actingFor(ctx, s.TD)
+	if err != nil {
+		return nil, registry.ToStatus(err)
+	}
 	pc, err := s.Pool.Conn(ctx, name.Domain)
 	if err != nil {
 		return nil, toStatus(name.Domain, err)
 	}
 	out := proto.Clone(conn).(*proxypb.Connection)
 	out.NetworkService = name.Service
-	out.Requester = ""
+	out.Requester, out.ClientId = "", ""
 	s.segment(out)
-	remote, err := proxypb.NewNetworkServiceClient(pc).Request(metadata.NewOutgoingContext(ctx, actingFor(ctx)),
+	remote, err := proxypb.NewNetworkServiceClient(pc).Request(metadata.NewOutgoingContext(ctx, md),
 		&proxypb.NetworkServiceRequest{Connection: out, MechanismPreferences: req.GetMechanismPreferences()})
 	if err != nil {
 		return nil, toStatus(name.Domain, err)
@@ -239,7 +246,7 @@ func (s *Server) forward(ctx context.Context, req *proxypb.NetworkServiceRequest
 	if !strings.Contains(remote.GetNetworkServiceEndpointName(), "@") {
 		remote.NetworkServiceEndpointName += "@" + name.Domain
 	}
-	remote.Requester = conn.GetRequester()
+	remote.Requester, remote.ClientId = conn.GetRequester(), conn.GetClientId()
 	got, err := s.Dataplane.Apply(ctx, ClientSide, remote)
 	if err == nil {
 		err = s.Conns.Put(ctx, got, int64(s.lifetime()/time.Second))
@@ -250,7 +257,7 @@ func (s *Server) forward(ctx context.Context, req *proxypb.NetworkServiceRequest
 		_ = s.Dataplane.Remove(ctx, ClientSide, remote) // best effort; the error below says why
 		return nil, status.Errorf(codes.Unavailable, "programming the client side of %s: %v", remote.GetId(), err)
 	}
-	s.Log.Info("connection up", "id", got.GetId(), "service", name.String(), "endpoint", got.GetNetworkServiceEndpointName(), "requester", got.GetRequester())
+	s.Log.Info("connection up", "id", got.GetId(), "service", name.String(), "endpoint", got.GetNetworkServiceEndpointName(), "requester", got.GetRequester(), "client", got.GetClientId())
 	return got, nil
 }
 
@@ -270,19 +277,19 @@ func (s *Server) relay(ctx context.Context, conn *proxypb.Connection, ep *regist
 	out := proto.Clone(conn).(*proxypb.Connection)
 	out.NetworkService = conn.GetNetworkService() + "@" + s.Own
 	out.NetworkServiceEndpointName = strings.TrimSuffix(ep.GetName(), "."+ep.GetDomain())
-	out.Requester = ""
+	out.Requester, out.ClientId = "", ""
 	remote, err := proxypb.NewNetworkServiceClient(pc).Request(ctx, &proxypb.NetworkServiceRequest{Connection: out})
 	if err != nil {
 		return nil, toStatus(ep.GetDomain(), err)
 	}
 	remote.NetworkService = conn.GetNetworkService()
 	remote.NetworkServiceEndpointName = endpointRef(ep)
-	remote.Requester = conn.GetRequester()
+	remote.Requester, remote.ClientId = conn.GetRequester(), conn.GetClientId()
 	if err := s.Conns.Put(ctx, remote, int64(s.lifetime()/time.Second)); err != nil {
 		s.closeRemote(ctx, pc, remote.GetId(), ep.GetDomain())
 		return nil, status.Errorf(codes.Unavailable, "storing connection %s: %v", remote.GetId(), err)
 	}
-	s.Log.Info("connection relayed", "id", remote.GetId(), "service", conn.GetNetworkService(), "endpoint", remote.GetNetworkServiceEndpointName())
+	s.Log.Info("connection relayed", "id", remote.GetId(), "service", conn.GetNetworkService(), "endpoint", remote.GetNetworkServiceEndpointName(), "client", remote.GetClientId())
 	return remote, nil
 }
 
@@ -307,7 +314,7 @@ func (s *Server) hosted(ctx context.Context, conn *proxypb.Connection, name regi
 		_ = s.Dataplane.Remove(ctx, EndpointSide, out) // undo; the error below says why
 		return nil, status.Errorf(codes.Unavailable, "storing connection %s: %v", out.GetId(), err)
 	}
-	s.Log.Info("connection up", "id", out.GetId(), "service", name.String(), "endpoint", ep.GetName(), "requester", out.GetRequester())
+	s.Log.Info("connection up", "id", out.GetId(), "service", name.String(), "endpoint", ep.GetName(), "requester", out.GetRequester(), "client", out.GetClientId())
 	return out, nil
 }
 
@@ -369,7 +376,7 @@ func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.
 	if _, err := s.Conns.Delete(ctx, stored.GetId()); err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
-	s.Log.Info("connection closed", "id", stored.GetId(), "service", stored.GetNetworkService())
+	s.Log.Info("connection closed", "id", stored.GetId(), "service", stored.GetNetworkService(), "requester", stored.GetRequester(), "client", stored.GetClientId())
 	return &proxypb.CloseResponse{}, nil
 }
 

@@ -98,7 +98,7 @@ func TestDialRefusesImpostor(t *testing.T) {
 
 	c := dialCredentials(t, lis.Addr().String(), d.dataDir+"/admin")
 	_, err = c.ListServices(ctx(t), &registrypb.ListServicesRequest{})
-	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "unexpected ID") {
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "expected spiffe://a.example/vwire/registry or spiffe://a.example/vwire/proxy, got spiffe://a.example/ns/default/sa/web") {
 		t.Errorf("impostor accepted or refused unclearly: %v", err)
 	}
 }

@@ -61,14 +61,14 @@ func getConnections(ctx context.Context, w io.Writer, c proxypb.NetworkServiceCl
 		return enc.Encode(items)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSERVICE\tENDPOINT\tSTATE\tPATH\tREQUESTER")
+	fmt.Fprintln(tw, "ID\tSERVICE\tENDPOINT\tSTATE\tPATH\tCLIENT\tREQUESTER")
 	for _, conn := range conns {
 		var hops []string
 		for _, s := range conn.GetPath().GetSegments() {
 			hops = append(hops, s.GetName())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", conn.GetId(), conn.GetNetworkService(), conn.GetNetworkServiceEndpointName(),
-			conn.GetState(), orDash(strings.Join(hops, ">")), orDash(conn.GetRequester()))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", conn.GetId(), conn.GetNetworkService(), conn.GetNetworkServiceEndpointName(),
+			conn.GetState(), orDash(strings.Join(hops, ">")), orDash(conn.GetClientId()), orDash(conn.GetRequester()))
 	}
 	return tw.Flush()
 }

@@ -154,7 +154,12 @@ type Connection struct {
 	// The SPIFFE ID that requested the connection at this hop, as mTLS
 	// proved it; only it (or the domain's admin) may refresh or close it.
 	// Set by the hop.
-	Requester     string `protobuf:"bytes,11,opt,name=requester,proto3" json:"requester,omitempty"`
+	Requester string `protobuf:"bytes,11,opt,name=requester,proto3" json:"requester,omitempty"`
+	// The workload the connection is for, as this hop judged it against the
+	// service's policy: across domains, the original requester that the peer
+	// proxy named, not the peer proxy. Empty when the domain's own control
+	// plane or admin asked without naming one. Set by the hop.
+	ClientId      string `protobuf:"bytes,12,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -262,6 +267,13 @@ func (x *Connection) GetPayload() string {
 func (x *Connection) GetRequester() string {
 	if x != nil {
 		return x.Requester
+	}
+	return ""
+}
+
+func (x *Connection) GetClientId() string {
+	if x != nil {
+		return x.ClientId
 	}
 	return ""
 }
@@ -1112,7 +1124,7 @@ var File_proxy_proxypb_networkservice_proto protoreflect.FileDescriptor
 
 const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
 	"\n" +
-	"\"proxy/proxypb/networkservice.proto\x12\x17vwire.networkservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x04\n" +
+	"\"proxy/proxypb/networkservice.proto\x12\x17vwire.networkservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x04\n" +
 	"\n" +
 	"Connection\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
@@ -1127,7 +1139,8 @@ const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
 	"\x05state\x18\t \x01(\x0e2\x1e.vwire.networkservice.v1.StateR\x05state\x12\x18\n" +
 	"\apayload\x18\n" +
 	" \x01(\tR\apayload\x12\x1c\n" +
-	"\trequester\x18\v \x01(\tR\trequester\x1a9\n" +
+	"\trequester\x18\v \x01(\tR\trequester\x12\x1b\n" +
+	"\tclient_id\x18\f \x01(\tR\bclientId\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"^\n" +
