@@ -74,17 +74,14 @@ func (p *Pool) Conn(ctx context.Context, domain string) (*grpc.ClientConn, error
 		delete(p.conns, domain)
 		pc = nil
 	}
-	if err != nil && !errors.Is(err, ErrDNS) {
-		return nil, err // no such domain
-	}
-	if !federated {
-		return nil, fmt.Errorf("domain %q is %w with %q (vwire federation add %s …)", domain, ErrNotFederated, p.own, domain)
-	}
 	if err != nil {
-		if pc != nil {
+		if pc != nil && errors.Is(err, ErrDNS) {
 			return pc.conn, nil // DNS only locates: keep using what it said
 		}
 		return nil, err
+	}
+	if !federated {
+		return nil, fmt.Errorf("domain %q is %w with %q (vwire federation add %s …)", domain, ErrNotFederated, p.own, domain)
 	}
 	var addrs []resolver.Address
 	var sorted []string
