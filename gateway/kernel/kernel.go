@@ -65,11 +65,22 @@ func New() (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	enable := func(path string) func() error {
-		return sync.OnceValue(func() error { return os.WriteFile(path, []byte("1"), 0o644) })
-	}
-	return &Backend{host: h, forwarding: enable("/proc/sys/net/ipv4/ip_forward"),
-		forwarding6: enable("/proc/sys/net/ipv6/conf/all/forwarding"), nsFD: -1}, nil
+	return &Backend{host: h, forwarding: enable("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+		forwarding6: enable("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"), nsFD: -1}, nil
+}
+
+// enable sets sysctl key (at path) to 1, once, unless it is 1 already: in
+// a container /proc/sys is read-only, and the deployment sets it instead.
+func enable(path, key string) func() error {
+	return sync.OnceValue(func() error {
+		if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "1" {
+			return nil
+		}
+		if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("%w (in a container, set it where it starts: docker run --sysctl %s=1, or sysctls in compose)", err, key)
+		}
+		return nil
+	})
 }
 
 // clamp installs the MSS clamping table if it is not in place; a kernel
@@ -262,9 +273,13 @@ func parseHostAlias(a string) (id, ns string, ok bool) {
 	return strings.Cut(rest, ":")
 }
 
-// Do runs f on a thread inside network namespace ns (a name or a path):
-// sockets f opens stay in that namespace after Do returns.
+// Do runs f on a thread inside network namespace ns (a name or a path; ""
+// for the caller's own): sockets f opens stay in that namespace after Do
+// returns.
 func Do(ns string, f func() error) error {
+	if ns == "" { // the caller's own
+		return f()
+	}
 	target, err := OpenNS(ns)
 	if err != nil {
 		return err
