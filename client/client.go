@@ -194,8 +194,12 @@ func Describe(conn *proxypb.Connection, o Options) string {
 	for _, s := range conn.GetPath().GetSegments() {
 		hops = append(hops, s.GetName())
 	}
+	ns := o.NetNS
+	if ns == "" {
+		ns = "this network namespace"
+	}
 	return fmt.Sprintf("connection %s to %s: %s in %s, %s -> %s (endpoint %s)\ntunnel: %s, MTU %d\npath: %s\n",
-		conn.GetId(), conn.GetNetworkService(), o.Interface, o.NetNS,
+		conn.GetId(), conn.GetNetworkService(), o.Interface, ns,
 		strings.Join(conn.GetIpContext().GetSrcIpAddrs(), ","), strings.Join(conn.GetIpContext().GetDstIpAddrs(), ","),
 		conn.GetNetworkServiceEndpointName(), Tunnel(conn), conn.GetMtu(), strings.Join(hops, " > "))
 }

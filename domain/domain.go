@@ -80,6 +80,10 @@ type Config struct {
 	GatewayAddress string
 	// Node names this node's gateway (its path segment).
 	Node string
+	// GatewaySocket is where the node's workloads reach the gateway;
+	// default DATA-DIR/gateway.sock. In containers it goes in a volume the
+	// workloads' sidecars mount, apart from the data directory's secrets.
+	GatewaySocket string
 	// KeepDataplane leaves the interfaces and routes in place on shutdown.
 	KeepDataplane bool
 	// IntraDomain is the tunnel of IP vWires between two gateways of the
@@ -123,6 +127,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.DataplaneKind, "dataplane", c.DataplaneKind, `the gateway's data plane: "kernel" (veth, WireGuard, VXLAN; needs root), "none" (control plane only), or "auto" (kernel as root, else none)`)
 	fs.StringVar(&c.GatewayAddress, "gateway-address", c.GatewayAddress, "the gateway's tunnel address, which peer gateways send to (default: the default route's interface address)")
 	fs.StringVar(&c.Node, "node", c.Node, "this node's name, for its gateway's path segment (default: the host name)")
+	fs.StringVar(&c.GatewaySocket, "gateway-socket", c.GatewaySocket, "the unix socket the node's workloads reach the gateway on (default: DATA-DIR/gateway.sock)")
 	fs.BoolVar(&c.KeepDataplane, "keep-dataplane", c.KeepDataplane, "on shutdown, leave the vWires' interfaces and routes in place")
 	fs.StringVar(&c.IntraDomain, "intra-domain-tunnel", c.IntraDomain, `the tunnel of IP vWires between two gateways of this domain: "vxlan" (the domain's own network) or "wireguard" (encrypted there too)`)
 	fs.StringArrayVar(&c.Peers, "peer", c.Peers, `federate with a peer at start: "DOMAIN;bundle-endpoint=URL;bundle=FILE[;trust-domain=TD][;endpoint-id=ID][;trust-only]" (repeatable)`)
@@ -491,7 +496,12 @@ func (d *Domain) tickCA(ca *federation.CA, log *slog.Logger) {
 }
 
 // GatewaySocket is where workloads reach the domain's gateway.
-func (d *Domain) GatewaySocket(cfg *Config) string { return node.Socket(cfg.DataDir) }
+func (d *Domain) GatewaySocket(cfg *Config) string {
+	if cfg.GatewaySocket != "" {
+		return cfg.GatewaySocket
+	}
+	return node.Socket(cfg.DataDir)
+}
 
 // Gateway is the domain's gateway, or nil without one.
 func (d *Domain) Gateway() *gateway.Gateway {

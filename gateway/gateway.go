@@ -19,10 +19,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/vwire/vwire/gateway/dataplane"
+	"github.com/vwire/vwire/gateway/handover"
 	"github.com/vwire/vwire/internal/atomicfile"
 	"github.com/vwire/vwire/internal/conncache"
 	"github.com/vwire/vwire/proxy"
@@ -60,6 +61,12 @@ type Gateway struct {
 	HandshakeTimeout time.Duration
 	// Endpoint looks up a registered endpoint of this domain by name.
 	Endpoint func(ctx context.Context, name string) (*registrypb.Endpoint, error)
+	// Pins keeps the network namespaces workloads hand over (a sidecar
+	// in a container); nil: the gateway takes named namespaces only.
+	Pins *handover.Pins
+	// CheckNamespace says why a namespace a workload names is not one to
+	// program (handover.CheckPath); nil: any.
+	CheckNamespace func(ns string) error
 
 	backend    dataplane.Backend
 	tunneler   dataplane.Tunneler
@@ -197,7 +204,7 @@ var errNoAddress = errors.New("the gateway has no tunnel address: give --gateway
 
 // ApplyEndpoint asks the selected endpoint, at url (empty: as registered),
 // for its end and programs it.
-func (g *Gateway) ApplyEndpoint(ctx context.Context, conn *proxypb.Connection, url string) (*proxypb.Connection, error) {
+func (g *Gateway) ApplyEndpoint(ctx context.Context, conn *proxypb.Connection, url string) (_ *proxypb.Connection, err error) {
 	if !g.Addr.IsValid() {
 		return nil, errNoAddress
 	}
@@ -226,15 +233,28 @@ func (g *Gateway) ApplyEndpoint(ctx context.Context, conn *proxypb.Connection, u
 	if known && len(rec.Src) > 0 { // a refresh keeps its addresses
 		ask.IpContext = &proxypb.IPContext{SrcIpAddrs: rec.Src, DstIpAddrs: rec.Dst}
 	}
-	got, err := proxypb.NewNetworkServiceClient(nse).Request(ctx, &proxypb.NetworkServiceRequest{Connection: ask})
+	var via peer.Peer
+	got, err := proxypb.NewNetworkServiceClient(nse).Request(ctx, &proxypb.NetworkServiceRequest{Connection: ask}, grpc.Peer(&via))
 	if err != nil {
 		return nil, fmt.Errorf("endpoint %s: %w", name, err)
 	}
+	// Its namespace: the one it named, or the one its socket handed over.
 	k := got.GetMechanism().GetKernel()
-	if k.GetNetns() == "" {
-		return nil, fmt.Errorf("endpoint %s answered without its network namespace", name)
+	ns := k.GetNetns()
+	if ns == "" {
+		handed, _ := via.AuthInfo.(*handover.Handed)
+		if ns, err = g.pin(handed, id); err != nil {
+			return nil, fmt.Errorf("endpoint %s: %w", name, err)
+		}
+	} else if err := g.checkNamespace(ns); err != nil {
+		return nil, fmt.Errorf("endpoint %s: %w", name, err)
 	}
-	end := dataplane.End{ID: id, NetNS: k.GetNetns(), Interface: k.GetInterfaceName()}
+	end := dataplane.End{ID: id, NetNS: ns, Interface: k.GetInterfaceName()}
+	defer func() {
+		if err != nil && !known {
+			g.unpin(end)
+		}
+	}()
 	if end.Addrs, err = prefixes(got.GetIpContext().GetDstIpAddrs()); err != nil {
 		return nil, fmt.Errorf("endpoint %s: %w", name, err)
 	}
@@ -516,9 +536,11 @@ func (g *Gateway) Remove(ctx context.Context, side proxy.Side, conn *proxypb.Con
 	g.mu.Lock()
 	rec := g.records[id]
 	g.mu.Unlock()
+	end, _ := g.reconciler.Get(id)
 	if err := g.reconciler.Delete(ctx, id); err != nil {
 		return err
 	}
+	g.unpin(end)
 	if rec != nil && rec.EndpointURL != "" {
 		g.closeEndpoint(ctx, rec.EndpointURL, connID)
 	}
@@ -549,8 +571,55 @@ func (g *Gateway) dialEndpoint(url string) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("its URL %q is not a unix socket on this node (unix://PATH)", url)
 	}
 	return g.nses.Get(url, func() (*grpc.ClientConn, error) {
-		return grpc.NewClient(url, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		// An endpoint in a container hands its namespace on its socket.
+		return grpc.NewClient(url, grpc.WithTransportCredentials(handover.ReceiveNS()))
 	})
+}
+
+// pin keeps the namespace a workload handed (h) for end id, after checking
+// it, and returns its path.
+func (g *Gateway) pin(h *handover.Handed, id string) (string, error) {
+	if h == nil || h.NS == nil {
+		return "", errors.New("it named no network namespace and handed none over its socket")
+	}
+	if g.Pins == nil {
+		return "", errors.New("this gateway takes no handed network namespaces; name one (--netns)")
+	}
+	if err := handover.CheckHanded(h.NS); err != nil {
+		return "", err
+	}
+	return g.Pins.Pin(h.NS, id)
+}
+
+func (g *Gateway) checkNamespace(ns string) error {
+	if g.CheckNamespace == nil {
+		return nil
+	}
+	return g.CheckNamespace(ns)
+}
+
+// unpin lets a handed namespace of end go, once nothing of end is left.
+func (g *Gateway) unpin(end dataplane.End) {
+	if g.Pins != nil && g.Pins.Pinned(end.NetNS) {
+		g.Pins.Unpin(end.NetNS)
+	}
+}
+
+// SweepPins removes pins that no desired end uses (left by a gateway that
+// stopped before it could remove them).
+func (g *Gateway) SweepPins() {
+	if g.Pins == nil {
+		return
+	}
+	used := map[string]bool{}
+	for _, e := range g.reconciler.Desired() {
+		used[e.NetNS] = true
+	}
+	for _, p := range g.Pins.List() {
+		if !used[p] {
+			g.Pins.Unpin(p)
+		}
+	}
 }
 
 func (g *Gateway) saveLocked() error {

@@ -17,6 +17,7 @@ import (
 	"github.com/vwire/vwire/endpoint"
 	"github.com/vwire/vwire/gateway/dataplane"
 	"github.com/vwire/vwire/proxy"
+	"github.com/vwire/vwire/gateway/handover"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry/registrypb"
 )
@@ -28,7 +29,7 @@ func serveEndpoint(t *testing.T, ep proxypb.NetworkServiceServer) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(grpc.Creds(handover.HandNS(nil))) // it names its namespace
 	proxypb.RegisterNetworkServiceServer(srv, ep)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)

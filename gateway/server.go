@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vwire/vwire/gateway/dataplane"
+	"github.com/vwire/vwire/gateway/handover"
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
@@ -32,7 +33,9 @@ import (
 // owner (root) may connect, and the kernel tells the gateway each caller's
 // uid, which names the workload to the domain's policy as
 // spiffe://TD/workload/uid/UID. The gateway passes each call on to the
-// domain's proxy over mutual TLS, naming that workload.
+// domain's proxy over mutual TLS, naming that workload. A caller in a
+// container hands its network namespace on the connection (package
+// handover); one on the host names it.
 type Server struct {
 	proxypb.UnimplementedNetworkServiceServer
 	registrypb.UnimplementedRegistryServer
@@ -50,6 +53,9 @@ type Server struct {
 // Listen serves s on the unix socket path (replacing a stale one), owner
 // only.
 func (s *Server) Listen(path string) (*grpc.Server, net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, nil, fmt.Errorf("gateway socket: %w", err)
+	}
 	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
 		return nil, nil, fmt.Errorf("gateway socket: %w", err)
 	}
@@ -61,55 +67,30 @@ func (s *Server) Listen(path string) (*grpc.Server, net.Listener, error) {
 		lis.Close()
 		return nil, nil, fmt.Errorf("gateway socket: %w", err)
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(grpc.Creds(handover.ReceiveNS()))
 	proxypb.RegisterNetworkServiceServer(srv, s)
 	registrypb.RegisterRegistryServer(srv, s)
-	go srv.Serve(credListener{lis})
+	go srv.Serve(lis)
 	return srv, lis, nil
 }
 
-// credListener names each connection's remote address by its peer's
-// credentials (SO_PEERCRED).
-type credListener struct{ net.Listener }
-
-type credAddr struct{ uid, pid int32 }
-
-func (a credAddr) Network() string { return "unix" }
-func (a credAddr) String() string  { return fmt.Sprintf("uid=%d,pid=%d", a.uid, a.pid) }
-
-type credConn struct {
-	net.Conn
-	addr credAddr
-}
-
-func (c credConn) RemoteAddr() net.Addr { return c.addr }
-
-func (l credListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+// caller is what the kernel says of the connection a call came on.
+func caller(ctx context.Context) *handover.Handed {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
 	}
-	addr := credAddr{uid: -1}
-	if uc, ok := c.(*net.UnixConn); ok {
-		if raw, err := uc.SyscallConn(); err == nil {
-			raw.Control(func(fd uintptr) {
-				if cred, err := syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED); err == nil {
-					addr = credAddr{uid: int32(cred.Uid), pid: cred.Pid}
-				}
-			})
-		}
-	}
-	return credConn{Conn: c, addr: addr}, nil
+	h, _ := p.AuthInfo.(*handover.Handed)
+	return h
 }
 
 // workload is the caller's identity, from its credentials.
 func (s *Server) workload(ctx context.Context) (spiffeid.ID, error) {
-	p, ok := peer.FromContext(ctx)
-	a, isCred := p.Addr.(credAddr)
-	if !ok || !isCred || a.uid < 0 {
+	h := caller(ctx)
+	if h == nil || h.UID < 0 {
 		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "the gateway could not read the caller's credentials")
 	}
-	return spiffeid.FromSegments(s.TD, "workload", "uid", fmt.Sprint(a.uid))
+	return spiffeid.FromSegments(s.TD, "workload", "uid", fmt.Sprint(h.UID))
 }
 
 // upstream is ctx for a call to the proxy on behalf of the caller.
@@ -139,17 +120,39 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 		}
 		k = m.GetKernel()
 	}
-	if k.GetNetns() == "" {
-		return nil, status.Error(codes.InvalidArgument, "the request names no network namespace for the interface (--netns NAME)")
-	}
 	k = proto.Clone(k).(*proxypb.KernelInterface)
+	if k == nil {
+		k = &proxypb.KernelInterface{}
+	}
 	if k.InterfaceName == "" {
 		k.InterfaceName = dataplane.DefaultInterface
 	}
 	if conn.Id == "" {
 		conn.Id = proxy.NewID()
+	} else if err := proxy.ValidID(conn.Id); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if _, known := s.G.reconciler.Get(endID(proxy.ClientSide, conn.Id)); !known && s.Check != nil {
+	id := endID(proxy.ClientSide, conn.Id)
+	_, known := s.G.reconciler.Get(id)
+	if k.Netns == "" {
+		// The namespace the caller handed; a refresh pins it again (a
+		// gateway restarted in a new container lost its pins).
+		path, err := s.G.pin(caller(ctx), id)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "the request's network namespace: %v (vwire connect inside the workload's namespace hands it; on a host, give --netns NAME)", err)
+		}
+		k.Netns = path
+		if !known {
+			defer func() {
+				if _, ok := s.G.reconciler.Get(id); !ok {
+					s.G.unpin(dataplane.End{NetNS: path})
+				}
+			}()
+		}
+	} else if err := s.G.checkNamespace(k.Netns); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if !known && s.Check != nil {
 		if err := s.Check(k.GetNetns(), k.GetInterfaceName()); err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}

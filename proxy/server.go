@@ -67,7 +67,7 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	caller, _ := federation.PeerID(ctx)
 	if conn.Id == "" {
 		conn.Id = NewID()
-	} else if err := validID(conn.Id); err != nil {
+	} else if err := ValidID(conn.Id); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	prev, err := s.Conns.Get(ctx, conn.Id)
@@ -458,7 +458,8 @@ func NewID() string {
 	return hex.EncodeToString(b)
 }
 
-func validID(id string) error {
+// ValidID says what is wrong with a connection id a caller chose.
+func ValidID(id string) error {
 	if len(id) > 128 {
 		return fmt.Errorf("connection id %q is longer than 128 characters", id)
 	}

@@ -28,7 +28,7 @@ import (
 const gatewayPort = "7003"
 
 func newGatewayCmd() *cobra.Command {
-	var registryAddr, credentials, spiffeSocket, nodeName, dataDir, listen, advertise, gatewayAddress, intraDomain string
+	var registryAddr, credentials, spiffeSocket, nodeName, dataDir, socket, listen, advertise, gatewayAddress, intraDomain string
 	var keep bool
 	cmd := &cobra.Command{
 		Use:   "gateway --registry ADDR (--credentials DIR | --spiffe-socket PATH) [--node NAME]",
@@ -88,7 +88,10 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 			}
 			defer proxy.Close()
 			reg := registrypb.NewRegistryClient(proxy)
-			n, err := node.Start(node.Config{Node: nodeName, DataDir: dataDir, GatewayAddress: gatewayAddress, Keep: keep, IntraDomain: intraDomain,
+			if socket == "" {
+				socket = node.Socket(dataDir)
+			}
+			n, err := node.Start(node.Config{Node: nodeName, DataDir: dataDir, Socket: socket, GatewayAddress: gatewayAddress, Keep: keep, IntraDomain: intraDomain,
 				TD: td, SpiffeID: svid.ID.String(), URL: advertise, Proxy: proxy, Log: log,
 				Endpoint: func(ctx context.Context, name string) (*registrypb.Endpoint, error) {
 					return reg.GetEndpoint(ctx, &registrypb.GetEndpointRequest{Name: name})
@@ -104,7 +107,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 			go func() { failed <- srv.Serve(lis) }()
 			defer srv.Stop()
 			fmt.Fprintf(cmd.OutOrStdout(), "vwire gateway %s ready in %v: listening on %s for the proxy of %s (as %s); workloads: unix://%s\n",
-				nodeName, time.Since(begin).Round(time.Millisecond), advertise, td.Name(), svid.ID, node.Socket(dataDir))
+				nodeName, time.Since(begin).Round(time.Millisecond), advertise, td.Name(), svid.ID, socket)
 			select {
 			case <-ctx.Done():
 				log.Info("stopping", "node", nodeName)
@@ -120,6 +123,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 	f.StringVar(&spiffeSocket, "spiffe-socket", "", "get the SVID from this SPIRE agent socket instead")
 	f.StringVar(&nodeName, "node", "", "this node's name (default: the SVID's, spiffe://TD/vwire/gateway/NODE)")
 	f.StringVar(&dataDir, "data-dir", "vwire-gateway", "the gateway's state (gateway/) and the workloads' socket (gateway.sock)")
+	f.StringVar(&socket, "gateway-socket", "", "the unix socket the node's workloads reach the gateway on (default: DATA-DIR/gateway.sock)")
 	f.StringVar(&listen, "listen", ":"+gatewayPort, "where the domain's proxy calls the gateway (mTLS)")
 	f.StringVar(&advertise, "advertise", "", "the host:port the proxy dials (default: --listen, its host the tunnel address when --listen has none)")
 	f.StringVar(&gatewayAddress, "gateway-address", "", "the tunnel address peer gateways send to (default: the address of the default route's interface)")

@@ -14,12 +14,12 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/vwire/vwire/client"
 	"github.com/vwire/vwire/endpoint"
 	"github.com/vwire/vwire/gateway/dataplane"
+	"github.com/vwire/vwire/gateway/handover"
 	"github.com/vwire/vwire/gateway/kernel"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
@@ -29,30 +29,45 @@ import (
 // defaultGateway is the socket of `vwire domain` run with its defaults.
 const defaultGateway = "unix://vwire-data/gateway.sock"
 
-// dialGateway connects to the node's gateway socket. The socket is the
-// node's trust boundary (owner only); the gateway learns who calls from
-// the kernel.
-func dialGateway(addr string) (*grpc.ClientConn, error) {
+// dialGateway connects to the node's gateway socket, handing over ns (the
+// caller's own network namespace, for the vWire's interface; nil when the
+// requests name one). The socket is the node's trust boundary (owner
+// only); the gateway learns who calls from the kernel.
+func dialGateway(addr string, ns *os.File) (*grpc.ClientConn, error) {
 	path, ok := strings.CutPrefix(addr, "unix://")
 	if !ok || path == "" {
-		return nil, usagef("--gateway %q: want unix://PATH, the gateway's socket (DATA-DIR/gateway.sock of vwire domain)", addr)
+		return nil, usagef("--gateway %q: want unix://PATH, the gateway's socket (DATA-DIR/gateway.sock of vwire domain, or its --gateway-socket)", addr)
 	}
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("--gateway %s: %w (is vwire domain running with --dataplane kernel?)", addr, err)
 	}
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(handover.HandNS(ns)))
+}
+
+// workloadNS is what a workload command hands its gateway: nothing when
+// --netns names the namespace, else its own (a sidecar sharing the
+// workload's network namespace, in a container or a pod).
+func workloadNS(netns string) (*os.File, error) {
+	if netns != "" {
+		return nil, kernel.CheckNamespace(netns)
+	}
+	return handover.OwnNamespace()
 }
 
 func newEndpointCmd() *cobra.Command {
 	var gw, name, service, labels, cidr, netns, payload, listen string
 	var lifetime time.Duration
 	cmd := &cobra.Command{
-		Use:   "endpoint --service NAME --labels k=v,... --cidr PREFIX --netns NS [--payload IP|ETHERNET]",
-		Short: "Run a network service endpoint: each connection gets an address pair from --cidr and an interface in --netns",
-		Args:  cobra.NoArgs,
+		Use:   "endpoint --service NAME --labels k=v,... --cidr PREFIX [--netns NS] [--payload IP|ETHERNET]",
+		Short: "Run a network service endpoint: each connection gets an address pair from --cidr and an interface in its network namespace",
+		Long: `Run a network service endpoint: each connection gets an address pair from
+--cidr and an interface in the endpoint's network namespace: --netns NS on a
+host, or by default its own (a sidecar sharing the workload's namespace, in a
+container or a pod), which it hands to the gateway over its socket.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if service == "" || cidr == "" || netns == "" {
-				return usagef("--service, --cidr and --netns are required")
+			if service == "" || cidr == "" {
+				return usagef("--service and --cidr are required")
 			}
 			if n, err := registry.ParseName(service); err != nil || n.Domain != "" {
 				return usagef("--service %q: a service of this domain, without @DOMAIN (%v)", service, err)
@@ -62,7 +77,8 @@ func newEndpointCmd() *cobra.Command {
 			if err != nil {
 				return usagef("--labels: %v", err)
 			}
-			if err := kernel.CheckNamespace(netns); err != nil {
+			ns, err := workloadNS(netns)
+			if err != nil {
 				return err
 			}
 			ep, err := endpoint.New(cidr, netns, strings.ToUpper(payload))
@@ -81,7 +97,7 @@ func newEndpointCmd() *cobra.Command {
 			if !ok {
 				return usagef("--listen %q: want unix://PATH", listen)
 			}
-			conn, err := dialGateway(gw)
+			conn, err := dialGateway(gw, nil) // its registration names no namespace
 			if err != nil {
 				return err
 			}
@@ -95,7 +111,8 @@ func newEndpointCmd() *cobra.Command {
 				return fmt.Errorf("--listen: %w", err)
 			}
 			defer os.Remove(path)
-			srv := grpc.NewServer()
+			// The gateway that dials it takes its namespace from the socket.
+			srv := grpc.NewServer(grpc.Creds(handover.HandNS(ns)))
 			proxypb.RegisterNetworkServiceServer(srv, ep)
 			go srv.Serve(lis)
 			defer srv.Stop()
@@ -106,8 +123,12 @@ func newEndpointCmd() *cobra.Command {
 				return fmt.Errorf("registering endpoint %s: %s", name, describe(err))
 			}
 			defer reg.Close()
+			where := netns
+			if where == "" {
+				where = "this network namespace"
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "vwire endpoint %s of %s ready in %v: addresses from %s, interfaces in %s\n",
-				name, service, time.Since(begin).Round(time.Millisecond), cidr, netns)
+				name, service, time.Since(begin).Round(time.Millisecond), cidr, where)
 			<-cmd.Context().Done()
 			return nil
 		},
@@ -118,7 +139,7 @@ func newEndpointCmd() *cobra.Command {
 	f.StringVar(&service, "service", "", "the network service it provides")
 	f.StringVar(&labels, "labels", "", "its labels, k=v,... (matched by the service's rules)")
 	f.StringVar(&cidr, "cidr", "", "the prefix it hands address pairs out of, one per connection")
-	f.StringVar(&netns, "netns", "", "the network namespace (name or path) its interfaces go in")
+	f.StringVar(&netns, "netns", "", "the network namespace (name or path) its interfaces go in (default: its own, handed to the gateway)")
 	f.StringVar(&payload, "payload", "IP", "IP or ETHERNET: what the service carries")
 	f.StringVar(&listen, "listen", "", "its own socket, which the gateway calls (default: beside the gateway's, endpoints/NAME.sock)")
 	f.DurationVar(&lifetime, "lifetime", 0, "how long its registration lives unless refreshed (default: the registry's)")
@@ -130,15 +151,16 @@ func newConnectCmd() *cobra.Command {
 	var once bool
 	var probe time.Duration
 	cmd := &cobra.Command{
-		Use:   "connect SERVICE[@DOMAIN] --labels k=v,... --netns NS [--once] [-o json]",
+		Use:   "connect SERVICE[@DOMAIN] --labels k=v,... [--netns NS] [--once] [-o json]",
 		Short: "Request a vWire into a network namespace and keep it up (refresh, heal) until stopped",
-		Args:  cobra.ExactArgs(1),
+		Long: `Request a vWire and keep it up (refresh, heal) until stopped. Its interface
+goes into --netns NS on a host, or by default into this process's own network
+namespace (a sidecar sharing the workload's, in a container or a pod), which
+it hands to the gateway over its socket.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := registry.ParseName(args[0]); err != nil {
 				return usagef("%v", err)
-			}
-			if netns == "" {
-				return usagef("--netns is required: the network namespace the interface goes in")
 			}
 			if output != "text" && output != "json" {
 				return usagef("-o %q: want text or json", output)
@@ -147,7 +169,11 @@ func newConnectCmd() *cobra.Command {
 			if err != nil {
 				return usagef("--labels: %v", err)
 			}
-			conn, err := dialGateway(gw)
+			ns, err := workloadNS(netns)
+			if err != nil {
+				return err
+			}
+			conn, err := dialGateway(gw, ns)
 			if err != nil {
 				return err
 			}
@@ -207,7 +233,7 @@ func newConnectCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&gw, "gateway", defaultGateway, "the node's gateway socket")
 	f.StringVar(&labels, "labels", "", "the client's labels, k=v,... (matched by the service's rules)")
-	f.StringVar(&netns, "netns", "", "the network namespace (name or path) the interface goes in")
+	f.StringVar(&netns, "netns", "", "the network namespace (name or path) the interface goes in (default: its own, handed to the gateway)")
 	f.StringVar(&iface, "interface", dataplane.DefaultInterface, "the interface's name in that namespace")
 	f.BoolVar(&once, "once", false, "set the vWire up, print it and exit, leaving it in place until it expires or vwire close")
 	f.StringVarP(&output, "output", "o", "text", "text or json (one event a line)")

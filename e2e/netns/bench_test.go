@@ -18,10 +18,10 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/vwire/vwire/client"
 	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/gateway/handover"
 	"github.com/vwire/vwire/gateway/kernel"
 	"github.com/vwire/vwire/internal/proc"
 	"github.com/vwire/vwire/proxy/proxypb"
@@ -49,7 +49,7 @@ func benchWorld(b *testing.B) *world {
 
 // gatewayClient talks to domain d's gateway as a workload does.
 func (w *world) gatewayClient(d string) proxypb.NetworkServiceClient {
-	conn, err := grpc.NewClient("unix://"+filepath.Join(w.domains[d].data, "gateway.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+filepath.Join(w.domains[d].data, "gateway.sock"), grpc.WithTransportCredentials(handover.HandNS(nil))) // requests name their namespace
 	if err != nil {
 		w.t.Fatal(err)
 	}

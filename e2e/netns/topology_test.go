@@ -210,8 +210,22 @@ type connection struct {
 func (w *world) connect(d, service, netns string, args ...string) *connection {
 	w.t.Helper()
 	h := w.domains[d]
-	cmd := inNS(h.ns, append([]string{w.bin, "connect", service, "--netns", netns, "-o", "json",
-		"--gateway", "unix://" + filepath.Join(h.data, "gateway.sock")}, args...)...)
+	return w.run(inNS(h.ns, append([]string{w.bin, "connect", service, "--netns", netns, "-o", "json",
+		"--gateway", "unix://" + filepath.Join(h.data, "gateway.sock")}, args...)...), service)
+}
+
+// connectFrom runs `vwire connect` inside workload namespace netns, as a
+// sidecar in a container does: it hands its own namespace to domain d's
+// gateway.
+func (w *world) connectFrom(d, service, netns string, args ...string) *connection {
+	w.t.Helper()
+	return w.run(inNS(netns, append([]string{w.bin, "connect", service, "-o", "json",
+		"--gateway", "unix://" + filepath.Join(w.domains[d].data, "gateway.sock")}, args...)...), service)
+}
+
+// run starts a `vwire connect` and waits for its vWire.
+func (w *world) run(cmd *exec.Cmd, service string) *connection {
+	w.t.Helper()
 	c := &connection{events: make(chan event, 100)}
 	first := true
 	each := func(line string) {

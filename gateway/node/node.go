@@ -18,6 +18,7 @@ import (
 
 	"github.com/vwire/vwire/gateway"
 	"github.com/vwire/vwire/gateway/dataplane"
+	"github.com/vwire/vwire/gateway/handover"
 	"github.com/vwire/vwire/gateway/kernel"
 	"github.com/vwire/vwire/registry/registrypb"
 )
@@ -26,6 +27,7 @@ import (
 type Config struct {
 	Node           string
 	DataDir        string // state in DataDir/gateway, workloads' socket DataDir/gateway.sock
+	Socket         string // the workloads' socket instead, when set
 	GatewayAddress string // the tunnel address; "": the default route's interface's
 	Keep           bool   // leave the ends programmed on Close
 	IntraDomain    string // the tunnel of IP vWires within the domain: vxlan or wireguard
@@ -99,15 +101,21 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	n.Addr, n.OuterMTU, n.Endpoint = addr, mtu, cfg.Endpoint
 	n.SpiffeID, n.URL, n.IntraDomain = cfg.SpiffeID, cfg.URL, cfg.IntraDomain
+	n.Pins, n.CheckNamespace = &handover.Pins{Dir: filepath.Join(dir, "netns")}, handover.CheckPath
+	n.SweepPins()
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	go func() { defer close(n.done); n.Run(ctx) }()
 	s := &gateway.Server{G: n.Gateway, TD: cfg.TD, Proxy: cfg.Proxy, Check: kernel.CheckWorkload, SpiffeID: cfg.SpiffeID}
-	if n.srv, _, err = s.Listen(Socket(cfg.DataDir)); err != nil {
+	sock := cfg.Socket
+	if sock == "" {
+		sock = Socket(cfg.DataDir)
+	}
+	if n.srv, _, err = s.Listen(sock); err != nil {
 		n.Close()
 		return nil, err
 	}
-	log.Info("gateway programming its vWires", "node", cfg.Node, "tunnel_address", addr, "outer_mtu", mtu, "public_key", n.PublicKey())
+	log.Info("gateway programming its vWires", "node", cfg.Node, "tunnel_address", addr, "outer_mtu", mtu, "public_key", n.PublicKey(), "socket", sock)
 	return n, nil
 }
 
