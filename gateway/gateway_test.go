@@ -16,8 +16,8 @@ import (
 
 	"github.com/vwire/vwire/endpoint"
 	"github.com/vwire/vwire/gateway/dataplane"
-	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/gateway/handover"
+	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry/registrypb"
 )
