@@ -9,7 +9,7 @@ export VWIRE_TOOLS_BIN
 
 PROTOS := registry/registrypb/registry.proto proxy/proxypb/networkservice.proto federation/federationpb/federation.proto
 
-.PHONY: all build run demo test test-short bench generate verify fix tools clean
+.PHONY: all build run demo test test-short bench generate verify fix tools clean image images
 
 all: build
 
@@ -35,6 +35,17 @@ test-short:
 # docs/benchmarks.txt). BENCH=quick is a short smoke run.
 bench: tools
 	$(GO) run ./e2e/bench
+
+# The vwire image, vwire:dev (VWIRE_IMAGE overrides): a static binary FROM
+# scratch, built locally; every role.
+image:
+	./deploy/image/build.sh vwire
+
+# Every image the compose deployments and their tests use: vwire, etcd
+# (from the cached tool), and the example workload (Debian, debootstrap).
+images: image
+	./deploy/image/build.sh etcd
+	./deploy/image/build.sh workload
 
 # Real component binaries the tests run, cached by version (e2e/tools).
 tools:

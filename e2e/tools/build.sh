@@ -12,30 +12,34 @@ here=$(cd "$(dirname "$0")" && pwd)
 bin=${VWIRE_TOOLS_BIN:-$HOME/.cache/vwire/tools}
 mkdir -p "$bin"
 
-# build NAME DIR MODULE PACKAGE: $bin/NAME-VERSION, linked as $bin/NAME,
-# where VERSION is what DIR/go.mod pins for MODULE.
+# build NAME DIR MODULE PACKAGE [static]: $bin/NAME-VERSION, linked as
+# $bin/NAME, where VERSION is what DIR/go.mod pins for MODULE. "static"
+# builds without cgo (NAME-VERSION-static), for images FROM scratch.
 build() {
-	local name=$1 dir=$here/$2 module=$3 pkg=$4
-	local version
+	local name=$1 dir=$here/$2 module=$3 pkg=$4 static=${5:-}
+	local version cgo=1 suffix=""
 	version=$(cd "$dir" && go list -m -f '{{.Version}}' "$module")
-	local out="$bin/$name-$version"
+	if [ "$static" = static ]; then cgo=0 suffix=-static; fi
+	local out="$bin/$name-$version$suffix"
 	if [ ! -x "$out" ]; then
-		echo "building $name $version (once; cached in $bin)" >&2
+		echo "building $name $version$suffix (once; cached in $bin)" >&2
 		local start=$SECONDS
-		(cd "$dir" && go build -o "$out.tmp" "$pkg")
+		(cd "$dir" && CGO_ENABLED=$cgo go build -trimpath -o "$out.tmp" "$pkg")
 		mv "$out.tmp" "$out"
-		echo "built $name $version in $((SECONDS - start))s" >&2
+		echo "built $name $version$suffix in $((SECONDS - start))s" >&2
 	fi
-	ln -sfn "$name-$version" "$bin/$name"
+	ln -sfn "$name-$version$suffix" "$bin/$name"
 }
 
 tools=("$@")
 want_tool() { [ ${#tools[@]} -eq 0 ] || [[ " ${tools[*]} " == *" $1 "* ]]; }
 
-want_tool etcd && build etcd etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3
+# etcd and CoreDNS are static: the compose tests run them in images FROM
+# scratch.
+want_tool etcd && build etcd etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 static
 # SPIRE: ~15 min and ~3.6 GB the first time (cgo, sqlite3).
 want_tool spire-server && build spire-server spire github.com/spiffe/spire github.com/spiffe/spire/cmd/spire-server
 want_tool spire-agent && build spire-agent spire github.com/spiffe/spire github.com/spiffe/spire/cmd/spire-agent
 # CoreDNS: ~6 min the first time; its etcd plugin serves what vwire publishes.
-want_tool coredns && build coredns coredns github.com/coredns/coredns github.com/coredns/coredns
+want_tool coredns && build coredns coredns github.com/coredns/coredns github.com/coredns/coredns static
 exit 0
