@@ -64,6 +64,9 @@ type Config struct {
 	DNSEtcdEndpoints []string
 	// DNSTTL is the published records' TTL (and their lease's).
 	DNSTTL time.Duration
+	// DNSStaleMax bounds how long after its TTL a peer's last DNS answer
+	// is used while DNS fails (RFC 8767); 0: never.
+	DNSStaleMax time.Duration
 	// ConnectionLifetime is how long a connection lives unless refreshed.
 	ConnectionLifetime time.Duration
 	// Dataplane programs the vWires' ends, when a program that embeds a
@@ -106,6 +109,7 @@ func NewConfig() *Config {
 		RotationPropagation: 2 * federation.DefaultRefreshHint,
 		RotationOverlap:     federation.DefaultSVIDLifetime + time.Minute,
 		DNSTTL:              30 * time.Second,
+		DNSStaleMax:         proxy.DefaultStaleMax,
 		ConnectionLifetime:  proxy.DefaultConnectionLifetime,
 	}
 }
@@ -123,6 +127,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.PublishDNS, "publish-dns", c.PublishDNS, `"etcd": keep this domain's DNS records in etcd for CoreDNS's etcd plugin`)
 	fs.StringSliceVar(&c.DNSEtcdEndpoints, "dns-etcd-endpoints", c.DNSEtcdEndpoints, "the etcd CoreDNS reads (default: this domain's etcd)")
 	fs.DurationVar(&c.DNSTTL, "dns-ttl", c.DNSTTL, "TTL of the published DNS records (and of their etcd lease)")
+	fs.DurationVar(&c.DNSStaleMax, "dns-stale-max", c.DNSStaleMax, "while DNS fails, use a peer's last answer up to this long after its TTL (0: never)")
 	fs.DurationVar(&c.ConnectionLifetime, "connection-lifetime", c.ConnectionLifetime, "how long a connection lives unless its client refreshes it")
 	fs.StringVar(&c.DataplaneKind, "dataplane", c.DataplaneKind, `the gateway's data plane: "kernel" (veth, WireGuard, VXLAN; needs root), "none" (control plane only), or "auto" (kernel as root, else none)`)
 	fs.StringVar(&c.GatewayAddress, "gateway-address", c.GatewayAddress, "the gateway's tunnel address, which peer gateways send to (default: the default route's interface address)")
@@ -166,6 +171,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PublishDNS != "" && c.PublishDNS != "etcd" {
 		return fmt.Errorf("--publish-dns %q: the only publisher is etcd", c.PublishDNS)
+	}
+	if c.DNSStaleMax < 0 {
+		return fmt.Errorf("--dns-stale-max %v: 0 or more", c.DNSStaleMax)
 	}
 	if c.DNSTTL < 2*time.Second {
 		return fmt.Errorf("--dns-ttl %v: at least 2s (etcd leases have whole seconds)", c.DNSTTL)
@@ -331,6 +339,7 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	}
 
 	resolver := proxy.NewResolver(cfg.DNSServer)
+	resolver.StaleMax = cfg.DNSStaleMax
 	fed := &federation.Service{Own: td, Peers: d.Peers, CA: d.Identity.CA,
 		Propagation: cfg.RotationPropagation, Overlap: cfg.RotationOverlap, ValidateDomain: registry.ValidateDomain,
 		LocateBundleEndpoint: func(ctx context.Context, domain string) (string, error) {

@@ -57,6 +57,13 @@ func (z *Zone) Add(t testing.TB, records ...string) {
 	}
 }
 
+// Remove removes the records of name (with a final dot) and type.
+func (z *Zone) Remove(name, typ string) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	delete(z.records, name+"/"+typ)
+}
+
 // Glue makes SRV answers carry their targets' A records.
 func (z *Zone) Glue() { z.mu.Lock(); z.glue = true; z.mu.Unlock() }
 

@@ -46,6 +46,12 @@ func (t Target) Addresses() []string {
 // the server sends them, else asked for), ordered by RFC 2782 priority and
 // weight. Answers are cached for their TTL, negative answers for
 // NegativeTTL; a truncated UDP answer is asked again over TCP.
+//
+// When the DNS server cannot be asked or fails (not when it says a name
+// does not exist), the last answer, if it expired less than StaleMax ago,
+// is used instead, as RFC 8767 lets resolvers do; after such a failure the stale
+// answer is used without asking again for StaleRecheck, so that an outage
+// does not cost every request a DNS timeout.
 type Resolver struct {
 	// Server is the DNS server (host:port); empty: the first nameserver of
 	// /etc/resolv.conf.
@@ -54,6 +60,12 @@ type Resolver struct {
 	NegativeTTL time.Duration
 	// Timeout bounds each DNS exchange.
 	Timeout time.Duration
+	// StaleMax bounds how long after its expiry an answer may stand in
+	// for one DNS cannot give (0: never).
+	StaleMax time.Duration
+	// StaleRecheck is how long a stale answer is used before DNS is asked
+	// again.
+	StaleRecheck time.Duration
 
 	now func() time.Time
 	mu  sync.Mutex
@@ -66,11 +78,19 @@ type cached struct {
 	extra   []dns.RR
 	rcode   int
 	expires time.Time
+	recheck time.Time // while stale: when to ask DNS again
 }
+
+// Defaults of a Resolver's stale answers.
+const (
+	DefaultStaleMax     = time.Hour
+	DefaultStaleRecheck = 30 * time.Second
+)
 
 // NewResolver returns a Resolver that asks server (empty: the system's).
 func NewResolver(server string) *Resolver {
-	return &Resolver{Server: server, NegativeTTL: 5 * time.Second, Timeout: 3 * time.Second, now: time.Now, cache: map[string]cached{}}
+	return &Resolver{Server: server, NegativeTTL: 5 * time.Second, Timeout: 3 * time.Second,
+		StaleMax: DefaultStaleMax, StaleRecheck: DefaultStaleRecheck, now: time.Now, cache: map[string]cached{}}
 }
 
 func (r *Resolver) server() (string, error) {
@@ -91,29 +111,23 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (cached
 	r.mu.Lock()
 	c, ok := r.cache[key]
 	r.mu.Unlock()
-	if ok && r.now().Before(c.expires) {
+	now := r.now()
+	if ok && (now.Before(c.expires) || now.Before(c.recheck)) {
 		return c, nil
 	}
-	server, err := r.server()
+	resp, err := r.ask(ctx, name, qtype)
 	if err != nil {
+		// DNS failed: a known answer stands in, for a while.
+		if ok && now.Before(c.expires.Add(r.StaleMax)) {
+			c.recheck = now.Add(r.StaleRecheck)
+			r.mu.Lock()
+			r.cache[key] = c
+			r.mu.Unlock()
+			return c, nil
+		}
 		return cached{}, err
 	}
-	msg := new(dns.Msg)
-	msg.SetQuestion(name, qtype)
-	msg.RecursionDesired = true
-	resp, err := r.exchange(ctx, "udp", msg, server)
-	if err == nil && resp.Truncated {
-		resp, err = r.exchange(ctx, "tcp", msg, server)
-	}
-	if err != nil {
-		return cached{}, fmt.Errorf("%w: asking %s for %s %s: %v", ErrDNS, server, name, dns.TypeToString[qtype], err)
-	}
 	c = cached{rcode: resp.Rcode, extra: resp.Extra}
-	switch resp.Rcode {
-	case dns.RcodeSuccess, dns.RcodeNameError:
-	default:
-		return cached{}, fmt.Errorf("%w: %s answered %s for %s %s", ErrDNS, server, dns.RcodeToString[resp.Rcode], name, dns.TypeToString[qtype])
-	}
 	ttl := r.NegativeTTL
 	for _, rr := range resp.Answer {
 		if rr.Header().Rrtype != qtype {
@@ -129,6 +143,30 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (cached
 	r.cache[key] = c
 	r.mu.Unlock()
 	return c, nil
+}
+
+// ask asks the DNS server for name and type; anything but an answer or
+// "no such name" is an ErrDNS.
+func (r *Resolver) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+	server, err := r.server()
+	if err != nil {
+		return nil, err
+	}
+	msg := new(dns.Msg)
+	msg.SetQuestion(name, qtype)
+	msg.RecursionDesired = true
+	resp, err := r.exchange(ctx, "udp", msg, server)
+	if err == nil && resp.Truncated {
+		resp, err = r.exchange(ctx, "tcp", msg, server)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: asking %s for %s %s: %v", ErrDNS, server, name, dns.TypeToString[qtype], err)
+	}
+	switch resp.Rcode {
+	case dns.RcodeSuccess, dns.RcodeNameError:
+		return resp, nil
+	}
+	return nil, fmt.Errorf("%w: %s answered %s for %s %s", ErrDNS, server, dns.RcodeToString[resp.Rcode], name, dns.TypeToString[qtype])
 }
 
 // exchange asks server once over TCP, and over UDP up to three times

@@ -189,3 +189,49 @@ func TestLookupRetriesALostQuery(t *testing.T) {
 		t.Fatalf("after a lost query: %v, %v", hosts(ts), err)
 	}
 }
+
+// During a DNS outage a domain looked up before is still found from its
+// last answer, up to StaleMax after it expired, without a DNS timeout per
+// look-up; a domain never looked up fails; so does one whose answer is
+// older than StaleMax. "No such name" is believed, not replaced.
+func TestLookupServesStale(t *testing.T) {
+	z := newZone(t, "_vwire._tcp.b.example. 30 IN SRV 10 100 7001 p1.b.example.", "p1.b.example. 30 IN A 127.0.0.11")
+	r := NewResolver(z.Addr)
+	r.Timeout, r.StaleMax, r.StaleRecheck = 300*time.Millisecond, time.Hour, 30*time.Second
+	now := time.Now()
+	r.now = func() time.Time { return now }
+	if _, err := r.Lookup(context.Background(), "b.example"); err != nil {
+		t.Fatal(err)
+	}
+	z.Silence(true)
+	now = now.Add(10 * time.Minute) // long past the 30 s TTL
+	ts, err := r.Lookup(context.Background(), "b.example")
+	if err != nil || hosts(ts) != "p1.b.example" || ts[0].Addresses()[0] != "127.0.0.11:7001" {
+		t.Fatalf("a known domain during the outage: %v, %v", ts, err)
+	}
+	asked := z.Asked("", "_vwire._tcp.b.example./SRV")
+	if _, err := r.Lookup(context.Background(), "b.example"); err != nil || z.Asked("", "_vwire._tcp.b.example./SRV") != asked {
+		t.Errorf("within the recheck time the stale answer is used without asking: %v, asked %d then %d", err, asked, z.Asked("", "_vwire._tcp.b.example./SRV"))
+	}
+	if _, err := r.Lookup(context.Background(), "c.example"); !errors.Is(err, ErrDNS) {
+		t.Errorf("a domain never looked up, during the outage: %v", err)
+	}
+	now = now.Add(2 * time.Hour) // past StaleMax
+	if _, err := r.Lookup(context.Background(), "b.example"); !errors.Is(err, ErrDNS) {
+		t.Errorf("an answer older than StaleMax: %v", err)
+	}
+
+	// DNS answers again, and says the domain is gone: that is believed.
+	z2 := newZone(t)
+	r2 := NewResolver(z2.Addr)
+	r2.now = func() time.Time { return now }
+	z2.Add(t, "_vwire._tcp.d.example. 1 IN SRV 10 100 7001 p1.d.example.", "p1.d.example. 1 IN A 127.0.0.12")
+	if _, err := r2.Lookup(context.Background(), "d.example"); err != nil {
+		t.Fatal(err)
+	}
+	z2.Remove("_vwire._tcp.d.example.", "SRV")
+	now = now.Add(time.Minute)
+	if _, err := r2.Lookup(context.Background(), "d.example"); !errors.Is(err, ErrUnknownDomain) {
+		t.Errorf("a domain DNS says is gone: %v", err)
+	}
+}
