@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,13 +54,20 @@ type Peers struct {
 	followers map[string]*Follower
 	watchers  []func(domain string)
 	closed    bool
+
+	stopWatch context.CancelFunc // the watch of other replicas' changes
+	watchDone chan struct{}
 }
 
 // peerStore keeps peer records: etcd, or a test's stand-in.
 type peerStore interface {
-	load(ctx context.Context) (map[string][]byte, error)
+	// load returns the records by key, and the store's revision.
+	load(ctx context.Context) (map[string][]byte, int64, error)
 	put(ctx context.Context, domain string, record []byte) error
 	delete(ctx context.Context, domain string) error
+	// watch calls f with the domain of each record put (rec) or deleted
+	// (nil) after revision rev, until ctx ends or the watch fails.
+	watch(ctx context.Context, rev int64, f func(domain string, rec []byte)) error
 }
 
 type etcdPeers struct {
@@ -67,16 +75,36 @@ type etcdPeers struct {
 	prefix string
 }
 
-func (s etcdPeers) load(ctx context.Context) (map[string][]byte, error) {
+func (s etcdPeers) load(ctx context.Context) (map[string][]byte, int64, error) {
 	resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	out := map[string][]byte{}
 	for _, kv := range resp.Kvs {
 		out[string(kv.Key)] = kv.Value
 	}
-	return out, nil
+	return out, resp.Header.Revision, nil
+}
+
+func (s etcdPeers) watch(ctx context.Context, rev int64, f func(domain string, rec []byte)) error {
+	for resp := range s.cli.Watch(clientv3.WithRequireLeader(ctx), s.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		for _, ev := range resp.Events {
+			domain := strings.TrimPrefix(string(ev.Kv.Key), s.prefix)
+			if ev.Type == clientv3.EventTypeDelete {
+				f(domain, nil)
+			} else {
+				f(domain, ev.Kv.Value)
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return errors.New("the watch ended")
 }
 
 func (s etcdPeers) put(ctx context.Context, domain string, record []byte) error {
@@ -108,7 +136,7 @@ func OpenPeers(ctx context.Context, cli *clientv3.Client, domain string, trust *
 
 func openPeers(ctx context.Context, store peerStore, trust *Trust, bundles x509bundle.Source, log *slog.Logger) (*Peers, error) {
 	p := &Peers{store: store, trust: trust, bundles: bundles, log: log, peers: map[string]Peer{}, followers: map[string]*Follower{}}
-	records, err := store.load(ctx)
+	records, rev, err := store.load(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("loading federation peers: %w", err)
 	}
@@ -118,35 +146,112 @@ func openPeers(ctx context.Context, store peerStore, trust *Trust, bundles x509b
 	}
 	sort.Strings(keys)
 	for _, key := range keys {
-		var rec peerRecord
-		if err := json.Unmarshal(records[key], &rec); err != nil {
-			return nil, fmt.Errorf("corrupt peer record %s: %w", key, err)
-		}
-		peer, err := rec.peer()
+		peer, bundle, err := parseRecord(records[key])
 		if err != nil {
 			return nil, fmt.Errorf("peer record %s: %w", key, err)
-		}
-		bundle, err := spiffebundle.Parse(peer.TrustDomain, rec.Bundle)
-		if err != nil {
-			return nil, fmt.Errorf("peer record %s: bundle: %w", key, err)
 		}
 		// A record an older vwire stored may break today's rules (an
 		// http:// endpoint, a shared trust domain), and an expired bundle
 		// must not stop the domain: say so and leave the peer to be added
 		// again.
-		if err := p.check(peer); err != nil {
+		if err := p.install(peer, bundle); err != nil {
 			log.Error("federation peer not resumed; add it again", "peer", peer.Domain, "err", err)
-			continue
 		}
-		f, err := p.follower(peer, bundle)
-		if err != nil {
-			log.Error("federation peer not resumed; add it again", "peer", peer.Domain, "err", err)
-			continue
-		}
-		p.peers[peer.Domain], p.followers[peer.Domain] = peer, f
-		f.Start()
 	}
+	watchCtx, cancel := context.WithCancel(context.Background())
+	p.stopWatch, p.watchDone = cancel, make(chan struct{})
+	go p.follow(watchCtx, rev)
 	return p, nil
+}
+
+func parseRecord(raw []byte) (Peer, *spiffebundle.Bundle, error) {
+	var rec peerRecord
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return Peer{}, nil, fmt.Errorf("corrupt: %w", err)
+	}
+	peer, err := rec.peer()
+	if err != nil {
+		return Peer{}, nil, err
+	}
+	bundle, err := spiffebundle.Parse(peer.TrustDomain, rec.Bundle)
+	if err != nil {
+		return Peer{}, nil, fmt.Errorf("bundle: %w", err)
+	}
+	return peer, bundle, nil
+}
+
+// follow applies what other processes sharing the store (replicated
+// proxies of the domain) change, until ctx ends; this process's own
+// changes come back too and change nothing.
+func (p *Peers) follow(ctx context.Context, rev int64) {
+	defer close(p.watchDone)
+	for ctx.Err() == nil {
+		err := p.store.watch(ctx, rev, p.applyStored)
+		if ctx.Err() != nil {
+			return
+		}
+		p.log.Warn("watching federation peers failed; loading them again", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		records, r, err := p.store.load(ctx)
+		if err != nil {
+			continue
+		}
+		rev = r
+		stored := map[string]bool{}
+		for _, raw := range records {
+			if peer, _, err := parseRecord(raw); err == nil {
+				stored[peer.Domain] = true
+				p.applyStored(peer.Domain, raw)
+			}
+		}
+		for _, st := range p.List() {
+			if !stored[st.Domain] {
+				p.applyStored(st.Domain, nil)
+			}
+		}
+	}
+}
+
+// applyStored makes the peer of domain what the store says (nil: none).
+func (p *Peers) applyStored(domain string, raw []byte) {
+	p.change.Lock()
+	defer p.change.Unlock()
+	if p.closed {
+		return
+	}
+	p.mu.RLock()
+	cur, had := p.peers[domain]
+	p.mu.RUnlock()
+	if raw == nil {
+		if had {
+			p.uninstall(domain)
+			p.log.Info("no longer federating with a peer (removed by another replica)", "peer", domain)
+		}
+		return
+	}
+	peer, bundle, err := parseRecord(raw)
+	if err != nil || peer.Domain != domain {
+		p.log.Error("ignoring a stored federation peer", "peer", domain, "err", err)
+		return
+	}
+	if had && cur == peer {
+		// The same peer with a bundle another replica fetched.
+		if p.trust != nil {
+			if usable, err := ValidateBundle(bundle, peer.TrustDomain, time.Now()); err == nil {
+				p.trust.Set(usable.X509Bundle())
+			}
+		}
+		return
+	}
+	if err := p.install(peer, bundle); err != nil {
+		p.log.Error("ignoring a stored federation peer", "peer", domain, "err", err)
+		return
+	}
+	p.log.Info("federating with a peer (added by another replica)", "peer", domain, "trust_domain", peer.TrustDomain.Name())
 }
 
 func (r peerRecord) peer() (Peer, error) {
@@ -227,6 +332,60 @@ func (p *Peers) check(peer Peer) error {
 	return nil
 }
 
+// install makes peer, with bundle to start from, the one of its domain
+// (held: change). The old follower stops before the new one starts: it can
+// neither overwrite the new record nor set its trust domain's bundle again;
+// a trust domain the domain no longer uses is no longer trusted.
+func (p *Peers) install(peer Peer, bundle *spiffebundle.Bundle) error {
+	if err := p.check(peer); err != nil {
+		return err
+	}
+	if p.trust != nil {
+		if _, err := ValidateBundle(bundle, peer.TrustDomain, time.Now()); err != nil {
+			return err
+		}
+	}
+	p.mu.RLock()
+	old, had := p.peers[peer.Domain]
+	oldFollower := p.followers[peer.Domain]
+	p.mu.RUnlock()
+	if oldFollower != nil {
+		oldFollower.Close()
+	}
+	f, err := p.follower(peer, bundle)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.peers[peer.Domain], p.followers[peer.Domain] = peer, f
+	p.mu.Unlock()
+	if had && old.TrustDomain != peer.TrustDomain && p.trust != nil {
+		p.trust.Remove(old.TrustDomain)
+	}
+	if f != nil {
+		f.Start()
+	}
+	p.changed(peer.Domain)
+	return nil
+}
+
+// uninstall forgets the peer of domain and its bundle (held: change).
+func (p *Peers) uninstall(domain string) {
+	p.mu.Lock()
+	peer := p.peers[domain]
+	f := p.followers[domain]
+	delete(p.peers, domain)
+	delete(p.followers, domain)
+	p.mu.Unlock()
+	if f != nil {
+		f.Close()
+	}
+	if p.trust != nil && !peer.TrustDomain.IsZero() {
+		p.trust.Remove(peer.TrustDomain)
+	}
+	p.changed(domain)
+}
+
 // Add federates with peer, starting from the bootstrap bundle (SPIFFE
 // format or PEM). Adding a known domain again replaces its configuration.
 // Nothing is stored or changed when the peer or the bundle is refused, or
@@ -257,29 +416,9 @@ func (p *Peers) Add(ctx context.Context, peer Peer, bootstrap []byte) error {
 	if err := p.store.put(ctx, peer.Domain, rec); err != nil {
 		return fmt.Errorf("storing peer %q: %w", peer.Domain, err)
 	}
-	// The old follower stops before the new one starts: it can neither
-	// overwrite the new record nor set its trust domain's bundle again.
-	p.mu.RLock()
-	old, had := p.peers[peer.Domain]
-	oldFollower := p.followers[peer.Domain]
-	p.mu.RUnlock()
-	if oldFollower != nil {
-		oldFollower.Close()
-	}
-	f, err := p.follower(peer, bundle)
-	if err != nil { // validated above; only the clock could have moved
+	if err := p.install(peer, bundle); err != nil { // checked above; only the clock could have moved
 		return fmt.Errorf("%w: %v", ErrBadPeer, err)
 	}
-	p.mu.Lock()
-	p.peers[peer.Domain], p.followers[peer.Domain] = peer, f
-	p.mu.Unlock()
-	if had && old.TrustDomain != peer.TrustDomain && p.trust != nil {
-		p.trust.Remove(old.TrustDomain)
-	}
-	if f != nil {
-		f.Start()
-	}
-	p.changed(peer.Domain)
 	p.log.Info("federating with a peer", "peer", peer.Domain, "trust_domain", peer.TrustDomain.Name(), "bundle_endpoint", peer.BundleEndpointURL)
 	return nil
 }
@@ -322,18 +461,7 @@ func (p *Peers) Remove(ctx context.Context, domain string) error {
 	if err := p.store.delete(ctx, domain); err != nil {
 		return fmt.Errorf("forgetting peer %q: %w", domain, err)
 	}
-	p.mu.Lock()
-	f := p.followers[domain]
-	delete(p.peers, domain)
-	delete(p.followers, domain)
-	p.mu.Unlock()
-	if f != nil {
-		f.Close()
-	}
-	if p.trust != nil {
-		p.trust.Remove(peer.TrustDomain)
-	}
-	p.changed(domain)
+	p.uninstall(domain)
 	p.log.Info("no longer federating with a peer", "peer", domain, "trust_domain", peer.TrustDomain.Name())
 	return nil
 }
@@ -434,6 +562,10 @@ func (p *Peers) AllowsWorkloads(td spiffeid.TrustDomain) bool {
 
 // Close stops following; the peers stay stored.
 func (p *Peers) Close() {
+	if p.stopWatch != nil {
+		p.stopWatch()
+		<-p.watchDone
+	}
 	p.change.Lock()
 	defer p.change.Unlock()
 	p.mu.Lock()

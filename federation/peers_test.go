@@ -19,28 +19,42 @@ import (
 
 var tdA = spiffeid.RequireTrustDomainFromString("a.example")
 
-// memStore keeps peer records in memory. With stall armed, the next put
-// waits until the test releases it or its context ends.
+// memStore keeps peer records in memory and tells watchers of changes.
+// With stall armed, the next put waits until the test releases it or its
+// context ends.
 type memStore struct {
 	mu      sync.Mutex
 	recs    map[string][]byte
+	log     []memEvent    // every change, in order; revision = index+1
+	changed chan struct{} // closed and replaced at each change
 	stall   chan struct{} // armed: the next put waits for it
 	stalled chan struct{} // closed when that put is waiting
 	result  chan error    // what that put returned
 }
 
-func newMemStore() *memStore {
-	return &memStore{recs: map[string][]byte{}, result: make(chan error, 1)}
+type memEvent struct {
+	domain string
+	rec    []byte
 }
 
-func (s *memStore) load(context.Context) (map[string][]byte, error) {
+func newMemStore() *memStore {
+	return &memStore{recs: map[string][]byte{}, result: make(chan error, 1), changed: make(chan struct{})}
+}
+
+func (s *memStore) load(context.Context) (map[string][]byte, int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[string][]byte{}
 	for k, v := range s.recs {
 		out[k] = v
 	}
-	return out, nil
+	return out, int64(len(s.log)), nil
+}
+
+func (s *memStore) note(domain string, rec []byte) { // held: mu
+	s.log = append(s.log, memEvent{domain, rec})
+	close(s.changed)
+	s.changed = make(chan struct{})
 }
 
 func (s *memStore) put(ctx context.Context, domain string, rec []byte) error {
@@ -61,6 +75,7 @@ func (s *memStore) put(ctx context.Context, domain string, rec []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.recs[domain] = rec
+	s.note(domain, rec)
 	return nil
 }
 
@@ -68,7 +83,25 @@ func (s *memStore) delete(_ context.Context, domain string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.recs, domain)
+	s.note(domain, nil)
 	return nil
+}
+
+func (s *memStore) watch(ctx context.Context, rev int64, f func(string, []byte)) error {
+	for {
+		s.mu.Lock()
+		events, changed := s.log[rev:], s.changed
+		rev = int64(len(s.log))
+		s.mu.Unlock()
+		for _, ev := range events {
+			f(ev.domain, ev.rec)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
 }
 
 // arm makes the next put stall; release lets it go.
@@ -307,5 +340,68 @@ func TestHandshakesDoNotWaitOnStore(t *testing.T) {
 	release()
 	if peer, _ := p.Lookup("b.example"); !peer.TrustOnly || !strings.Contains(store.record("b.example"), `"trust_only":true`) {
 		t.Error("the new configuration is not what is used and stored")
+	}
+}
+
+// Two processes on one store (replicated proxies of one domain): what one
+// adds, changes and removes, the other follows, without writing back.
+func TestReplicasFollowEachOther(t *testing.T) {
+	store := newMemStore()
+	p1, caA := ownPeers(t, store)
+	trust2 := NewTrust(caA.Bundle())
+	p2, err := openPeers(context.Background(), store, trust2, trust2, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p2.Close)
+	changes := make(chan string, 10)
+	p2.OnChange(func(d string) { changes <- d })
+	caB, err := OpenCA(t.TempDir(), tdB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := servePeer(t, caB, ProxyID(tdB))
+	ctx := context.Background()
+	if err := p1.Add(ctx, Peer{Domain: "b.example", TrustDomain: tdB, BundleEndpointURL: ep.url}, bundleJSON(t, caB)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the other replica federates with b", func() bool {
+		_, ok := p2.Lookup("b.example")
+		return ok && p2.IsPeerProxy(ProxyID(tdB))
+	})
+	if got := <-changes; got != "b.example" {
+		t.Errorf("the other replica's pool was told of %q", got)
+	}
+	// b's new root, fetched and stored by either, is trusted by both.
+	if err := caB.Rotate(time.Hour, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	rotated := spiffebundle.FromX509Bundle(caB.Bundle())
+	rotated.SetRefreshHint(MinRefresh)
+	ep.bundle.Store(rotated)
+	eventually(t, "both trust b's new root", func() bool {
+		b1, _ := p1.trust.GetX509BundleForTrustDomain(tdB)
+		b2, _ := trust2.GetX509BundleForTrustDomain(tdB)
+		return b1 != nil && b2 != nil && len(b1.X509Authorities()) == 2 && len(b2.X509Authorities()) == 2
+	})
+	if err := p1.Add(ctx, Peer{Domain: "b.example", TrustDomain: tdB, BundleEndpointURL: ep.url, TrustOnly: true}, bundleJSON(t, caB)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the other replica takes the changed peer", func() bool { peer, _ := p2.Lookup("b.example"); return peer.TrustOnly })
+	if err := p1.Remove(ctx, "b.example"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the other replica forgets b", func() bool {
+		_, ok := p2.Lookup("b.example")
+		_, err := trust2.GetX509BundleForTrustDomain(tdB)
+		return !ok && err != nil
+	})
+	// Following wrote nothing back: p1's add, change and remove, and b's
+	// new bundle as each replica's follower fetched it (once or twice).
+	store.mu.Lock()
+	writes := len(store.log)
+	store.mu.Unlock()
+	if writes > 5 {
+		t.Errorf("%d writes to the store; a follower wrote back what it was told", writes)
 	}
 }
