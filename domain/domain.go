@@ -67,6 +67,8 @@ type Config struct {
 	// DNSStaleMax bounds how long after its TTL a peer's last DNS answer
 	// is used while DNS fails (RFC 8767); 0: never.
 	DNSStaleMax time.Duration
+	// PeerTimeout bounds how long a peer domain's proxy has to answer.
+	PeerTimeout time.Duration
 	// ConnectionLifetime is how long a connection lives unless refreshed.
 	ConnectionLifetime time.Duration
 	// Dataplane programs the vWires' ends, when a program that embeds a
@@ -110,6 +112,7 @@ func NewConfig() *Config {
 		RotationOverlap:     federation.DefaultSVIDLifetime + time.Minute,
 		DNSTTL:              30 * time.Second,
 		DNSStaleMax:         proxy.DefaultStaleMax,
+		PeerTimeout:         proxy.DefaultPeerTimeout,
 		ConnectionLifetime:  proxy.DefaultConnectionLifetime,
 	}
 }
@@ -128,6 +131,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.DNSEtcdEndpoints, "dns-etcd-endpoints", c.DNSEtcdEndpoints, "the etcd CoreDNS reads (default: this domain's etcd)")
 	fs.DurationVar(&c.DNSTTL, "dns-ttl", c.DNSTTL, "TTL of the published DNS records (and of their etcd lease)")
 	fs.DurationVar(&c.DNSStaleMax, "dns-stale-max", c.DNSStaleMax, "while DNS fails, use a peer's last answer up to this long after its TTL (0: never)")
+	fs.DurationVar(&c.PeerTimeout, "peer-timeout", c.PeerTimeout, "how long a peer domain's proxy has to answer a call before the request fails")
 	fs.DurationVar(&c.ConnectionLifetime, "connection-lifetime", c.ConnectionLifetime, "how long a connection lives unless its client refreshes it")
 	fs.StringVar(&c.DataplaneKind, "dataplane", c.DataplaneKind, `the gateway's data plane: "kernel" (veth, WireGuard, VXLAN; needs root), "none" (control plane only), or "auto" (kernel as root, else none)`)
 	fs.StringVar(&c.GatewayAddress, "gateway-address", c.GatewayAddress, "the gateway's tunnel address, which peer gateways send to (default: the default route's interface address)")
@@ -171,6 +175,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PublishDNS != "" && c.PublishDNS != "etcd" {
 		return fmt.Errorf("--publish-dns %q: the only publisher is etcd", c.PublishDNS)
+	}
+	if c.PeerTimeout < 100*time.Millisecond {
+		return fmt.Errorf("--peer-timeout %v: at least 100ms", c.PeerTimeout)
 	}
 	if c.DNSStaleMax < 0 {
 		return fmt.Errorf("--dns-stale-max %v: 0 or more", c.DNSStaleMax)
@@ -365,6 +372,7 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 		grpc.ChainStreamInterceptor(bindStream, errStream),
 	)
 	d.pool = proxy.NewPool(resolver, d.Identity, cfg.Name, d.Peers)
+	d.pool.Timeout = cfg.PeerTimeout
 	local := registry.NewServer(d.Store, td, cfg.EndpointLifetime, d.Peers, log)
 	registrypb.RegisterRegistryServer(d.srv, proxy.NewRegistry(local, cfg.Name, td, d.pool))
 	dp := cfg.Dataplane

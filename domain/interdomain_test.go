@@ -298,10 +298,10 @@ func TestPoolFollowsFederation(t *testing.T) {
 		if _, err := a.fed().RemovePeer(ctx(t), &federationpb.RemovePeerRequest{Domain: "b.example"}); err != nil {
 			t.Fatal(err)
 		}
-		// No connection is handed out: what fails is DNS, as it would for
-		// any domain never looked up.
+		// DNS's last answer still locates b, and federation refuses it: no
+		// pooled connection is handed out.
 		_, err := a.findAs(t, svc, nil)
-		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "DNS failure: asking "+zone.Addr) {
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), `domain "b.example" is not federated with "a.example"`) {
 			t.Errorf("a removed peer, DNS out: %v", err)
 		}
 	})

@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
 
 	"github.com/vwire/vwire/federation"
 )
@@ -29,6 +33,10 @@ type Pool struct {
 	src      federation.Source
 	own      string
 	peers    *federation.Peers
+	// Timeout bounds how long a peer's proxy may take to answer a call
+	// (a stream: its first answer); a peer cut off, paused or overloaded
+	// then fails the request instead of holding it.
+	Timeout time.Duration
 
 	mu    sync.Mutex
 	conns map[string]*peerConn
@@ -44,7 +52,7 @@ type peerConn struct {
 // NewPool returns a Pool that dials as src, says it speaks for own, finds
 // proxies with r and accepts the peers' trust domains from peers.
 func NewPool(r *Resolver, src federation.Source, own string, peers *federation.Peers) *Pool {
-	p := &Pool{resolver: r, src: src, own: own, peers: peers, conns: map[string]*peerConn{}}
+	p := &Pool{resolver: r, src: src, own: own, peers: peers, Timeout: DefaultPeerTimeout, conns: map[string]*peerConn{}}
 	peers.OnChange(p.forget)
 	return p
 }
@@ -105,12 +113,78 @@ func (p *Pool) Conn(ctx context.Context, domain string) (*grpc.ClientConn, error
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient("vwire-peer:///"+domain, append(opts, grpc.WithResolvers(res))...)
+	opts = append(opts, grpc.WithResolvers(res), grpc.WithChainUnaryInterceptor(p.boundUnary(domain)), grpc.WithChainStreamInterceptor(p.boundStream(domain)))
+	conn, err := grpc.NewClient("vwire-peer:///"+domain, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("peer %q: %w", domain, err)
 	}
 	p.conns[domain] = &peerConn{conn: conn, peer: peer, res: res, addrs: sorted}
 	return conn, nil
+}
+
+// DefaultPeerTimeout is how long a peer's proxy has to answer, by default.
+const DefaultPeerTimeout = 4 * time.Second
+
+// noAnswer is the error of a call the peer did not answer in time.
+func (p *Pool) noAnswer(domain string) error {
+	return status.Errorf(codes.Unavailable, "no answer from domain %q within %v (cut off, paused or overloaded?)", domain, p.Timeout)
+}
+
+// boundUnary gives each unary call to domain at most Timeout.
+func (p *Pool) boundUnary(domain string) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		bounded, cancel := context.WithTimeout(ctx, p.Timeout)
+		defer cancel()
+		err := invoker(bounded, method, req, reply, cc, opts...)
+		if err != nil && ctx.Err() == nil && bounded.Err() != nil {
+			return p.noAnswer(domain)
+		}
+		return err
+	}
+}
+
+// boundStream gives each stream to domain at most Timeout for its first
+// answer; after that it lives as long as its caller wants (a watch).
+func (p *Pool) boundStream(domain string) grpc.StreamClientInterceptor {
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		sctx, cancel := context.WithCancel(ctx)
+		b := &boundedStream{noAnswer: func() error { return p.noAnswer(domain) }, cancel: cancel, ctx: ctx}
+		b.timer = time.AfterFunc(p.Timeout, func() { b.late.Store(true); cancel() })
+		cs, err := streamer(sctx, desc, cc, method, opts...)
+		if err != nil {
+			b.timer.Stop()
+			cancel()
+			return nil, b.explain(err)
+		}
+		b.ClientStream = cs
+		return b, nil
+	}
+}
+
+type boundedStream struct {
+	grpc.ClientStream
+	ctx      context.Context // the caller's
+	cancel   context.CancelFunc
+	timer    *time.Timer
+	late     atomic.Bool
+	noAnswer func() error
+}
+
+func (b *boundedStream) explain(err error) error {
+	if b.late.Load() && b.ctx.Err() == nil {
+		return b.noAnswer()
+	}
+	return err
+}
+
+func (b *boundedStream) RecvMsg(m any) error {
+	err := b.ClientStream.RecvMsg(m)
+	b.timer.Stop() // it answered (or ended)
+	if err != nil {
+		b.cancel()
+		return b.explain(err)
+	}
+	return nil
 }
 
 // Close closes every connection.
