@@ -13,7 +13,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -32,6 +34,44 @@ type Options struct {
 	Misses        int
 	// Report is told what happens: heals, re-requests, failures.
 	Report func(Event)
+	// Reconnected, if set, signals that the connection to the gateway came
+	// back after it broke (Reconnects makes one): the gateway restarted,
+	// and the vWire is requested again at once rather than after Misses
+	// lost probes.
+	Reconnected <-chan struct{}
+}
+
+// Reconnects signals on the returned channel each time conn is ready again
+// after it was not, until ctx ends. It has an idle conn connect again, so
+// that a gateway that restarts is noticed without waiting for a call.
+func Reconnects(ctx context.Context, conn *grpc.ClientConn) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	go func() {
+		lost := false
+		for s := conn.GetState(); ; s = conn.GetState() {
+			switch s {
+			case connectivity.Ready:
+				if lost {
+					select {
+					case out <- struct{}{}:
+					default:
+					}
+				}
+				lost = false
+			case connectivity.Idle:
+				conn.Connect()
+				lost = true
+			case connectivity.Shutdown:
+				return
+			default:
+				lost = true
+			}
+			if !conn.WaitForStateChange(ctx, s) {
+				return
+			}
+		}
+	}()
+	return out
 }
 
 // Event is something the keeper noticed.
@@ -137,6 +177,11 @@ func Keep(ctx context.Context, c proxypb.NetworkServiceClient, o Options, conn *
 		case <-refresh.C:
 			again()
 			refresh.Reset(refreshIn(conn))
+		case <-o.Reconnected:
+			// The gateway restarted: what it programmed may be gone.
+			if again() {
+				retry = time.Second
+			}
 		case <-probe.C:
 			if prober == nil {
 				openProber()

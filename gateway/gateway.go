@@ -130,8 +130,48 @@ func Open(node string, backend dataplane.Backend, dir string, log *slog.Logger) 
 
 // Run reconciles until ctx ends.
 func (g *Gateway) Run(ctx context.Context) {
+	g.repin(ctx)
 	go g.learn(ctx)
 	g.reconciler.Run(ctx)
+}
+
+// repin asks the endpoints of ends whose pinned namespaces are gone (the
+// gateway restarted in a new container, whose mounts did not survive) for
+// them again; a client's end is pinned again when its client requests.
+func (g *Gateway) repin(ctx context.Context) {
+	if g.Pins == nil {
+		return
+	}
+	for _, e := range g.reconciler.Desired() {
+		if !g.Pins.Pinned(e.NetNS) || g.Pins.Live(e.NetNS) || !strings.HasPrefix(e.ID, "e-") {
+			continue
+		}
+		g.mu.Lock()
+		rec := g.records[e.ID]
+		g.mu.Unlock()
+		if rec == nil || rec.EndpointURL == "" {
+			continue
+		}
+		err := func() error {
+			ctx, cancel := context.WithTimeout(ctx, endpointCloseTimeout)
+			defer cancel()
+			nse, err := g.dialEndpoint(rec.EndpointURL)
+			if err != nil {
+				return err
+			}
+			var via peer.Peer
+			ask := &proxypb.Connection{Id: strings.TrimPrefix(e.ID, "e-"), IpContext: &proxypb.IPContext{SrcIpAddrs: rec.Src, DstIpAddrs: rec.Dst}}
+			if _, err := proxypb.NewNetworkServiceClient(nse).Request(ctx, &proxypb.NetworkServiceRequest{Connection: ask}, grpc.Peer(&via)); err != nil {
+				return err
+			}
+			handed, _ := via.AuthInfo.(*handover.Handed)
+			_, err = g.pin(handed, e.ID)
+			return err
+		}()
+		if err != nil {
+			g.log.Warn("the endpoint's namespace could not be pinned again; the end waits for its client to request", "id", e.ID, "endpoint", rec.EndpointURL, "err", err)
+		}
+	}
 }
 
 // learn records, for ends whose peer gateway's address was not given (the

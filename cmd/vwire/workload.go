@@ -18,6 +18,7 @@ import (
 
 	"github.com/vwire/vwire/client"
 	"github.com/vwire/vwire/endpoint"
+	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/gateway/dataplane"
 	"github.com/vwire/vwire/gateway/handover"
 	"github.com/vwire/vwire/gateway/kernel"
@@ -41,7 +42,7 @@ func dialGateway(addr string, ns *os.File) (*grpc.ClientConn, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("--gateway %s: %w (is vwire domain running with --dataplane kernel?)", addr, err)
 	}
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(handover.HandNS(ns)))
+	return grpc.NewClient(addr, federation.WithReconnect(grpc.WithTransportCredentials(handover.HandNS(ns)))...)
 }
 
 // workloadNS is what a workload command hands its gateway: nothing when
@@ -214,6 +215,7 @@ it hands to the gateway over its socket.`,
 			if once {
 				return nil
 			}
+			o.Reconnected = client.Reconnects(cmd.Context(), conn)
 			o.Report = func(ev client.Event) {
 				extra := map[string]any{}
 				if ev.Err != nil {

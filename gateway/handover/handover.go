@@ -252,6 +252,14 @@ func (p Pins) Unpin(path string) {
 	os.Remove(path)
 }
 
+// Live reports whether the pin at path still holds a namespace: a gateway
+// restarted in a new container finds its pins' files, but not their
+// mounts.
+func (p Pins) Live(path string) bool {
+	var fs unix.Statfs_t
+	return unix.Statfs(path, &fs) == nil && fs.Type == unix.NSFS_MAGIC
+}
+
 // Pinned reports whether path is one of these pins.
 func (p Pins) Pinned(path string) bool {
 	return p.Dir != "" && filepath.Dir(path) == filepath.Clean(p.Dir)
