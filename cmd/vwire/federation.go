@@ -236,8 +236,36 @@ takes the new files at its next handshake, without a restart. A SPIRE agent
 	issue.Flags().StringVar(&dataDir, "data-dir", "vwire-data", "the domain's data directory, whose ca/ holds the built-in CA")
 	issue.Flags().StringVar(&out, "out", "", "the directory to write svid.pem, svid.key and bundle.pem to")
 	issue.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long the SVID is valid")
-	cmd := &cobra.Command{Use: "ca rotate|issue", Short: "The built-in CA"}
-	cmd.AddCommand(rotate, issue)
+	var initDir, initTD string
+	initCA := &cobra.Command{
+		Use:   "init --trust-domain TD [--data-dir DIR]",
+		Short: "Create the built-in CA in DATA-DIR/ca before any domain starts (for replicated proxies that share it)",
+		Long: `Create the built-in CA of trust domain TD in DATA-DIR/ca, unless it is there
+already, and print its bundle. vwire domain creates its CA itself; replicated
+vwire proxy processes that share one data directory need it made once, before
+they start, so that they do not each make one.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			td, err := spiffeid.TrustDomainFromString(initTD)
+			if err != nil || initTD == "" {
+				return usagef("--trust-domain %q: a trust domain is required (e.g. dc.marsha.example)", initTD)
+			}
+			ca, err := federation.OpenCA(filepath.Join(initDir, "ca"), td)
+			if err != nil {
+				return err
+			}
+			pem, err := ca.Bundle().Marshal()
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(pem)
+			return err
+		},
+	}
+	initCA.Flags().StringVar(&initDir, "data-dir", "vwire-data", "the data directory whose ca/ gets the CA")
+	initCA.Flags().StringVar(&initTD, "trust-domain", "", "the CA's trust domain")
+	cmd := &cobra.Command{Use: "ca rotate|issue|init", Short: "The built-in CA"}
+	cmd.AddCommand(rotate, issue, initCA)
 	return cmd
 }
 
