@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"strings"
@@ -69,6 +71,9 @@ type Config struct {
 	DNSStaleMax time.Duration
 	// PeerTimeout bounds how long a peer domain's proxy has to answer.
 	PeerTimeout time.Duration
+	// DebugListen serves Go's profiles (net/http/pprof) over plain HTTP;
+	// empty: none.
+	DebugListen string
 	// ConnectionLifetime is how long a connection lives unless refreshed.
 	ConnectionLifetime time.Duration
 	// Dataplane programs the vWires' ends, when a program that embeds a
@@ -131,6 +136,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.DNSEtcdEndpoints, "dns-etcd-endpoints", c.DNSEtcdEndpoints, "the etcd CoreDNS reads (default: this domain's etcd)")
 	fs.DurationVar(&c.DNSTTL, "dns-ttl", c.DNSTTL, "TTL of the published DNS records (and of their etcd lease)")
 	fs.DurationVar(&c.DNSStaleMax, "dns-stale-max", c.DNSStaleMax, "while DNS fails, use a peer's last answer up to this long after its TTL (0: never)")
+	fs.StringVar(&c.DebugListen, "debug-listen", c.DebugListen, "serve Go's runtime profiles (/debug/pprof/) over plain HTTP here; keep it private (off by default)")
 	fs.DurationVar(&c.PeerTimeout, "peer-timeout", c.PeerTimeout, "how long a peer domain's proxy has to answer a call before the request fails")
 	fs.DurationVar(&c.ConnectionLifetime, "connection-lifetime", c.ConnectionLifetime, "how long a connection lives unless its client refreshes it")
 	fs.StringVar(&c.DataplaneKind, "dataplane", c.DataplaneKind, `the gateway's data plane: "kernel" (veth, WireGuard, VXLAN; needs root), "none" (control plane only), or "auto" (kernel as root, else none)`)
@@ -175,6 +181,11 @@ func (c *Config) Validate() error {
 	}
 	if c.PublishDNS != "" && c.PublishDNS != "etcd" {
 		return fmt.Errorf("--publish-dns %q: the only publisher is etcd", c.PublishDNS)
+	}
+	if c.DebugListen != "" {
+		if _, _, err := net.SplitHostPort(c.DebugListen); err != nil {
+			return fmt.Errorf("--debug-listen %q: %v (want host:port)", c.DebugListen, err)
+		}
 	}
 	if c.PeerTimeout < 100*time.Millisecond {
 		return fmt.Errorf("--peer-timeout %v: at least 100ms", c.PeerTimeout)
@@ -299,6 +310,7 @@ type Domain struct {
 	srv     *grpc.Server
 	lis     net.Listener
 	bundle  *federation.BundleEndpoint
+	debug   *http.Server
 	errc    chan error
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -431,6 +443,18 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 		if d.bundle, err = federation.ServeBundleEndpoint(blis, td, fed.Bundle, d.Identity, log); err != nil {
 			return err
 		}
+	}
+	if cfg.DebugListen != "" {
+		dlis, err := net.Listen("tcp", cfg.DebugListen)
+		if err != nil {
+			return fmt.Errorf("--debug-listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		d.debug = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go d.debug.Serve(dlis)
 	}
 	if err := d.publish(ctx, cfg); err != nil {
 		return err
@@ -569,6 +593,9 @@ func (d *Domain) close() error {
 	d.wg.Wait()
 	if d.bundle != nil {
 		d.bundle.Close()
+	}
+	if d.debug != nil {
+		d.debug.Close()
 	}
 	// No request reaches the gateway once it starts removing its ends.
 	if d.srv != nil {

@@ -40,6 +40,7 @@ func TestListenerTaken(t *testing.T) {
 		{"domain", "--listen", nil},
 		{"domain", "--bundle-listen", []string{"--listen", "127.0.0.1:0"}},
 		{"domain", "--dns-listen", []string{"--listen", "127.0.0.1:0", "--advertise", "127.0.0.1:7001"}},
+		{"domain", "--debug-listen", []string{"--listen", "127.0.0.1:0"}},
 		{"proxy", "--listen", []string{"--etcd-endpoints", etcd}},
 		{"proxy", "--bundle-listen", []string{"--etcd-endpoints", etcd, "--listen", "127.0.0.1:0"}},
 		{"proxy", "--dns-listen", []string{"--etcd-endpoints", etcd, "--listen", "127.0.0.1:0", "--advertise", "127.0.0.1:7001"}},
