@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -112,6 +113,7 @@ func dialEtcd(ctx context.Context, endpoints []string, caFile, certFile, keyFile
 	if err != nil {
 		return nil, fmt.Errorf("etcd %v: %w", endpoints, err)
 	}
+	cli.KV = leaderKV{cli.KV}
 	// clientv3.New does not wait for a server: prove one answers.
 	probe, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -126,3 +128,53 @@ func dialEtcd(ctx context.Context, endpoints []string, caFile, certFile, keyFile
 }
 
 func etcdDir(dataDir string) string { return filepath.Join(dataDir, "etcd") }
+
+// ErrNoQuorum: the etcd cluster cannot serve requests, because fewer than
+// a quorum of its members answer.
+var ErrNoQuorum = errors.New("etcd has no quorum")
+
+// leaderKV has every request fail at once, saying why, when the etcd
+// member it reaches has no leader (fewer than a quorum of the members
+// answer), instead of waiting for one until the caller's deadline.
+type leaderKV struct{ clientv3.KV }
+
+func (k leaderKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	r, err := k.KV.Get(clientv3.WithRequireLeader(ctx), key, opts...)
+	return r, quorum(err)
+}
+
+func (k leaderKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
+	r, err := k.KV.Put(clientv3.WithRequireLeader(ctx), key, val, opts...)
+	return r, quorum(err)
+}
+
+func (k leaderKV) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
+	r, err := k.KV.Delete(clientv3.WithRequireLeader(ctx), key, opts...)
+	return r, quorum(err)
+}
+
+func (k leaderKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
+	r, err := k.KV.Do(clientv3.WithRequireLeader(ctx), op)
+	return r, quorum(err)
+}
+
+func (k leaderKV) Txn(ctx context.Context) clientv3.Txn {
+	return leaderTxn{k.KV.Txn(clientv3.WithRequireLeader(ctx))}
+}
+
+type leaderTxn struct{ clientv3.Txn }
+
+func (t leaderTxn) If(cs ...clientv3.Cmp) clientv3.Txn   { return leaderTxn{t.Txn.If(cs...)} }
+func (t leaderTxn) Then(ops ...clientv3.Op) clientv3.Txn { return leaderTxn{t.Txn.Then(ops...)} }
+func (t leaderTxn) Else(ops ...clientv3.Op) clientv3.Txn { return leaderTxn{t.Txn.Else(ops...)} }
+func (t leaderTxn) Commit() (*clientv3.TxnResponse, error) {
+	r, err := t.Txn.Commit()
+	return r, quorum(err)
+}
+
+func quorum(err error) error {
+	if err != nil && errors.Is(err, rpctypes.ErrNoLeader) {
+		return fmt.Errorf("%w: the etcd member reached has no leader, so fewer than a quorum of the cluster's members answer; bring members back (%v)", ErrNoQuorum, err)
+	}
+	return err
+}
