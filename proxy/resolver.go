@@ -49,9 +49,10 @@ func (t Target) Addresses() []string {
 //
 // When the DNS server cannot be asked or fails (not when it says a name
 // does not exist), the last answer, if it expired less than StaleMax ago,
-// is used instead, as RFC 8767 lets resolvers do; after such a failure the stale
-// answer is used without asking again for StaleRecheck, so that an outage
-// does not cost every request a DNS timeout.
+// is used instead, as RFC 8767 lets resolvers do: DNS then has StaleWait
+// to answer, not a whole Timeout, and after a failure the stale answer is
+// used without asking again for StaleRecheck, so that an outage does not
+// cost every request a DNS timeout.
 type Resolver struct {
 	// Server is the DNS server (host:port); empty: the first nameserver of
 	// /etc/resolv.conf.
@@ -64,13 +65,16 @@ type Resolver struct {
 	// for one DNS cannot give (0: never).
 	StaleMax time.Duration
 	// StaleRecheck is how long a stale answer is used before DNS is asked
-	// again.
-	StaleRecheck time.Duration
+	// again; StaleWait, how long DNS may take to answer when a stale answer
+	// could stand in.
+	StaleRecheck, StaleWait time.Duration
 
 	now func() time.Time
 	mu  sync.Mutex
 	// cache maps "name/type" to an answer and its expiry.
 	cache map[string]cached
+	// refreshing: keys asked for again in the background of a stale answer
+	refreshing map[string]bool
 }
 
 type cached struct {
@@ -85,12 +89,13 @@ type cached struct {
 const (
 	DefaultStaleMax     = time.Hour
 	DefaultStaleRecheck = 30 * time.Second
+	DefaultStaleWait    = 500 * time.Millisecond
 )
 
 // NewResolver returns a Resolver that asks server (empty: the system's).
 func NewResolver(server string) *Resolver {
 	return &Resolver{Server: server, NegativeTTL: 5 * time.Second, Timeout: 3 * time.Second,
-		StaleMax: DefaultStaleMax, StaleRecheck: DefaultStaleRecheck, now: time.Now, cache: map[string]cached{}}
+		StaleMax: DefaultStaleMax, StaleRecheck: DefaultStaleRecheck, StaleWait: DefaultStaleWait, now: time.Now, cache: map[string]cached{}, refreshing: map[string]bool{}}
 }
 
 func (r *Resolver) server() (string, error) {
@@ -115,19 +120,49 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (cached
 	if ok && (now.Before(c.expires) || now.Before(c.recheck)) {
 		return c, nil
 	}
-	resp, err := r.ask(ctx, name, qtype)
+	// With a stale answer to fall back on, DNS gets StaleWait (RFC 8767's
+	// client response timer), not a full timeout.
+	timeout := r.Timeout
+	if ok && now.Before(c.expires.Add(r.StaleMax)) {
+		timeout = min(timeout, r.StaleWait)
+	}
+	resp, err := r.ask(ctx, name, qtype, timeout)
 	if err != nil {
 		// DNS failed: a known answer stands in, for a while.
 		if ok && now.Before(c.expires.Add(r.StaleMax)) {
 			c.recheck = now.Add(r.StaleRecheck)
 			r.mu.Lock()
 			r.cache[key] = c
+			start := timeout < r.Timeout && !r.refreshing[key]
+			if start { // a slow server may still answer: it gets its whole Timeout
+				r.refreshing[key] = true
+			}
 			r.mu.Unlock()
+			if start {
+				go r.refresh(name, qtype, key)
+			}
 			return c, nil
 		}
 		return cached{}, err
 	}
-	c = cached{rcode: resp.Rcode, extra: resp.Extra}
+	return r.store(key, qtype, resp), nil
+}
+
+// refresh asks for name and type with the whole Timeout, in the background
+// of a stale answer, and caches what comes.
+func (r *Resolver) refresh(name string, qtype uint16, key string) {
+	resp, err := r.ask(context.Background(), name, qtype, r.Timeout)
+	if err == nil {
+		r.store(key, qtype, resp)
+	}
+	r.mu.Lock()
+	delete(r.refreshing, key)
+	r.mu.Unlock()
+}
+
+// store caches an answer for its TTL.
+func (r *Resolver) store(key string, qtype uint16, resp *dns.Msg) cached {
+	c := cached{rcode: resp.Rcode, extra: resp.Extra}
 	ttl := r.NegativeTTL
 	for _, rr := range resp.Answer {
 		if rr.Header().Rrtype != qtype {
@@ -142,12 +177,12 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (cached
 	r.mu.Lock()
 	r.cache[key] = c
 	r.mu.Unlock()
-	return c, nil
+	return c
 }
 
 // ask asks the DNS server for name and type; anything but an answer or
 // "no such name" is an ErrDNS.
-func (r *Resolver) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+func (r *Resolver) ask(ctx context.Context, name string, qtype uint16, timeout time.Duration) (*dns.Msg, error) {
 	server, err := r.server()
 	if err != nil {
 		return nil, err
@@ -155,9 +190,9 @@ func (r *Resolver) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg
 	msg := new(dns.Msg)
 	msg.SetQuestion(name, qtype)
 	msg.RecursionDesired = true
-	resp, err := r.exchange(ctx, "udp", msg, server)
+	resp, err := r.exchange(ctx, "udp", msg, server, timeout)
 	if err == nil && resp.Truncated {
-		resp, err = r.exchange(ctx, "tcp", msg, server)
+		resp, err = r.exchange(ctx, "tcp", msg, server, timeout)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: asking %s for %s %s: %v", ErrDNS, server, name, dns.TypeToString[qtype], err)
@@ -171,14 +206,14 @@ func (r *Resolver) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg
 
 // exchange asks server once over TCP, and over UDP up to three times
 // within Timeout, as stub resolvers do: a datagram may be lost.
-func (r *Resolver) exchange(ctx context.Context, network string, msg *dns.Msg, server string) (*dns.Msg, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
+func (r *Resolver) exchange(ctx context.Context, network string, msg *dns.Msg, server string, timeout time.Duration) (*dns.Msg, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	attempts := 1
 	if network == "udp" {
 		attempts = 3
 	}
-	client := &dns.Client{Net: network, Timeout: r.Timeout / time.Duration(attempts)}
+	client := &dns.Client{Net: network, Timeout: timeout / time.Duration(attempts)}
 	var err error
 	for range attempts {
 		var resp *dns.Msg

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,5 +234,39 @@ func TestLookupServesStale(t *testing.T) {
 	now = now.Add(time.Minute)
 	if _, err := r2.Lookup(context.Background(), "d.example"); !errors.Is(err, ErrUnknownDomain) {
 		t.Errorf("a domain DNS says is gone: %v", err)
+	}
+}
+
+// A slow server (past StaleWait): the stale answer comes at once, and the
+// server's late answer still refreshes the cache in the background.
+func TestLookupStaleWhileSlow(t *testing.T) {
+	z := newZone(t, "_vwire._tcp.b.example. 30 IN SRV 10 100 7001 p1.b.example.", "p1.b.example. 30 IN A 127.0.0.11")
+	r := NewResolver(z.Addr)
+	r.Timeout, r.StaleWait = 3*time.Second, 200*time.Millisecond
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	r.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	if _, err := r.Lookup(context.Background(), "b.example"); err != nil {
+		t.Fatal(err)
+	}
+	z.Silence(true)
+	clock.Add(int64(10 * time.Minute))
+	ts, err := r.Lookup(context.Background(), "b.example")
+	if err != nil || ts[0].Addresses()[0] != "127.0.0.11:7001" {
+		t.Fatalf("stale answer: %v, %v", ts, err)
+	}
+	// The server answers again, with a new address, while the background
+	// look-ups still wait for it.
+	z.Remove("p1.b.example.", "A")
+	z.Add(t, "p1.b.example. 30 IN A 127.0.0.12")
+	z.Silence(false)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		ts, err := r.Lookup(context.Background(), "b.example")
+		if err == nil && ts[0].Addresses()[0] == "127.0.0.12:7001" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the late answer never reached the cache: %v, %v", ts, err)
+		}
 	}
 }
