@@ -19,7 +19,7 @@
 # except vwire's, which is rebuilt from the source every time (docker's
 # cache makes an unchanged one cheap).
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
 root=$(cd "$here/../.." && pwd)
 tools=${VWIRE_TOOLS_BIN:-$HOME/.cache/vwire/tools}
 

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -451,27 +452,62 @@ func (s *stack) goroutines(d string) int {
 	return n
 }
 
-// connections counts container id's established TCP connections to addr
-// (host:port in /proc/net/tcp's hex, any when "").
-func (s *stack) connections(id string, ports ...int) int {
+// connections counts container id's established TCP connections to the
+// addresses given (host:port).
+func (s *stack) connections(id string, to ...string) int {
 	pid := run(s.t, "docker", "inspect", "-f", "{{.State.Pid}}", id)
+	b, _ := os.ReadFile("/proc/" + pid + "/net/tcp")
 	n := 0
-	for _, f := range []string{"tcp", "tcp6"} {
-		b, _ := os.ReadFile("/proc/" + pid + "/net/" + f)
-		for _, l := range strings.Split(string(b), "\n")[1:] {
-			fs := strings.Fields(l)
-			if len(fs) < 4 || fs[3] != "01" { // ESTABLISHED
-				continue
-			}
-			remotePort, _ := strconv.ParseInt(fs[2][strings.LastIndex(fs[2], ":")+1:], 16, 32)
-			for _, p := range ports {
-				if int(remotePort) == p {
-					n++
-				}
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		fs := strings.Fields(l)
+		if len(fs) < 4 || fs[3] != "01" { // ESTABLISHED
+			continue
+		}
+		// 0100007F:1B59 is 127.0.0.1:7001: the address little-endian.
+		addr, port, _ := strings.Cut(fs[2], ":")
+		a, _ := strconv.ParseUint(addr, 16, 32)
+		p, _ := strconv.ParseUint(port, 16, 16)
+		remote := fmt.Sprintf("%d.%d.%d.%d:%d", a&0xff, a>>8&0xff, a>>16&0xff, a>>24, p)
+		for _, t := range to {
+			if remote == t {
+				n++
 			}
 		}
 	}
 	return n
+}
+
+// links lists the links a gateway made in container id's network
+// namespace (its veths and WireGuard devices: Docker's own interfaces
+// change names when a network is connected again).
+func (s *stack) links(id string) []string {
+	pid := run(s.t, "docker", "inspect", "-f", "{{.State.Pid}}", id)
+	var names []string
+	for _, l := range strings.Split(run(s.t, "nsenter", "-t", pid, "-n", "ip", "-o", "link", "show"), "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			if name := strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]; strings.HasPrefix(name, "vw") || strings.HasPrefix(name, "wg") {
+				names = append(names, name)
+			}
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// count is how many times container id printed want.
+func (s *stack) count(id, want string) int {
+	out, _ := exec.Command("docker", "logs", id).CombinedOutput()
+	return strings.Count(string(out), want)
+}
+
+// waitCount waits until container id printed want n times.
+func (s *stack) waitCount(id, want string, n int, within time.Duration) {
+	s.t.Helper()
+	for deadline := time.Now().Add(within); s.count(id, want) < n; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			s.t.Fatalf("container %.12s did not print %q %d times within %v", id, want, n, within)
+		}
+	}
 }
 
 // loop runs op every interval until stop is called (at most n times), and
@@ -488,6 +524,8 @@ type failure struct {
 	at  time.Time
 	err error
 }
+
+func (f failure) String() string { return f.at.Format("15:04:05.000") + " " + f.err.Error() }
 
 func every(interval time.Duration, n int, op func(i int) error) *loop {
 	l := &loop{done: make(chan struct{})}
