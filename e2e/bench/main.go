@@ -40,6 +40,9 @@ var runs = []run{
 	// Network namespaces, as root: each builds two domains; BENCH=quick
 	// shortens what they do (20 set-ups, 1 s of iperf3).
 	{"./e2e/netns/", "^BenchmarkNetns(Setup|Throughput|Heal)$", "1x", "1x", ""},
+	// Docker: the compose deployments of e2e/compose (BENCH=quick: 20
+	// set-ups, 1 s of iperf3).
+	{"./e2e/compose/", "^BenchmarkContainers$", "1x", "1x", ""},
 }
 
 // row is one line of the table: where its figure comes from, and its
@@ -100,6 +103,10 @@ var rows = []row{
 		func(v, y float64) bool { return v < 1000+y }, "as above, for the endpoint's domain (its proxy and the gateway in its process)"},
 	{"heal gap, endpoint domain's proxy alone SIGKILLed and restarted", "NetnsHeal/proxy", "gap-ms", "NetnsHeal/proxy", "restart-ms", "< 1000 ms + restart",
 		func(v, y float64) bool { return v < 1000+y }, "the endpoint is behind another node's vwire gateway; kill b's domain (its proxy): the longest run of failed 10 ms probes until a second after the restart (0: the data path never noticed)"},
+	{"cross-domain vWire set-up p99 (containers)", "Containers/setup", "p99-ms", "NetnsSetup/cross-domain", "p99-ms", "", nil,
+		"as the netns row, 200 set-ups, between the compose deployments of e2e/compose (a's domain.yaml to c's production.yaml; the client app's namespace handed over the gateway's socket); yardstick: the netns row"},
+	{"WireGuard vWire TCP throughput (containers)", "Containers/throughput", "Gbit/s", "NetnsThroughput/wireguard-vwire", "Gbit/s", "", nil,
+		"iperf3 -t 5 between the example client's and endpoint's app containers, WireGuard between the gateway containers; yardstick: the netns row"},
 	{"vwire domain idle RSS", "DomainWarmStart", "idle-rss-MB", "", "", "< 100 MB", func(v, _ float64) bool { return v < 100 }, "VmRSS 2 s after ready"},
 	{"vwire domain warm start", "DomainWarmStart", "ready-ms", "", "", "< 2000 ms", func(v, _ float64) bool { return v < 2000 }, "exec to the ready line, existing data directory"},
 }

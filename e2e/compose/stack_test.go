@@ -32,7 +32,7 @@ var root = func() string { d, _ := filepath.Abs("../.."); return d }()
 
 // requireDocker fails the test under CI=true, and skips it elsewhere, when
 // Docker or compose is missing; it returns the compose command.
-func requireDocker(t *testing.T) []string {
+func requireDocker(t testing.TB) []string {
 	t.Helper()
 	e2e.RequireRoot(t)
 	var missing string
@@ -61,7 +61,7 @@ func requireDocker(t *testing.T) []string {
 // serving their zones, all on one "internet" network; an endpoint of svc
 // in c and a client of svc@c.example in a, each an app with a sidecar.
 type stack struct {
-	t       *testing.T
+	t       testing.TB
 	compose []string
 	tag     string
 	dir     string
@@ -103,7 +103,7 @@ func run(t testing.TB, name string, args ...string) string {
 // newStack builds the images, the network, the DNS server, the three
 // domains, federates them with the real commands, and starts the
 // workloads. Everything it made is removed when the test ends.
-func newStack(t *testing.T) *stack {
+func newStack(t testing.TB) *stack {
 	t.Helper()
 	b := make([]byte, 3)
 	rand.Read(b)
