@@ -151,6 +151,8 @@ func TestBadSettings(t *testing.T) {
 		{nil, []string{"proxy", "--name", "a.example"}, "--etcd-endpoints is required"},
 		{nil, []string{"domain", "--name", "a.example", "--bundle-listen", "127.0.0.1:0", "--spiffe-socket", filepath.Join(dir, "agent.sock")},
 			"--bundle-listen and --spiffe-socket exclude each other"},
+		{nil, []string{"domain", "--name", "a.example", "--peer", "c.example;bundle-endpoint=http://127.0.0.1:1;bundle=" + cfg},
+			`the scheme must be https, not "http"`},
 		{nil, []string{"get", "pods"}, `unknown resource "pods" (want services, endpoints or connections)`},
 		{nil, []string{"get", "endpoints", "--source-labels", "app=x"}, "--source-labels needs --service"},
 		{nil, []string{"get", "services", "--credentials", filepath.Join(dir, "none")}, "credentials " + filepath.Join(dir, "none")},

@@ -150,3 +150,28 @@ func freeSubnet(t *testing.T) string {
 	t.Fatal("no free 10.x.y.0/24")
 	return ""
 }
+
+// Each compose file, given nothing, stops with what to set: the message of
+// its first required variable, not a container that starts wrong.
+func TestComposeFilesSayWhatIsMissing(t *testing.T) {
+	compose := requireDocker(t)
+	for file, want := range map[string]string{
+		"domain.yaml":     "set VWIRE_DOMAIN to this domain's DNS name",
+		"production.yaml": "set VWIRE_DOMAIN to this domain's DNS name",
+		"endpoint.yaml":   "set VWIRE_SERVICE to the network service the endpoint provides",
+		"client.yaml":     "set VWIRE_CONNECT to the service to connect to",
+	} {
+		cmd := exec.Command(compose[0], append(compose[1:], "-p", "vwire-missing", "-f", filepath.Join(root, "deploy/compose", file), "config")...)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), want) {
+			t.Errorf("%s with nothing set: %v\n%s\nwant %q", file, err, out, want)
+		}
+	}
+	// With what they need, they are valid.
+	cmd := exec.Command(compose[0], append(compose[1:], "-p", "vwire-missing", "-f", filepath.Join(root, "deploy/compose/production.yaml"), "config", "-q")...)
+	cmd.Env = append(os.Environ(), "VWIRE_DOMAIN=dc.example", "VWIRE_PROXY1_IP=192.0.2.30", "VWIRE_PROXY2_IP=192.0.2.31", "VWIRE_GATEWAY_IP=192.0.2.32", "VWIRE_DNS_SERVER=192.0.2.53:53")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("production.yaml with its variables: %v\n%s", err, out)
+	}
+}

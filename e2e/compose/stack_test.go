@@ -213,7 +213,9 @@ func (s *stack) addWorkload(d, file string, env ...string) *workload {
 	return w
 }
 
-func (w *workload) id(s *stack, service string) string { return s.id(w.project, w.file, w.env, service) }
+func (w *workload) id(s *stack, service string) string {
+	return s.id(w.project, w.file, w.env, service)
+}
 
 func (s *stack) composeCmd(project, file string, env []string, args ...string) *exec.Cmd {
 	cmd := exec.Command(s.compose[0], append(append(s.compose[1:], "-p", project, "-f", file), args...)...)
@@ -423,21 +425,40 @@ func (p *pinger) firstReplyAfter(t time.Time, within time.Duration) (time.Time, 
 	return time.Time{}, false
 }
 
-// lost is how many of the probes sent so far (but the last second's) went
-// unanswered, and the longest run of them.
+// lost is how many of the probes sent so far went unanswered, and the
+// longest run of them.
 func (p *pinger) lost() (lost int, longest time.Duration) {
+	before, after, longest := p.lostAround(time.Time{})
+	return before + after, longest
+}
+
+// lostAround splits the unanswered probes into those sent before t and
+// those sent after it (sending times reckoned from the first reply and
+// the interval); longest is the longest run after t.
+func (p *pinger) lostAround(t time.Time) (before, after int, longest time.Duration) {
 	got, last := p.replies()
+	first, firstAt := 0, time.Time{}
+	for seq, at := range got {
+		if first == 0 || seq < first {
+			first, firstAt = seq, at
+		}
+	}
 	run := 0
 	for seq := 1; seq <= last; seq++ {
 		if _, ok := got[seq]; ok {
 			run = 0
 			continue
 		}
-		lost++
+		sent := firstAt.Add(time.Duration(seq-first) * p.interval)
+		if sent.Before(t) {
+			before++
+			continue
+		}
+		after++
 		run++
 		longest = max(longest, time.Duration(run)*p.interval)
 	}
-	return lost, longest
+	return before, after, longest
 }
 
 // goroutines is domain d's goroutine count, from its --debug-listen.
