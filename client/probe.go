@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/ipv6"
 
 	"github.com/vwire/vwire/gateway/kernel"
+	"github.com/vwire/vwire/proxy/proxypb"
 )
 
 // Prober sends ICMP echo requests from inside a network namespace: the
@@ -89,6 +90,30 @@ func (p *Prober) Ping(ctx context.Context, addr netip.Addr) (time.Duration, erro
 		}
 		return time.Since(start), nil
 	}
+}
+
+// AwaitPeer pings conn's endpoint address from network namespace ns (a
+// name or path; "" this process's own) every 20 ms until it answers or ctx
+// ends: a vWire that is up, seen from the client's side.
+func AwaitPeer(ctx context.Context, ns string, conn *proxypb.Connection) error {
+	peer, err := Peer(conn)
+	if err != nil {
+		return err
+	}
+	p, err := NewProber(ns, peer)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	for ctx.Err() == nil {
+		pctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		_, err = p.Ping(pctx, peer)
+		cancel()
+		if err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s never answered: %w", peer, err)
 }
 
 // Close closes the socket.

@@ -341,7 +341,7 @@ func TestPoolFollowsFederation(t *testing.T) {
 // the server logs that the client gave up, not that it refused the client.
 func TestMisdirectedPeer(t *testing.T) {
 	zone := e2e.NewZone(t)
-	var logB syncBuffer
+	var logB e2e.Buffer
 	a := startIn(t, zone, "a.example")
 	b := startWith(t, "b.example", func(c *Config) {
 		c.DNSServer = zone.Addr
@@ -360,24 +360,6 @@ func TestMisdirectedPeer(t *testing.T) {
 	if strings.Contains(logB.String(), "refused a TLS connection") {
 		t.Errorf("b logged the client's abort as its own refusal:\n%s", logB.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // Across domains a's admin is judged by b's policies as a workload is, by

@@ -96,3 +96,22 @@ func StartVwire(t testing.TB, bin string, env []string, args ...string) *Process
 	out.p, out.Ready = p, line
 	return out
 }
+
+// Buffer is a strings.Builder that a logger and a test may use at once:
+// a domain's log, which the test then searches.
+type Buffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -136,6 +136,23 @@ func ownPeers(t *testing.T, store peerStore) (*Peers, *CA) {
 	return p, caA
 }
 
+// withB is a.example's Peers federating with b.example, whose bundle
+// endpoint ep serves its CA's bundle.
+func withB(t *testing.T) (*Peers, *memStore, *CA, *peerEndpoint) {
+	t.Helper()
+	store := newMemStore()
+	p, _ := ownPeers(t, store)
+	caB, err := OpenCA(t.TempDir(), tdB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := servePeer(t, caB, ProxyID(tdB))
+	if err := p.Add(context.Background(), Peer{Domain: "b.example", TrustDomain: tdB, BundleEndpointURL: ep.url}, bundleJSON(t, caB)); err != nil {
+		t.Fatal(err)
+	}
+	return p, store, caB, ep
+}
+
 func bundleJSON(t *testing.T, ca *CA) []byte {
 	t.Helper()
 	raw, err := spiffebundle.FromX509Bundle(ca.Bundle()).Marshal()
@@ -179,17 +196,8 @@ func TestAddRefusesPlainHTTP(t *testing.T) {
 // trust domain in use is refused, and the first keeps its live bundle;
 // list reports what is trusted.
 func TestOneTrustDomainOnePeer(t *testing.T) {
-	store := newMemStore()
-	p, _ := ownPeers(t, store)
-	caB, err := OpenCA(t.TempDir(), tdB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep := servePeer(t, caB, ProxyID(tdB))
+	p, store, caB, ep := withB(t)
 	ctx := context.Background()
-	if err := p.Add(ctx, Peer{Domain: "b.example", TrustDomain: tdB, BundleEndpointURL: ep.url}, bundleJSON(t, caB)); err != nil {
-		t.Fatal(err)
-	}
 	eventually(t, "b's bundle fetched", func() bool { return p.List()[0].Source == FromBundleEndpoint })
 	before := store.record("b.example")
 
@@ -276,17 +284,8 @@ func TestFetchRefusesRedirect(t *testing.T) {
 // storing a new bundle nor an Add replacing that peer holds them up, and
 // the old follower can no longer overwrite the new configuration.
 func TestHandshakesDoNotWaitOnStore(t *testing.T) {
-	store := newMemStore()
-	p, _ := ownPeers(t, store)
-	caB, err := OpenCA(t.TempDir(), tdB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep := servePeer(t, caB, ProxyID(tdB))
+	p, store, caB, ep := withB(t)
 	ctx := context.Background()
-	if err := p.Add(ctx, Peer{Domain: "b.example", TrustDomain: tdB, BundleEndpointURL: ep.url}, bundleJSON(t, caB)); err != nil {
-		t.Fatal(err)
-	}
 
 	// b rotates; the follower's store of the new bundle stalls.
 	stalled, release := store.arm()

@@ -1,17 +1,16 @@
 package registry_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
 
+	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -26,12 +25,12 @@ type domain struct {
 	dataDir string
 	reg     *registry.Registry
 	ca      *federation.CA
-	logs    *syncBuffer
+	logs    *e2e.Buffer
 }
 
 func startDomain(t testing.TB, name string, opts ...func(*registry.Config)) *domain {
 	t.Helper()
-	d := &domain{t: t, name: name, dataDir: t.TempDir(), logs: &syncBuffer{}}
+	d := &domain{t: t, name: name, dataDir: t.TempDir(), logs: &e2e.Buffer{}}
 	d.start(opts...)
 	return d
 }
@@ -102,23 +101,6 @@ func dialCredentials(t testing.TB, addr, dir string) registrypb.RegistryClient {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return c
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func ctx(t testing.TB) context.Context {

@@ -86,22 +86,8 @@ func pingable(ctx context.Context, gw proxypb.NetworkServiceClient, ns, iface st
 		return 0, err
 	}
 	defer gw.Close(context.Background(), &proxypb.Connection{Id: conn.GetId()})
-	peer, err := client.Peer(conn)
-	if err != nil {
+	if err := client.AwaitPeer(ctx, ns, conn); err != nil {
 		return 0, err
 	}
-	p, err := client.NewProber(ns, peer)
-	if err != nil {
-		return 0, err
-	}
-	defer p.Close()
-	for ctx.Err() == nil {
-		pctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-		_, err = p.Ping(pctx, peer)
-		cancel()
-		if err == nil {
-			return time.Since(begin), nil
-		}
-	}
-	return 0, fmt.Errorf("%s never answered: %w", peer, err)
+	return time.Since(begin), nil
 }

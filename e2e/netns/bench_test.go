@@ -65,24 +65,10 @@ func pingable(ctx context.Context, nsc proxypb.NetworkServiceClient, o client.Op
 	if err != nil {
 		return nil, 0, err
 	}
-	peer, err := client.Peer(conn)
-	if err != nil {
+	if err := client.AwaitPeer(ctx, o.NetNS, conn); err != nil {
 		return conn, 0, err
 	}
-	p, err := client.NewProber(o.NetNS, peer)
-	if err != nil {
-		return conn, 0, err
-	}
-	defer p.Close()
-	for ctx.Err() == nil {
-		pctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-		_, err = p.Ping(pctx, peer)
-		cancel()
-		if err == nil {
-			return conn, time.Since(begin), nil
-		}
-	}
-	return conn, 0, fmt.Errorf("%s never answered: %w", peer, err)
+	return conn, time.Since(begin), nil
 }
 
 // BenchmarkNetnsSetup: request to pingable, cross-domain and (yardstick)
