@@ -36,6 +36,9 @@ type Store struct {
 	cli    *clientv3.Client
 	prefix string
 	now    func() time.Time
+	// implicit are the labels every endpoint of the domain has for
+	// selection (LabelDomain, LabelCluster).
+	implicit map[string]string
 
 	mirror  atomic.Pointer[mirror]
 	written lastWrite
@@ -43,7 +46,8 @@ type Store struct {
 
 // NewStore returns a Store for domain on cli.
 func NewStore(cli *clientv3.Client, domain string) *Store {
-	return &Store{cli: cli, prefix: "/vwire/" + domain + "/", now: time.Now}
+	return &Store{cli: cli, prefix: "/vwire/" + domain + "/", now: time.Now,
+		implicit: map[string]string{LabelDomain: domain, LabelCluster: domain}}
 }
 
 func (s *Store) serviceKey(name string) string  { return s.prefix + "services/" + name }
@@ -358,13 +362,13 @@ func (s *Store) Find(ctx context.Context, service string, labels map[string]stri
 		if err != nil {
 			return nil, err
 		}
-		return Select(svc, labels, eps), nil
+		return Select(svc, labels, eps, s.implicit), nil
 	}
 	svc, eps, _, err := s.snapshot(ctx, service)
 	if err != nil {
 		return nil, err
 	}
-	return Select(svc, labels, slices.Collect(maps.Values(eps))), nil
+	return Select(svc, labels, slices.Collect(maps.Values(eps)), s.implicit), nil
 }
 
 // cached reads service, and with endpoints its endpoints, from the mirror
@@ -421,7 +425,7 @@ func (s *Store) Watch(ctx context.Context, service string, labels map[string]str
 	if err != nil {
 		return err
 	}
-	selected := Select(svc, labels, slices.Collect(maps.Values(eps)))
+	selected := Select(svc, labels, slices.Collect(maps.Values(eps)), s.implicit)
 	if err := send(&registrypb.FindResponse{Event: &registrypb.FindResponse_Snapshot{Snapshot: &registrypb.ListEndpointsResponse{Endpoints: selected}}}); err != nil {
 		return err
 	}
@@ -463,7 +467,7 @@ func (s *Store) Watch(ctx context.Context, service string, labels map[string]str
 		}
 		var next []*registrypb.Endpoint
 		if svc != nil {
-			next = Select(svc, labels, slices.Collect(maps.Values(eps)))
+			next = Select(svc, labels, slices.Collect(maps.Values(eps)), s.implicit)
 		}
 		if err := sendDiff(selected, next, send); err != nil {
 			return err

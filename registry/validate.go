@@ -27,16 +27,36 @@ func ValidateService(s *registrypb.NetworkService) error {
 		}
 	}
 	for i, m := range s.GetMatches() {
-		if err := ValidateLabels(m.GetSourceSelector()); err != nil {
+		if err := validateSelector(m.GetSourceSelector()); err != nil {
 			return errorf(ErrInvalid, "network service %q: matches[%d].sourceSelector: %v", s.GetName(), i, err)
 		}
+		if err := ValidateLabels(m.GetMetadata().GetLabels()); err != nil {
+			return errorf(ErrInvalid, "network service %q: matches[%d].metadata.labels: %v", s.GetName(), i, err)
+		}
 		for j, r := range m.GetRoutes() {
-			if err := ValidateLabels(r.GetDestinationSelector()); err != nil {
+			if err := validateSelector(r.GetDestinationSelector()); err != nil {
 				return errorf(ErrInvalid, "network service %q: matches[%d].routes[%d].destinationSelector: %v", s.GetName(), i, j, err)
 			}
 		}
 	}
 	return nil
+}
+
+// validateSelector checks a selector: label keys, and values that are
+// label values or templates over the client's labels ("{{.nodeName}}").
+func validateSelector(sel map[string]string) error {
+	plain := map[string]string{}
+	for k, v := range sel {
+		if !isTemplate(v) {
+			plain[k] = v
+			continue
+		}
+		plain[k] = ""
+		if _, err := parseSelector(v); err != nil {
+			return fmt.Errorf("label %s: %v (a template over the client's labels, e.g. \"{{.nodeName}}\")", k, err)
+		}
+	}
+	return ValidateLabels(plain)
 }
 
 // ValidateEndpoint checks an endpoint registration before it is stored. A
@@ -61,6 +81,14 @@ func ValidateEndpoint(e *registrypb.Endpoint) error {
 	}
 	if err := ValidateLabels(e.GetLabels()); err != nil {
 		return errorf(ErrInvalid, "endpoint %q: labels: %v", e.GetName(), err)
+	}
+	for svc, l := range e.GetServiceLabels() {
+		if !seen[svc] {
+			return errorf(ErrInvalid, "endpoint %q: networkServiceLabels names %q, which is not one of its networkServiceNames %v", e.GetName(), svc, e.GetNetworkServiceNames())
+		}
+		if err := ValidateLabels(l.GetLabels()); err != nil {
+			return errorf(ErrInvalid, "endpoint %q: networkServiceLabels[%s]: %v", e.GetName(), svc, err)
+		}
 	}
 	return nil
 }

@@ -156,10 +156,15 @@ func (x *NetworkService) GetAllowedSpiffeIds() []string {
 type Match struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The client's labels must include all of these; empty matches everyone.
+	// A value may be a Go template over the client's labels
+	// ("{{.nodeName}}"); "" matches a label the client does not have.
 	SourceSelector map[string]string `protobuf:"bytes,1,rep,name=source_selector,json=sourceSelector,proto3" json:"source_selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Routes         []*Route          `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
 	// When this match selects no endpoint, go on with the next one.
-	Fallthrough   bool `protobuf:"varint,3,opt,name=fallthrough,proto3" json:"fallthrough,omitempty"`
+	Fallthrough bool `protobuf:"varint,3,opt,name=fallthrough,proto3" json:"fallthrough,omitempty"`
+	// Network Service Mesh's match metadata, kept as written: a match with
+	// metadata and no routes offers every endpoint of the service.
+	Metadata      *Metadata `protobuf:"bytes,4,opt,name=metadata,proto3" json:"metadata,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -215,17 +220,73 @@ func (x *Match) GetFallthrough() bool {
 	return false
 }
 
+func (x *Match) GetMetadata() *Metadata {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+type Metadata struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Labels        map[string]string      `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Metadata) Reset() {
+	*x = Metadata{}
+	mi := &file_registry_registrypb_registry_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Metadata) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Metadata) ProtoMessage() {}
+
+func (x *Metadata) ProtoReflect() protoreflect.Message {
+	mi := &file_registry_registrypb_registry_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Metadata.ProtoReflect.Descriptor instead.
+func (*Metadata) Descriptor() ([]byte, []int) {
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Metadata) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
 type Route struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// An endpoint's labels must include all of these; empty selects every endpoint.
+	// An endpoint's labels must include all of these; empty selects every
+	// endpoint. Values as for Match.source_selector: templates over the
+	// client's labels.
 	DestinationSelector map[string]string `protobuf:"bytes,1,rep,name=destination_selector,json=destinationSelector,proto3" json:"destination_selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Network Service Mesh's destination weight: kept and shown; selection
+	// does not use it (neither does Network Service Mesh's).
+	Weight        uint32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[2]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +298,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[2]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,12 +311,64 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{2}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Route) GetDestinationSelector() map[string]string {
 	if x != nil {
 		return x.DestinationSelector
+	}
+	return nil
+}
+
+func (x *Route) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+// Labels is a label set (for Endpoint.service_labels).
+type Labels struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Labels        map[string]string      `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Labels) Reset() {
+	*x = Labels{}
+	mi := &file_registry_registrypb_registry_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Labels) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Labels) ProtoMessage() {}
+
+func (x *Labels) ProtoReflect() protoreflect.Message {
+	mi := &file_registry_registrypb_registry_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Labels.ProtoReflect.Descriptor instead.
+func (*Labels) Descriptor() ([]byte, []int) {
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Labels) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
 	}
 	return nil
 }
@@ -280,15 +393,19 @@ type Endpoint struct {
 	// (`vwire gateway`): where the proxy reaches it, given by the gateway
 	// that registered the endpoint, and its SPIFFE ID, set by the registry
 	// from that gateway's certificate (cleared for any other registrant).
-	Gateway       string `protobuf:"bytes,8,opt,name=gateway,proto3" json:"gateway,omitempty"`
-	GatewayId     string `protobuf:"bytes,9,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
+	Gateway   string `protobuf:"bytes,8,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	GatewayId string `protobuf:"bytes,9,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
+	// Labels per network service (Network Service Mesh's
+	// network_service_labels): for a service named here, selection sees
+	// these over the endpoint's own labels.
+	ServiceLabels map[string]*Labels `protobuf:"bytes,10,rep,name=service_labels,json=serviceLabels,proto3" json:"service_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[3]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -300,7 +417,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[3]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -313,7 +430,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{3}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Endpoint) GetName() string {
@@ -379,6 +496,13 @@ func (x *Endpoint) GetGatewayId() string {
 	return ""
 }
 
+func (x *Endpoint) GetServiceLabels() map[string]*Labels {
+	if x != nil {
+		return x.ServiceLabels
+	}
+	return nil
+}
+
 type RegisterServiceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Service       *NetworkService        `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
@@ -388,7 +512,7 @@ type RegisterServiceRequest struct {
 
 func (x *RegisterServiceRequest) Reset() {
 	*x = RegisterServiceRequest{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[4]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +524,7 @@ func (x *RegisterServiceRequest) String() string {
 func (*RegisterServiceRequest) ProtoMessage() {}
 
 func (x *RegisterServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[4]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +537,7 @@ func (x *RegisterServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterServiceRequest.ProtoReflect.Descriptor instead.
 func (*RegisterServiceRequest) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{4}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RegisterServiceRequest) GetService() *NetworkService {
@@ -432,7 +556,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[5]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +568,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[5]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +581,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{5}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetServiceRequest) GetName() string {
@@ -475,7 +599,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[6]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -487,7 +611,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[6]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -500,7 +624,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{6}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{8}
 }
 
 type ListServicesResponse struct {
@@ -512,7 +636,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[7]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -524,7 +648,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[7]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -537,7 +661,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{7}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListServicesResponse) GetServices() []*NetworkService {
@@ -556,7 +680,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[8]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -568,7 +692,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[8]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -581,7 +705,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{8}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteServiceRequest) GetName() string {
@@ -599,7 +723,7 @@ type DeleteServiceResponse struct {
 
 func (x *DeleteServiceResponse) Reset() {
 	*x = DeleteServiceResponse{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[9]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +735,7 @@ func (x *DeleteServiceResponse) String() string {
 func (*DeleteServiceResponse) ProtoMessage() {}
 
 func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[9]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +748,7 @@ func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteServiceResponse) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{9}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{11}
 }
 
 type RegisterEndpointRequest struct {
@@ -639,7 +763,7 @@ type RegisterEndpointRequest struct {
 
 func (x *RegisterEndpointRequest) Reset() {
 	*x = RegisterEndpointRequest{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[10]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +775,7 @@ func (x *RegisterEndpointRequest) String() string {
 func (*RegisterEndpointRequest) ProtoMessage() {}
 
 func (x *RegisterEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[10]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +788,7 @@ func (x *RegisterEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterEndpointRequest.ProtoReflect.Descriptor instead.
 func (*RegisterEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{10}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegisterEndpointRequest) GetEndpoint() *Endpoint {
@@ -690,7 +814,7 @@ type RefreshEndpointRequest struct {
 
 func (x *RefreshEndpointRequest) Reset() {
 	*x = RefreshEndpointRequest{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[11]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +826,7 @@ func (x *RefreshEndpointRequest) String() string {
 func (*RefreshEndpointRequest) ProtoMessage() {}
 
 func (x *RefreshEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[11]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +839,7 @@ func (x *RefreshEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshEndpointRequest.ProtoReflect.Descriptor instead.
 func (*RefreshEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{11}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RefreshEndpointRequest) GetName() string {
@@ -734,7 +858,7 @@ type UnregisterEndpointRequest struct {
 
 func (x *UnregisterEndpointRequest) Reset() {
 	*x = UnregisterEndpointRequest{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[12]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -746,7 +870,7 @@ func (x *UnregisterEndpointRequest) String() string {
 func (*UnregisterEndpointRequest) ProtoMessage() {}
 
 func (x *UnregisterEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[12]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -759,7 +883,7 @@ func (x *UnregisterEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterEndpointRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{12}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UnregisterEndpointRequest) GetName() string {
@@ -777,7 +901,7 @@ type UnregisterEndpointResponse struct {
 
 func (x *UnregisterEndpointResponse) Reset() {
 	*x = UnregisterEndpointResponse{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[13]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +913,7 @@ func (x *UnregisterEndpointResponse) String() string {
 func (*UnregisterEndpointResponse) ProtoMessage() {}
 
 func (x *UnregisterEndpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[13]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +926,7 @@ func (x *UnregisterEndpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterEndpointResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterEndpointResponse) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{13}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{15}
 }
 
 type GetEndpointRequest struct {
@@ -814,7 +938,7 @@ type GetEndpointRequest struct {
 
 func (x *GetEndpointRequest) Reset() {
 	*x = GetEndpointRequest{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[14]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +950,7 @@ func (x *GetEndpointRequest) String() string {
 func (*GetEndpointRequest) ProtoMessage() {}
 
 func (x *GetEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[14]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +963,7 @@ func (x *GetEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEndpointRequest.ProtoReflect.Descriptor instead.
 func (*GetEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{14}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetEndpointRequest) GetName() string {
@@ -859,7 +983,7 @@ type ListEndpointsRequest struct {
 
 func (x *ListEndpointsRequest) Reset() {
 	*x = ListEndpointsRequest{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[15]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +995,7 @@ func (x *ListEndpointsRequest) String() string {
 func (*ListEndpointsRequest) ProtoMessage() {}
 
 func (x *ListEndpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[15]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1008,7 @@ func (x *ListEndpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEndpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListEndpointsRequest) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{15}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListEndpointsRequest) GetService() string {
@@ -903,7 +1027,7 @@ type ListEndpointsResponse struct {
 
 func (x *ListEndpointsResponse) Reset() {
 	*x = ListEndpointsResponse{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[16]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +1039,7 @@ func (x *ListEndpointsResponse) String() string {
 func (*ListEndpointsResponse) ProtoMessage() {}
 
 func (x *ListEndpointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[16]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1052,7 @@ func (x *ListEndpointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEndpointsResponse.ProtoReflect.Descriptor instead.
 func (*ListEndpointsResponse) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{16}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListEndpointsResponse) GetEndpoints() []*Endpoint {
@@ -952,7 +1076,7 @@ type FindRequest struct {
 
 func (x *FindRequest) Reset() {
 	*x = FindRequest{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[17]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +1088,7 @@ func (x *FindRequest) String() string {
 func (*FindRequest) ProtoMessage() {}
 
 func (x *FindRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[17]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +1101,7 @@ func (x *FindRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindRequest.ProtoReflect.Descriptor instead.
 func (*FindRequest) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{17}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FindRequest) GetService() string {
@@ -1015,7 +1139,7 @@ type FindResponse struct {
 
 func (x *FindResponse) Reset() {
 	*x = FindResponse{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[18]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1151,7 @@ func (x *FindResponse) String() string {
 func (*FindResponse) ProtoMessage() {}
 
 func (x *FindResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[18]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1164,7 @@ func (x *FindResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindResponse.ProtoReflect.Descriptor instead.
 func (*FindResponse) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{18}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FindResponse) GetEvent() isFindResponse_Event {
@@ -1113,7 +1237,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[19]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1125,7 +1249,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[19]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1138,7 +1262,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{19}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ApplyRequest) GetServices() []*NetworkService {
@@ -1166,7 +1290,7 @@ type ApplyEndpoint struct {
 
 func (x *ApplyEndpoint) Reset() {
 	*x = ApplyEndpoint{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[20]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1302,7 @@ func (x *ApplyEndpoint) String() string {
 func (*ApplyEndpoint) ProtoMessage() {}
 
 func (x *ApplyEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[20]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1315,7 @@ func (x *ApplyEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyEndpoint.ProtoReflect.Descriptor instead.
 func (*ApplyEndpoint) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{20}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ApplyEndpoint) GetEndpoint() *Endpoint {
@@ -1218,7 +1342,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_registry_registrypb_registry_proto_msgTypes[21]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1354,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_registrypb_registry_proto_msgTypes[21]
+	mi := &file_registry_registrypb_registry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1367,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{21}
+	return file_registry_registrypb_registry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ApplyResponse) GetServices() []*NetworkService {
@@ -1269,19 +1393,31 @@ const file_registry_registrypb_registry_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
 	"\apayload\x18\x02 \x01(\x0e2\x1a.vwire.registry.v1.PayloadR\apayload\x122\n" +
 	"\amatches\x18\x03 \x03(\v2\x18.vwire.registry.v1.MatchR\amatches\x12,\n" +
-	"\x12allowed_spiffe_ids\x18\x04 \x03(\tR\x10allowedSpiffeIds\"\xf5\x01\n" +
+	"\x12allowed_spiffe_ids\x18\x04 \x03(\tR\x10allowedSpiffeIds\"\xae\x02\n" +
 	"\x05Match\x12U\n" +
 	"\x0fsource_selector\x18\x01 \x03(\v2,.vwire.registry.v1.Match.SourceSelectorEntryR\x0esourceSelector\x120\n" +
 	"\x06routes\x18\x02 \x03(\v2\x18.vwire.registry.v1.RouteR\x06routes\x12 \n" +
-	"\vfallthrough\x18\x03 \x01(\bR\vfallthrough\x1aA\n" +
+	"\vfallthrough\x18\x03 \x01(\bR\vfallthrough\x127\n" +
+	"\bmetadata\x18\x04 \x01(\v2\x1b.vwire.registry.v1.MetadataR\bmetadata\x1aA\n" +
 	"\x13SourceSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb5\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x01\n" +
+	"\bMetadata\x12?\n" +
+	"\x06labels\x18\x01 \x03(\v2'.vwire.registry.v1.Metadata.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcd\x01\n" +
 	"\x05Route\x12d\n" +
-	"\x14destination_selector\x18\x01 \x03(\v21.vwire.registry.v1.Route.DestinationSelectorEntryR\x13destinationSelector\x1aF\n" +
+	"\x14destination_selector\x18\x01 \x03(\v21.vwire.registry.v1.Route.DestinationSelectorEntryR\x13destinationSelector\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\x1aF\n" +
 	"\x18DestinationSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
+	"\x06Labels\x12=\n" +
+	"\x06labels\x18\x01 \x03(\v2%.vwire.registry.v1.Labels.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb6\x04\n" +
 	"\bEndpoint\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x122\n" +
 	"\x15network_service_names\x18\x02 \x03(\tR\x13networkServiceNames\x12?\n" +
@@ -1293,10 +1429,15 @@ const file_registry_registrypb_registry_proto_rawDesc = "" +
 	"\x06domain\x18\a \x01(\tR\x06domain\x12\x18\n" +
 	"\agateway\x18\b \x01(\tR\agateway\x12\x1d\n" +
 	"\n" +
-	"gateway_id\x18\t \x01(\tR\tgatewayId\x1a9\n" +
+	"gateway_id\x18\t \x01(\tR\tgatewayId\x12U\n" +
+	"\x0eservice_labels\x18\n" +
+	" \x03(\v2..vwire.registry.v1.Endpoint.ServiceLabelsEntryR\rserviceLabels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a[\n" +
+	"\x12ServiceLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12/\n" +
+	"\x05value\x18\x02 \x01(\v2\x19.vwire.registry.v1.LabelsR\x05value:\x028\x01\"U\n" +
 	"\x16RegisterServiceRequest\x12;\n" +
 	"\aservice\x18\x01 \x01(\v2!.vwire.registry.v1.NetworkServiceR\aservice\"'\n" +
 	"\x11GetServiceRequest\x12\x12\n" +
@@ -1374,88 +1515,98 @@ func file_registry_registrypb_registry_proto_rawDescGZIP() []byte {
 }
 
 var file_registry_registrypb_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_registry_registrypb_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_registry_registrypb_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_registry_registrypb_registry_proto_goTypes = []any{
 	(Payload)(0),                       // 0: vwire.registry.v1.Payload
 	(*NetworkService)(nil),             // 1: vwire.registry.v1.NetworkService
 	(*Match)(nil),                      // 2: vwire.registry.v1.Match
-	(*Route)(nil),                      // 3: vwire.registry.v1.Route
-	(*Endpoint)(nil),                   // 4: vwire.registry.v1.Endpoint
-	(*RegisterServiceRequest)(nil),     // 5: vwire.registry.v1.RegisterServiceRequest
-	(*GetServiceRequest)(nil),          // 6: vwire.registry.v1.GetServiceRequest
-	(*ListServicesRequest)(nil),        // 7: vwire.registry.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),       // 8: vwire.registry.v1.ListServicesResponse
-	(*DeleteServiceRequest)(nil),       // 9: vwire.registry.v1.DeleteServiceRequest
-	(*DeleteServiceResponse)(nil),      // 10: vwire.registry.v1.DeleteServiceResponse
-	(*RegisterEndpointRequest)(nil),    // 11: vwire.registry.v1.RegisterEndpointRequest
-	(*RefreshEndpointRequest)(nil),     // 12: vwire.registry.v1.RefreshEndpointRequest
-	(*UnregisterEndpointRequest)(nil),  // 13: vwire.registry.v1.UnregisterEndpointRequest
-	(*UnregisterEndpointResponse)(nil), // 14: vwire.registry.v1.UnregisterEndpointResponse
-	(*GetEndpointRequest)(nil),         // 15: vwire.registry.v1.GetEndpointRequest
-	(*ListEndpointsRequest)(nil),       // 16: vwire.registry.v1.ListEndpointsRequest
-	(*ListEndpointsResponse)(nil),      // 17: vwire.registry.v1.ListEndpointsResponse
-	(*FindRequest)(nil),                // 18: vwire.registry.v1.FindRequest
-	(*FindResponse)(nil),               // 19: vwire.registry.v1.FindResponse
-	(*ApplyRequest)(nil),               // 20: vwire.registry.v1.ApplyRequest
-	(*ApplyEndpoint)(nil),              // 21: vwire.registry.v1.ApplyEndpoint
-	(*ApplyResponse)(nil),              // 22: vwire.registry.v1.ApplyResponse
-	nil,                                // 23: vwire.registry.v1.Match.SourceSelectorEntry
-	nil,                                // 24: vwire.registry.v1.Route.DestinationSelectorEntry
-	nil,                                // 25: vwire.registry.v1.Endpoint.LabelsEntry
-	nil,                                // 26: vwire.registry.v1.FindRequest.SourceLabelsEntry
-	(*timestamppb.Timestamp)(nil),      // 27: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 28: google.protobuf.Duration
+	(*Metadata)(nil),                   // 3: vwire.registry.v1.Metadata
+	(*Route)(nil),                      // 4: vwire.registry.v1.Route
+	(*Labels)(nil),                     // 5: vwire.registry.v1.Labels
+	(*Endpoint)(nil),                   // 6: vwire.registry.v1.Endpoint
+	(*RegisterServiceRequest)(nil),     // 7: vwire.registry.v1.RegisterServiceRequest
+	(*GetServiceRequest)(nil),          // 8: vwire.registry.v1.GetServiceRequest
+	(*ListServicesRequest)(nil),        // 9: vwire.registry.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),       // 10: vwire.registry.v1.ListServicesResponse
+	(*DeleteServiceRequest)(nil),       // 11: vwire.registry.v1.DeleteServiceRequest
+	(*DeleteServiceResponse)(nil),      // 12: vwire.registry.v1.DeleteServiceResponse
+	(*RegisterEndpointRequest)(nil),    // 13: vwire.registry.v1.RegisterEndpointRequest
+	(*RefreshEndpointRequest)(nil),     // 14: vwire.registry.v1.RefreshEndpointRequest
+	(*UnregisterEndpointRequest)(nil),  // 15: vwire.registry.v1.UnregisterEndpointRequest
+	(*UnregisterEndpointResponse)(nil), // 16: vwire.registry.v1.UnregisterEndpointResponse
+	(*GetEndpointRequest)(nil),         // 17: vwire.registry.v1.GetEndpointRequest
+	(*ListEndpointsRequest)(nil),       // 18: vwire.registry.v1.ListEndpointsRequest
+	(*ListEndpointsResponse)(nil),      // 19: vwire.registry.v1.ListEndpointsResponse
+	(*FindRequest)(nil),                // 20: vwire.registry.v1.FindRequest
+	(*FindResponse)(nil),               // 21: vwire.registry.v1.FindResponse
+	(*ApplyRequest)(nil),               // 22: vwire.registry.v1.ApplyRequest
+	(*ApplyEndpoint)(nil),              // 23: vwire.registry.v1.ApplyEndpoint
+	(*ApplyResponse)(nil),              // 24: vwire.registry.v1.ApplyResponse
+	nil,                                // 25: vwire.registry.v1.Match.SourceSelectorEntry
+	nil,                                // 26: vwire.registry.v1.Metadata.LabelsEntry
+	nil,                                // 27: vwire.registry.v1.Route.DestinationSelectorEntry
+	nil,                                // 28: vwire.registry.v1.Labels.LabelsEntry
+	nil,                                // 29: vwire.registry.v1.Endpoint.LabelsEntry
+	nil,                                // 30: vwire.registry.v1.Endpoint.ServiceLabelsEntry
+	nil,                                // 31: vwire.registry.v1.FindRequest.SourceLabelsEntry
+	(*timestamppb.Timestamp)(nil),      // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 33: google.protobuf.Duration
 }
 var file_registry_registrypb_registry_proto_depIdxs = []int32{
 	0,  // 0: vwire.registry.v1.NetworkService.payload:type_name -> vwire.registry.v1.Payload
 	2,  // 1: vwire.registry.v1.NetworkService.matches:type_name -> vwire.registry.v1.Match
-	23, // 2: vwire.registry.v1.Match.source_selector:type_name -> vwire.registry.v1.Match.SourceSelectorEntry
-	3,  // 3: vwire.registry.v1.Match.routes:type_name -> vwire.registry.v1.Route
-	24, // 4: vwire.registry.v1.Route.destination_selector:type_name -> vwire.registry.v1.Route.DestinationSelectorEntry
-	25, // 5: vwire.registry.v1.Endpoint.labels:type_name -> vwire.registry.v1.Endpoint.LabelsEntry
-	27, // 6: vwire.registry.v1.Endpoint.expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 7: vwire.registry.v1.RegisterServiceRequest.service:type_name -> vwire.registry.v1.NetworkService
-	1,  // 8: vwire.registry.v1.ListServicesResponse.services:type_name -> vwire.registry.v1.NetworkService
-	4,  // 9: vwire.registry.v1.RegisterEndpointRequest.endpoint:type_name -> vwire.registry.v1.Endpoint
-	28, // 10: vwire.registry.v1.RegisterEndpointRequest.lifetime:type_name -> google.protobuf.Duration
-	4,  // 11: vwire.registry.v1.ListEndpointsResponse.endpoints:type_name -> vwire.registry.v1.Endpoint
-	26, // 12: vwire.registry.v1.FindRequest.source_labels:type_name -> vwire.registry.v1.FindRequest.SourceLabelsEntry
-	17, // 13: vwire.registry.v1.FindResponse.snapshot:type_name -> vwire.registry.v1.ListEndpointsResponse
-	4,  // 14: vwire.registry.v1.FindResponse.update:type_name -> vwire.registry.v1.Endpoint
-	4,  // 15: vwire.registry.v1.FindResponse.delete:type_name -> vwire.registry.v1.Endpoint
-	1,  // 16: vwire.registry.v1.ApplyRequest.services:type_name -> vwire.registry.v1.NetworkService
-	21, // 17: vwire.registry.v1.ApplyRequest.endpoints:type_name -> vwire.registry.v1.ApplyEndpoint
-	4,  // 18: vwire.registry.v1.ApplyEndpoint.endpoint:type_name -> vwire.registry.v1.Endpoint
-	28, // 19: vwire.registry.v1.ApplyEndpoint.expires_in:type_name -> google.protobuf.Duration
-	1,  // 20: vwire.registry.v1.ApplyResponse.services:type_name -> vwire.registry.v1.NetworkService
-	4,  // 21: vwire.registry.v1.ApplyResponse.endpoints:type_name -> vwire.registry.v1.Endpoint
-	5,  // 22: vwire.registry.v1.Registry.RegisterService:input_type -> vwire.registry.v1.RegisterServiceRequest
-	6,  // 23: vwire.registry.v1.Registry.GetService:input_type -> vwire.registry.v1.GetServiceRequest
-	7,  // 24: vwire.registry.v1.Registry.ListServices:input_type -> vwire.registry.v1.ListServicesRequest
-	9,  // 25: vwire.registry.v1.Registry.DeleteService:input_type -> vwire.registry.v1.DeleteServiceRequest
-	11, // 26: vwire.registry.v1.Registry.RegisterEndpoint:input_type -> vwire.registry.v1.RegisterEndpointRequest
-	12, // 27: vwire.registry.v1.Registry.RefreshEndpoint:input_type -> vwire.registry.v1.RefreshEndpointRequest
-	13, // 28: vwire.registry.v1.Registry.UnregisterEndpoint:input_type -> vwire.registry.v1.UnregisterEndpointRequest
-	15, // 29: vwire.registry.v1.Registry.GetEndpoint:input_type -> vwire.registry.v1.GetEndpointRequest
-	16, // 30: vwire.registry.v1.Registry.ListEndpoints:input_type -> vwire.registry.v1.ListEndpointsRequest
-	18, // 31: vwire.registry.v1.Registry.Find:input_type -> vwire.registry.v1.FindRequest
-	20, // 32: vwire.registry.v1.Registry.Apply:input_type -> vwire.registry.v1.ApplyRequest
-	1,  // 33: vwire.registry.v1.Registry.RegisterService:output_type -> vwire.registry.v1.NetworkService
-	1,  // 34: vwire.registry.v1.Registry.GetService:output_type -> vwire.registry.v1.NetworkService
-	8,  // 35: vwire.registry.v1.Registry.ListServices:output_type -> vwire.registry.v1.ListServicesResponse
-	10, // 36: vwire.registry.v1.Registry.DeleteService:output_type -> vwire.registry.v1.DeleteServiceResponse
-	4,  // 37: vwire.registry.v1.Registry.RegisterEndpoint:output_type -> vwire.registry.v1.Endpoint
-	4,  // 38: vwire.registry.v1.Registry.RefreshEndpoint:output_type -> vwire.registry.v1.Endpoint
-	14, // 39: vwire.registry.v1.Registry.UnregisterEndpoint:output_type -> vwire.registry.v1.UnregisterEndpointResponse
-	4,  // 40: vwire.registry.v1.Registry.GetEndpoint:output_type -> vwire.registry.v1.Endpoint
-	17, // 41: vwire.registry.v1.Registry.ListEndpoints:output_type -> vwire.registry.v1.ListEndpointsResponse
-	19, // 42: vwire.registry.v1.Registry.Find:output_type -> vwire.registry.v1.FindResponse
-	22, // 43: vwire.registry.v1.Registry.Apply:output_type -> vwire.registry.v1.ApplyResponse
-	33, // [33:44] is the sub-list for method output_type
-	22, // [22:33] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	25, // 2: vwire.registry.v1.Match.source_selector:type_name -> vwire.registry.v1.Match.SourceSelectorEntry
+	4,  // 3: vwire.registry.v1.Match.routes:type_name -> vwire.registry.v1.Route
+	3,  // 4: vwire.registry.v1.Match.metadata:type_name -> vwire.registry.v1.Metadata
+	26, // 5: vwire.registry.v1.Metadata.labels:type_name -> vwire.registry.v1.Metadata.LabelsEntry
+	27, // 6: vwire.registry.v1.Route.destination_selector:type_name -> vwire.registry.v1.Route.DestinationSelectorEntry
+	28, // 7: vwire.registry.v1.Labels.labels:type_name -> vwire.registry.v1.Labels.LabelsEntry
+	29, // 8: vwire.registry.v1.Endpoint.labels:type_name -> vwire.registry.v1.Endpoint.LabelsEntry
+	32, // 9: vwire.registry.v1.Endpoint.expires_at:type_name -> google.protobuf.Timestamp
+	30, // 10: vwire.registry.v1.Endpoint.service_labels:type_name -> vwire.registry.v1.Endpoint.ServiceLabelsEntry
+	1,  // 11: vwire.registry.v1.RegisterServiceRequest.service:type_name -> vwire.registry.v1.NetworkService
+	1,  // 12: vwire.registry.v1.ListServicesResponse.services:type_name -> vwire.registry.v1.NetworkService
+	6,  // 13: vwire.registry.v1.RegisterEndpointRequest.endpoint:type_name -> vwire.registry.v1.Endpoint
+	33, // 14: vwire.registry.v1.RegisterEndpointRequest.lifetime:type_name -> google.protobuf.Duration
+	6,  // 15: vwire.registry.v1.ListEndpointsResponse.endpoints:type_name -> vwire.registry.v1.Endpoint
+	31, // 16: vwire.registry.v1.FindRequest.source_labels:type_name -> vwire.registry.v1.FindRequest.SourceLabelsEntry
+	19, // 17: vwire.registry.v1.FindResponse.snapshot:type_name -> vwire.registry.v1.ListEndpointsResponse
+	6,  // 18: vwire.registry.v1.FindResponse.update:type_name -> vwire.registry.v1.Endpoint
+	6,  // 19: vwire.registry.v1.FindResponse.delete:type_name -> vwire.registry.v1.Endpoint
+	1,  // 20: vwire.registry.v1.ApplyRequest.services:type_name -> vwire.registry.v1.NetworkService
+	23, // 21: vwire.registry.v1.ApplyRequest.endpoints:type_name -> vwire.registry.v1.ApplyEndpoint
+	6,  // 22: vwire.registry.v1.ApplyEndpoint.endpoint:type_name -> vwire.registry.v1.Endpoint
+	33, // 23: vwire.registry.v1.ApplyEndpoint.expires_in:type_name -> google.protobuf.Duration
+	1,  // 24: vwire.registry.v1.ApplyResponse.services:type_name -> vwire.registry.v1.NetworkService
+	6,  // 25: vwire.registry.v1.ApplyResponse.endpoints:type_name -> vwire.registry.v1.Endpoint
+	5,  // 26: vwire.registry.v1.Endpoint.ServiceLabelsEntry.value:type_name -> vwire.registry.v1.Labels
+	7,  // 27: vwire.registry.v1.Registry.RegisterService:input_type -> vwire.registry.v1.RegisterServiceRequest
+	8,  // 28: vwire.registry.v1.Registry.GetService:input_type -> vwire.registry.v1.GetServiceRequest
+	9,  // 29: vwire.registry.v1.Registry.ListServices:input_type -> vwire.registry.v1.ListServicesRequest
+	11, // 30: vwire.registry.v1.Registry.DeleteService:input_type -> vwire.registry.v1.DeleteServiceRequest
+	13, // 31: vwire.registry.v1.Registry.RegisterEndpoint:input_type -> vwire.registry.v1.RegisterEndpointRequest
+	14, // 32: vwire.registry.v1.Registry.RefreshEndpoint:input_type -> vwire.registry.v1.RefreshEndpointRequest
+	15, // 33: vwire.registry.v1.Registry.UnregisterEndpoint:input_type -> vwire.registry.v1.UnregisterEndpointRequest
+	17, // 34: vwire.registry.v1.Registry.GetEndpoint:input_type -> vwire.registry.v1.GetEndpointRequest
+	18, // 35: vwire.registry.v1.Registry.ListEndpoints:input_type -> vwire.registry.v1.ListEndpointsRequest
+	20, // 36: vwire.registry.v1.Registry.Find:input_type -> vwire.registry.v1.FindRequest
+	22, // 37: vwire.registry.v1.Registry.Apply:input_type -> vwire.registry.v1.ApplyRequest
+	1,  // 38: vwire.registry.v1.Registry.RegisterService:output_type -> vwire.registry.v1.NetworkService
+	1,  // 39: vwire.registry.v1.Registry.GetService:output_type -> vwire.registry.v1.NetworkService
+	10, // 40: vwire.registry.v1.Registry.ListServices:output_type -> vwire.registry.v1.ListServicesResponse
+	12, // 41: vwire.registry.v1.Registry.DeleteService:output_type -> vwire.registry.v1.DeleteServiceResponse
+	6,  // 42: vwire.registry.v1.Registry.RegisterEndpoint:output_type -> vwire.registry.v1.Endpoint
+	6,  // 43: vwire.registry.v1.Registry.RefreshEndpoint:output_type -> vwire.registry.v1.Endpoint
+	16, // 44: vwire.registry.v1.Registry.UnregisterEndpoint:output_type -> vwire.registry.v1.UnregisterEndpointResponse
+	6,  // 45: vwire.registry.v1.Registry.GetEndpoint:output_type -> vwire.registry.v1.Endpoint
+	19, // 46: vwire.registry.v1.Registry.ListEndpoints:output_type -> vwire.registry.v1.ListEndpointsResponse
+	21, // 47: vwire.registry.v1.Registry.Find:output_type -> vwire.registry.v1.FindResponse
+	24, // 48: vwire.registry.v1.Registry.Apply:output_type -> vwire.registry.v1.ApplyResponse
+	38, // [38:49] is the sub-list for method output_type
+	27, // [27:38] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_registry_registrypb_registry_proto_init() }
@@ -1463,7 +1614,7 @@ func file_registry_registrypb_registry_proto_init() {
 	if File_registry_registrypb_registry_proto != nil {
 		return
 	}
-	file_registry_registrypb_registry_proto_msgTypes[18].OneofWrappers = []any{
+	file_registry_registrypb_registry_proto_msgTypes[20].OneofWrappers = []any{
 		(*FindResponse_Snapshot)(nil),
 		(*FindResponse_Update)(nil),
 		(*FindResponse_Delete)(nil),
@@ -1474,7 +1625,7 @@ func file_registry_registrypb_registry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_registry_registrypb_registry_proto_rawDesc), len(file_registry_registrypb_registry_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
