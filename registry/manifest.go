@@ -47,6 +47,8 @@ type objectMeta struct {
 }
 
 type serviceSpec struct {
+	// Network Service Mesh's manifests repeat the name in the spec.
+	Name    string      `yaml:"name,omitempty"`
 	Payload string      `yaml:"payload"`
 	Matches []matchSpec `yaml:"matches,omitempty"`
 	// Who may connect (see registrypb.NetworkService.allowed_spiffe_ids).
@@ -63,20 +65,62 @@ type matchSpec struct {
 	Route          []routeSpec       `yaml:"route,omitempty"`
 	Routes         []routeSpec       `yaml:"routes,omitempty"`
 	Fallthrough    bool              `yaml:"fallthrough,omitempty"`
+	Metadata       *labelSet         `yaml:"metadata,omitempty"`
 }
 
 type routeSpec struct {
 	Destination         *routeSpec        `yaml:"destination,omitempty"`
 	DestinationSelector map[string]string `yaml:"destinationSelector,omitempty"`
 	DestinationSel      map[string]string `yaml:"destination_selector,omitempty"`
+	Weight              uint32            `yaml:"weight,omitempty"`
+}
+
+// labelSet is Network Service Mesh's {labels: {...}} (match metadata, an
+// endpoint's labels for one service).
+type labelSet struct {
+	Labels map[string]string `yaml:"labels,omitempty"`
 }
 
 type endpointSpec struct {
-	NetworkServiceNames []string `yaml:"networkServiceNames,omitempty"`
-	NSMServiceNames     []string `yaml:"network_service_names,omitempty"`
-	URL                 string   `yaml:"url,omitempty"`
+	Name                string              `yaml:"name,omitempty"`
+	NetworkServiceNames []string            `yaml:"networkServiceNames,omitempty"`
+	NSMServiceNames     []string            `yaml:"network_service_names,omitempty"`
+	ServiceLabels       map[string]labelSet `yaml:"networkServiceLabels,omitempty"`
+	NSMServiceLabels    map[string]labelSet `yaml:"network_service_labels,omitempty"`
+	URL                 string              `yaml:"url,omitempty"`
 	// A Go duration ("90s", "5m"); empty for a static endpoint.
 	ExpiresIn string `yaml:"expiresIn,omitempty"`
+	// Or, as Network Service Mesh writes it, when the registration lapses.
+	ExpirationTime    timeSpec `yaml:"expirationTime,omitempty"`
+	NSMExpirationTime timeSpec `yaml:"expiration_time,omitempty"`
+	// Set by Network Service Mesh's registry; accepted and ignored, so
+	// that its objects apply as they are.
+	InitialRegistrationTime    timeSpec `yaml:"initialRegistrationTime,omitempty"`
+	NSMInitialRegistrationTime timeSpec `yaml:"initial_registration_time,omitempty"`
+}
+
+// timeSpec is a time as RFC 3339 text or as protobuf's {seconds, nanos}
+// (how Network Service Mesh's CRDs hold a timestamp).
+type timeSpec struct{ time.Time }
+
+func (t *timeSpec) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		v, err := time.Parse(time.RFC3339Nano, n.Value)
+		if err != nil {
+			return fmt.Errorf("line %d: %q is not an RFC 3339 time (e.g. 2026-12-31T23:00:00Z)", n.Line, n.Value)
+		}
+		t.Time = v
+		return nil
+	}
+	var pb struct {
+		Seconds int64 `yaml:"seconds"`
+		Nanos   int64 `yaml:"nanos"`
+	}
+	if err := n.Decode(&pb); err != nil {
+		return fmt.Errorf("line %d: want an RFC 3339 time or {seconds, nanos}", n.Line)
+	}
+	t.Time = time.Unix(pb.Seconds, pb.Nanos)
+	return nil
 }
 
 // Objects is what a manifest stream holds, in the order it holds them.
@@ -160,17 +204,24 @@ func decodeService(doc *document) (*registrypb.NetworkService, error) {
 	if !ok || payload == 0 {
 		return nil, fmt.Errorf("spec.payload: unknown payload %q (want IP or ETHERNET)", spec.Payload)
 	}
+	if err := sameName(doc, spec.Name); err != nil {
+		return nil, err
+	}
 	s := &registrypb.NetworkService{Name: doc.Metadata.Name, Payload: registrypb.Payload(payload), AllowedSpiffeIds: spec.AllowedSpiffeIDs}
 	for _, m := range spec.Matches {
 		if m.Match != nil { // the selectors nested under "match:"
 			m = mergeMatch(m, *m.Match)
 		}
 		pm := &registrypb.Match{SourceSelector: union(m.SourceSelector, m.SourceSel), Fallthrough: m.Fallthrough}
+		if m.Metadata != nil {
+			pm.Metadata = &registrypb.Metadata{Labels: m.Metadata.Labels}
+		}
 		for _, r := range append(m.Route, m.Routes...) {
 			if r.Destination != nil {
 				r.DestinationSelector = union(r.DestinationSelector, r.Destination.DestinationSelector, r.Destination.DestinationSel)
+				r.Weight = max(r.Weight, r.Destination.Weight)
 			}
-			pm.Routes = append(pm.Routes, &registrypb.Route{DestinationSelector: union(r.DestinationSelector, r.DestinationSel)})
+			pm.Routes = append(pm.Routes, &registrypb.Route{DestinationSelector: union(r.DestinationSelector, r.DestinationSel), Weight: r.Weight})
 		}
 		s.Matches = append(s.Matches, pm)
 	}
@@ -185,7 +236,19 @@ func mergeMatch(outer, inner matchSpec) matchSpec {
 	outer.SourceSel = nil
 	outer.Route = append(append(outer.Route, inner.Route...), inner.Routes...)
 	outer.Fallthrough = outer.Fallthrough || inner.Fallthrough
+	if outer.Metadata == nil {
+		outer.Metadata = inner.Metadata
+	}
 	return outer
+}
+
+// sameName refuses a spec.name other than metadata.name: vwire names an
+// object once.
+func sameName(doc *document, specName string) error {
+	if specName != "" && specName != doc.Metadata.Name {
+		return fmt.Errorf("spec.name %q differs from metadata.name %q: an object has one name (write the same in both, or leave spec.name out)", specName, doc.Metadata.Name)
+	}
+	return nil
 }
 
 func union(maps ...map[string]string) map[string]string {
@@ -206,24 +269,56 @@ func decodeEndpoint(doc *document) (*registrypb.ApplyEndpoint, error) {
 	if err := strictDecode(&doc.Spec, &spec, "spec"); err != nil {
 		return nil, err
 	}
+	if err := sameName(doc, spec.Name); err != nil {
+		return nil, err
+	}
 	e := &registrypb.Endpoint{
 		Name:                doc.Metadata.Name,
 		Labels:              doc.Metadata.Labels,
 		NetworkServiceNames: append(spec.NetworkServiceNames, spec.NSMServiceNames...),
 		Url:                 spec.URL,
 	}
+	for svc, l := range union2(spec.ServiceLabels, spec.NSMServiceLabels) {
+		if e.ServiceLabels == nil {
+			e.ServiceLabels = map[string]*registrypb.Labels{}
+		}
+		e.ServiceLabels[svc] = &registrypb.Labels{Labels: l.Labels}
+	}
 	if err := ValidateStaticEndpoint(e); err != nil {
 		return nil, err
 	}
 	ae := &registrypb.ApplyEndpoint{Endpoint: e}
-	if spec.ExpiresIn != "" {
+	expires := spec.ExpirationTime.Time
+	if expires.IsZero() {
+		expires = spec.NSMExpirationTime.Time
+	}
+	switch {
+	case spec.ExpiresIn != "" && !expires.IsZero():
+		return nil, errors.New("spec.expiresIn and spec.expiration_time both say when the registration lapses: give one")
+	case spec.ExpiresIn != "":
 		d, err := time.ParseDuration(spec.ExpiresIn)
 		if err != nil || d < time.Second {
 			return nil, fmt.Errorf("spec.expiresIn: %q is not a duration of at least 1s (write e.g. 90s or 5m)", spec.ExpiresIn)
 		}
 		ae.ExpiresIn = durationpb.New(d)
+	case !expires.IsZero():
+		d := time.Until(expires).Truncate(time.Second)
+		if d < time.Second {
+			return nil, fmt.Errorf("spec.expiration_time %s has passed: the registration would lapse before it is stored (leave it out for an endpoint that does not expire, or write a later time or spec.expiresIn)", expires.UTC().Format(time.RFC3339))
+		}
+		ae.ExpiresIn = durationpb.New(d)
 	}
 	return ae, nil
+}
+
+func union2(a, b map[string]labelSet) map[string]labelSet {
+	out := map[string]labelSet{}
+	for _, m := range []map[string]labelSet{a, b} {
+		for k, v := range m {
+			out[k] = labelSet{Labels: union(out[k].Labels, v.Labels)}
+		}
+	}
+	return out
 }
 
 // strictDecode decodes n into v after checking that every mapping key in n
@@ -254,8 +349,8 @@ func checkKnown(n *yaml.Node, t reflect.Type, path string) error {
 		n = n.Alias
 	}
 	switch {
-	case t == reflect.TypeOf(yaml.Node{}):
-		return nil
+	case t == reflect.TypeOf(yaml.Node{}), reflect.PointerTo(t).Implements(reflect.TypeFor[yaml.Unmarshaler]()):
+		return nil // it checks its own fields
 	case t.Kind() == reflect.Struct && n.Kind == yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			key := n.Content[i].Value
@@ -333,11 +428,16 @@ func EncodeManifests(w io.Writer, services []*registrypb.NetworkService, endpoin
 func ManifestDocuments(services []*registrypb.NetworkService, endpoints []*registrypb.Endpoint) []any {
 	type route struct {
 		DestinationSelector map[string]string `yaml:"destination_selector,omitempty" json:"destination_selector,omitempty"`
+		Weight              uint32            `yaml:"weight,omitempty" json:"weight,omitempty"`
+	}
+	type labels struct {
+		Labels map[string]string `yaml:"labels,omitempty" json:"labels,omitempty"`
 	}
 	type match struct {
 		SourceSelector map[string]string `yaml:"source_selector,omitempty" json:"source_selector,omitempty"`
 		Routes         []route           `yaml:"routes,omitempty" json:"routes,omitempty"`
 		Fallthrough    bool              `yaml:"fallthrough,omitempty" json:"fallthrough,omitempty"`
+		Metadata       *labels           `yaml:"metadata,omitempty" json:"metadata,omitempty"`
 	}
 	type svcSpec struct {
 		Payload          string   `yaml:"payload" json:"payload"`
@@ -345,8 +445,9 @@ func ManifestDocuments(services []*registrypb.NetworkService, endpoints []*regis
 		AllowedSpiffeIDs []string `yaml:"allowedSpiffeIDs,omitempty" json:"allowedSpiffeIDs,omitempty"`
 	}
 	type epSpec struct {
-		NetworkServiceNames []string `yaml:"networkServiceNames" json:"networkServiceNames"`
-		URL                 string   `yaml:"url,omitempty" json:"url,omitempty"`
+		NetworkServiceNames []string          `yaml:"networkServiceNames" json:"networkServiceNames"`
+		ServiceLabels       map[string]labels `yaml:"networkServiceLabels,omitempty" json:"networkServiceLabels,omitempty"`
+		URL                 string            `yaml:"url,omitempty" json:"url,omitempty"`
 	}
 	type epStatus struct {
 		ExpiresAt string `yaml:"expiresAt,omitempty" json:"expiresAt,omitempty"`
@@ -368,8 +469,11 @@ func ManifestDocuments(services []*registrypb.NetworkService, endpoints []*regis
 		spec := svcSpec{Payload: s.GetPayload().String(), AllowedSpiffeIDs: s.GetAllowedSpiffeIds()}
 		for _, m := range s.GetMatches() {
 			mm := match{SourceSelector: m.GetSourceSelector(), Fallthrough: m.GetFallthrough()}
+			if m.GetMetadata() != nil {
+				mm.Metadata = &labels{Labels: m.GetMetadata().GetLabels()}
+			}
 			for _, r := range m.GetRoutes() {
-				mm.Routes = append(mm.Routes, route{DestinationSelector: r.GetDestinationSelector()})
+				mm.Routes = append(mm.Routes, route{DestinationSelector: r.GetDestinationSelector(), Weight: r.GetWeight()})
 			}
 			spec.Matches = append(spec.Matches, mm)
 		}
@@ -377,6 +481,12 @@ func ManifestDocuments(services []*registrypb.NetworkService, endpoints []*regis
 	}
 	for _, e := range endpoints {
 		spec := epSpec{NetworkServiceNames: e.GetNetworkServiceNames(), URL: e.GetUrl()}
+		for svc, l := range e.GetServiceLabels() {
+			if spec.ServiceLabels == nil {
+				spec.ServiceLabels = map[string]labels{}
+			}
+			spec.ServiceLabels[svc] = labels{Labels: l.GetLabels()}
+		}
 		status := epStatus{Owner: e.GetOwner()}
 		if e.GetExpiresAt() != nil {
 			status.ExpiresAt = e.GetExpiresAt().AsTime().Format(time.RFC3339)

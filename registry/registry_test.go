@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/vwire/vwire/registry"
@@ -353,5 +354,64 @@ func TestEndpointGatewayIsTheRegistrants(t *testing.T) {
 		if got.GetGateway() != tc.gateway || got.GetGatewayId() != tc.id {
 			t.Errorf("registered by %s: gateway %q (%q), want %q (%q)", tc.path, got.GetGateway(), got.GetGatewayId(), tc.gateway, tc.id)
 		}
+	}
+}
+
+// Network Service Mesh's own manifests apply as they are, and select as
+// they do in Network Service Mesh: the chain's hops by per-service labels,
+// a client's node by template, "" for a missing label, a match with
+// metadata and no routes offering everything; the reference manifest is
+// unchanged.
+func TestNSMManifests(t *testing.T) {
+	d := startDomain(t, "a.example")
+	admin := d.admin()
+	applyFiles(t, admin, "testdata/nsm-manifests.yaml", "testdata/secure-intranet-connectivity.yaml", "testdata/endpoints.yaml")
+	for _, c := range []struct {
+		service string
+		client  map[string]string
+		want    []string
+	}{
+		{"chain", map[string]string{"app": "filter"}, []string{"shaper-1"}},
+		{"chain", map[string]string{"app": "shaper"}, []string{"exit-1"}},
+		{"chain", map[string]string{"nodeName": "node-2"}, []string{"filter-node-2"}},
+		{"chain", map[string]string{"nodeName": "node-9"}, []string{"filter-node-1", "filter-node-2"}}, // no filter on its node: fallthrough
+		{"chain", nil, []string{"filter-node-1", "filter-node-2"}},                                     // no node to fill the template with: likewise
+		{"lab", map[string]string{"tenant": "red"}, []string{"filter-node-1"}},
+		{"lab", map[string]string{"tenant": "green"}, nil},
+		{"lab", nil, []string{"filter-node-1", "filter-node-2"}}, // no tenant: metadata, no routes
+		{"secure-intranet-connectivity", map[string]string{"app": "firewall"}, []string{"vpn-gateway-1"}},
+		{"secure-intranet-connectivity", nil, []string{"firewall-1"}},
+	} {
+		if got := find(t, admin, c.service, c.client); !slices.Equal(got, c.want) {
+			t.Errorf("%s for %v: %v, want %v", c.service, c.client, got, c.want)
+		}
+	}
+	// What was applied comes back as it was written (weights, metadata,
+	// per-service labels), and the expiration time became a lease.
+	ep, err := admin.GetEndpoint(ctx(t), &registrypb.GetEndpointRequest{Name: "filter-node-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := ep.GetServiceLabels()["chain"].GetLabels(); l["nodeName"] != "node-1" || ep.GetExpiresAt() == nil ||
+		ep.GetExpiresAt().AsTime().Sub(time.Unix(4102444800, 0)).Abs() > time.Minute {
+		t.Errorf("filter-node-1 as stored: %v", ep)
+	}
+	svc, err := admin.GetService(ctx(t), &registrypb.GetServiceRequest{Name: "chain"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svc.GetMatches()[1].GetRoutes()[0].GetWeight() != 100 || svc.GetMatches()[2].GetRoutes()[0].GetDestinationSelector()["nodeName"] != "{{.nodeName}}" {
+		t.Errorf("chain as stored: %v", svc)
+	}
+	var out strings.Builder
+	if err := registry.EncodeManifests(&out, []*registrypb.NetworkService{svc}, []*registrypb.Endpoint{ep}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := registry.DecodeManifests(strings.NewReader(out.String()))
+	if err != nil {
+		t.Fatalf("the output does not apply again: %v\n%s", err, out.String())
+	}
+	if !proto.Equal(again.GetServices()[0], svc) {
+		t.Errorf("the service does not survive a round trip:\n%s", out.String())
 	}
 }
