@@ -13,6 +13,7 @@ import (
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
+	"github.com/vwire/vwire/registry/registrypb"
 )
 
 // withFake gives the domain a fake data plane and returns it.
@@ -256,5 +257,49 @@ spec:
 		if err != nil || again.GetNetworkServiceEndpointName() != got[0] {
 			t.Fatalf("refresh moved the connection from %s: %v, %v", got[0], again.GetNetworkServiceEndpointName(), err)
 		}
+	}
+}
+
+// The labels a client's domain adds (as Network Service Mesh's do) reach
+// the service's domain, whose rules select by them: here the endpoint set
+// aside for the client's domain.
+func TestClientLabelsAcrossDomains(t *testing.T) {
+	a, b, _, _ := twoDomains(t)
+	objs, err := registry.DecodeManifests(strings.NewReader(`
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: per-domain}
+spec:
+  payload: IP
+  matches:
+    - routes:
+        - destination_selector: {serves: "{{.clusterName}}", from: "{{.domain}}"}
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkServiceEndpoint
+metadata: {name: for-a, labels: {serves: a.example, from: a.example}}
+spec: {network_service_names: [per-domain], url: "tcp://10.0.0.1:5001"}
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkServiceEndpoint
+metadata: {name: for-c, labels: {serves: c.example, from: c.example}}
+spec: {network_service_names: [per-domain], url: "tcp://10.0.0.2:5001"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := registrypb.NewRegistryClient(b.admin).Apply(ctx(t), objs); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := request(t, a.gateway(t), "per-domain@b.example", "spiffe://a.example/ns/x", nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if conn.GetNetworkServiceEndpointName() != "for-a@b.example" {
+		t.Errorf("a's client got %s, want for-a@b.example", conn.GetNetworkServiceEndpointName())
+	}
+	// A look-up previews the same selection.
+	if got, err := a.findAs(t, "per-domain@b.example", nil); err != nil || len(got) != 1 || !strings.HasPrefix(got[0], "for-a@b.example") {
+		t.Errorf("find from a: %v, %v", got, err)
 	}
 }

@@ -132,6 +132,7 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	} else if err := proxy.ValidID(conn.Id); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	conn.Labels = withLabel(conn.Labels, registry.LabelNode, s.G.Node)
 	id := endID(proxy.ClientSide, conn.Id)
 	_, known := s.G.reconciler.Get(id)
 	if k.Netns == "" {
@@ -197,7 +198,21 @@ func (s *Server) RegisterEndpoint(ctx context.Context, req *registrypb.RegisterE
 	}
 	req = proto.Clone(req).(*registrypb.RegisterEndpointRequest)
 	req.Endpoint.Gateway = s.G.URL // the proxy programs its end through this gateway
+	req.Endpoint.Labels = withLabel(req.Endpoint.Labels, registry.LabelNode, s.G.Node)
 	return registrypb.NewRegistryClient(s.Proxy).RegisterEndpoint(up, req)
+}
+
+// withLabel is labels with k=v added, unless labels has k already (the
+// workload's own word wins).
+func withLabel(labels map[string]string, k, v string) map[string]string {
+	if _, ok := labels[k]; ok || v == "" {
+		return labels
+	}
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[k] = v
+	return labels
 }
 
 // RefreshEndpoint implements registrypb.RegistryServer.

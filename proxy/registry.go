@@ -43,12 +43,16 @@ func (r *Registry) Find(req *registrypb.FindRequest, stream grpc.ServerStreaming
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
+	ctx := stream.Context()
+	if federation.SourceDomain(ctx) == "" { // as a request from here would be
+		req = proto.Clone(req).(*registrypb.FindRequest)
+		req.SourceLabels = ClientLabels(req.GetSourceLabels(), r.own)
+	}
 	if name.Domain == "" || name.Domain == r.own {
 		local := proto.Clone(req).(*registrypb.FindRequest)
 		local.Service = name.Service
 		return r.RegistryServer.Find(local, stream)
 	}
-	ctx := stream.Context()
 	if src := federation.SourceDomain(ctx); src != "" {
 		// A peer asks only about this domain; no forwarding on behalf of others.
 		return status.Errorf(codes.PermissionDenied, "domain %q asked this domain (%q) about %q: ask %q directly", src, r.own, name, name.Domain)

@@ -85,6 +85,9 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	if !client.IsZero() {
 		conn.ClientId = client.String()
 	}
+	if federation.SourceDomain(ctx) == "" {
+		conn.Labels = ClientLabels(conn.Labels, s.Own)
+	}
 	if name.Domain != "" && name.Domain != s.Own {
 		if src := federation.SourceDomain(ctx); src == name.Domain && conn.GetNetworkServiceEndpointName() != "" {
 			return s.hosted(ctx, conn, name)
@@ -449,6 +452,22 @@ func (s *Server) Expire(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// ClientLabels are a client's labels with those its domain adds for the
+// match rules, as Network Service Mesh's do (registry.LabelDomain,
+// registry.LabelCluster), unless the client set them.
+func ClientLabels(labels map[string]string, domain string) map[string]string {
+	out := make(map[string]string, len(labels)+2)
+	for k, v := range labels {
+		out[k] = v
+	}
+	for _, k := range []string{registry.LabelDomain, registry.LabelCluster} {
+		if _, ok := out[k]; !ok {
+			out[k] = domain
+		}
+	}
+	return out
 }
 
 // NewID is a new connection id: 128 random bits, in hex.

@@ -81,6 +81,17 @@ func TestDomainApplyGetSelect(t *testing.T) {
 		t.Errorf("any other client selects:\n%s", other)
 	}
 
+	// Network Service Mesh's manifests apply as they are and select as
+	// there: a filter client is sent on to the shaper, any other to a
+	// filter on its own node ({{.nodeName}}).
+	vwire(t, true, append([]string{"apply", "-f", "../../registry/testdata/nsm-manifests.yaml"}, c...)...)
+	if out := vwire(t, true, append([]string{"get", "endpoints", "--service", "chain", "--source-labels", "app=filter"}, c...)...); !strings.Contains(out, "shaper-1") || strings.Contains(out, "filter-node") {
+		t.Errorf("a filter client of chain selects:\n%s", out)
+	}
+	if out := vwire(t, true, append([]string{"get", "endpoints", "--service", "chain", "--source-labels", "nodeName=node-2"}, c...)...); !strings.Contains(out, "filter-node-2") || strings.Contains(out, "filter-node-1") {
+		t.Errorf("a client on node-2 selects:\n%s", out)
+	}
+
 	// -o yaml applies again; -o json is an object.
 	y := vwire(t, true, append([]string{"get", "services", "-o", "yaml"}, c...)...)
 	cmd := exec.Command(vwireBin, append([]string{"apply", "-f", "-"}, c...)...)

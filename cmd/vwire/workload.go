@@ -55,6 +55,24 @@ func workloadNS(netns string) (*os.File, error) {
 	return handover.OwnNamespace()
 }
 
+// withPodName adds the workload's podName label, as Network Service Mesh
+// does, unless --labels gave one: the host name, which in Kubernetes is the
+// pod's name (in compose, the container's).
+func withPodName(labels map[string]string) map[string]string {
+	if _, ok := labels[registry.LabelPod]; ok {
+		return labels
+	}
+	host, err := os.Hostname()
+	if err != nil || registry.ValidateLabels(map[string]string{registry.LabelPod: host}) != nil {
+		return labels
+	}
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[registry.LabelPod] = host
+	return labels
+}
+
 func newEndpointCmd() *cobra.Command {
 	var gw, name, service, labels, cidr, netns, payload, listen string
 	var lifetime time.Duration
@@ -78,6 +96,7 @@ container or a pod), which it hands to the gateway over its socket.`,
 			if err != nil {
 				return usagef("--labels: %v", err)
 			}
+			lbls = withPodName(lbls)
 			ns, err := workloadNS(netns)
 			if err != nil {
 				return err
@@ -170,6 +189,7 @@ it hands to the gateway over its socket.`,
 			if err != nil {
 				return usagef("--labels: %v", err)
 			}
+			lbls = withPodName(lbls)
 			ns, err := workloadNS(netns)
 			if err != nil {
 				return err
