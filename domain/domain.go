@@ -74,6 +74,10 @@ type Config struct {
 	// DebugListen serves Go's profiles (net/http/pprof) over plain HTTP;
 	// empty: none.
 	DebugListen string
+	// ServicesElsewhere, when set, says where the domain's services are
+	// defined instead of through its registry API (a Kubernetes domain's
+	// NetworkService objects): the API refuses to change them.
+	ServicesElsewhere string
 	// ConnectionLifetime is how long a connection lives unless refreshed.
 	ConnectionLifetime time.Duration
 	// Dataplane programs the vWires' ends, when a program that embeds a
@@ -385,7 +389,11 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	)
 	d.pool = proxy.NewPool(resolver, d.Identity, cfg.Name, d.Peers)
 	d.pool.Timeout = cfg.PeerTimeout
-	local := registry.NewServer(d.Store, td, cfg.EndpointLifetime, d.Peers, log)
+	var regOpts []registry.ServerOption
+	if cfg.ServicesElsewhere != "" {
+		regOpts = append(regOpts, registry.ServicesElsewhere(cfg.ServicesElsewhere))
+	}
+	local := registry.NewServer(d.Store, td, cfg.EndpointLifetime, d.Peers, log, regOpts...)
 	registrypb.RegisterRegistryServer(d.srv, proxy.NewRegistry(local, cfg.Name, td, d.pool))
 	dp := cfg.Dataplane
 	kind := cfg.DataplaneKind

@@ -21,8 +21,22 @@ import (
 // is the default of registrations that name none.
 // peers (nil for none) says which federated domains' workloads the
 // default per-service policy admits.
-func NewServer(store *Store, td spiffeid.TrustDomain, lifetime time.Duration, peers PeerPolicy, log *slog.Logger) registrypb.RegistryServer {
-	return &server{store: store, td: td, lifetime: lifetime, peers: peers, log: log}
+func NewServer(store *Store, td spiffeid.TrustDomain, lifetime time.Duration, peers PeerPolicy, log *slog.Logger, opts ...ServerOption) registrypb.RegistryServer {
+	s := &server{store: store, td: td, lifetime: lifetime, peers: peers, log: log}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// ServerOption changes what a registry server allows.
+type ServerOption func(*server)
+
+// ServicesElsewhere has the server refuse to define or delete network
+// services, saying where they are defined instead (a Kubernetes domain's
+// NetworkService objects, which vwire stores itself).
+func ServicesElsewhere(where string) ServerOption {
+	return func(s *server) { s.servicesElsewhere = where }
 }
 
 // server serves the registry API on a Store. Each call checks what its
@@ -31,11 +45,13 @@ func NewServer(store *Store, td spiffeid.TrustDomain, lifetime time.Duration, pe
 // federated domain's proxy (admitted by federation.Binding) may only find.
 type server struct {
 	registrypb.UnimplementedRegistryServer
-	store    *Store
-	td       spiffeid.TrustDomain
-	lifetime time.Duration
-	peers    PeerPolicy
-	log      *slog.Logger
+	// servicesElsewhere, when set, says where services are defined instead.
+	servicesElsewhere string
+	store             *Store
+	td                spiffeid.TrustDomain
+	lifetime          time.Duration
+	peers             PeerPolicy
+	log               *slog.Logger
 }
 
 // caller is the SPIFFE ID of the client, as mTLS proved it, if it is a
@@ -75,7 +91,7 @@ func (s *server) controlPlane(ctx context.Context) (spiffeid.ID, error) {
 }
 
 func (s *server) RegisterService(ctx context.Context, req *registrypb.RegisterServiceRequest) (*registrypb.NetworkService, error) {
-	id, err := s.controlPlane(ctx)
+	id, err := s.serviceWriter(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +118,7 @@ func (s *server) ListServices(ctx context.Context, _ *registrypb.ListServicesReq
 }
 
 func (s *server) DeleteService(ctx context.Context, req *registrypb.DeleteServiceRequest) (*registrypb.DeleteServiceResponse, error) {
-	id, err := s.controlPlane(ctx)
+	id, err := s.serviceWriter(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -111,6 +127,19 @@ func (s *server) DeleteService(ctx context.Context, req *registrypb.DeleteServic
 	}
 	s.log.Info("network service deleted", "name", req.GetName(), "by", id)
 	return &registrypb.DeleteServiceResponse{}, nil
+}
+
+// serviceWriter is who may define and delete services: the control plane,
+// where the domain's services are not defined elsewhere.
+func (s *server) serviceWriter(ctx context.Context) (spiffeid.ID, error) {
+	id, err := s.controlPlane(ctx)
+	if err != nil {
+		return id, err
+	}
+	if s.servicesElsewhere != "" {
+		return spiffeid.ID{}, errorf(ErrPermission, "this domain's network services are %s; change them there (vwire stores what they say)", s.servicesElsewhere)
+	}
+	return id, nil
 }
 
 // registrant is who may register, refresh and remove endpoints: a member
@@ -243,7 +272,7 @@ func (s *server) Apply(ctx context.Context, req *registrypb.ApplyRequest) (*regi
 		return nil, err
 	}
 	if len(req.GetServices()) > 0 {
-		if _, err := s.controlPlane(ctx); err != nil {
+		if _, err := s.serviceWriter(ctx); err != nil {
 			return nil, err
 		}
 	}

@@ -355,6 +355,42 @@ func (s *Store) ListEndpoints(ctx context.Context, service string) ([]*registryp
 	return unmarshalAll[registrypb.Endpoint](resp.Kvs)
 }
 
+// FollowEndpoints keeps a copy of the domain's endpoints elsewhere (their
+// Kubernetes objects): it calls all with every endpoint, then changed with
+// each one registered, refreshed (nil deleted) or gone (the name, deleted
+// true), until ctx ends or the watch fails (then call it again: all starts
+// the copy over).
+func (s *Store) FollowEndpoints(ctx context.Context, all func([]*registrypb.Endpoint), changed func(name string, ep *registrypb.Endpoint)) error {
+	prefix := s.prefix + "endpoints/"
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	eps, err := unmarshalAll[registrypb.Endpoint](resp.Kvs)
+	if err != nil {
+		return err
+	}
+	all(eps)
+	for wr := range s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
+		if err := wr.Err(); err != nil {
+			return err
+		}
+		for _, ev := range wr.Events {
+			name := strings.TrimPrefix(string(ev.Kv.Key), prefix)
+			if ev.Type == clientv3.EventTypeDelete {
+				changed(name, nil)
+				continue
+			}
+			var ep registrypb.Endpoint
+			if err := proto.Unmarshal(ev.Kv.Value, &ep); err != nil {
+				return fmt.Errorf("endpoint %s: %w", name, err)
+			}
+			changed(name, &ep)
+		}
+	}
+	return ctx.Err()
+}
+
 // Find returns the endpoints that service's match rules select for a client
 // with the given labels (see Select).
 func (s *Store) Find(ctx context.Context, service string, labels map[string]string) ([]*registrypb.Endpoint, error) {

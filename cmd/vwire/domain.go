@@ -16,6 +16,7 @@ import (
 func newDomainCmd() *cobra.Command {
 	cfg := domain.NewConfig()
 	cfg.DataplaneKind = "auto"
+	var kf kubeFlags
 	cmd := &cobra.Command{
 		Use:   "domain --name DOMAIN [--data-dir DIR] [--listen ADDR] [--bundle-listen ADDR]",
 		Short: "Run every role of one domain in one process (embedded etcd, registry, CA, federation)",
@@ -28,9 +29,16 @@ DIR/admin.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Logger = slog.Default().With("role", "domain")
+			if err := kf.configure(cfg); err != nil {
+				return err
+			}
 			return serve(cmd, "domain", cfg.Name, cfg.DataDir, cfg.SpiffeSocket, func() (server, error) {
 				d, err := domain.Start(cmd.Context(), cfg)
 				if err != nil {
+					return nil, err
+				}
+				if err := kf.start(cmd.Context(), d, cfg.Logger); err != nil {
+					d.Close()
 					return nil, err
 				}
 				if u := d.BundleURL(); u != "" {
@@ -41,12 +49,14 @@ DIR/admin.`,
 		},
 	}
 	cfg.AddFlags(cmd.Flags())
+	kf.add(cmd.Flags())
 	cmd.Flags().String("config", "", "a YAML file of settings named as these flags")
 	return cmd
 }
 
 func newProxyCmd() *cobra.Command {
 	cfg := domain.NewConfig()
+	var kf kubeFlags
 	cmd := &cobra.Command{
 		Use:   "proxy --name DOMAIN --etcd-endpoints URL,... [--listen ADDR] [--bundle-listen ADDR]",
 		Short: "Run a domain's control plane and public edge on the domain's etcd cluster",
@@ -61,12 +71,24 @@ can serve one domain behind its _vwire._tcp SRV records. It needs
 				return usagef("--etcd-endpoints is required: a proxy keeps its state in the domain's etcd (for one process with an embedded etcd, run vwire domain)")
 			}
 			cfg.Logger = slog.Default().With("role", "proxy")
+			if err := kf.configure(cfg); err != nil {
+				return err
+			}
 			return serve(cmd, "proxy", cfg.Name, cfg.DataDir, cfg.SpiffeSocket, func() (server, error) {
-				return domain.Start(cmd.Context(), cfg)
+				d, err := domain.Start(cmd.Context(), cfg)
+				if err != nil {
+					return nil, err
+				}
+				if err := kf.start(cmd.Context(), d, cfg.Logger); err != nil {
+					d.Close()
+					return nil, err
+				}
+				return d, nil
 			})
 		},
 	}
 	cfg.AddFlags(cmd.Flags())
+	kf.add(cmd.Flags())
 	cmd.Flags().String("config", "", "a YAML file of settings named as these flags")
 	return cmd
 }

@@ -12,11 +12,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 bin=${VWIRE_TOOLS_BIN:-$HOME/.cache/vwire/tools}
 mkdir -p "$bin"
 
-# build NAME DIR MODULE PACKAGE [static]: $bin/NAME-VERSION, linked as
-# $bin/NAME, where VERSION is what DIR/go.mod pins for MODULE. "static"
-# builds without cgo (NAME-VERSION-static), for images FROM scratch.
+# build NAME DIR MODULE PACKAGE [static [LDFLAGS]]: $bin/NAME-VERSION,
+# linked as $bin/NAME, where VERSION is what DIR/go.mod pins for MODULE.
+# "static" builds without cgo (NAME-VERSION-static), for images FROM
+# scratch.
 build() {
-	local name=$1 dir=$here/$2 module=$3 pkg=$4 static=${5:-}
+	local name=$1 dir=$here/$2 module=$3 pkg=$4 static=${5:-} ldflags=${6:-}
 	local version cgo=1 suffix=""
 	version=$(cd "$dir" && go list -m -f '{{.Version}}' "$module")
 	if [ "$static" = static ]; then cgo=0 suffix=-static; fi
@@ -24,7 +25,7 @@ build() {
 	if [ ! -x "$out" ]; then
 		echo "building $name $version$suffix (once; cached in $bin)" >&2
 		local start=$SECONDS
-		(cd "$dir" && CGO_ENABLED=$cgo go build -trimpath -o "$out.tmp" "$pkg")
+		(cd "$dir" && CGO_ENABLED=$cgo go build -trimpath -ldflags "${ldflags//VERSION/$version}" -o "$out.tmp" "$pkg")
 		mv "$out.tmp" "$out"
 		echo "built $name $version$suffix in $((SECONDS - start))s" >&2
 	fi
@@ -42,4 +43,10 @@ want_tool spire-server && build spire-server spire github.com/spiffe/spire githu
 want_tool spire-agent && build spire-agent spire github.com/spiffe/spire github.com/spiffe/spire/cmd/spire-agent
 # CoreDNS: ~6 min the first time; its etcd plugin serves what vwire publishes.
 want_tool coredns && build coredns coredns github.com/coredns/coredns github.com/coredns/coredns static
+# Kubernetes' API server and kubectl: the CRD, sync and webhook tests run
+# a control plane without nodes (~3 min and ~2 GB the first time). Kubernetes
+# reads its version from these variables.
+k8sversion="-X k8s.io/component-base/version.gitVersion=VERSION -X k8s.io/client-go/pkg/version.gitVersion=VERSION -X k8s.io/component-base/version.gitTreeState=clean"
+want_tool kube-apiserver && build kube-apiserver kubernetes k8s.io/kubernetes k8s.io/kubernetes/cmd/kube-apiserver static "$k8sversion"
+want_tool kubectl && build kubectl kubernetes k8s.io/kubernetes k8s.io/kubernetes/cmd/kubectl static "$k8sversion"
 exit 0
