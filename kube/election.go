@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -23,6 +24,12 @@ type election struct {
 	identity string
 	duration time.Duration
 	log      *slog.Logger
+
+	// The lease record as last read and when it was first read so: another
+	// holder's lease runs out by this process's clock, not by the
+	// renewTime it wrote with its own.
+	seen   string
+	seenAt time.Time
 }
 
 // run calls lead whenever this process holds the lease, with a context that
@@ -88,9 +95,11 @@ func (e *election) acquire(ctx context.Context) bool {
 	holder, _, _ := unstructured.NestedString(lease.Object, "spec", "holderIdentity")
 	renewed, _, _ := unstructured.NestedString(lease.Object, "spec", "renewTime")
 	held, _, _ := unstructured.NestedInt64(lease.Object, "spec", "leaseDurationSeconds")
-	at, perr := time.Parse(time.RFC3339Nano, renewed)
-	if holder != e.identity && holder != "" && perr == nil && time.Since(at) < time.Duration(held)*time.Second {
-		return false // another's, and alive
+	if record := fmt.Sprint(holder, " ", renewed, " ", held); record != e.seen {
+		e.seen, e.seenAt = record, time.Now()
+	}
+	if holder != e.identity && holder != "" && time.Since(e.seenAt) < time.Duration(held)*time.Second {
+		return false // another's, and renewed within its duration
 	}
 	spec := map[string]any{"holderIdentity": e.identity, "leaseDurationSeconds": seconds, "renewTime": now}
 	if holder != e.identity {

@@ -38,7 +38,7 @@ type Sync struct {
 	Identity string
 	Log      *slog.Logger
 	// LeaseDuration is how long a leader that stopped renewing keeps the
-	// lease (default 6 s): how long the sync may stand still.
+	// lease (default 15 s, as client-go's leader election): how long the sync may stand still.
 	LeaseDuration time.Duration
 }
 
@@ -46,7 +46,7 @@ type Sync struct {
 func (s *Sync) Run(ctx context.Context) error {
 	lease := s.LeaseDuration
 	if lease == 0 {
-		lease = 6 * time.Second
+		lease = 15 * time.Second
 	}
 	e := &election{client: s.Client.Resource(leasesResource).Namespace(s.Namespace), name: "vwire-sync", identity: s.Identity, duration: lease, log: s.Log}
 	e.run(ctx, func(ctx context.Context) {

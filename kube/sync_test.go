@@ -40,7 +40,7 @@ func kubectl(t *testing.T, k *e2e.KubeAPI, wantOK bool, stdin string, args ...st
 func waitFor(t *testing.T, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for deadline := start.Add(20 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+	for deadline := start.Add(20 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not within 20 s: %s", what)
 		}
@@ -81,18 +81,32 @@ func TestSync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		(&kube.Sync{Client: dyn, Store: d.Store, Namespace: "vwire", Identity: "test", Log: cfg.Logger, LeaseDuration: 2 * time.Second}).Run(ctx)
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	// Two replicas of the proxy; the first leads.
+	replica := func(identity string) (stop func()) {
+		ctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			(&kube.Sync{Client: dyn, Store: d.Store, Namespace: "vwire", Identity: identity, Log: cfg.Logger.With("replica", identity), LeaseDuration: 4 * time.Second}).Run(ctx)
+		}()
+		stop = func() { cancel(); <-done }
+		t.Cleanup(stop)
+		return stop
+	}
+	holder := func() string {
+		return kubectl(t, k, true, "", "get", "lease", "-n", "vwire", "vwire-sync", "-o", "jsonpath={.spec.holderIdentity}")
+	}
+	stopFirst := replica("first")
+	waitFor(t, "the first replica leads", func() bool { return holder() == "first" })
+	replica("second")
 
 	stored := func(name string) (*registrypb.NetworkService, error) { return d.Store.GetService(ctx, name) }
 	// The seed's reference manifest, applied with kubectl.
+	start := time.Now()
 	kubectl(t, k, true, "", "apply", "-f", filepath.Join(root, "registry/testdata/secure-intranet-connectivity.yaml"))
-	took := waitFor(t, "the service is stored", func() bool { _, err := stored("secure-intranet-connectivity"); return err == nil })
-	t.Logf("kubectl apply to stored: %v", took.Round(time.Millisecond))
+	applied := time.Since(start)
+	waitFor(t, "the service is stored", func() bool { _, err := stored("secure-intranet-connectivity"); return err == nil })
+	t.Logf("kubectl apply took %v; stored %v after it started", applied.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	row := func(name string) string {
 		return kubectl(t, k, true, "", "get", "netsvc", name, "-o", "jsonpath={.spec.payload} {.status.rules} {.status.endpoints} {.status.conditions[0].reason}")
 	}
@@ -171,6 +185,13 @@ func TestSync(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "this domain's network services are its Kubernetes NetworkService objects (kubectl apply -f FILE)") {
 		t.Errorf("defining a service through the registry API: %v", err)
 	}
+
+	// The leader goes; the other replica takes over, and what was deleted
+	// meanwhile goes.
+	stopFirst()
+	kubectl(t, k, true, "", "delete", "netsvc", "-n", "default", "chain")
+	took := waitFor(t, "the second replica leads", func() bool { return holder() == "second" })
+	t.Logf("the second replica leads %v after the first stopped", took.Round(time.Millisecond))
 
 	// kubectl delete takes the service away.
 	kubectl(t, k, true, "", "delete", "netsvc", "secure-intranet-connectivity")
