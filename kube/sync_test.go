@@ -73,14 +73,7 @@ func TestSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	rc, err := clientcmd.BuildConfigFromFlags("", k.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn, err := dynamic.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dyn := dynamicClient(t, k)
 	// Two replicas of the proxy; the first leads.
 	replica := func(identity string) (stop func()) {
 		ctx, cancel := context.WithCancel(ctx)
@@ -199,6 +192,18 @@ func TestSync(t *testing.T) {
 		_, err := stored("secure-intranet-connectivity")
 		return errors.Is(err, registry.ErrNotFound)
 	})
+}
+
+func dynamicClient(t *testing.T, k *e2e.KubeAPI) dynamic.Interface {
+	rc, err := clientcmd.BuildConfigFromFlags("", k.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dyn
 }
 
 type logWriter struct{ t *testing.T }

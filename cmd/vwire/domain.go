@@ -29,7 +29,7 @@ DIR/admin.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Logger = slog.Default().With("role", "domain")
-			if err := kf.configure(cfg); err != nil {
+			if err := kf.configure(cmd.Context(), cfg); err != nil {
 				return err
 			}
 			return serve(cmd, "domain", cfg.Name, cfg.DataDir, cfg.SpiffeSocket, func() (server, error) {
@@ -37,10 +37,7 @@ DIR/admin.`,
 				if err != nil {
 					return nil, err
 				}
-				if err := kf.start(cmd.Context(), d, cfg.Logger); err != nil {
-					d.Close()
-					return nil, err
-				}
+				kf.start(cmd.Context(), d, cfg.Logger)
 				if u := d.BundleURL(); u != "" {
 					fmt.Fprintf(cmd.OutOrStdout(), "bundle endpoint: %s (endpoint ID spiffe://%s/vwire/proxy)\n", u, d.TD.Name())
 				}
@@ -71,7 +68,7 @@ can serve one domain behind its _vwire._tcp SRV records. It needs
 				return usagef("--etcd-endpoints is required: a proxy keeps its state in the domain's etcd (for one process with an embedded etcd, run vwire domain)")
 			}
 			cfg.Logger = slog.Default().With("role", "proxy")
-			if err := kf.configure(cfg); err != nil {
+			if err := kf.configure(cmd.Context(), cfg); err != nil {
 				return err
 			}
 			return serve(cmd, "proxy", cfg.Name, cfg.DataDir, cfg.SpiffeSocket, func() (server, error) {
@@ -79,10 +76,7 @@ can serve one domain behind its _vwire._tcp SRV records. It needs
 				if err != nil {
 					return nil, err
 				}
-				if err := kf.start(cmd.Context(), d, cfg.Logger); err != nil {
-					d.Close()
-					return nil, err
-				}
+				kf.start(cmd.Context(), d, cfg.Logger)
 				return d, nil
 			})
 		},

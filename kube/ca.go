@@ -1,0 +1,102 @@
+package kube
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/internal/atomicfile"
+)
+
+var secretsResource = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
+
+// caFiles are the files of a built-in CA's directory that its Secret keeps.
+var caFiles = []string{"ca.pem", "ca.key", "next.pem", "next.key", "bundle.pem", "rotation.json"}
+
+// LoadCA makes dir hold the domain's built-in CA kept in the Secret name of
+// namespace ns, so that every replica of the domain's proxy issues from the
+// same CA: the Secret's CA if it exists, else a new one, stored in the
+// Secret (the first replica to store it wins; the others take its).
+func LoadCA(ctx context.Context, client dynamic.Interface, ns, name, dir string, td spiffeid.TrustDomain) error {
+	secrets := client.Resource(secretsResource).Namespace(ns)
+	for range 3 {
+		s, err := secrets.Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			return writeCA(s, dir, td)
+		}
+		if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("the CA's Secret %s/%s: %w", ns, name, err)
+		}
+		// A new CA, in a directory of its own until it is stored.
+		tmp, err := os.MkdirTemp(filepath.Dir(dir), ".ca-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		if _, err := federation.OpenCA(tmp, td); err != nil {
+			return err
+		}
+		data := map[string]any{}
+		for _, f := range caFiles {
+			b, err := os.ReadFile(filepath.Join(tmp, f))
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			data[f] = base64.StdEncoding.EncodeToString(b)
+		}
+		obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Secret", "type": "Opaque"}}
+		obj.SetName(name)
+		obj.SetLabels(map[string]string{managedByLabel: ManagedBy})
+		obj.Object["data"] = data
+		if _, err := secrets.Create(ctx, obj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("storing the new CA in Secret %s/%s: %w", ns, name, err)
+		}
+		// Stored, or another replica stored its own first: read it back.
+	}
+	return fmt.Errorf("the CA's Secret %s/%s: neither found nor made", ns, name)
+}
+
+// writeCA writes the CA a Secret holds into dir, after checking that it is
+// a CA of td (a Secret of another domain's release is refused).
+func writeCA(s *unstructured.Unstructured, dir string, td spiffeid.TrustDomain) error {
+	data, _, _ := unstructured.NestedStringMap(s.Object, "data")
+	if data["ca.pem"] == "" || data["ca.key"] == "" {
+		return fmt.Errorf("Secret %s/%s holds no CA (ca.pem and ca.key)", s.GetNamespace(), s.GetName())
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, f := range caFiles {
+		path := filepath.Join(dir, f)
+		if data[f] == "" {
+			os.Remove(path)
+			continue
+		}
+		b, err := base64.StdEncoding.DecodeString(data[f])
+		if err != nil {
+			return fmt.Errorf("Secret %s/%s: %s: %w", s.GetNamespace(), s.GetName(), f, err)
+		}
+		if err := atomicfile.Write(path, b, 0o600); err != nil {
+			return err
+		}
+	}
+	if _, err := federation.OpenCA(dir, td); err != nil {
+		return fmt.Errorf("Secret %s/%s: %w", s.GetNamespace(), s.GetName(), err)
+	}
+	return nil
+}
