@@ -240,12 +240,22 @@ func (ca *CA) changedLocked() {
 // Issue signs a new X.509 SVID for id, valid for ttl (or until the active
 // root expires, whichever is sooner). The key is new with every SVID.
 func (ca *CA) Issue(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
-	if id.TrustDomain() != ca.td {
-		return nil, fmt.Errorf("built-in CA of %q cannot issue %q", ca.td, id)
-	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
+	}
+	cert, err := ca.Sign(id, key.Public(), ttl)
+	if err != nil {
+		return nil, err
+	}
+	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: key}, nil
+}
+
+// Sign signs an X.509 SVID for id and the public key pub (whose private key
+// its holder keeps), valid for ttl or until the active root expires.
+func (ca *CA) Sign(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration) (*x509.Certificate, error) {
+	if id.TrustDomain() != ca.td {
+		return nil, fmt.Errorf("built-in CA of %q cannot issue %q", ca.td, id)
 	}
 	ca.mu.RLock()
 	defer ca.mu.RUnlock()
@@ -265,15 +275,11 @@ func (ca *CA) Issue(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
 		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyAgreement,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.active.cert, key.Public(), ca.active.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.active.cert, pub, ca.active.key)
 	if err != nil {
 		return nil, fmt.Errorf("issue %q: %w", id, err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: key}, nil
+	return x509.ParseCertificate(der)
 }
 
 // Prepare makes a new root and publishes it beside the active one; it does

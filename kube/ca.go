@@ -1,15 +1,20 @@
 package kube
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -76,7 +81,7 @@ func LoadCA(ctx context.Context, client dynamic.Interface, ns, name, dir string,
 func writeCA(s *unstructured.Unstructured, dir string, td spiffeid.TrustDomain) error {
 	data, _, _ := unstructured.NestedStringMap(s.Object, "data")
 	if data["ca.pem"] == "" || data["ca.key"] == "" {
-		return fmt.Errorf("Secret %s/%s holds no CA (ca.pem and ca.key)", s.GetNamespace(), s.GetName())
+		return fmt.Errorf("the Secret %s/%s holds no CA (ca.pem and ca.key)", s.GetNamespace(), s.GetName())
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -89,14 +94,69 @@ func writeCA(s *unstructured.Unstructured, dir string, td spiffeid.TrustDomain) 
 		}
 		b, err := base64.StdEncoding.DecodeString(data[f])
 		if err != nil {
-			return fmt.Errorf("Secret %s/%s: %s: %w", s.GetNamespace(), s.GetName(), f, err)
+			return fmt.Errorf("the CA's Secret %s/%s: %s: %w", s.GetNamespace(), s.GetName(), f, err)
 		}
 		if err := atomicfile.Write(path, b, 0o600); err != nil {
 			return err
 		}
 	}
 	if _, err := federation.OpenCA(dir, td); err != nil {
-		return fmt.Errorf("Secret %s/%s: %w", s.GetNamespace(), s.GetName(), err)
+		return fmt.Errorf("the CA's Secret %s/%s: %w", s.GetNamespace(), s.GetName(), err)
 	}
 	return nil
+}
+
+var configMapsResource = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
+
+// PublishBundle keeps the CA's bundle (bundle.pem) in the ConfigMap name of
+// namespace ns, for the gateways to verify the proxies with before they
+// have SVIDs of their own, until ctx ends: every replica writes the same,
+// and writes again when the CA's bundle changes (a rotation).
+func PublishBundle(ctx context.Context, client dynamic.Interface, ns, name string, ca *federation.CA, log *slog.Logger) {
+	maps := client.Resource(configMapsResource).Namespace(ns)
+	for wait := time.Second; ; {
+		changed := ca.Changed()
+		var pemBundle bytes.Buffer
+		for _, c := range ca.Bundle().X509Authorities() {
+			pem.Encode(&pemBundle, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+		}
+		err := putConfigMap(ctx, maps, name, map[string]any{"bundle.pem": pemBundle.String()})
+		if err == nil {
+			wait = time.Second
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+				continue
+			}
+		}
+		log.Error("publishing the domain's bundle failed; retrying", "configmap", ns+"/"+name, "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 30*time.Second)
+	}
+}
+
+// putConfigMap makes the ConfigMap name hold data, if it does not already.
+func putConfigMap(ctx context.Context, maps dynamic.ResourceInterface, name string, data map[string]any) error {
+	cur, err := maps.Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "data": data}}
+		obj.SetName(name)
+		obj.SetLabels(map[string]string{managedByLabel: ManagedBy})
+		_, err = maps.Create(ctx, obj, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if have, _, _ := unstructured.NestedMap(cur.Object, "data"); equality.Semantic.DeepEqual(have, data) {
+		return nil
+	}
+	cur.Object["data"] = data
+	_, err = maps.Update(ctx, cur, metav1.UpdateOptions{})
+	return err
 }

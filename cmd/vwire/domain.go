@@ -37,7 +37,10 @@ DIR/admin.`,
 				if err != nil {
 					return nil, err
 				}
-				kf.start(cmd.Context(), d, cfg.Logger)
+				if err := kf.start(cmd.Context(), d, cfg.Logger); err != nil {
+					d.Close()
+					return nil, err
+				}
 				if u := d.BundleURL(); u != "" {
 					fmt.Fprintf(cmd.OutOrStdout(), "bundle endpoint: %s (endpoint ID spiffe://%s/vwire/proxy)\n", u, d.TD.Name())
 				}
@@ -76,7 +79,10 @@ can serve one domain behind its _vwire._tcp SRV records. It needs
 				if err != nil {
 					return nil, err
 				}
-				kf.start(cmd.Context(), d, cfg.Logger)
+				if err := kf.start(cmd.Context(), d, cfg.Logger); err != nil {
+					d.Close()
+					return nil, err
+				}
 				return d, nil
 			})
 		},

@@ -30,6 +30,7 @@ const gatewayPort = "7003"
 func newGatewayCmd() *cobra.Command {
 	var registryAddr, credentials, spiffeSocket, nodeName, dataDir, socket, listen, advertise, gatewayAddress, intraDomain string
 	var keep bool
+	var att attestFlags
 	cmd := &cobra.Command{
 		Use:   "gateway --registry ADDR (--credentials DIR | --spiffe-socket PATH) [--node NAME]",
 		Short: "Run a node's gateway on its own: the workloads' socket, the kernel data plane, and the service the domain's proxy calls",
@@ -45,12 +46,20 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 			begin := time.Now()
 			ctx := cmd.Context()
 			log := slog.Default().With("role", "gateway")
-			if spiffeSocket == "" && credentials == "" {
-				return usagef("give --credentials DIR (from vwire ca issue) or --spiffe-socket PATH: the gateway proves it is spiffe://TD/vwire/gateway/NODE")
+			var src federation.Source
+			var err error
+			switch given := btoi(spiffeSocket != "") + btoi(credentials != "") + btoi(att.url != ""); {
+			case given == 0:
+				return usagef("give --credentials DIR (from vwire ca issue), --spiffe-socket PATH or, in Kubernetes, --attest URL: the gateway proves it is spiffe://TD/vwire/gateway/NODE")
+			case given > 1:
+				return usagef("--credentials, --spiffe-socket and --attest are three ways to the gateway's SVID: give one")
+			case att.url != "":
+				src, err = att.open(ctx, log)
+			default:
+				src, err = openSource(ctx, spiffeSocket, credentials, func(id spiffeid.ID) bool {
+					return strings.HasPrefix(id.Path(), "/vwire/gateway/") && (nodeName == "" || id.Path() == "/vwire/gateway/"+nodeName)
+				})
 			}
-			src, err := openSource(ctx, spiffeSocket, credentials, func(id spiffeid.ID) bool {
-				return strings.HasPrefix(id.Path(), "/vwire/gateway/") && (nodeName == "" || id.Path() == "/vwire/gateway/"+nodeName)
-			})
 			if err != nil {
 				return err
 			}
@@ -128,6 +137,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 	f.StringVar(&advertise, "advertise", "", "the host:port the proxy dials (default: --listen, its host the tunnel address when --listen has none)")
 	f.StringVar(&gatewayAddress, "gateway-address", "", "the tunnel address peer gateways send to (default: the address of the default route's interface)")
 	f.BoolVar(&keep, "keep-dataplane", false, "on shutdown, leave the vWires' interfaces and routes in place")
+	att.add(f)
 	f.StringVar(&intraDomain, "intra-domain-tunnel", "vxlan", `the tunnel of IP vWires whose endpoint is behind this gateway and whose client is of the same domain: "vxlan" or "wireguard"`)
 	return cmd
 }

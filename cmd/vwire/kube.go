@@ -2,18 +2,25 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/vwire/vwire/domain"
+	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/kube"
 )
 
@@ -24,6 +31,9 @@ type kubeFlags struct {
 	kubeconfig string
 	namespace  string
 	caSecret   string
+	// The gateways' attestation (with the built-in CA).
+	attestListen   string
+	gatewayAccount string
 
 	client dynamic.Interface
 }
@@ -34,7 +44,9 @@ func (k *kubeFlags) add(fs *pflag.FlagSet) {
 	fs.BoolVar(&k.enabled, "kubernetes", false, "this domain is a Kubernetes cluster: its NetworkService objects are its services, and its endpoints appear as NetworkServiceEndpoint objects")
 	fs.StringVar(&k.kubeconfig, "kubeconfig", "", "with --kubernetes: the cluster's kubeconfig (default: the pod's service account)")
 	fs.StringVar(&k.namespace, "kube-namespace", "", "with --kubernetes: vwire's namespace, for its lease and endpoint objects (default: the pod's)")
-	fs.StringVar(&k.caSecret, "ca-secret", "", "with --kubernetes: keep the built-in CA in this Secret of --kube-namespace, shared by the domain's proxies (made by the first)")
+	fs.StringVar(&k.caSecret, "ca-secret", "", "with --kubernetes: keep the built-in CA in this Secret of --kube-namespace, shared by the domain's proxies (made by the first), and its bundle in the ConfigMap of the same name")
+	fs.StringVar(&k.attestListen, "attest-listen", "", "with --ca-secret: sign node gateways' SVIDs here (HTTPS) for their pods' service account tokens")
+	fs.StringVar(&k.gatewayAccount, "gateway-service-account", "", "with --attest-listen: the gateways' service account, NAMESPACE/NAME")
 }
 
 // configure connects to the cluster, makes the domain's registry leave
@@ -42,13 +54,21 @@ func (k *kubeFlags) add(fs *pflag.FlagSet) {
 // directory.
 func (k *kubeFlags) configure(ctx context.Context, cfg *domain.Config) error {
 	if !k.enabled {
-		if k.kubeconfig != "" || k.namespace != "" || k.caSecret != "" {
-			return usagef("--kubeconfig, --kube-namespace and --ca-secret go with --kubernetes")
+		if k.kubeconfig != "" || k.namespace != "" || k.caSecret != "" || k.attestListen != "" {
+			return usagef("--kubeconfig, --kube-namespace, --ca-secret and --attest-listen go with --kubernetes")
 		}
 		return nil
 	}
 	if k.caSecret != "" && cfg.SpiffeSocket != "" {
 		return usagef("--ca-secret keeps the built-in CA; with --spiffe-socket SPIRE issues the SVIDs")
+	}
+	if k.attestListen != "" {
+		if k.caSecret == "" {
+			return usagef("--attest-listen needs --ca-secret: the gateways' SVIDs come from the built-in CA (with SPIRE, its agents attest them)")
+		}
+		if ns, name, ok := strings.Cut(k.gatewayAccount, "/"); !ok || ns == "" || name == "" {
+			return usagef("--attest-listen needs --gateway-service-account NAMESPACE/NAME: only its tokens get gateway SVIDs")
+		}
 	}
 	var rc *rest.Config
 	var err error
@@ -87,12 +107,66 @@ func (k *kubeFlags) configure(ctx context.Context, cfg *domain.Config) error {
 	return kube.LoadCA(ctx, k.client, k.namespace, k.caSecret, filepath.Join(cfg.DataDir, "ca"), td)
 }
 
-// start runs the sync for domain d until ctx ends.
-func (k *kubeFlags) start(ctx context.Context, d *domain.Domain, log *slog.Logger) {
+// start runs the sync for domain d, the publishing of its bundle and the
+// gateways' attestation until ctx ends.
+func (k *kubeFlags) start(ctx context.Context, d *domain.Domain, log *slog.Logger) error {
 	if !k.enabled {
-		return
+		return nil
+	}
+	log = log.With("kubernetes", k.namespace)
+	if k.attestListen != "" {
+		lis, err := net.Listen("tcp", k.attestListen)
+		if err != nil {
+			return fmt.Errorf("--attest-listen: %w", err)
+		}
+		srv := &http.Server{
+			Handler:           &kube.Attestor{Client: k.client, CA: d.Identity.CA, ServiceAccount: k.gatewayAccount, Log: log},
+			TLSConfig:         tlsconfig.TLSServerConfig(d.Identity),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		}
+		go srv.Serve(tls.NewListener(lis, srv.TLSConfig))
+		go func() { <-ctx.Done(); srv.Close() }()
+	}
+	if k.caSecret != "" {
+		go kube.PublishBundle(ctx, k.client, k.namespace, k.caSecret, d.Identity.CA, log)
 	}
 	host, _ := os.Hostname()
-	s := &kube.Sync{Client: k.client, Store: d.Store, Namespace: k.namespace, Identity: fmt.Sprintf("%s-%d", host, os.Getpid()), Log: log.With("kubernetes", k.namespace)}
+	s := &kube.Sync{Client: k.client, Store: d.Store, Namespace: k.namespace, Identity: fmt.Sprintf("%s-%d", host, os.Getpid()), Log: log}
 	go s.Run(ctx)
+	return nil
+}
+
+// attestFlags get a gateway's SVID in a Kubernetes domain with the
+// built-in CA: the domain's proxy signs it for the pod's service account
+// token.
+type attestFlags struct {
+	url, token, bundle, trustDomain string
+}
+
+func (a *attestFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&a.url, "attest", "", "in Kubernetes with the built-in CA: get the SVID from the domain's proxy here (https://HOST:PORT, its --attest-listen) for the pod's service account token")
+	fs.StringVar(&a.token, "kube-token", "/var/run/secrets/vwire/token", "with --attest: the pod's projected service account token (audience "+kube.AttestAudience+")")
+	fs.StringVar(&a.bundle, "trust-bundle", "/etc/vwire/bundle/bundle.pem", "with --attest: the domain's bundle (PEM), which the proxy's certificate must chain to")
+	fs.StringVar(&a.trustDomain, "trust-domain", "", "with --attest: the domain's trust domain (required)")
+}
+
+func (a *attestFlags) open(ctx context.Context, log *slog.Logger) (federation.Source, error) {
+	if a.trustDomain == "" {
+		return nil, usagef("--attest needs --trust-domain: the domain whose proxy signs the gateway's SVID")
+	}
+	td, err := spiffeid.TrustDomainFromString(a.trustDomain)
+	if err != nil {
+		return nil, usagef("--trust-domain %q: %v", a.trustDomain, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	return kube.NewAttestSource(ctx, a.url, a.token, a.bundle, td, log)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
