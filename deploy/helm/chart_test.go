@@ -1,4 +1,3 @@
-// Package helm holds the tests of vwire's helm chart, deploy/helm/vwire.
 package helm
 
 import (
