@@ -282,6 +282,34 @@ func (ca *CA) Sign(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration) (*x5
 	return x509.ParseCertificate(der)
 }
 
+// SignServer signs a plain TLS server certificate for the DNS names (no
+// SPIFFE ID: go-spiffe takes no certificate without one for an SVID), for
+// a client that verifies names against the CA's roots: the Kubernetes API
+// server calling vwire's admission webhook.
+func (ca *CA) SignServer(names []string, pub crypto.PublicKey, ttl time.Duration) (*x509.Certificate, error) {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	now := ca.now()
+	notAfter := now.Add(ttl)
+	if notAfter.After(ca.active.cert.NotAfter) {
+		notAfter = ca.active.cert.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{Organization: []string{"vwire"}, CommonName: names[0]},
+		DNSNames:     names,
+		NotBefore:    now.Add(-time.Minute),
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.active.cert, pub, ca.active.key)
+	if err != nil {
+		return nil, fmt.Errorf("server certificate for %v: %w", names, err)
+	}
+	return x509.ParseCertificate(der)
+}
+
 // Prepare makes a new root and publishes it beside the active one; it does
 // not issue yet. Peers fetching the bundle learn it.
 func (ca *CA) Prepare() error {

@@ -3,6 +3,7 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 )
 
@@ -156,4 +157,18 @@ func ParseLabels(s string) (map[string]string, error) {
 		return nil, fmt.Errorf("labels %q: %w", s, err)
 	}
 	return labels, nil
+}
+
+// FormatLabels spells labels as ParseLabels reads them, keys sorted.
+func FormatLabels(labels map[string]string) string {
+	keys := make([]string, 0, len(labels))
+	for k := range labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + labels[k]
+	}
+	return strings.Join(parts, ",")
 }

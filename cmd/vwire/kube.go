@@ -34,6 +34,10 @@ type kubeFlags struct {
 	// The gateways' attestation (with the built-in CA).
 	attestListen   string
 	gatewayAccount string
+	// The admission webhook that gives annotated pods their sidecars.
+	webhookListen, webhookHost, webhookConfig string
+	sidecarImage, sidecarPull, socketDir      string
+	sidecarTimeout                            time.Duration
 
 	client dynamic.Interface
 }
@@ -47,6 +51,13 @@ func (k *kubeFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&k.caSecret, "ca-secret", "", "with --kubernetes: keep the built-in CA in this Secret of --kube-namespace, shared by the domain's proxies (made by the first), and its bundle in the ConfigMap of the same name")
 	fs.StringVar(&k.attestListen, "attest-listen", "", "with --ca-secret: sign node gateways' SVIDs here (HTTPS) for their pods' service account tokens")
 	fs.StringVar(&k.gatewayAccount, "gateway-service-account", "", "with --attest-listen: the gateways' service account, NAMESPACE/NAME")
+	fs.StringVar(&k.webhookListen, "webhook-listen", "", "with --ca-secret: serve the admission webhook that adds vWire sidecars to annotated pods here (HTTPS)")
+	fs.StringVar(&k.webhookHost, "webhook-host", "", "with --webhook-listen: the webhook's name in the API server's calls (SERVICE.NAMESPACE.svc), in its certificate")
+	fs.StringVar(&k.webhookConfig, "webhook-configuration", "", "with --webhook-listen: the MutatingWebhookConfiguration whose caBundle the proxies keep")
+	fs.StringVar(&k.sidecarImage, "sidecar-image", "", "with --webhook-listen: the image the sidecars run (vwire's)")
+	fs.StringVar(&k.sidecarPull, "sidecar-pull-policy", "IfNotPresent", "with --webhook-listen: the sidecars' imagePullPolicy")
+	fs.StringVar(&k.socketDir, "gateway-socket-dir", "/run/vwire", "with --webhook-listen: the host directory of the node gateways' socket (gateway.sock)")
+	fs.DurationVar(&k.sidecarTimeout, "sidecar-startup-timeout", 2*time.Minute, "with --webhook-listen: how long a pod's app waits for its vWires before the pod reports the failure")
 }
 
 // configure connects to the cluster, makes the domain's registry leave
@@ -54,13 +65,23 @@ func (k *kubeFlags) add(fs *pflag.FlagSet) {
 // directory.
 func (k *kubeFlags) configure(ctx context.Context, cfg *domain.Config) error {
 	if !k.enabled {
-		if k.kubeconfig != "" || k.namespace != "" || k.caSecret != "" || k.attestListen != "" {
-			return usagef("--kubeconfig, --kube-namespace, --ca-secret and --attest-listen go with --kubernetes")
+		if k.kubeconfig != "" || k.namespace != "" || k.caSecret != "" || k.attestListen != "" || k.webhookListen != "" {
+			return usagef("--kubeconfig, --kube-namespace, --ca-secret, --attest-listen and --webhook-listen go with --kubernetes")
 		}
 		return nil
 	}
 	if k.caSecret != "" && cfg.SpiffeSocket != "" {
 		return usagef("--ca-secret keeps the built-in CA; with --spiffe-socket SPIRE issues the SVIDs")
+	}
+	if k.webhookListen != "" {
+		switch {
+		case k.caSecret == "":
+			return usagef("--webhook-listen needs --ca-secret: the webhook's certificate comes from the built-in CA")
+		case k.webhookHost == "" || k.sidecarImage == "":
+			return usagef("--webhook-listen needs --webhook-host (SERVICE.NAMESPACE.svc) and --sidecar-image")
+		case k.sidecarTimeout < time.Second:
+			return usagef("--sidecar-startup-timeout %v: at least 1s", k.sidecarTimeout)
+		}
 	}
 	if k.attestListen != "" {
 		if k.caSecret == "" {
@@ -127,6 +148,19 @@ func (k *kubeFlags) start(ctx context.Context, d *domain.Domain, log *slog.Logge
 		}
 		go srv.Serve(tls.NewListener(lis, srv.TLSConfig))
 		go func() { <-ctx.Done(); srv.Close() }()
+	}
+	if k.webhookListen != "" {
+		lis, err := net.Listen("tcp", k.webhookListen)
+		if err != nil {
+			return fmt.Errorf("--webhook-listen: %w", err)
+		}
+		w := &kube.Webhook{Client: k.client, CA: d.Identity.CA, Host: k.webhookHost, Configuration: k.webhookConfig, Log: log,
+			Injector: &kube.Injector{Image: k.sidecarImage, PullPolicy: k.sidecarPull, SocketDir: k.socketDir, StartupTimeout: k.sidecarTimeout, Log: log}}
+		go func() {
+			if err := w.Serve(ctx, lis); err != nil {
+				log.Error("the admission webhook stopped", "err", err)
+			}
+		}()
 	}
 	if k.caSecret != "" {
 		go kube.PublishBundle(ctx, k.client, k.namespace, k.caSecret, d.Identity.CA, log)

@@ -55,7 +55,7 @@ which wins over the file.`,
 		},
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	root.AddCommand(newDomainCmd(), newProxyCmd(), newRegistryCmd(), newApplyCmd(), newGetCmd(), newDeleteCmd(), newFederationCmd(), newCACmd(), newCloseCmd(), newEndpointCmd(), newConnectCmd(), newDemoCmd(), newGatewayCmd())
+	root.AddCommand(newDomainCmd(), newProxyCmd(), newRegistryCmd(), newApplyCmd(), newGetCmd(), newDeleteCmd(), newFederationCmd(), newCACmd(), newCloseCmd(), newEndpointCmd(), newConnectCmd(), newDemoCmd(), newGatewayCmd(), newReadyCmd())
 	return root
 }
 

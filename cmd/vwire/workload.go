@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -22,6 +24,7 @@ import (
 	"github.com/vwire/vwire/gateway/dataplane"
 	"github.com/vwire/vwire/gateway/handover"
 	"github.com/vwire/vwire/gateway/kernel"
+	"github.com/vwire/vwire/internal/atomicfile"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -76,6 +79,7 @@ func withPodName(labels map[string]string) map[string]string {
 func newEndpointCmd() *cobra.Command {
 	var gw, name, service, labels, cidr, netns, payload, listen string
 	var lifetime time.Duration
+	var ready readyFile
 	cmd := &cobra.Command{
 		Use:   "endpoint --service NAME --labels k=v,... --cidr PREFIX [--netns NS] [--payload IP|ETHERNET]",
 		Short: "Run a network service endpoint: each connection gets an address pair from --cidr and an interface in its network namespace",
@@ -140,8 +144,10 @@ container or a pod), which it hands to the gateway over its socket.`,
 				Name: name, NetworkServiceNames: []string{service}, Labels: lbls, Url: "unix://" + path,
 			}, lifetime, slog.Default())
 			if err != nil {
+				ready.set("failed: registering endpoint %s: %s", name, describe(err))
 				return fmt.Errorf("registering endpoint %s: %s", name, describe(err))
 			}
+			ready.set("up: endpoint %s of %s registered", name, service)
 			defer reg.Close()
 			where := netns
 			if where == "" {
@@ -162,6 +168,7 @@ container or a pod), which it hands to the gateway over its socket.`,
 	f.StringVar(&netns, "netns", "", "the network namespace (name or path) its interfaces go in (default: its own, handed to the gateway)")
 	f.StringVar(&payload, "payload", "IP", "IP or ETHERNET: what the service carries")
 	f.StringVar(&listen, "listen", "", "its own socket, which the gateway calls (default: beside the gateway's, endpoints/NAME.sock)")
+	ready.add(f)
 	f.DurationVar(&lifetime, "lifetime", 0, "how long its registration lives unless refreshed (default: the registry's)")
 	return cmd
 }
@@ -170,6 +177,7 @@ func newConnectCmd() *cobra.Command {
 	var gw, labels, netns, iface, output string
 	var once bool
 	var probe time.Duration
+	var ready readyFile
 	cmd := &cobra.Command{
 		Use:   "connect SERVICE[@DOMAIN] --labels k=v,... [--netns NS] [--once] [-o json]",
 		Short: "Request a vWire into a network namespace and keep it up (refresh, heal) until stopped",
@@ -206,10 +214,19 @@ it hands to the gateway over its socket.`,
 			vw, err := client.Request(ctx, nsc, o, "")
 			cancel()
 			if err != nil {
+				ready.set("failed: requesting a vWire to %s: %s", args[0], describe(err))
 				return errors.New(describe(err))
 			}
 			out := cmd.OutOrStdout()
 			print := func(kind string, c *proxypb.Connection, extra map[string]any) {
+				switch kind {
+				case "up", "healed":
+					ready.set("up: %s", strings.TrimSpace(client.Describe(c, o)))
+				case "closed":
+					ready.set("closed: connection %s", c.GetId())
+				default:
+					ready.set("%s: connection %s: %v", kind, c.GetId(), extra["error"])
+				}
 				if output == "json" {
 					b, _ := protojson.Marshal(c)
 					ev := map[string]any{"event": kind, "connection": json.RawMessage(b)}
@@ -260,5 +277,47 @@ it hands to the gateway over its socket.`,
 	f.BoolVar(&once, "once", false, "set the vWire up, print it and exit, leaving it in place until it expires or vwire close")
 	f.StringVarP(&output, "output", "o", "text", "text or json (one event a line)")
 	f.DurationVar(&probe, "probe-interval", time.Second, "how often to ping the endpoint through the vWire")
+	ready.add(f)
 	return cmd
+}
+
+// readyFile reports a sidecar's state in a file, for `vwire ready` (a
+// pod's startup probe): "up: ..." once its vWire is up or its endpoint
+// registered, else what went wrong.
+type readyFile struct{ path string }
+
+func (r *readyFile) add(fs *pflag.FlagSet) {
+	fs.StringVar(&r.path, "ready-file", "", "write the state here (\"up: …\" or what failed), for vwire ready FILE")
+}
+
+func (r *readyFile) set(format string, args ...any) {
+	if r.path == "" {
+		return
+	}
+	if err := atomicfile.Write(r.path, []byte(fmt.Sprintf(format, args...)+"\n"), 0o644); err != nil {
+		slog.Warn("writing the ready file", "path", r.path, "err", err)
+	}
+}
+
+func newReadyCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "ready FILE",
+		Short: "Exit 0 if the vwire connect or endpoint writing FILE (--ready-file) is up, else say why not and exit 1: a pod's startup probe",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := os.ReadFile(args[0])
+			if errors.Is(err, fs.ErrNotExist) {
+				return errors.New("not up yet: nothing reported so far")
+			}
+			if err != nil {
+				return err
+			}
+			state := strings.TrimSpace(string(b))
+			if strings.HasPrefix(state, "up:") {
+				fmt.Fprintln(cmd.OutOrStdout(), state)
+				return nil
+			}
+			return fmt.Errorf("not up: %s", state)
+		},
+	}
 }
