@@ -23,10 +23,15 @@ func TestHandedNamespaces(t *testing.T) {
 	beforeA, beforeB := snapshot(t, a.ns), snapshot(t, b.ns)
 	epNS, clientNS := w.workload("eb"), w.workload("ca")
 
+	epReady := filepath.Join(w.dir, "ep1.ready")
 	ep := e2e.StartVwire(t, "ip", nil, "netns", "exec", epNS, w.bin, "endpoint", "--name", "ep1", "--service", "svc", "--cidr", "172.16.6.0/24",
-		"--gateway", "unix://"+filepath.Join(b.data, "gateway.sock"))
+		"--gateway", "unix://"+filepath.Join(b.data, "gateway.sock"), "--ready-file", epReady)
 	if !strings.Contains(ep.Ready, "interfaces in this network namespace") {
 		t.Errorf("endpoint ready line: %s", ep.Ready)
+	}
+	// A pod's startup probe: vwire ready FILE.
+	if out, err := exec.Command(w.bin, "ready", epReady).CombinedOutput(); err != nil || !strings.Contains(string(out), "up: endpoint ep1 of svc registered") {
+		t.Errorf("vwire ready for the endpoint: %v\n%s", err, out)
 	}
 	c := w.connectFrom("a.example", "svc@b.example", clientNS)
 	if err := ping(clientNS, c.Up.peer()); err != nil {
@@ -68,6 +73,16 @@ func TestHandedNamespaces(t *testing.T) {
 		}
 		if got := pins(a); len(got) != 1 {
 			t.Errorf("a refused request left pins: %v", got)
+		}
+		// What a pod's startup probe says about a sidecar that failed.
+		ready := filepath.Join(w.dir, "refused.ready")
+		if out, err := exec.Command(w.bin, "ready", ready).CombinedOutput(); err == nil || !strings.Contains(string(out), "not up yet: nothing reported so far") {
+			t.Errorf("vwire ready before the sidecar wrote: %v\n%s", err, out)
+		}
+		inNS(a.ns, w.bin, "connect", "svc@b.example", "--once", "--gateway", sock, "--ready-file", ready).Run()
+		if out, err := exec.Command(w.bin, "ready", ready).CombinedOutput(); err == nil || !strings.Contains(string(out), "not up: failed: requesting a vWire to svc@b.example: ") ||
+			!strings.Contains(string(out), "is the gateway's own network namespace") {
+			t.Errorf("vwire ready after a refused request: %v\n%s", err, out)
 		}
 	})
 
