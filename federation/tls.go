@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -55,6 +56,10 @@ func (c *loggingCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.Aut
 		// The client sent the alert: it refused this server (its
 		// certificate, most often), not the other way round.
 		c.log.Info("a client gave up the TLS handshake: it did not accept this server", "remote", conn.RemoteAddr().String(), "alert", alert.Err.Error())
+	case errors.Is(err, io.EOF):
+		// Connected and closed without a word: a TCP health check (a
+		// kubelet's probe, a load balancer's).
+		c.log.Debug("a connection closed before the TLS handshake", "remote", conn.RemoteAddr().String())
 	default:
 		c.log.Warn("refused a TLS connection", "remote", conn.RemoteAddr().String(), "reason", err.Error())
 	}

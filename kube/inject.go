@@ -402,4 +402,3 @@ func (in *Injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(review)
 }
-

@@ -49,6 +49,11 @@ want_tool coredns && build coredns coredns github.com/coredns/coredns github.com
 k8sversion="-X k8s.io/component-base/version.gitVersion=VERSION -X k8s.io/client-go/pkg/version.gitVersion=VERSION -X k8s.io/component-base/version.gitTreeState=clean"
 want_tool kube-apiserver && build kube-apiserver kubernetes k8s.io/kubernetes k8s.io/kubernetes/cmd/kube-apiserver static "$k8sversion"
 want_tool kubectl && build kubectl kubernetes k8s.io/kubernetes k8s.io/kubernetes/cmd/kubectl static "$k8sversion"
+# A kind node's Kubernetes (make e2e-kind): ~10 min the first time.
+for b in kubeadm kubelet kube-controller-manager kube-scheduler kube-proxy; do
+	want_tool "$b" && build "$b" kubernetes k8s.io/kubernetes "k8s.io/kubernetes/cmd/$b" static "$k8sversion"
+done
+want_tool kind && build kind kind sigs.k8s.io/kind sigs.k8s.io/kind static
 # helm: the chart's lint and rendering (~3.5 min the first time).
 want_tool helm && build helm helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm static "-X helm.sh/helm/v3/internal/version.version=VERSION"
 exit 0

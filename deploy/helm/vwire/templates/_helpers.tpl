@@ -38,7 +38,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- $name := printf "%s-etcd" (include "vwire.fullname" .) -}}
 {{- $urls := list -}}
 {{- range $i := until (int .Values.etcd.replicas) -}}
-{{- $urls = append $urls (printf "http://%s-%d.%s.%s.svc:2379" $name $i $name $.Release.Namespace) -}}
+{{- $urls = append $urls (printf "https://%s-%d.%s.%s.svc:2379" $name $i $name $.Release.Namespace) -}}
 {{- end -}}
 {{ join "," $urls }}
 {{- end -}}
