@@ -104,7 +104,8 @@ func (g *Gateways) applyRef(ctx context.Context, side Side, conn *proxypb.Connec
 func (g *Gateways) removeRef(ctx context.Context, side Side, conn *proxypb.Connection) gatewayRef {
 	segs := conn.GetPath().GetSegments()
 	if side == ClientSide {
-		if len(segs) > 0 && strings.HasPrefix(segs[0].GetName(), "gateway.") {
+		// A client of another domain has its end there: nothing here.
+		if len(segs) > 0 && strings.HasPrefix(segs[0].GetName(), "gateway.") && g.ours(segs[0].GetSpiffeId()) {
 			return gatewayRef{url: segs[0].GetUrl(), id: segs[0].GetSpiffeId()}
 		}
 		return gatewayRef{}
@@ -118,6 +119,12 @@ func (g *Gateways) removeRef(ctx context.Context, side Side, conn *proxypb.Conne
 		return gatewayRef{url: ep.GetGateway(), id: ep.GetGatewayId()}
 	}
 	return gatewayRef{}
+}
+
+// ours reports whether id is of this trust domain.
+func (g *Gateways) ours(id string) bool {
+	parsed, err := spiffeid.FromString(id)
+	return err == nil && parsed.MemberOf(g.TD)
 }
 
 // dial returns the pooled connection to a gateway, which must prove it is

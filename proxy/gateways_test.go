@@ -50,4 +50,9 @@ func TestGatewaysRouting(t *testing.T) {
 	if _, err := g.Apply(from(gw), ClientSide, conn("", gw)); err == nil || !strings.Contains(err.Error(), "runs no gateway of its own") {
 		t.Errorf("no local gateway: %v", err)
 	}
+	// Closing, in the endpoint's domain, a vWire whose client is of another
+	// domain: its client's end is there, not here, and the close goes on.
+	if err := g.Remove(context.Background(), ClientSide, conn("10.0.0.1:7003", "spiffe://a.example/vwire/gateway/n1")); err != nil {
+		t.Errorf("removing the client's end of another domain's client: %v", err)
+	}
 }
