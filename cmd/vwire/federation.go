@@ -91,6 +91,7 @@ func newFederationAddCmd() *cobra.Command {
 	cmd.Flags().StringVar(&td, "trust-domain", "", "the peer's trust domain (default: DOMAIN)")
 	cmd.Flags().BoolVar(&trustOnly, "trust-only", false, "trust the peer but keep its workloads out of services without their own policy")
 	cmd.Flags().StringVar(&endpointID, "endpoint-id", "", "the SPIFFE ID the bundle endpoint presents (default: spiffe://TD/vwire/proxy)")
+	peerFlags(cmd.Flags(), "bundle-endpoint", "trust-domain", "endpoint-id")
 	cf.add(cmd)
 	return cmd
 }

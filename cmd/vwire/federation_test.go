@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -32,7 +33,15 @@ func TestFederationCommands(t *testing.T) {
 		peer := doms[1-i]
 		bundle := filepath.Join(dir, peer.name+".bundle")
 		os.WriteFile(bundle, []byte(vwire(t, true, append([]string{"federation", "bundle"}, creds(peer)...)...)), 0o644)
-		out := vwire(t, true, append([]string{"federation", "add", peer.name, "--bundle-endpoint", "https://" + peer.bundleAddr, "--bundle", bundle}, creds(d)...)...)
+		// As an admin runs it in the domain's container (or pod), whose
+		// environment describes the domain itself.
+		add := exec.Command(vwireBin, append([]string{"federation", "add", peer.name, "--bundle-endpoint", "https://" + peer.bundleAddr, "--bundle", bundle}, creds(d)...)...)
+		add.Env = append(os.Environ(), "VWIRE_NAME="+d.name, "VWIRE_TRUST_DOMAIN="+d.name, "VWIRE_BUNDLE_ENDPOINT=https://127.0.0.1:1")
+		b, err := add.CombinedOutput()
+		out := string(b)
+		if err != nil {
+			t.Fatalf("vwire federation add %s in %s's environment: %v\n%s", peer.name, d.name, err, out)
+		}
 		if !strings.Contains(out, "federating with "+peer.name+" (trust domain "+peer.name) {
 			t.Errorf("federation add printed %q", out)
 		}

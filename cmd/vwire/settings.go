@@ -22,7 +22,7 @@ func loadSettings(cmd *cobra.Command) error {
 	}
 	var errs []string
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if f.Changed || f.Name == "config" || f.Name == "help" {
+		if f.Changed || f.Name == "config" || f.Name == "help" || f.Annotations[notFromEnv] != nil {
 			return
 		}
 		if v, ok := os.LookupEnv(envName(f.Name)); ok {
@@ -103,4 +103,16 @@ func readConfigFile(cmd *cobra.Command) (map[string]string, error) {
 			path, strings.Join(unknown, ", "), cmd.Name())
 	}
 	return out, nil
+}
+
+// notFromEnv marks flags that describe something other than this process
+// (a peer's trust domain): the environment of a domain's container, where
+// an admin runs the CLI, sets VWIRE_TRUST_DOMAIN to the domain's own.
+const notFromEnv = "vwire.io/not-from-env"
+
+// peerFlags keeps the environment off the named flags of fs.
+func peerFlags(fs *pflag.FlagSet, names ...string) {
+	for _, n := range names {
+		fs.SetAnnotation(n, notFromEnv, []string{"true"})
+	}
 }
