@@ -245,7 +245,10 @@ func (in *Injector) Patch(raw []byte) ([]map[string]any, error) {
 		sidecars = append(sidecars, in.sidecar(sidecarPrefix+r.Interface, args, "/run/vwire-ready/"+r.Interface))
 	}
 	if ep != nil {
-		args := []string{"endpoint", "--service", ep.Service, "--cidr", ep.CIDR.String(), "--payload", ep.Payload,
+		// Named for the pod (every pod's process is PID 1: the default
+		// name, SERVICE-HOST-PID, would be the same for a pod recreated
+		// under its name while the old one's registration lives).
+		args := []string{"endpoint", "--service", ep.Service, "--name", ep.Service + "-$(POD_NAME).$(POD_NAMESPACE)", "--cidr", ep.CIDR.String(), "--payload", ep.Payload,
 			"--gateway", "unix:///run/vwire/gateway.sock", "--ready-file", "/run/vwire-ready/endpoint"}
 		if l := registry.FormatLabels(p.Metadata.Labels); l != "" {
 			args = append(args, "--labels", l)
@@ -290,6 +293,10 @@ func (in *Injector) sidecar(name string, args []string, ready string) map[string
 		"imagePullPolicy": in.PullPolicy,
 		"args":            args,
 		"restartPolicy":   "Always",
+		"env": []map[string]any{
+			{"name": "POD_NAME", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.name"}}},
+			{"name": "POD_NAMESPACE", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.namespace"}}},
+		},
 		"startupProbe": map[string]any{
 			"exec":             map[string]any{"command": []string{"/vwire", "ready", ready}},
 			"periodSeconds":    period,

@@ -126,7 +126,7 @@ func TestInjectorPatch(t *testing.T) {
 	}
 	// An endpoint pod registers with its labels.
 	cs, _ = patched(t, `{"metadata":{"name":"p","labels":{"app":"vpn"},"annotations":{"vwire.io/endpoint":"vpn-gw?cidr=172.16.0.0/24"}},"spec":{"containers":[{"name":"c"}],"volumes":[{"name":"data"}]}}`)
-	if len(cs) != 1 || !strings.Contains(strings.Join(cs[0]["args"].([]string), " "), "endpoint --service vpn-gw --cidr 172.16.0.0/24 --payload IP") ||
+	if len(cs) != 1 || !strings.Contains(strings.Join(cs[0]["args"].([]string), " "), "endpoint --service vpn-gw --name vpn-gw-$(POD_NAME).$(POD_NAMESPACE) --cidr 172.16.0.0/24 --payload IP") ||
 		!strings.Contains(strings.Join(cs[0]["args"].([]string), " "), "--labels app=vpn") {
 		t.Errorf("endpoint sidecar: %v", cs)
 	}
