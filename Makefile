@@ -9,7 +9,7 @@ export VWIRE_TOOLS_BIN
 
 PROTOS := registry/registrypb/registry.proto proxy/proxypb/networkservice.proto federation/federationpb/federation.proto
 
-.PHONY: all build run demo test test-short bench generate verify fix tools clean image images
+.PHONY: all build run demo test test-short e2e-kind bench generate verify fix tools clean image images
 
 all: build
 
@@ -27,6 +27,12 @@ demo: build
 # The test command: unit tests, embedded etcd, a real 3-member etcd cluster.
 test: tools
 	set -o pipefail; $(GO) test -json -count=1 -timeout 20m ./... | $(GO) run ./e2e/testsum
+
+# Marsha's clusters end to end: two kind clusters (built without a
+# registry, deploy/kind) and two compose domains, federated; pods get
+# vWires by annotation. ~5 min once the node image is cached.
+e2e-kind: tools
+	set -o pipefail; VWIRE_E2E_KIND=1 $(GO) test -json -count=1 -timeout 40m ./e2e/kind/ | $(GO) run ./e2e/testsum
 
 test-short:
 	$(GO) test -short ./...
