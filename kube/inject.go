@@ -238,6 +238,10 @@ func (in *Injector) Patch(raw []byte) ([]map[string]any, error) {
 	var sidecars []map[string]any
 	for _, r := range reqs {
 		labels := mergeLabels(p.Metadata.Labels, r.Labels)
+		// Which pod asked (its name is the sidecar's host name, podName):
+		// the proxy reports the vWire's set-up and failures as events on
+		// it.
+		labels[LabelPodNamespace] = "$(POD_NAMESPACE)"
 		args := []string{"connect", r.Service, "--interface", r.Interface, "--gateway", "unix:///run/vwire/gateway.sock", "--ready-file", "/run/vwire-ready/" + r.Interface}
 		if l := registry.FormatLabels(labels); l != "" {
 			args = append(args, "--labels", l)

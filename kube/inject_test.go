@@ -111,7 +111,7 @@ func TestInjectorPatch(t *testing.T) {
 		t.Fatalf("sidecars: %v", cs)
 	}
 	args := cs[0]["args"].([]string)
-	if want := []string{"connect", "svc@b.example", "--interface", "nsm0", "--gateway", "unix:///run/vwire/gateway.sock", "--ready-file", "/run/vwire-ready/nsm0", "--labels", "app=web,tier=front"}; !reflect.DeepEqual(args, want) {
+	if want := []string{"connect", "svc@b.example", "--interface", "nsm0", "--gateway", "unix:///run/vwire/gateway.sock", "--ready-file", "/run/vwire-ready/nsm0", "--labels", "app=web,tier=front,vwire.io/pod-namespace=$(POD_NAMESPACE)"}; !reflect.DeepEqual(args, want) {
 		t.Errorf("sidecar args %q, want %q", args, want)
 	}
 	if cs[0]["restartPolicy"] != "Always" {

@@ -63,7 +63,7 @@ webhooks:
 	}
 	kubectl(t, k, true, pod("client", `vwire.io/connect: "marshas-app-connectivity@dc.marsha.example/nsm0?tier=front"`), "apply", "-f", "-")
 	got := kubectl(t, k, true, "", "get", "pod", "-n", "apps", "client", "-o", "jsonpath={.spec.initContainers[0].name} {.spec.initContainers[0].restartPolicy} {.spec.initContainers[0].args}")
-	if !strings.HasPrefix(got, "vwire-nsm0 Always ") || !strings.Contains(got, `"marshas-app-connectivity@dc.marsha.example"`) || !strings.Contains(got, `"app=web,tier=front"`) {
+	if !strings.HasPrefix(got, "vwire-nsm0 Always ") || !strings.Contains(got, `"marshas-app-connectivity@dc.marsha.example"`) || !strings.Contains(got, `"app=web,tier=front,vwire.io/pod-namespace=$(POD_NAMESPACE)"`) {
 		t.Errorf("the annotated pod's sidecar: %s", got)
 	}
 	if got := kubectl(t, k, true, "", "get", "pod", "-n", "apps", "client", "-o", "jsonpath={.spec.containers[*].name}"); got != "app" {

@@ -112,6 +112,9 @@ func (k *kubeFlags) configure(ctx context.Context, cfg *domain.Config) error {
 		return fmt.Errorf("--kubernetes: %w", err)
 	}
 	cfg.ServicesElsewhere = "its Kubernetes NetworkService objects (kubectl apply -f FILE)"
+	if td, err := cfg.SPIFFETrustDomain(); err == nil {
+		cfg.ObserveRequests = kube.NewPodEvents(k.client, td, cfg.Log().With("kubernetes", k.namespace)).Observe
+	}
 	if k.caSecret == "" {
 		return nil
 	}

@@ -147,12 +147,30 @@ func TestMarshasClusters(t *testing.T) {
 				return err == nil
 			})
 			t.Logf("%s in %s: created to first reply over its vWire to %s in %v", c.name, c.d.short, c.target, time.Since(start).Round(time.Millisecond))
+			// kubectl describe pod tells what happened.
+			w.waitFor("the VWireUp event on the pod", 20*time.Second, func() bool {
+				return strings.Contains(w.kubectl(c.d, "", "get", "events", "--field-selector", "involvedObject.name="+c.name+",reason=VWireUp", "-o", "jsonpath={.items[*].message}"),
+					"vWire to "+c.target+" up")
+			})
 			// The pod's own interface is the CNI's still.
 			if addrs := w.kubectl(c.d, "", "exec", c.name, "-c", "app", "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0"); !strings.Contains(addrs, "10.244.") {
 				t.Errorf("the pod's eth0: %s", addrs)
 			}
 		})
 	}
+	// A pod asking for what does not exist never starts its app, and says
+	// why.
+	t.Run("public-k8s/to-nowhere", func(t *testing.T) {
+		w := w.in(t)
+		w.kubectl(pub, fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata:\n  name: to-nowhere\n  annotations: {vwire.io/connect: \"no-such-service@dc.marsha.example\"}\nspec:\n  containers: [{name: app, image: \"%s\", imagePullPolicy: Never, command: [sleep, infinity]}]\n", w.images["workload"]), "apply", "-f", "-")
+		w.waitFor("the VWireFailed event on the pod", 60*time.Second, func() bool {
+			msg := w.kubectl(pub, "", "get", "events", "--field-selector", "involvedObject.name=to-nowhere,reason=VWireFailed", "-o", "jsonpath={.items[*].message}")
+			return strings.Contains(msg, "no vWire to no-such-service@dc.marsha.example") && strings.Contains(msg, "no-such-service")
+		})
+		if phase := w.kubectl(pub, "", "get", "pod", "to-nowhere", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}"); phase != "PodInitializing" {
+			t.Errorf("the app of a pod without its vWire: %q, want PodInitializing (not started)", phase)
+		}
+	})
 	if t.Failed() {
 		return
 	}

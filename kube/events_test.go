@@ -1,0 +1,80 @@
+package kube_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/kube"
+	"github.com/vwire/vwire/proxy/proxypb"
+	"github.com/vwire/vwire/registry"
+)
+
+// A pod that asked for a vWire shows, in kubectl describe, that it got it
+// or why not; the labels of a request count only when the gateway that
+// carried it runs on the pod's node, and a refresh that works is quiet.
+func TestPodEvents(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a Kubernetes API server")
+	}
+	k := e2e.StartKubeAPI(t)
+	kubectl(t, k, true, "", "create", "namespace", "web")
+	kubectl(t, k, true, `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1", "namespace": "web"},
+"spec": {"nodeName": "node1", "containers": [{"name": "app", "image": "app"}]}}`, "apply", "-f", "-")
+	events := kube.NewPodEvents(dynamicClient(t, k), spiffeid.RequireTrustDomainFromString("a.example"), slog.New(slog.NewTextHandler(logWriter{t}, nil)))
+
+	from := func(id string) context.Context {
+		u, _ := url.Parse("spiffe://" + id)
+		cert := &x509.Certificate{URIs: []*url.URL{u}}
+		return peer.NewContext(context.Background(), &peer.Peer{AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}}}})
+	}
+	req := func(id, pod string) *proxypb.NetworkServiceRequest {
+		return &proxypb.NetworkServiceRequest{Connection: &proxypb.Connection{Id: id, NetworkService: "svc@b.example",
+			Labels: map[string]string{registry.LabelPod: pod, kube.LabelPodNamespace: "web"}}}
+	}
+	up := &proxypb.Connection{Id: "c1", NetworkServiceEndpointName: "svc-1@b.example",
+		IpContext: &proxypb.IPContext{SrcIpAddrs: []string{"172.16.0.2/32"}, DstIpAddrs: []string{"172.16.0.3/32"}}}
+	refused := errors.New("no endpoint of svc@b.example")
+
+	events.Observe(from("a.example/vwire/gateway/node2"), req("", "p1"), up, nil)        // not the pod's node
+	events.Observe(from("b.example/vwire/gateway/node1"), req("", "p1"), up, nil)        // another trust domain
+	events.Observe(from("a.example/vwire/proxy"), req("", "p1"), up, nil)                // not a gateway
+	events.Observe(from("a.example/vwire/gateway/node1"), req("c1", "p1"), up, nil)      // a refresh that worked
+	events.Observe(from("a.example/vwire/gateway/node1"), req("", "nosuchpod"), up, nil) // no such pod
+	events.Settle()
+	if out := kubectl(t, k, true, "", "get", "events", "-n", "web", "-o", "name"); out != "" {
+		t.Fatalf("events were written that no gateway on the pod's node proved:\n%s", out)
+	}
+
+	events.Observe(from("a.example/vwire/gateway/node1"), req("", "p1"), up, nil)
+	events.Observe(from("a.example/vwire/gateway/node1"), req("", "p1"), nil, refused)
+	events.Observe(from("a.example/vwire/gateway/node1"), req("c1", "p1"), nil, refused)
+	events.Settle()
+	out := kubectl(t, k, true, "", "get", "events", "-n", "web", "--field-selector", "involvedObject.name=p1",
+		"-o", "jsonpath={range .items[*]}{.type} {.reason} {.source.host}: {.message}{\"\\n\"}{end}")
+	for _, want := range []string{
+		"Normal VWireUp node1: vWire to svc@b.example up: connection c1, endpoint svc-1@b.example, 172.16.0.2/32 -> 172.16.0.3/32",
+		"Warning VWireFailed node1: no vWire to svc@b.example: no endpoint of svc@b.example",
+		"Warning VWireRefreshFailed node1: refreshing the vWire to svc@b.example failed: no endpoint of svc@b.example",
+	} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("the pod's events lack %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "\n"); n != 3 {
+		t.Errorf("the pod has %d events, want 3:\n%s", n, out)
+	}
+	if describe := kubectl(t, k, true, "", "describe", "pod", "-n", "web", "p1"); !strings.Contains(describe, "VWireUp") {
+		t.Errorf("kubectl describe pod does not show the vWire:\n%s", describe)
+	}
+}
