@@ -27,7 +27,7 @@ import (
 type run struct {
 	pkg, pattern string
 	benchtime    string // full mode
-	quick        string // quick mode
+	quick        string // quick mode; empty: skipped
 	quickPattern string // quick mode, when it runs less than pattern
 }
 
@@ -43,6 +43,9 @@ var runs = []run{
 	// Docker: the compose deployments of e2e/compose (BENCH=quick: 20
 	// set-ups, 1 s of iperf3).
 	{"./e2e/compose/", "^BenchmarkContainers$", "1x", "1x", ""},
+	// Kubernetes: Marsha's clusters of e2e/kind (BENCH=quick skips it:
+	// CI runs make e2e-kind right after).
+	{"./e2e/kind/", "^BenchmarkKindPodSetup$", "1x", "", ""},
 }
 
 // row is one line of the table: where its figure comes from, and its
@@ -107,6 +110,8 @@ var rows = []row{
 		"as the netns row, 200 set-ups, between the compose deployments of e2e/compose (a's domain.yaml to c's production.yaml; the client app's namespace handed over the gateway's socket); yardstick: the netns row"},
 	{"WireGuard vWire TCP throughput (containers)", "Containers/throughput", "Gbit/s", "NetnsThroughput/wireguard-vwire", "Gbit/s", "", nil,
 		"iperf3 -t 5 between the example client's and endpoint's app containers, WireGuard between the gateway containers; yardstick: the netns row"},
+	{"pod-to-pod cross-cluster vWire set-up (kind)", "KindPodSetup", "first-reply-ms", "KindPodSetup", "running-ms", "", nil,
+		"a pod of public-k8s annotated with a vWire to an endpoint pod of private-k8s, kubectl apply to the first ping reply over it (kubectl exec, polled every 100 ms), median of 8; yardstick: the same pod without the annotation, kubectl apply to Running"},
 	{"vwire domain idle RSS", "DomainWarmStart", "idle-rss-MB", "", "", "< 100 MB", func(v, _ float64) bool { return v < 100 }, "VmRSS 2 s after ready"},
 	{"vwire domain warm start", "DomainWarmStart", "ready-ms", "", "", "< 2000 ms", func(v, _ float64) bool { return v < 2000 }, "exec to the ready line, existing data directory"},
 }
@@ -132,6 +137,9 @@ func main() {
 	}
 	for _, r := range runs {
 		bt, pattern := r.benchtime, r.pattern
+		if *quick && r.quick == "" {
+			continue
+		}
 		if *quick {
 			bt = r.quick
 			if r.quickPattern != "" {

@@ -24,7 +24,7 @@ var root = func() string { d, _ := filepath.Abs("../.."); return d }()
 // (deploy/compose/domain.yaml), a CoreDNS serving their records, all on
 // one Docker network.
 type world struct {
-	t          *testing.T
+	t          testing.TB
 	tag        string
 	dir        string
 	env        []string // kind's and docker's: the wrapper, the network
@@ -273,7 +273,7 @@ func (w *world) compose(project, file string, env []string) {
 // domains, publishes their records, installs the chart in each cluster
 // and federates all four domains with the real commands. Everything it
 // made goes when the test ends.
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	e2e.RequireRoot(t)
 	b := make([]byte, 3)
 	rand.Read(b)
@@ -445,7 +445,7 @@ func (w *world) install(d *domain) {
 }
 
 // composeCommand is docker compose, or docker-compose where only that is.
-func composeCommand(t *testing.T) []string {
+func composeCommand(t testing.TB) []string {
 	if exec.Command("docker", "compose", "version").Run() == nil {
 		return []string{"docker", "compose"}
 	}
