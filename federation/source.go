@@ -33,16 +33,67 @@ var ErrNoSVID = errors.New("no X.509 SVID")
 // its lifetime, and whose bundles come from a Trust.
 type CASource struct {
 	*Trust
+	Renewed
 	ca  *CA
 	id  spiffeid.ID
 	ttl time.Duration
 	log *slog.Logger
+}
 
+// Renewed is the SVID of a source that a goroutine renews until Close:
+// what CASource and a Kubernetes gateway's source share.
+type Renewed struct {
 	mu   sync.RWMutex
 	svid *x509svid.SVID
 
 	stop chan struct{}
 	done chan struct{}
+}
+
+// SetSVID makes svid the one GetX509SVID gives.
+func (r *Renewed) SetSVID(svid *x509svid.SVID) {
+	r.mu.Lock()
+	r.svid = svid
+	r.mu.Unlock()
+}
+
+// HalfLife is half the remaining lifetime of the SVID in hand, at least
+// floor: when to renew it.
+func (r *Renewed) HalfLife(floor time.Duration) time.Duration {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return max(time.Until(r.svid.Certificates[0].NotAfter)/2, floor)
+}
+
+// Go runs loop, which renews until stop closes, in a goroutine that Close
+// stops. Call it once, after the first SetSVID.
+func (r *Renewed) Go(loop func(stop <-chan struct{})) {
+	r.stop, r.done = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(r.done)
+		loop(r.stop)
+	}()
+}
+
+// GetX509SVID implements x509svid.Source.
+func (r *Renewed) GetX509SVID() (*x509svid.SVID, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.svid, nil
+}
+
+// Close stops renewal.
+func (r *Renewed) Close() error {
+	if r.stop == nil {
+		return nil
+	}
+	select {
+	case <-r.stop:
+	default:
+		close(r.stop)
+	}
+	<-r.done
+	return nil
 }
 
 // NewSource issues an SVID for id (lifetime ttl, DefaultSVIDLifetime if 0)
@@ -55,12 +106,12 @@ func (ca *CA) NewSource(id spiffeid.ID, ttl time.Duration, trust *Trust, log *sl
 	if trust == nil {
 		trust = NewTrust(ca.Bundle())
 	}
-	s := &CASource{Trust: trust, ca: ca, id: id, ttl: ttl, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &CASource{Trust: trust, ca: ca, id: id, ttl: ttl, log: log}
 	changed := ca.Changed() // taken before issuing, so no switch goes unseen
 	if err := s.renew(); err != nil {
 		return nil, err
 	}
-	go s.run(changed)
+	s.Go(func(stop <-chan struct{}) { s.run(stop, changed) })
 	return s, nil
 }
 
@@ -69,24 +120,18 @@ func (s *CASource) renew() error {
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.svid = svid
-	s.mu.Unlock()
+	s.SetSVID(svid)
 	return nil
 }
 
-func (s *CASource) run(changed <-chan struct{}) {
-	defer close(s.done)
+func (s *CASource) run(stop <-chan struct{}, changed <-chan struct{}) {
 	for {
 		// Renew at half the remaining lifetime of the SVID in hand, and at
 		// once when the CA switches roots.
-		s.mu.RLock()
-		wait := max(time.Until(s.svid.Certificates[0].NotAfter)/2, 100*time.Millisecond)
-		s.mu.RUnlock()
 		select {
-		case <-s.stop:
+		case <-stop:
 			return
-		case <-time.After(wait):
+		case <-time.After(s.HalfLife(100 * time.Millisecond)):
 		case <-changed:
 			if _, err := s.Trust.GetX509BundleForTrustDomain(s.ca.TrustDomain()); err == nil {
 				s.Trust.Set(s.ca.Bundle())
@@ -97,24 +142,6 @@ func (s *CASource) run(changed <-chan struct{}) {
 			s.log.Error("renewing SVID failed; retrying", "id", s.id, "err", err)
 		}
 	}
-}
-
-// GetX509SVID implements x509svid.Source.
-func (s *CASource) GetX509SVID() (*x509svid.SVID, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.svid, nil
-}
-
-// Close stops renewal.
-func (s *CASource) Close() error {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
-	<-s.done
-	return nil
 }
 
 // WorkloadSource gets SVIDs and bundles from a SPIRE agent's Workload API at

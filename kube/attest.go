@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -173,14 +172,10 @@ func (a *Attestor) attest(ctx context.Context, req attestRequest) (*x509.Certifi
 // proxy's answers.
 type AttestSource struct {
 	*federation.Trust
+	federation.Renewed
 	url, tokenFile string
 	client         *http.Client
 	log            *slog.Logger
-
-	mu   sync.RWMutex
-	svid *x509svid.SVID
-
-	stop, done chan struct{}
 }
 
 // NewAttestSource attests at url (https://HOST:PORT) until it has an SVID
@@ -191,8 +186,7 @@ func NewAttestSource(ctx context.Context, url, tokenFile, bundleFile string, td 
 	if err != nil {
 		return nil, fmt.Errorf("the domain's bundle: %w", err)
 	}
-	s := &AttestSource{Trust: federation.NewTrust(bundle), url: strings.TrimSuffix(url, "/") + AttestPath, tokenFile: tokenFile, log: log,
-		stop: make(chan struct{}), done: make(chan struct{})}
+	s := &AttestSource{Trust: federation.NewTrust(bundle), url: strings.TrimSuffix(url, "/") + AttestPath, tokenFile: tokenFile, log: log}
 	s.client = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: tlsconfig.TLSClientConfig(s.Trust, tlsconfig.AuthorizeID(federation.ProxyID(td))),
 	}}
@@ -212,7 +206,7 @@ func NewAttestSource(ctx context.Context, url, tokenFile, bundleFile string, td 
 		case <-time.After(wait):
 		}
 	}
-	go s.run()
+	s.Go(s.run)
 	return s, nil
 }
 
@@ -268,22 +262,16 @@ func (s *AttestSource) renew(ctx context.Context) error {
 		return fmt.Errorf("the proxy's SVID does not verify with its bundle: %w", err)
 	}
 	s.Trust.Set(bundle)
-	s.mu.Lock()
-	s.svid = svid
-	s.mu.Unlock()
+	s.SetSVID(svid)
 	return nil
 }
 
-func (s *AttestSource) run() {
-	defer close(s.done)
+func (s *AttestSource) run(stop <-chan struct{}) {
 	for {
-		s.mu.RLock()
-		wait := max(time.Until(s.svid.Certificates[0].NotAfter)/2, time.Second)
-		s.mu.RUnlock()
 		select {
-		case <-s.stop:
+		case <-stop:
 			return
-		case <-time.After(wait):
+		case <-time.After(s.HalfLife(time.Second)):
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		if err := s.renew(ctx); err != nil {
@@ -291,24 +279,6 @@ func (s *AttestSource) run() {
 		}
 		cancel()
 	}
-}
-
-// GetX509SVID implements x509svid.Source.
-func (s *AttestSource) GetX509SVID() (*x509svid.SVID, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.svid, nil
-}
-
-// Close stops renewal.
-func (s *AttestSource) Close() error {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
-	<-s.done
-	return nil
 }
 
 func parseCerts(p string) ([]*x509.Certificate, error) {
