@@ -75,9 +75,8 @@ type Config struct {
 	// empty: none.
 	DebugListen string
 	// ObserveRequests, when set, is called with every request the proxy's
-	// network service answers and its answer (a Kubernetes domain's events
-	// on pods).
-	ObserveRequests func(ctx context.Context, req *proxypb.NetworkServiceRequest, conn *proxypb.Connection, err error)
+	// network service answers (proxy.Server's Observe).
+	ObserveRequests func(ctx context.Context, req *proxypb.NetworkServiceRequest, conn *proxypb.Connection, err error, refresh bool)
 	// ServicesElsewhere, when set, says where the domain's services are
 	// defined instead of through its registry API (a Kubernetes domain's
 	// NetworkService objects): the API refuses to change them.
@@ -420,12 +419,8 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 		dp = d.gateways
 	}
 	d.NetworkService = &proxy.Server{Own: cfg.Name, TD: td, Store: d.Store, Peers: d.Peers, Pool: d.pool,
-		Conns: proxy.NewConnections(d.Etcd.Client, cfg.Name), Dataplane: dp, Lifetime: cfg.ConnectionLifetime, Log: log}
-	var nsServer proxypb.NetworkServiceServer = d.NetworkService
-	if cfg.ObserveRequests != nil {
-		nsServer = observed{d.NetworkService, cfg.ObserveRequests}
-	}
-	proxypb.RegisterNetworkServiceServer(d.srv, nsServer)
+		Conns: proxy.NewConnections(d.Etcd.Client, cfg.Name), Dataplane: dp, Lifetime: cfg.ConnectionLifetime, Log: log, Observe: cfg.ObserveRequests}
+	proxypb.RegisterNetworkServiceServer(d.srv, d.NetworkService)
 	expireCtx, stopExpire := context.WithCancel(context.Background())
 	d.wg.Add(1)
 	go func() {
@@ -649,17 +644,4 @@ func (d *Domain) close() error {
 		errs = append(errs, d.Identity.Close())
 	}
 	return errors.Join(errs...)
-}
-
-// observed is a network service whose requests and answers are shown to
-// a function.
-type observed struct {
-	*proxy.Server
-	fn func(context.Context, *proxypb.NetworkServiceRequest, *proxypb.Connection, error)
-}
-
-func (o observed) Request(ctx context.Context, req *proxypb.NetworkServiceRequest) (*proxypb.Connection, error) {
-	conn, err := o.Server.Request(ctx, req)
-	o.fn(ctx, req, conn, err)
-	return conn, err
 }

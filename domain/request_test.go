@@ -1,8 +1,11 @@
 package domain
 
 import (
+	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -301,5 +304,36 @@ spec: {network_service_names: [per-domain], url: "tcp://10.0.0.2:5001"}
 	// A look-up previews the same selection.
 	if got, err := a.findAs(t, "per-domain@b.example", nil); err != nil || len(got) != 1 || !strings.HasPrefix(got[0], "for-a@b.example") {
 		t.Errorf("find from a: %v, %v", got, err)
+	}
+}
+
+// The proxy's observer (a Kubernetes domain's pod events) is told which
+// requests set a connection up and which refreshed one, although a node's
+// gateway names its connections before it asks.
+func TestObserveRequests(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	fake := proxy.NewFakeDataplane()
+	a := startWith(t, "a.example", withFake(fake), func(c *Config) {
+		c.ObserveRequests = func(_ context.Context, req *proxypb.NetworkServiceRequest, conn *proxypb.Connection, err error, refresh bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen = append(seen, fmt.Sprintf("%s refresh=%v failed=%v", req.GetConnection().GetNetworkService(), refresh, err != nil))
+		}
+	})
+	applyFile(t, a, "../registry/testdata/secure-intranet-connectivity.yaml", "../registry/testdata/endpoints.yaml")
+	gw := a.gateway(t)
+	id := proxy.NewID()
+	for range 2 {
+		if _, err := request(t, gw, "secure-intranet-connectivity", "spiffe://a.example/ns/web", map[string]string{"app": "web"}, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	request(t, gw, "no-such-service", "spiffe://a.example/ns/web", nil, proxy.NewID())
+	mu.Lock()
+	defer mu.Unlock()
+	want := "secure-intranet-connectivity refresh=false failed=false,secure-intranet-connectivity refresh=true failed=false,no-such-service refresh=false failed=true"
+	if got := strings.Join(seen, ","); got != want {
+		t.Errorf("observed:\n%s\nwant:\n%s", got, want)
 	}
 }

@@ -46,19 +46,19 @@ func TestPodEvents(t *testing.T) {
 		IpContext: &proxypb.IPContext{SrcIpAddrs: []string{"172.16.0.2/32"}, DstIpAddrs: []string{"172.16.0.3/32"}}}
 	refused := errors.New("no endpoint of svc@b.example")
 
-	events.Observe(from("a.example/vwire/gateway/node2"), req("", "p1"), up, nil)        // not the pod's node
-	events.Observe(from("b.example/vwire/gateway/node1"), req("", "p1"), up, nil)        // another trust domain
-	events.Observe(from("a.example/vwire/proxy"), req("", "p1"), up, nil)                // not a gateway
-	events.Observe(from("a.example/vwire/gateway/node1"), req("c1", "p1"), up, nil)      // a refresh that worked
-	events.Observe(from("a.example/vwire/gateway/node1"), req("", "nosuchpod"), up, nil) // no such pod
+	events.Observe(from("a.example/vwire/gateway/node2"), req("c1", "p1"), up, nil, false)        // not the pod's node
+	events.Observe(from("b.example/vwire/gateway/node1"), req("c1", "p1"), up, nil, false)        // another trust domain
+	events.Observe(from("a.example/vwire/proxy"), req("c1", "p1"), up, nil, false)                // not a gateway
+	events.Observe(from("a.example/vwire/gateway/node1"), req("c1", "p1"), up, nil, true)         // a refresh that worked
+	events.Observe(from("a.example/vwire/gateway/node1"), req("c1", "nosuchpod"), up, nil, false) // no such pod
 	events.Settle()
 	if out := kubectl(t, k, true, "", "get", "events", "-n", "web", "-o", "name"); out != "" {
 		t.Fatalf("events were written that no gateway on the pod's node proved:\n%s", out)
 	}
 
-	events.Observe(from("a.example/vwire/gateway/node1"), req("", "p1"), up, nil)
-	events.Observe(from("a.example/vwire/gateway/node1"), req("", "p1"), nil, refused)
-	events.Observe(from("a.example/vwire/gateway/node1"), req("c1", "p1"), nil, refused)
+	events.Observe(from("a.example/vwire/gateway/node1"), req("c1", "p1"), up, nil, false)
+	events.Observe(from("a.example/vwire/gateway/node1"), req("c1", "p1"), nil, refused, false)
+	events.Observe(from("a.example/vwire/gateway/node1"), req("c1", "p1"), nil, refused, true)
 	events.Settle()
 	out := kubectl(t, k, true, "", "get", "events", "-n", "web", "--field-selector", "involvedObject.name=p1",
 		"-o", "jsonpath={range .items[*]}{.type} {.reason} {.source.host}: {.message}{\"\\n\"}{end}")
@@ -73,6 +73,14 @@ func TestPodEvents(t *testing.T) {
 	}
 	if n := strings.Count(out, "\n"); n != 3 {
 		t.Errorf("the pod has %d events, want 3:\n%s", n, out)
+	}
+	// The sidecar asks again: the same event counts twice.
+	events.Observe(from("a.example/vwire/gateway/node1"), req("c2", "p1"), nil, refused, false)
+	events.Settle()
+	counts := kubectl(t, k, true, "", "get", "events", "-n", "web", "--field-selector", "involvedObject.name=p1",
+		"-o", "jsonpath={range .items[*]}{.reason}={.count} {end}")
+	if !strings.Contains(counts, "VWireFailed=2 ") || strings.Count(counts, "=") != 3 {
+		t.Errorf("a failure again is not counted on the first one's event: %s", counts)
 	}
 	if describe := kubectl(t, k, true, "", "describe", "pod", "-n", "web", "p1"); !strings.Contains(describe, "VWireUp") {
 		t.Errorf("kubectl describe pod does not show the vWire:\n%s", describe)

@@ -46,6 +46,10 @@ type Server struct {
 	Dataplane Dataplane // nil: requests are refused, nothing would carry them
 	Lifetime  time.Duration
 	Log       *slog.Logger
+	// Observe, when set, is shown every request this proxy answered, its
+	// answer, and whether it refreshed a connection stored here (a
+	// Kubernetes domain's events on pods).
+	Observe func(ctx context.Context, req *proxypb.NetworkServiceRequest, conn *proxypb.Connection, err error, refresh bool)
 
 	mu   sync.Mutex
 	next map[string]int // per service: where the next new connection starts looking
@@ -53,6 +57,15 @@ type Server struct {
 
 // Request implements proxypb.NetworkServiceServer.
 func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest) (*proxypb.Connection, error) {
+	var refresh bool
+	conn, err := s.request(ctx, req, &refresh)
+	if s.Observe != nil {
+		s.Observe(ctx, req, conn, err, refresh)
+	}
+	return conn, err
+}
+
+func (s *Server) request(ctx context.Context, req *proxypb.NetworkServiceRequest, refresh *bool) (*proxypb.Connection, error) {
 	if s.Dataplane == nil {
 		return nil, status.Error(codes.Unimplemented, "this domain runs without a data plane (--dataplane none, or vwire domain not run as root)")
 	}
@@ -74,6 +87,7 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
+	*refresh = prev != nil
 	if prev != nil && !s.mayChange(ctx, prev) {
 		return nil, status.Errorf(codes.PermissionDenied, "connection %q belongs to %s", conn.Id, prev.GetRequester())
 	}
