@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -68,6 +69,23 @@ func TestChartRenders(t *testing.T) {
 				t.Error("the gateway lacks its explicit capabilities")
 			}
 		})
+	}
+	// What helm install prints: the records to publish, from the address
+	// peers reach the proxies at.
+	notes, err := helm(t, k.Kubeconfig, "install", "r", chart, "--namespace", "vwire", "--dry-run=client", "--set", "domain.name=public-k8s.marsha.example",
+		"--set", "proxy.service.type=NodePort", "--set", "proxy.service.nodePorts.grpc=30701", "--set", "proxy.service.nodePorts.bundle=30702", "--set", "proxy.advertise=172.18.0.2:30701")
+	if err != nil {
+		t.Fatalf("helm install --dry-run: %v\n%s", err, notes)
+	}
+	notes = notes[strings.Index(notes, "\nNOTES:"):]
+	for _, want := range []string{
+		"proxy.public-k8s.marsha.example. +30 IN A +172.18.0.2\n",
+		"_vwire._tcp.public-k8s.marsha.example. +30 IN SRV 10 100 30701 proxy.public-k8s.marsha.example.\n",
+		"_spiffe-bundle._tcp.public-k8s.marsha.example. +30 IN SRV 10 100 30702 proxy.public-k8s.marsha.example.\n",
+	} {
+		if !regexp.MustCompile(want).MatchString(notes) {
+			t.Errorf("the install notes lack the record %q:\n%s", want, notes)
+		}
 	}
 }
 
