@@ -36,10 +36,14 @@ type kubeFlags struct {
 	gatewayAccount string
 	// The admission webhook that gives annotated pods their sidecars.
 	webhookListen, webhookHost, webhookConfig string
+	webhookCASecret                           string
 	sidecarImage, sidecarPull, socketDir      string
 	sidecarTimeout                            time.Duration
 
 	client dynamic.Interface
+	// webhookCA signs the webhook's certificate when the domain has no
+	// built-in CA (SVIDs from SPIRE).
+	webhookCA *federation.CA
 }
 
 const inClusterNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -51,7 +55,8 @@ func (k *kubeFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&k.caSecret, "ca-secret", "", "with --kubernetes: keep the built-in CA in this Secret of --kube-namespace, shared by the domain's proxies (made by the first), and its bundle in the ConfigMap of the same name")
 	fs.StringVar(&k.attestListen, "attest-listen", "", "with --ca-secret: sign node gateways' SVIDs here (HTTPS) for their pods' service account tokens")
 	fs.StringVar(&k.gatewayAccount, "gateway-service-account", "", "with --attest-listen: the gateways' service account, NAMESPACE/NAME")
-	fs.StringVar(&k.webhookListen, "webhook-listen", "", "with --ca-secret: serve the admission webhook that adds vWire sidecars to annotated pods here (HTTPS)")
+	fs.StringVar(&k.webhookListen, "webhook-listen", "", "with --ca-secret or --webhook-ca-secret: serve the admission webhook that adds vWire sidecars to annotated pods here (HTTPS)")
+	fs.StringVar(&k.webhookCASecret, "webhook-ca-secret", "", "with --webhook-listen and --spiffe-socket (no built-in CA): keep the CA of the webhook's certificate in this Secret of --kube-namespace (made by the first proxy)")
 	fs.StringVar(&k.webhookHost, "webhook-host", "", "with --webhook-listen: the webhook's name in the API server's calls (SERVICE.NAMESPACE.svc), in its certificate")
 	fs.StringVar(&k.webhookConfig, "webhook-configuration", "", "with --webhook-listen: the MutatingWebhookConfiguration whose caBundle the proxies keep")
 	fs.StringVar(&k.sidecarImage, "sidecar-image", "", "with --webhook-listen: the image the sidecars run (vwire's)")
@@ -65,8 +70,8 @@ func (k *kubeFlags) add(fs *pflag.FlagSet) {
 // directory.
 func (k *kubeFlags) configure(ctx context.Context, cfg *domain.Config) error {
 	if !k.enabled {
-		if k.kubeconfig != "" || k.namespace != "" || k.caSecret != "" || k.attestListen != "" || k.webhookListen != "" {
-			return usagef("--kubeconfig, --kube-namespace, --ca-secret, --attest-listen and --webhook-listen go with --kubernetes")
+		if k.kubeconfig != "" || k.namespace != "" || k.caSecret != "" || k.attestListen != "" || k.webhookListen != "" || k.webhookCASecret != "" {
+			return usagef("--kubeconfig, --kube-namespace, --ca-secret, --attest-listen, --webhook-listen and --webhook-ca-secret go with --kubernetes")
 		}
 		return nil
 	}
@@ -75,8 +80,10 @@ func (k *kubeFlags) configure(ctx context.Context, cfg *domain.Config) error {
 	}
 	if k.webhookListen != "" {
 		switch {
-		case k.caSecret == "":
-			return usagef("--webhook-listen needs --ca-secret: the webhook's certificate comes from the built-in CA")
+		case k.caSecret == "" && k.webhookCASecret == "":
+			return usagef("--webhook-listen needs --ca-secret (the built-in CA signs the webhook's certificate) or, with --spiffe-socket, --webhook-ca-secret (a CA of the webhook's own)")
+		case k.webhookCASecret != "" && (k.caSecret != "" || cfg.SpiffeSocket == ""):
+			return usagef("--webhook-ca-secret is for a domain whose SVIDs come from SPIRE (--spiffe-socket); otherwise the built-in CA (--ca-secret) signs the webhook's certificate")
 		case k.webhookHost == "" || k.sidecarImage == "":
 			return usagef("--webhook-listen needs --webhook-host (SERVICE.NAMESPACE.svc) and --sidecar-image")
 		case k.sidecarTimeout < time.Second:
@@ -115,7 +122,7 @@ func (k *kubeFlags) configure(ctx context.Context, cfg *domain.Config) error {
 	if td, err := cfg.SPIFFETrustDomain(); err == nil {
 		cfg.ObserveRequests = kube.NewPodEvents(k.client, td, cfg.Log().With("kubernetes", k.namespace)).Observe
 	}
-	if k.caSecret == "" {
+	if k.caSecret == "" && k.webhookCASecret == "" {
 		return nil
 	}
 	if err := cfg.Validate(); err != nil {
@@ -126,6 +133,14 @@ func (k *kubeFlags) configure(ctx context.Context, cfg *domain.Config) error {
 		return err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	if k.webhookCASecret != "" {
+		dir := filepath.Join(cfg.DataDir, "webhook-ca")
+		if err := kube.LoadCA(ctx, k.client, k.namespace, k.webhookCASecret, dir, td); err != nil {
+			return fmt.Errorf("--webhook-ca-secret: %w", err)
+		}
+		k.webhookCA, err = federation.OpenCA(dir, td)
 		return err
 	}
 	return kube.LoadCA(ctx, k.client, k.namespace, k.caSecret, filepath.Join(cfg.DataDir, "ca"), td)
@@ -157,7 +172,11 @@ func (k *kubeFlags) start(ctx context.Context, d *domain.Domain, log *slog.Logge
 		if err != nil {
 			return fmt.Errorf("--webhook-listen: %w", err)
 		}
-		w := &kube.Webhook{Client: k.client, CA: d.Identity.CA, Host: k.webhookHost, Configuration: k.webhookConfig, Log: log,
+		ca := d.Identity.CA
+		if ca == nil {
+			ca = k.webhookCA
+		}
+		w := &kube.Webhook{Client: k.client, CA: ca, Host: k.webhookHost, Configuration: k.webhookConfig, Log: log,
 			Injector: &kube.Injector{Image: k.sidecarImage, PullPolicy: k.sidecarPull, SocketDir: k.socketDir, StartupTimeout: k.sidecarTimeout, Log: log}}
 		go func() {
 			if err := w.Serve(ctx, lis); err != nil {

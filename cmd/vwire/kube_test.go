@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vwire/vwire/domain"
 	"github.com/vwire/vwire/e2e"
 )
 
@@ -92,6 +94,50 @@ func TestKubernetesIdentity(t *testing.T) {
 		out, err := exec.Command(vwireBin, c.args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), c.want) {
 			t.Errorf("vwire %v: %v\n%s\nwant %q", c.args, err, out, c.want)
+		}
+	}
+}
+
+// With SPIRE there is no built-in CA: the webhook's certificate comes from
+// a CA of its own, made once in its Secret and taken by every replica; the
+// flags that cannot go together are refused.
+func TestWebhookCAWithSPIRE(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a Kubernetes API server")
+	}
+	k := e2e.StartKubeAPI(t)
+	if out, err := k.Kubectl(t, "create", "namespace", "vwire").CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	replica := func(caSecret, webhookCASecret, spiffeSocket string) (*kubeFlags, error) {
+		cfg := domain.NewConfig()
+		cfg.Name, cfg.DataDir, cfg.SpiffeSocket = "a.example", t.TempDir(), spiffeSocket
+		kf := &kubeFlags{enabled: true, kubeconfig: k.Kubeconfig, namespace: "vwire", caSecret: caSecret, webhookCASecret: webhookCASecret,
+			webhookListen: "127.0.0.1:0", webhookHost: "vwire-webhook.vwire.svc", sidecarImage: "vwire:dev", sidecarTimeout: time.Minute}
+		return kf, kf.configure(context.Background(), cfg)
+	}
+	const socket = "/run/spire/sockets/agent.sock" // configure does not dial it
+	first, err := replica("", "vwire-webhook-ca", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := replica("", "vwire-webhook-ca", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.webhookCA == nil || !first.webhookCA.Bundle().Equal(second.webhookCA.Bundle()) {
+		t.Error("two replicas serve the webhook under different CAs: the API server trusts one caBundle")
+	}
+	if out, err := k.Kubectl(t, "get", "secret", "-n", "vwire", "vwire-webhook-ca", "-o", "name").CombinedOutput(); err != nil {
+		t.Errorf("the webhook's CA is not kept in its Secret: %v\n%s", err, out)
+	}
+	for _, c := range []struct{ caSecret, webhookCASecret, socket, want string }{
+		{"", "", socket, "--webhook-listen needs --ca-secret"},
+		{"vwire-ca", "vwire-webhook-ca", "", "--webhook-ca-secret is for a domain whose SVIDs come from SPIRE"},
+		{"", "vwire-webhook-ca", "", "--webhook-ca-secret is for a domain whose SVIDs come from SPIRE"},
+	} {
+		if _, err := replica(c.caSecret, c.webhookCASecret, c.socket); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("--ca-secret %q --webhook-ca-secret %q --spiffe-socket %q: %v, want %q", c.caSecret, c.webhookCASecret, c.socket, err, c.want)
 		}
 	}
 }

@@ -25,7 +25,7 @@ var valueSets = map[string][]string{
 		"--set", "federation.peers[0].domain=dc.marsha.example", "--set", "federation.peers[0].bundleEndpoint=https://172.18.0.9:7002",
 		"--set-string", "federation.peers[0].bundle=" + peerBundle, "--set", "dns.server=172.18.0.9:53", "--set", "gateway.intraDomainTunnel=wireguard"},
 	"SPIRE, external etcd": {"--set", "domain.name=private-k8s.marsha.example", "--set", "identity.mode=spire", "--set", "etcd.mode=external",
-		"--set", "etcd.external.endpoints={https://etcd-0.example:2379,https://etcd-1.example:2379}", "--set", "etcd.external.tlsSecret=etcd-client", "--set", "webhook.enabled=false"},
+		"--set", "etcd.external.endpoints={https://etcd-0.example:2379,https://etcd-1.example:2379}", "--set", "etcd.external.tlsSecret=etcd-client"},
 }
 
 func helm(t *testing.T, kubeconfig string, args ...string) (string, error) {
@@ -68,6 +68,10 @@ func TestChartRenders(t *testing.T) {
 			if !strings.Contains(manifest, "add: [NET_ADMIN, SYS_ADMIN, NET_RAW]") {
 				t.Error("the gateway lacks its explicit capabilities")
 			}
+			// With SPIRE the webhook's certificate has a CA of its own.
+			if strings.Contains(manifest, "--spiffe-socket=") && strings.Contains(manifest, "--webhook-listen=") && !strings.Contains(manifest, "--webhook-ca-secret=r-vwire-webhook-ca") {
+				t.Error("a SPIRE domain's webhook has no CA for its certificate")
+			}
 		})
 	}
 	// What helm install prints: the records to publish, from the address
@@ -103,7 +107,6 @@ func TestChartRefusesBadValues(t *testing.T) {
 			"--set-string", "federation.peers[0].bundle=" + peerBundle}, "at '/federation/peers/0/bundleEndpoint': 'http://b.example:7002' does not match pattern '^https://'"},
 		{[]string{"--set", "domain.name=a.example", "--set", "federation.peers[0].domain=b.example", "--set", "federation.peers[0].bundleEndpoint=https://b.example:7002"},
 			"at '/federation/peers/0': missing property 'bundle'"},
-		{[]string{"--set", "domain.name=a.example", "--set", "identity.mode=spire"}, "webhook.enabled needs identity.mode=builtin"},
 		{[]string{"--set", "domain.name=a.example", "--set", "webhook.failurePolicy=Maybe"}, "at '/webhook/failurePolicy': value must be one of 'Fail', 'Ignore'"},
 	} {
 		out, err := helm(t, "", append([]string{"template", "r", chart}, c.args...)...)
