@@ -385,11 +385,10 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	binding := &federation.Binding{Own: td, Peers: d.Peers, PeerMethods: peerMethods}
 	bindUnary, bindStream := binding.Interceptors()
 	errUnary, errStream := registry.ErrorInterceptors()
-	d.srv = grpc.NewServer(
-		grpc.Creds(federation.ServerCredentials(d.Identity, federation.DomainAuthorizer(td, d.Peers), log)),
+	d.srv = grpc.NewServer(append(federation.ServerOptions(d.Identity, federation.DomainAuthorizer(td, d.Peers), log),
 		grpc.ChainUnaryInterceptor(bindUnary, errUnary),
 		grpc.ChainStreamInterceptor(bindStream, errStream),
-	)
+	)...)
 	d.pool = proxy.NewPool(resolver, d.Identity, cfg.Name, d.Peers)
 	d.pool.Timeout = cfg.PeerTimeout
 	var regOpts []registry.ServerOption

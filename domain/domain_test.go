@@ -491,3 +491,31 @@ func (d *testDomain) asWorkloadConn(t *testing.T, path string) *grpc.ClientConn 
 	t.Cleanup(func() { conn.Close() })
 	return conn
 }
+
+// A connection that never starts its TLS handshake (slowloris) is closed
+// after federation.HandshakeTimeout, not gRPC's two minutes; the domain
+// serves others meanwhile.
+func TestSilentConnectionClosed(t *testing.T) {
+	d := start(t, "a.example")
+	var silent []net.Conn
+	for range 20 {
+		c, err := net.Dial("tcp", d.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		silent = append(silent, c)
+	}
+	if _, err := registryClient(d).ListServices(ctx(t), &registrypb.ListServicesRequest{}); err != nil {
+		t.Fatalf("with 20 silent connections open: %v", err)
+	}
+	start := time.Now()
+	for _, c := range silent {
+		c.SetReadDeadline(start.Add(federation.HandshakeTimeout + 10*time.Second))
+		_, err := c.Read(make([]byte, 1))
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("a silent connection still open %v after it was made", time.Since(start).Round(time.Second))
+		}
+	}
+	t.Logf("20 silent connections closed %v after the last was made", time.Since(start).Round(100*time.Millisecond))
+}

@@ -36,6 +36,18 @@ func ServerCredentials(src Source, authz Authorizer, log *slog.Logger) credentia
 	return &loggingCreds{TransportCredentials: credentials.NewTLS(cfg), log: log}
 }
 
+// HandshakeTimeout bounds how long a connection to a vwire server may take
+// to complete its TLS handshake: one that has not by then is closed, so a
+// peer that opens connections and never speaks holds nothing for long
+// (gRPC's own default is two minutes).
+const HandshakeTimeout = 10 * time.Second
+
+// ServerOptions are ServerCredentials and the bounds every vwire server
+// over mTLS keeps (HandshakeTimeout).
+func ServerOptions(src Source, authz Authorizer, log *slog.Logger) []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.Creds(ServerCredentials(src, authz, log)), grpc.ConnectionTimeout(HandshakeTimeout)}
+}
+
 // ClientCredentials is mutual TLS for a gRPC client: it presents src's SVID
 // and accepts only a server that authz accepts.
 func ClientCredentials(src Source, authz Authorizer) credentials.TransportCredentials {

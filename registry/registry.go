@@ -129,11 +129,10 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
 	unary, stream := ErrorInterceptors()
-	r.srv = grpc.NewServer(
-		grpc.Creds(federation.ServerCredentials(r.identity, federation.AuthorizeMember(td), log)),
+	r.srv = grpc.NewServer(append(federation.ServerOptions(r.identity, federation.AuthorizeMember(td), log),
 		grpc.ChainUnaryInterceptor(unary),
 		grpc.ChainStreamInterceptor(stream),
-	)
+	)...)
 	registrypb.RegisterRegistryServer(r.srv, NewServer(r.Store, td, cfg.EndpointLifetime, nil, log))
 	go func() {
 		if err := r.srv.Serve(r.lis); err != nil {

@@ -109,7 +109,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 				return err
 			}
 			defer n.Close()
-			srv := grpc.NewServer(grpc.Creds(federation.ServerCredentials(src, federation.AuthorizeOf(federation.ProxyID(td)), log)))
+			srv := grpc.NewServer(federation.ServerOptions(src, federation.AuthorizeOf(federation.ProxyID(td)), log)...)
 			proxypb.RegisterGatewayServer(srv, &gateway.Service{G: n.Gateway})
 			healthpb.RegisterHealthServer(srv, health.NewServer())
 			failed := make(chan error, 1)
