@@ -119,6 +119,26 @@ func TestEndpointOwnership(t *testing.T) {
 
 func second[T any](_ T, err error) error { return err }
 
+// A registration that asks to live for a century lives MaxEndpointLifetime
+// unless refreshed.
+func TestEndpointLifetimeClamped(t *testing.T) {
+	d := startDomain(t, "a.example")
+	admin, nse := d.admin(), d.client("/nse")
+	if _, err := admin.RegisterService(ctx(t), &registrypb.RegisterServiceRequest{Service: &registrypb.NetworkService{Name: "svc", Payload: registrypb.Payload_IP}}); err != nil {
+		t.Fatal(err)
+	}
+	ep, err := nse.RegisterEndpoint(ctx(t), &registrypb.RegisterEndpointRequest{
+		Endpoint: &registrypb.Endpoint{Name: "greedy", NetworkServiceNames: []string{"svc"}},
+		Lifetime: durationpb.New(100 * 365 * 24 * time.Hour),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(ep.GetExpiresAt().AsTime()); left > registry.MaxEndpointLifetime || left < registry.MaxEndpointLifetime-time.Minute {
+		t.Errorf("a registration asking for a century expires in %v, want %v", left.Round(time.Second), registry.MaxEndpointLifetime)
+	}
+}
+
 // An endpoint that is not refreshed expires through its etcd lease, and a
 // watcher sees it go; one that is refreshed stays.
 func TestLeaseExpiryAndWatch(t *testing.T) {

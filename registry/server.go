@@ -157,6 +157,12 @@ func (s *server) registrant(ctx context.Context) (owner spiffeid.ID, src string,
 	return owner, "", func(n string) string { return n }, err
 }
 
+// MaxEndpointLifetime is the longest a registration lives unless
+// refreshed, whatever it asks for (or --endpoint-lifetime, if that is
+// longer): what a workload or a peer registers lapses within it of their
+// going away.
+const MaxEndpointLifetime = time.Hour
+
 func (s *server) RegisterEndpoint(ctx context.Context, req *registrypb.RegisterEndpointRequest) (*registrypb.Endpoint, error) {
 	id, src, name, err := s.registrant(ctx)
 	if err != nil {
@@ -184,6 +190,7 @@ func (s *server) RegisterEndpoint(ctx context.Context, req *registrypb.RegisterE
 	if lifetime <= 0 {
 		lifetime = s.lifetime
 	}
+	lifetime = min(lifetime, max(MaxEndpointLifetime, s.lifetime))
 	ep, err = s.store.RegisterEndpoint(ctx, id.String(), ep, lifetime)
 	if err != nil {
 		return nil, err
