@@ -47,6 +47,10 @@ func (t Target) Addresses() []string {
 // weight. Answers are cached for their TTL, negative answers for
 // NegativeTTL; a truncated UDP answer is asked again over TCP.
 //
+// What DNS answers cannot make the cache grow without bound: an answer is
+// kept for at most MaxTTL, and at most MaxEntries names and types are kept
+// (when full, those past use go first, then any).
+//
 // When the DNS server cannot be asked or fails (not when it says a name
 // does not exist), the last answer, if it expired less than StaleMax ago,
 // is used instead, as RFC 8767 lets resolvers do: DNS then has StaleWait
@@ -68,6 +72,10 @@ type Resolver struct {
 	// again; StaleWait, how long DNS may take to answer when a stale answer
 	// could stand in.
 	StaleRecheck, StaleWait time.Duration
+	// MaxTTL caps the TTL an answer is kept for; MaxEntries, the names
+	// and types kept.
+	MaxTTL     time.Duration
+	MaxEntries int
 
 	now func() time.Time
 	mu  sync.Mutex
@@ -90,12 +98,16 @@ const (
 	DefaultStaleMax     = time.Hour
 	DefaultStaleRecheck = 30 * time.Second
 	DefaultStaleWait    = 500 * time.Millisecond
+	// As resolvers commonly cap them (unbound's cache-max-ttl).
+	DefaultMaxTTL     = 24 * time.Hour
+	DefaultMaxEntries = 10000
 )
 
 // NewResolver returns a Resolver that asks server (empty: the system's).
 func NewResolver(server string) *Resolver {
 	return &Resolver{Server: server, NegativeTTL: 5 * time.Second, Timeout: 3 * time.Second,
-		StaleMax: DefaultStaleMax, StaleRecheck: DefaultStaleRecheck, StaleWait: DefaultStaleWait, now: time.Now, cache: map[string]cached{}, refreshing: map[string]bool{}}
+		StaleMax: DefaultStaleMax, StaleRecheck: DefaultStaleRecheck, StaleWait: DefaultStaleWait,
+		MaxTTL: DefaultMaxTTL, MaxEntries: DefaultMaxEntries, now: time.Now, cache: map[string]cached{}, refreshing: map[string]bool{}}
 }
 
 func (r *Resolver) server() (string, error) {
@@ -173,11 +185,31 @@ func (r *Resolver) store(key string, qtype uint16, resp *dns.Msg) cached {
 			ttl = t
 		}
 	}
-	c.expires = r.now().Add(ttl)
+	c.expires = r.now().Add(min(ttl, r.MaxTTL))
 	r.mu.Lock()
+	if _, ok := r.cache[key]; !ok && len(r.cache) >= r.MaxEntries {
+		r.evict()
+	}
 	r.cache[key] = c
 	r.mu.Unlock()
 	return c
+}
+
+// evict makes room for one more entry: it drops the entries no look-up
+// can use any more (expired, and past StaleMax), and if none, one other.
+func (r *Resolver) evict() {
+	now := r.now()
+	for k, c := range r.cache {
+		if now.After(c.expires.Add(r.StaleMax)) {
+			delete(r.cache, k)
+		}
+	}
+	for k := range r.cache {
+		if len(r.cache) < r.MaxEntries {
+			return
+		}
+		delete(r.cache, k)
+	}
 }
 
 // ask asks the DNS server for name and type; anything but an answer or

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -268,5 +269,45 @@ func TestLookupStaleWhileSlow(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the late answer never reached the cache: %v, %v", ts, err)
 		}
+	}
+}
+
+// What DNS answers cannot grow the cache without bound: a flood of names
+// that do not exist keeps at most MaxEntries, an answer with a TTL of
+// decades is asked again after MaxTTL, and what is in use still answers.
+func TestResolverCacheBounded(t *testing.T) {
+	z := newZone(t, "_vwire._tcp.b.example. 2147483647 IN SRV 10 100 7001 p1.b.example.", "p1.b.example. 2147483647 IN A 127.0.0.11")
+	r := NewResolver(z.Addr)
+	r.MaxEntries = 50
+	now := time.Now()
+	r.now = func() time.Time { return now }
+	if _, err := r.Lookup(context.Background(), "b.example"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		if _, err := r.Lookup(context.Background(), fmt.Sprintf("nowhere-%d.example", i)); !errors.Is(err, ErrUnknownDomain) {
+			t.Fatalf("nowhere-%d.example: %v", i, err)
+		}
+		r.mu.Lock()
+		n := len(r.cache)
+		r.mu.Unlock()
+		if n > r.MaxEntries {
+			t.Fatalf("%d entries cached after %d unknown names, want at most %d", n, i+1, r.MaxEntries)
+		}
+	}
+	if ts, err := r.Lookup(context.Background(), "b.example"); err != nil || ts[0].Addresses()[0] != "127.0.0.11:7001" {
+		t.Fatalf("after the flood: %v, %v", ts, err)
+	}
+	key := "_vwire._tcp.b.example./SRV"
+	asked := z.Asked("", key)
+	now = now.Add(DefaultMaxTTL - time.Minute)
+	r.Lookup(context.Background(), "b.example")
+	if z.Asked("", key) != asked {
+		t.Error("asked again before MaxTTL")
+	}
+	now = now.Add(2 * time.Minute)
+	r.Lookup(context.Background(), "b.example")
+	if z.Asked("", key) == asked {
+		t.Error("an answer with a TTL of 68 years was kept past MaxTTL")
 	}
 }
