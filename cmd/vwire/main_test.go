@@ -164,7 +164,7 @@ func TestBadSettings(t *testing.T) {
 			"--bundle-listen and --spiffe-socket exclude each other"},
 		{nil, []string{"domain", "--name", "a.example", "--peer", "c.example;bundle-endpoint=http://127.0.0.1:1;bundle=" + cfg},
 			`the scheme must be https, not "http"`},
-		{nil, []string{"proxy", "--name", "a.example", "--etcd-endpoints", "http://127.0.0.1:1", "--ca-secret", "vwire-ca"}, "--kubeconfig, --kube-namespace, --ca-secret, --attest-listen and --webhook-listen go with --kubernetes"},
+		{nil, []string{"proxy", "--name", "a.example", "--etcd-endpoints", "http://127.0.0.1:1", "--ca-secret", "vwire-ca"}, "--kubeconfig, --kube-namespace, --ca-secret, --attest-listen, --webhook-listen and --webhook-ca-secret go with --kubernetes"},
 		{nil, []string{"domain", "--name", "a.example", "--kubernetes", "--kubeconfig", filepath.Join(dir, "none")}, "--kubernetes: stat " + filepath.Join(dir, "none")},
 		{nil, []string{"get", "pods"}, `unknown resource "pods" (want services, endpoints or connections)`},
 		{nil, []string{"get", "endpoints", "--source-labels", "app=x"}, "--source-labels needs --service"},
