@@ -2,6 +2,7 @@ package conncache
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -37,4 +38,34 @@ func TestCache(t *testing.T) {
 		t.Error("after Close the closed connection was handed out again")
 	}
 	c.Close()
+}
+
+// However many keys come, the cache holds Max connections: the one used
+// longest ago is closed to make room, one in use stays.
+func TestCacheBounded(t *testing.T) {
+	c := Cache{Max: 3}
+	defer c.Close()
+	dial := func() (*grpc.ClientConn, error) {
+		return grpc.NewClient("unix:///nonexistent", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	conns := map[string]*grpc.ClientConn{}
+	for _, k := range []string{"a", "b", "c"} {
+		conns[k], _ = c.Get(k, dial)
+	}
+	c.Get("a", dial) // a is in use again: b is now the oldest
+	c.Get("d", dial)
+	if s := conns["b"].GetState(); s != connectivity.Shutdown {
+		t.Errorf("the connection used longest ago is %v, want closed", s)
+	}
+	for _, k := range []string{"a", "c"} {
+		if s := conns[k].GetState(); s == connectivity.Shutdown {
+			t.Errorf("%s was closed, not the oldest", k)
+		}
+	}
+	for i := range 100 {
+		c.Get(fmt.Sprint("flood-", i), dial)
+	}
+	if n := len(c.conns); n != 3 {
+		t.Errorf("after 100 more keys the cache holds %d connections, want 3", n)
+	}
 }
