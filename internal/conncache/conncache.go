@@ -17,8 +17,8 @@ const DefaultMax = 4096
 
 // Cache is a set of connections by key. The zero value is ready to use.
 // When a new key would make it hold more than Max connections, the one
-// used longest ago is closed first (a call still on it then fails, and the
-// caller's retry dials again).
+// used longest ago is closed first (a call still on it then fails; the
+// next Get of its key dials again).
 type Cache struct {
 	// Max bounds the connections kept (0: DefaultMax).
 	Max int
