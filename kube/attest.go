@@ -100,14 +100,15 @@ func (a *Attestor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.Log.Info("gateway SVID issued", "node", node, "id", svid.URIs[0].String(), "expires", svid.NotAfter.Format(time.RFC3339))
-	var bundle bytes.Buffer
-	for _, c := range a.CA.Bundle().X509Authorities() {
-		pem.Encode(&bundle, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	bundle, err := a.CA.Bundle().Marshal()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(attestResponse{
 		SVID:   string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: svid.Raw})),
-		Bundle: bundle.String(),
+		Bundle: string(bundle),
 	})
 }
 

@@ -1,10 +1,8 @@
 package kube
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -116,11 +114,10 @@ func PublishBundle(ctx context.Context, client dynamic.Interface, ns, name strin
 	maps := client.Resource(configMapsResource).Namespace(ns)
 	for wait := time.Second; ; {
 		changed := ca.Changed()
-		var pemBundle bytes.Buffer
-		for _, c := range ca.Bundle().X509Authorities() {
-			pem.Encode(&pemBundle, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+		pemBundle, err := ca.Bundle().Marshal()
+		if err == nil {
+			err = putConfigMap(ctx, maps, name, map[string]any{"bundle.pem": string(pemBundle)})
 		}
-		err := putConfigMap(ctx, maps, name, map[string]any{"bundle.pem": pemBundle.String()})
 		if err == nil {
 			wait = time.Second
 			select {

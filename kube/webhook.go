@@ -1,14 +1,12 @@
 package kube
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"net"
@@ -93,11 +91,10 @@ func (w *Webhook) keepCABundle(ctx context.Context) {
 	configs := w.Client.Resource(webhookConfigsResource)
 	for wait := time.Second; ; {
 		changed := w.CA.Changed()
-		var roots bytes.Buffer
-		for _, c := range w.CA.Bundle().X509Authorities() {
-			pem.Encode(&roots, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+		roots, err := w.CA.Bundle().Marshal()
+		if err == nil {
+			err = setCABundle(ctx, configs, w.Configuration, base64.StdEncoding.EncodeToString(roots))
 		}
-		err := setCABundle(ctx, configs, w.Configuration, base64.StdEncoding.EncodeToString(roots.Bytes()))
 		if err == nil {
 			wait = time.Second
 			select {
