@@ -257,29 +257,18 @@ func (ca *CA) Sign(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration) (*x5
 	if id.TrustDomain() != ca.td {
 		return nil, fmt.Errorf("built-in CA of %q cannot issue %q", ca.td, id)
 	}
-	ca.mu.RLock()
-	defer ca.mu.RUnlock()
-	now := ca.now()
-	notAfter := now.Add(ttl)
-	if notAfter.After(ca.active.cert.NotAfter) {
-		notAfter = ca.active.cert.NotAfter
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{Organization: []string{"vwire"}},
-		URIs:         []*url.URL{id.URL()},
+	cert, err := ca.sign(&x509.Certificate{
+		Subject: pkix.Name{Organization: []string{"vwire"}},
+		URIs:    []*url.URL{id.URL()},
 		// Plain-TLS tools (grpcurl, curl) check a host name; go-spiffe does not.
 		DNSNames:    []string{"localhost"},
-		NotBefore:   now.Add(-time.Minute),
-		NotAfter:    notAfter,
 		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyAgreement,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.active.cert, pub, ca.active.key)
+	}, pub, ttl)
 	if err != nil {
 		return nil, fmt.Errorf("issue %q: %w", id, err)
 	}
-	return x509.ParseCertificate(der)
+	return cert, nil
 }
 
 // SignServer signs a plain TLS server certificate for the DNS names (no
@@ -287,25 +276,32 @@ func (ca *CA) Sign(id spiffeid.ID, pub crypto.PublicKey, ttl time.Duration) (*x5
 // a client that verifies names against the CA's roots: the Kubernetes API
 // server calling vwire's admission webhook.
 func (ca *CA) SignServer(names []string, pub crypto.PublicKey, ttl time.Duration) (*x509.Certificate, error) {
+	cert, err := ca.sign(&x509.Certificate{
+		Subject:     pkix.Name{Organization: []string{"vwire"}, CommonName: names[0]},
+		DNSNames:    names,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, pub, ttl)
+	if err != nil {
+		return nil, fmt.Errorf("server certificate for %v: %w", names, err)
+	}
+	return cert, nil
+}
+
+// sign signs tmpl for pub with the active root: a new serial number,
+// valid from a minute ago (clock skew) for ttl or until the root expires.
+func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey, ttl time.Duration) (*x509.Certificate, error) {
 	ca.mu.RLock()
 	defer ca.mu.RUnlock()
 	now := ca.now()
-	notAfter := now.Add(ttl)
-	if notAfter.After(ca.active.cert.NotAfter) {
-		notAfter = ca.active.cert.NotAfter
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{Organization: []string{"vwire"}, CommonName: names[0]},
-		DNSNames:     names,
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	tmpl.SerialNumber = serial()
+	tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Minute), now.Add(ttl)
+	if tmpl.NotAfter.After(ca.active.cert.NotAfter) {
+		tmpl.NotAfter = ca.active.cert.NotAfter
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.active.cert, pub, ca.active.key)
 	if err != nil {
-		return nil, fmt.Errorf("server certificate for %v: %w", names, err)
+		return nil, err
 	}
 	return x509.ParseCertificate(der)
 }
