@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -109,6 +110,26 @@ current-context: test
 // Kubectl runs the cached kubectl against the control plane.
 func (k *KubeAPI) Kubectl(t testing.TB, args ...string) *exec.Cmd {
 	return exec.Command(ToolPath(t, "kubectl"), append([]string{"--kubeconfig", k.Kubeconfig}, args...)...)
+}
+
+// Try runs kubectl with stdin and returns its output and whether it
+// failed.
+func (k *KubeAPI) Try(t testing.TB, stdin string, args ...string) (string, error) {
+	cmd := k.Kubectl(t, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// Run runs kubectl with stdin and returns its output, failing the test if
+// kubectl fails.
+func (k *KubeAPI) Run(t testing.TB, stdin string, args ...string) string {
+	t.Helper()
+	out, err := k.Try(t, stdin, args...)
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
 }
 
 // startTool runs a tool until the test ends, its output logged; the

@@ -28,13 +28,11 @@ var root = func() string { d, _ := filepath.Abs(".."); return d }()
 // success is not wantOK.
 func kubectl(t *testing.T, k *e2e.KubeAPI, wantOK bool, stdin string, args ...string) string {
 	t.Helper()
-	cmd := k.Kubectl(t, args...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
+	out, err := k.Try(t, stdin, args...)
 	if (err == nil) != wantOK {
 		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	return string(out)
+	return out
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) time.Duration {
@@ -122,8 +120,8 @@ func TestSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the endpoint's object goes", func() bool {
-		out, _ := k.Kubectl(t, "get", "nse", "-n", "vwire", "firewall-1").CombinedOutput()
-		return strings.Contains(string(out), "NotFound")
+		out, _ := k.Try(t, "", "get", "nse", "-n", "vwire", "firewall-1")
+		return strings.Contains(out, "NotFound")
 	})
 
 	// NSM's own manifests apply as they are.

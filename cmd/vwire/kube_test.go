@@ -23,16 +23,7 @@ func TestKubernetesIdentity(t *testing.T) {
 	}
 	e2e.RequireRoot(t)
 	k := e2e.StartKubeAPI(t)
-	kubectl := func(stdin string, args ...string) string {
-		t.Helper()
-		cmd := k.Kubectl(t, args...)
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
+	kubectl := func(stdin string, args ...string) string { t.Helper(); return k.Run(t, stdin, args...) }
 	root, _ := filepath.Abs("../..")
 	kubectl("", "apply", "-f", filepath.Join(root, "deploy/helm/vwire/crds"))
 	kubectl("", "create", "namespace", "vwire")
@@ -106,9 +97,7 @@ func TestWebhookCAWithSPIRE(t *testing.T) {
 		t.Skip("runs a Kubernetes API server")
 	}
 	k := e2e.StartKubeAPI(t)
-	if out, err := k.Kubectl(t, "create", "namespace", "vwire").CombinedOutput(); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
+	k.Run(t, "", "create", "namespace", "vwire")
 	replica := func(caSecret, webhookCASecret, spiffeSocket string) (*kubeFlags, error) {
 		cfg := domain.NewConfig()
 		cfg.Name, cfg.DataDir, cfg.SpiffeSocket = "a.example", t.TempDir(), spiffeSocket
@@ -128,7 +117,7 @@ func TestWebhookCAWithSPIRE(t *testing.T) {
 	if first.webhookCA == nil || !first.webhookCA.Bundle().Equal(second.webhookCA.Bundle()) {
 		t.Error("two replicas serve the webhook under different CAs: the API server trusts one caBundle")
 	}
-	if out, err := k.Kubectl(t, "get", "secret", "-n", "vwire", "vwire-webhook-ca", "-o", "name").CombinedOutput(); err != nil {
+	if out, err := k.Try(t, "", "get", "secret", "-n", "vwire", "vwire-webhook-ca", "-o", "name"); err != nil {
 		t.Errorf("the webhook's CA is not kept in its Secret: %v\n%s", err, out)
 	}
 	for _, c := range []struct{ caSecret, webhookCASecret, socket, want string }{

@@ -159,11 +159,5 @@ func TestChartUpgrade(t *testing.T) {
 
 func kubectl(t *testing.T, k *e2e.KubeAPI, stdin string, args ...string) string {
 	t.Helper()
-	cmd := k.Kubectl(t, args...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return k.Run(t, stdin, args...)
 }
