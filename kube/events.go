@@ -24,6 +24,9 @@ import (
 // podName: which pod asked for a vWire, for the events on it.
 const LabelPodNamespace = "vwire.io/pod-namespace"
 
+// maxEventMessage bounds an event's message, as the kubelet's are (1 KiB).
+const maxEventMessage = 1024
+
 var (
 	podsResource   = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
 	eventsResource = schema.GroupVersionResource{Version: "v1", Resource: "events"}
@@ -74,6 +77,11 @@ func (p *PodEvents) Observe(ctx context.Context, req *proxypb.NetworkServiceRequ
 		msg = fmt.Sprintf("vWire to %s up: connection %s, endpoint %s, %s -> %s", service, conn.GetId(), conn.GetNetworkServiceEndpointName(),
 			strings.Join(ip.GetSrcIpAddrs(), ","), strings.Join(ip.GetDstIpAddrs(), ","))
 		key = conn.GetId()
+	}
+	// The answer's words may be a peer domain's: an event says at most
+	// maxEventMessage bytes of them.
+	if len(msg) > maxEventMessage {
+		msg = strings.ToValidUTF8(msg[:maxEventMessage], "") + "…"
 	}
 	select {
 	case p.sem <- struct{}{}:

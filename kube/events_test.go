@@ -74,6 +74,13 @@ func TestPodEvents(t *testing.T) {
 	if n := strings.Count(out, "\n"); n != 3 {
 		t.Errorf("the pod has %d events, want 3:\n%s", n, out)
 	}
+	// A peer's long refusal is cut before it is stored.
+	events.Observe(from("a.example/vwire/gateway/node1"), req("c3", "p1"), nil, errors.New(strings.Repeat("x", 1<<20)), true)
+	events.Settle()
+	long := kubectl(t, k, true, "", "get", "events", "-n", "web", "--field-selector", "involvedObject.name=p1,reason=VWireRefreshFailed", "-o", "jsonpath={.items[0].message}")
+	if len(long) > 1100 || !strings.HasSuffix(long, "…") {
+		t.Errorf("an event's message from a 1 MiB refusal is %d bytes long", len(long))
+	}
 	// The sidecar asks again: the same event counts twice.
 	events.Observe(from("a.example/vwire/gateway/node1"), req("c2", "p1"), nil, refused, false)
 	events.Settle()
