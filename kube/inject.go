@@ -49,6 +49,10 @@ type EndpointSpec struct {
 // ifname is a Linux interface name.
 var ifname = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$`)
 
+// MaxVWiresPerPod bounds the vWires one pod's annotations may ask for:
+// each is a sidecar container.
+const MaxVWiresPerPod = 16
+
 // ParseRequests reads the vWires a pod's annotations ask for (vwire.io/connect
 // and networkservicemesh.io). Interfaces not named are nsm0, nsm1, ... in
 // order.
@@ -73,6 +77,9 @@ func ParseRequests(annotations map[string]string) ([]Request, error) {
 		if len(out) == 0 {
 			return nil, fmt.Errorf("annotation %s is empty: want SERVICE[@DOMAIN][/IFNAME][?LABEL=VALUE&...], several comma-separated", key)
 		}
+	}
+	if len(out) > MaxVWiresPerPod {
+		return nil, fmt.Errorf("%d vWires asked for: a pod gets at most %d (one sidecar each)", len(out), MaxVWiresPerPod)
 	}
 	used := map[string]bool{}
 	for _, r := range out {

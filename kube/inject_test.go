@@ -34,6 +34,7 @@ func TestParseRequests(t *testing.T) {
 		{map[string]string{kube.AnnotationConnect: " , "}, nil, "annotation vwire.io/connect is empty"},
 		{map[string]string{kube.AnnotationConnect: "a?app=we b"}, nil, `label app="we b"`},
 		{map[string]string{"other": "x"}, nil, ""},
+		{map[string]string{kube.AnnotationConnect: strings.Repeat("svc,", kube.MaxVWiresPerPod+1)}, nil, "17 vWires asked for: a pod gets at most 16"},
 	} {
 		got, err := kube.ParseRequests(c.annotations)
 		if c.err != "" {
