@@ -112,11 +112,20 @@ var configMapsResource = schema.GroupVersionResource{Version: "v1", Resource: "c
 // and writes again when the CA's bundle changes (a rotation).
 func PublishBundle(ctx context.Context, client dynamic.Interface, ns, name string, ca *federation.CA, log *slog.Logger) {
 	maps := client.Resource(configMapsResource).Namespace(ns)
+	followRoots(ctx, ca, log.With("configmap", ns+"/"+name), "publishing the domain's bundle", func(roots []byte) error {
+		return putConfigMap(ctx, maps, name, map[string]any{"bundle.pem": string(roots)})
+	}, nil)
+}
+
+// followRoots writes the CA's roots (PEM) with write, and again each time
+// they change (onChange, if set, is told first), until ctx ends; a write
+// that fails is tried again, backing off to 30 s.
+func followRoots(ctx context.Context, ca *federation.CA, log *slog.Logger, what string, write func(roots []byte) error, onChange func()) {
 	for wait := time.Second; ; {
 		changed := ca.Changed()
-		pemBundle, err := ca.Bundle().Marshal()
+		roots, err := ca.Bundle().Marshal()
 		if err == nil {
-			err = putConfigMap(ctx, maps, name, map[string]any{"bundle.pem": string(pemBundle)})
+			err = write(roots)
 		}
 		if err == nil {
 			wait = time.Second
@@ -124,10 +133,13 @@ func PublishBundle(ctx context.Context, client dynamic.Interface, ns, name strin
 			case <-ctx.Done():
 				return
 			case <-changed:
+				if onChange != nil {
+					onChange()
+				}
 				continue
 			}
 		}
-		log.Error("publishing the domain's bundle failed; retrying", "configmap", ns+"/"+name, "err", err, "in", wait)
+		log.Error(what+" failed; retrying", "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
 			return

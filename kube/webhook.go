@@ -89,32 +89,13 @@ func (w *Webhook) certificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 // configuration, again when they change (a rotation), until ctx ends.
 func (w *Webhook) keepCABundle(ctx context.Context) {
 	configs := w.Client.Resource(webhookConfigsResource)
-	for wait := time.Second; ; {
-		changed := w.CA.Changed()
-		roots, err := w.CA.Bundle().Marshal()
-		if err == nil {
-			err = setCABundle(ctx, configs, w.Configuration, base64.StdEncoding.EncodeToString(roots))
-		}
-		if err == nil {
-			wait = time.Second
-			select {
-			case <-ctx.Done():
-				return
-			case <-changed:
-				w.mu.Lock()
-				w.cert = nil // signed by the new root from now on
-				w.mu.Unlock()
-				continue
-			}
-		}
-		w.Log.Error("writing the webhook's CA bundle failed; retrying", "configuration", w.Configuration, "err", err, "in", wait)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 30*time.Second)
-	}
+	followRoots(ctx, w.CA, w.Log.With("configuration", w.Configuration), "writing the webhook's CA bundle", func(roots []byte) error {
+		return setCABundle(ctx, configs, w.Configuration, base64.StdEncoding.EncodeToString(roots))
+	}, func() {
+		w.mu.Lock()
+		w.cert = nil // signed by the new root from now on
+		w.mu.Unlock()
+	})
 }
 
 func setCABundle(ctx context.Context, configs dynamic.NamespaceableResourceInterface, name, bundle string) error {
