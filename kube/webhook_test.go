@@ -81,4 +81,21 @@ webhooks:
 	if !strings.Contains(out, `admission webhook "inject.vwire.io" denied the request: vwire: annotation vwire.io/connect: "svc@b.example/this-name-is-too-long": interface "this-name-is-too-long"`) {
 		t.Errorf("a pod with a bad annotation: %s", out)
 	}
+	// A rotation: the configuration trusts the new root before it issues,
+	// and pods are still admitted once it does.
+	caBundle := func() string {
+		return kubectl(t, k, true, "", "get", "mutatingwebhookconfiguration", "vwire-inject", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
+	}
+	before := caBundle()
+	if err := ca.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the prepared root in the configuration's caBundle", func() bool { return caBundle() != before })
+	if err := ca.Activate(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "pods admitted after the rotation", func() bool {
+		_, err := k.Try(t, pod("after-rotation", ""), "apply", "-f", "-")
+		return err == nil
+	})
 }
