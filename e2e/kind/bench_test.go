@@ -33,16 +33,7 @@ func BenchmarkKindPodSetup(b *testing.B) {
 			name, annotations, w.images["workload"]), "apply", "-f", "-")
 		return start
 	}
-	poll := func(what string, cond func() bool) {
-		deadline := time.Now().Add(2 * time.Minute)
-		for !cond() {
-			if time.Now().After(deadline) {
-				w.hold()
-				b.Fatalf("not within 2 minutes: %s", what)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
+	poll := func(what string, cond func() bool) { w.poll(what, 2*time.Minute, 100*time.Millisecond, cond) }
 	var plain, wired []float64
 	for i := range 8 {
 		name := fmt.Sprintf("plain-%d", i)

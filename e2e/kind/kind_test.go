@@ -95,13 +95,19 @@ func (w *world) hold() {
 // waitFor polls cond every half second until it holds or within passes.
 func (w *world) waitFor(what string, within time.Duration, cond func() bool) time.Duration {
 	w.t.Helper()
+	return w.poll(what, within, 500*time.Millisecond, cond)
+}
+
+// poll polls cond every interval until it holds or within passes.
+func (w *world) poll(what string, within, interval time.Duration, cond func() bool) time.Duration {
+	w.t.Helper()
 	start := time.Now()
 	for !cond() {
 		if time.Since(start) > within {
 			w.hold()
 			w.t.Fatalf("not within %v: %s", within, what)
 		}
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(interval)
 	}
 	return time.Since(start)
 }
