@@ -254,11 +254,10 @@ func (s *AttestSource) renew(ctx context.Context) error {
 		return fmt.Errorf("the proxy's SVID: %w", err)
 	}
 	td := svid.ID.TrustDomain()
-	roots, err := parseCerts(out.Bundle)
+	bundle, err := x509bundle.Parse(td, []byte(out.Bundle))
 	if err != nil {
 		return fmt.Errorf("the proxy's bundle: %w", err)
 	}
-	bundle := x509bundle.FromX509Authorities(td, roots)
 	if _, _, err := x509svid.Verify(certs, bundle); err != nil {
 		return fmt.Errorf("the proxy's SVID does not verify with its bundle: %w", err)
 	}
