@@ -8,7 +8,6 @@ package kernel
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -245,10 +244,44 @@ func gatewayOf(a netip.Addr) netip.Addr {
 	return gatewayIP6
 }
 
-// tableOf is the routing table of end id's policy rule.
-func tableOf(id string) int {
-	sum := sha256.Sum256([]byte(id))
-	return 1_000_000 + int(binary.BigEndian.Uint32(sum[:4])%1_000_000_000)
+// tableBase is the first routing table the backend gives an end: each
+// routed end through WireGuard gets the lowest one no end's rule holds.
+// (Tables were once a hash of the end's id, and two ends whose hashes met
+// shared one: removing either took the other's routes.)
+const tableBase = 1_000_000
+
+// endTables maps each gateway half that has a policy rule to its table.
+func endTables(rules []netlink.Rule) map[string]int {
+	tables := map[string]int{}
+	for _, r := range rules {
+		if r.Priority == rulePriority && r.IifName != "" {
+			tables[r.IifName] = r.Table
+		}
+	}
+	return tables
+}
+
+// tableOf is the routing table of end id's policy rule (0: it has none).
+func (b *Backend) tableOf(id string) (int, error) {
+	rules, err := b.host.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		return 0, fmt.Errorf("listing the policy rules: %w", err)
+	}
+	return endTables(rules)[hostName(id)], nil
+}
+
+// freeTable is the lowest table at or above tableBase that no end's rule
+// holds.
+func freeTable(rules []netlink.Rule) int {
+	used := map[int]bool{}
+	for _, t := range endTables(rules) {
+		used[t] = true
+	}
+	t := tableBase
+	for used[t] {
+		t++
+	}
+	return t
 }
 
 // bridgeName is the bridge of an Ethernet end between two workloads of
@@ -535,7 +568,6 @@ func workloadRoutes(e dataplane.End) []dataplane.Route {
 // its own (so ends with the same addresses through other peers do not
 // meet), and packets for the end's addresses go back into the half.
 func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
-	table := tableOf(e.ID)
 	if e.WireGuard == nil {
 		b.removeWireGuard(e.ID)
 		if len(e.Routed) > 0 {
@@ -560,6 +592,14 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 	if err != nil {
 		return fmt.Errorf("end %q: WireGuard device %q: %w", e.ID, device, err)
 	}
+	rules, err := b.host.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("listing the policy rules: %w", err)
+	}
+	table, ok := endTables(rules)[host.Attrs().Name]
+	if !ok {
+		table = freeTable(rules)
+	}
 	// The far side, in the end's table.
 	have, err := b.host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
 	if err != nil {
@@ -582,13 +622,9 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 	// table.
 	for _, gw := range gateways(e) {
 		fam := family(gw)
-		rules, err := b.host.RuleList(fam)
-		if err != nil {
-			return err
-		}
 		found := false
 		for _, r := range rules {
-			found = found || r.Table == table
+			found = found || (r.Table == table && r.Family == fam && r.IifName == host.Attrs().Name)
 		}
 		if !found {
 			rule := netlink.NewRule()
@@ -638,12 +674,17 @@ func (b *Backend) removeWireGuard(id string) {
 			b.tunnels.log.Warn("releasing a WireGuard peer failed", "id", id, "err", err)
 		}
 	}
-	table := tableOf(id)
-	if rules, err := b.host.RuleList(netlink.FAMILY_ALL); err == nil {
-		for _, r := range rules {
-			if r.Table == table {
-				_ = b.host.RuleDel(&r)
-			}
+	rules, err := b.host.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		return
+	}
+	table, ok := endTables(rules)[hostName(id)]
+	if !ok {
+		return
+	}
+	for _, r := range rules {
+		if r.Table == table && r.Priority == rulePriority {
+			_ = b.host.RuleDel(&r)
 		}
 	}
 	if routes, err := b.host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE); err == nil {
@@ -830,6 +871,11 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 	if err != nil {
 		return nil, err
 	}
+	rules, err := b.host.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("listing the policy rules: %w", err)
+	}
+	tables := endTables(rules)
 	var out []dataplane.End
 	for _, l := range links {
 		id, ns, ok := parseHostAlias(l.Attrs().Alias)
@@ -844,7 +890,11 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 				}
 			}
 		}
-		if routes, err := b.host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: tableOf(id)}, netlink.RT_FILTER_TABLE); err == nil && len(routes) > 0 {
+		var routes []netlink.Route
+		if table, ok := tables[l.Attrs().Name]; ok {
+			routes, _ = b.host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+		}
+		if len(routes) > 0 {
 			e.WireGuard = &dataplane.WireGuard{}
 			for _, r := range routes {
 				if wg, err := b.host.LinkByIndex(r.LinkIndex); err == nil {

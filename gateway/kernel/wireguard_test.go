@@ -123,13 +123,17 @@ func TestWireGuardEnds(t *testing.T) {
 	if err != nil || len(listed) != 1 || listed[0].String() != ends[sides[0]].String() {
 		t.Errorf("List: %v, %v\nwant %v", listed, err, ends[sides[0]])
 	}
+	table, err := sides[0].b.tableOf("ip-1")
+	if err != nil || table < tableBase {
+		t.Fatalf("end ip-1 has table %d (%v)", table, err)
+	}
 	if err := sides[0].b.Remove(context.Background(), "ip-1"); err != nil {
 		t.Fatal(err)
 	}
 	if after := ip(t, "-n", gA, "rule", "show"); after != rulesBefore {
 		t.Errorf("rules before:\n%s\nafter:\n%s", rulesBefore, after)
 	}
-	if tbl := ip(t, "-n", gA, "route", "show", "table", fmt.Sprint(tableOf("ip-1"))); tbl != "" {
+	if tbl := ip(t, "-n", gA, "route", "show", "table", fmt.Sprint(table)); tbl != "" {
 		t.Errorf("table left: %q", tbl)
 	}
 }
@@ -170,6 +174,43 @@ func TestTunnelsPerPeerGateway(t *testing.T) {
 	}
 }
 
+// Each end gets a routing table of its own. These two ids once hashed to
+// one table: removing either end took the other's rule and routes with
+// it, and the other vWire went dark.
+func TestEndTablesDoNotCollide(t *testing.T) {
+	e2e.RequireRoot(t, "ping")
+	p := newGatewayPair(t)
+	ends := []struct{ id, a, b string }{{"c-t20018", "172.30.0.1", "172.30.0.2"}, {"c-t59303", "172.30.1.1", "172.30.1.2"}}
+	var wA []string
+	tables := map[int]bool{}
+	for _, e := range ends {
+		w, _ := p.up(e.id, e.a, e.b)
+		wA = append(wA, w)
+		table, err := p.bA.tableOf(e.id)
+		if err != nil || table == 0 {
+			t.Fatalf("end %s has no table (%v)", e.id, err)
+		}
+		tables[table] = true
+	}
+	if len(tables) != 2 {
+		t.Fatalf("two ends share a routing table: %v", tables)
+	}
+	for _, b := range []*Backend{p.bA, p.bB} {
+		if err := b.Remove(context.Background(), ends[0].id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.tA.Release(ends[0].id)
+	p.tB.Release(ends[0].id)
+	out, err := exec.Command("ip", "netns", "exec", wA[1], "ping", "-c", "1", "-w", "4", ends[1].b).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "1 received") {
+		t.Fatalf("the other end's vWire after the first was removed: %v\n%s", err, out)
+	}
+	for _, b := range []*Backend{p.bA, p.bB} {
+		b.Remove(context.Background(), ends[1].id)
+	}
+}
+
 // IPv6 workloads over an IPv4 underlay: the far addresses are allowed IPs
 // and routes like IPv4 ones, the workloads reach each other at once (no
 // duplicate address detection holds their addresses back), and List
@@ -192,7 +233,7 @@ func TestWireGuardIPv6(t *testing.T) {
 		}
 	}
 	for _, ns := range []string{p.gA, p.gB} {
-		if rules := ip(t, "-n", ns, "-6", "rule", "show"); strings.Contains(rules, fmt.Sprint(tableOf("v6"))) {
+		if rules := ip(t, "-n", ns, "-6", "rule", "show"); strings.Contains(rules, "iif vw") {
 			t.Errorf("an IPv6 rule left in %s:\n%s", ns, rules)
 		}
 	}
