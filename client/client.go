@@ -28,6 +28,9 @@ type Options struct {
 	Labels    map[string]string
 	NetNS     string
 	Interface string
+	// AcceptRoutes are the route prefixes the workload takes from the
+	// endpoint's side beyond its addresses (0.0.0.0/0: a default route).
+	AcceptRoutes []string
 	// ProbeInterval is how often the peer address is pinged; a vWire is
 	// down after Misses probes in a row go unanswered.
 	ProbeInterval time.Duration
@@ -88,7 +91,7 @@ type Event struct {
 func Request(ctx context.Context, c proxypb.NetworkServiceClient, o Options, id string) (*proxypb.Connection, error) {
 	req := &proxypb.NetworkServiceRequest{Connection: &proxypb.Connection{
 		Id: id, NetworkService: o.Service, Labels: o.Labels,
-		Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Kernel{Kernel: &proxypb.KernelInterface{Netns: o.NetNS, InterfaceName: o.Interface}}},
+		Mechanism: &proxypb.Mechanism{Type: &proxypb.Mechanism_Kernel{Kernel: &proxypb.KernelInterface{Netns: o.NetNS, InterfaceName: o.Interface, AcceptRoutes: o.AcceptRoutes}}},
 	}}
 	return c.Request(ctx, req)
 }

@@ -295,10 +295,17 @@ func (g *Gateway) ApplyEndpoint(ctx context.Context, conn *proxypb.Connection, u
 			g.unpin(end)
 		}
 	}()
-	if end.Addrs, err = prefixes(got.GetIpContext().GetDstIpAddrs()); err != nil {
+	ethernet := conn.GetPayload() == "ETHERNET"
+	if end.Addrs, err = prefixes(got.GetIpContext().GetDstIpAddrs()); err == nil {
+		err = ownAddrs("its", end.Addrs, ethernet)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("endpoint %s: %w", name, err)
 	}
 	far, err := prefixes(got.GetIpContext().GetSrcIpAddrs())
+	if err == nil {
+		far, err = farRoutes("the client's", far, ethernet, nil)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("endpoint %s: %w", name, err)
 	}
@@ -407,20 +414,32 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 	k := g.waiting[conn.GetId()]
 	g.mu.Unlock()
 	end := dataplane.End{ID: id}
+	var err error
 	if k != nil {
 		end.NetNS, end.Interface = k.GetNetns(), k.GetInterfaceName()
+		if end.Accept, err = ParseAccept(k.GetAcceptRoutes()); err != nil {
+			return nil, err
+		}
 	} else if prev, ok := g.reconciler.Get(id); ok {
-		end.NetNS, end.Interface = prev.NetNS, prev.Interface
+		end.NetNS, end.Interface, end.Accept = prev.NetNS, prev.Interface, prev.Accept
 	} else {
 		return nil, fmt.Errorf("connection %s has no workload on this gateway (request it through the gateway's socket)", conn.GetId())
 	}
-	var err error
-	if end.Addrs, err = prefixes(conn.GetIpContext().GetSrcIpAddrs()); err != nil {
-		return nil, err
+	// What the endpoint's side answered, checked before anything of it is
+	// programmed.
+	ethernet := conn.GetPayload() == "ETHERNET"
+	if end.Addrs, err = prefixes(conn.GetIpContext().GetSrcIpAddrs()); err == nil {
+		err = ownAddrs("the client's", end.Addrs, ethernet)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the endpoint's side answered: %w", err)
 	}
 	far, err := prefixes(conn.GetIpContext().GetDstIpAddrs())
+	if err == nil {
+		far, err = farRoutes("the endpoint's", far, ethernet, end.Accept)
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the endpoint's side answered: %w", err)
 	}
 	end.MTU = int(conn.GetMtu())
 	own, _ := base64.StdEncoding.DecodeString(g.PublicKey())
@@ -710,6 +729,9 @@ func sourceOf(m *proxypb.Mechanism) netip.Addr {
 }
 
 func prefixes(ss []string) ([]netip.Prefix, error) {
+	if len(ss) > MaxAddrs {
+		return nil, fmt.Errorf("%d addresses, at most %d", len(ss), MaxAddrs)
+	}
 	var out []netip.Prefix
 	for _, s := range ss {
 		p, err := netip.ParsePrefix(s)

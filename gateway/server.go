@@ -132,6 +132,9 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	} else if err := proxy.ValidID(conn.Id); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if _, err := ParseAccept(k.GetAcceptRoutes()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	conn.Labels = withLabel(conn.Labels, registry.LabelNode, s.G.Node)
 	id := endID(proxy.ClientSide, conn.Id)
 	_, known := s.G.reconciler.Get(id)

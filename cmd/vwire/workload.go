@@ -21,6 +21,7 @@ import (
 	"github.com/vwire/vwire/client"
 	"github.com/vwire/vwire/endpoint"
 	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/gateway"
 	"github.com/vwire/vwire/gateway/dataplane"
 	"github.com/vwire/vwire/gateway/handover"
 	"github.com/vwire/vwire/gateway/kernel"
@@ -176,6 +177,7 @@ container or a pod), which it hands to the gateway over its socket.`,
 func newConnectCmd() *cobra.Command {
 	var gw, labels, netns, iface, output string
 	var once bool
+	var accept []string
 	var probe time.Duration
 	var ready readyFile
 	cmd := &cobra.Command{
@@ -208,7 +210,10 @@ it hands to the gateway over its socket.`,
 			}
 			defer conn.Close()
 			nsc := proxypb.NewNetworkServiceClient(conn)
-			o := client.Options{Service: args[0], Labels: lbls, NetNS: netns, Interface: iface, ProbeInterval: probe}
+			if _, err := gateway.ParseAccept(accept); err != nil {
+				return usagef("--accept-routes: %v", err)
+			}
+			o := client.Options{Service: args[0], Labels: lbls, NetNS: netns, Interface: iface, AcceptRoutes: accept, ProbeInterval: probe}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			begin := time.Now()
 			vw, err := client.Request(ctx, nsc, o, "")
@@ -274,6 +279,7 @@ it hands to the gateway over its socket.`,
 	f.StringVar(&labels, "labels", "", "the client's labels, k=v,... (matched by the service's rules)")
 	f.StringVar(&netns, "netns", "", "the network namespace (name or path) the interface goes in (default: its own, handed to the gateway)")
 	f.StringVar(&iface, "interface", dataplane.DefaultInterface, "the interface's name in that namespace")
+	f.StringSliceVar(&accept, "accept-routes", nil, "route prefixes to take from the endpoint's side beyond its addresses, PREFIX,... (0.0.0.0/0 or ::/0: a default route); others are refused")
 	f.BoolVar(&once, "once", false, "set the vWire up, print it and exit, leaving it in place until it expires or vwire close")
 	f.StringVarP(&output, "output", "o", "text", "text or json (one event a line)")
 	f.DurationVar(&probe, "probe-interval", time.Second, "how often to ping the endpoint through the vWire")

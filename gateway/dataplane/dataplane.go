@@ -48,6 +48,10 @@ type End struct {
 	// workloads of one gateway, with no tunnel. The endpoint's end names
 	// itself and keeps the bridge; the client's end joins it.
 	Bridge string `json:",omitempty"`
+	// Accept are the route prefixes the workload accepts from the other
+	// side: an address or route of the end may overlap the workload's own
+	// addresses and routes only inside one of them (never replace one).
+	Accept []netip.Prefix `json:",omitempty"`
 }
 
 // WireGuard is how an IP end reaches the far end through a peer gateway.
@@ -84,6 +88,16 @@ type Tunneler interface {
 	// PeerEndpoint is where the peer of end id's tunnel sends from (zero:
 	// not known yet).
 	PeerEndpoint(id string) netip.AddrPort
+}
+
+// Within says whether one of prefixes contains p (all of it).
+func Within(p netip.Prefix, prefixes []netip.Prefix) bool {
+	for _, q := range prefixes {
+		if q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
 }
 
 // VXLAN is a point-to-point VXLAN tunnel between two gateways, one VNI per

@@ -386,6 +386,9 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 		return fmt.Errorf("network namespace %q: %w", e.NetNS, err)
 	}
 	defer inNS.Close()
+	if err := b.checkOverlap(inNS, e); err != nil {
+		return err
+	}
 
 	host, err := b.host.LinkByName(hostName(e.ID))
 	if err == nil && host.Attrs().Alias == hostAlias(e) {

@@ -509,6 +509,12 @@ type KernelInterface struct {
 	// A network namespace name or path.
 	Netns         string `protobuf:"bytes,1,opt,name=netns,proto3" json:"netns,omitempty"`
 	InterfaceName string `protobuf:"bytes,2,opt,name=interface_name,json=interfaceName,proto3" json:"interface_name,omitempty"`
+	// Route prefixes the workload accepts from the other side beyond its
+	// single addresses (CIDR): a route prefix the other side sends reaches
+	// the workload only inside one of these; 0.0.0.0/0 or ::/0 accepts a
+	// default route. Between the workload and its gateway only: the gateway
+	// never forwards it.
+	AcceptRoutes  []string `protobuf:"bytes,3,rep,name=accept_routes,json=acceptRoutes,proto3" json:"accept_routes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -555,6 +561,13 @@ func (x *KernelInterface) GetInterfaceName() string {
 		return x.InterfaceName
 	}
 	return ""
+}
+
+func (x *KernelInterface) GetAcceptRoutes() []string {
+	if x != nil {
+		return x.AcceptRoutes
+	}
+	return nil
 }
 
 type VXLAN struct {
@@ -1156,10 +1169,11 @@ const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
 	"\x06kernel\x18\x01 \x01(\v2(.vwire.networkservice.v1.KernelInterfaceH\x00R\x06kernel\x126\n" +
 	"\x05vxlan\x18\x02 \x01(\v2\x1e.vwire.networkservice.v1.VXLANH\x00R\x05vxlan\x12B\n" +
 	"\twireguard\x18\x03 \x01(\v2\".vwire.networkservice.v1.WireGuardH\x00R\twireguardB\x06\n" +
-	"\x04type\"N\n" +
+	"\x04type\"s\n" +
 	"\x0fKernelInterface\x12\x14\n" +
 	"\x05netns\x18\x01 \x01(\tR\x05netns\x12%\n" +
-	"\x0einterface_name\x18\x02 \x01(\tR\rinterfaceName\"b\n" +
+	"\x0einterface_name\x18\x02 \x01(\tR\rinterfaceName\x12#\n" +
+	"\raccept_routes\x18\x03 \x03(\tR\facceptRoutes\"b\n" +
 	"\x05VXLAN\x12\x15\n" +
 	"\x06src_ip\x18\x01 \x01(\tR\x05srcIp\x12\x15\n" +
 	"\x06dst_ip\x18\x02 \x01(\tR\x05dstIp\x12\x10\n" +

@@ -1,0 +1,149 @@
+package gateway
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/vwire/vwire/gateway/dataplane"
+)
+
+// MaxAddrs bounds the addresses (or route prefixes) one side of a vWire
+// may name for itself or for the other side.
+const MaxAddrs = 16
+
+// The addresses and prefixes in a vWire's IP context come from the other
+// side (a peer domain's answer, an endpoint's) and are programmed into the
+// kernel: on the workload's interface, as routes in its namespace, and as
+// host routes in the gateway's. Before anything is programmed they are
+// checked here for what they are; the backend then checks them against
+// what the host and the workload's namespace already have.
+
+// ownAddrs checks the addresses named for an end's own interface (whose:
+// "the client's", "the endpoint's"): single host addresses, /32 or /128
+// for an IP vWire, and on an Ethernet link an address of a subnet no
+// wider than /16 (IPv4) or /64 (IPv6) that is neither its network nor its
+// broadcast address.
+func ownAddrs(whose string, ps []netip.Prefix, ethernet bool) error {
+	if len(ps) > MaxAddrs {
+		return fmt.Errorf("%s addresses: %d, at most %d", whose, len(ps), MaxAddrs)
+	}
+	for _, p := range ps {
+		if err := hostAddr(p.Addr()); err != nil {
+			return fmt.Errorf("%s address %s: %w", whose, p, err)
+		}
+		bits, max := p.Bits(), p.Addr().BitLen()
+		switch {
+		case !ethernet && bits != max:
+			return fmt.Errorf("%s address %s: an IP vWire's addresses are single hosts (/%d)", whose, p, max)
+		case ethernet && p.Addr().Is4() && bits < 16:
+			return fmt.Errorf("%s address %s: an Ethernet link's subnet may be at most /16", whose, p)
+		case ethernet && p.Addr().Is6() && bits < 64:
+			return fmt.Errorf("%s address %s: an Ethernet link's subnet may be at most /64", whose, p)
+		}
+		if bits < max-1 {
+			m := p.Masked()
+			if p.Addr() == m.Addr() || (p.Addr().Is4() && p.Addr() == lastOf(m)) {
+				return fmt.Errorf("%s address %s: the network or broadcast address of its subnet, not a host's", whose, p)
+			}
+		}
+	}
+	return nil
+}
+
+// farRoutes checks the other side's addresses as named for an end (whose:
+// "the endpoint's", "the client's"), which become routes in the
+// workload's namespace (and allowed IPs of the peer gateway), and returns
+// them as they are to be programmed. A single host is the other side's
+// address; any wider prefix is a route the workload must have accepted
+// (one of accept contains it), masked; a default route is programmed as
+// its two halves, so that the workload's own default route stays and is
+// there again when the vWire goes.
+func farRoutes(whose string, ps []netip.Prefix, ethernet bool, accept []netip.Prefix) ([]netip.Prefix, error) {
+	if len(ps) > MaxAddrs {
+		return nil, fmt.Errorf("%s addresses: %d, at most %d", whose, len(ps), MaxAddrs)
+	}
+	if ethernet { // the other side's addresses on the link: no routes
+		return ps, ownAddrs(whose, ps, true)
+	}
+	var out []netip.Prefix
+	for _, p := range ps {
+		if p.Bits() == p.Addr().BitLen() {
+			if err := hostAddr(p.Addr()); err != nil {
+				return nil, fmt.Errorf("%s address %s: %w", whose, p, err)
+			}
+			out = append(out, p)
+			continue
+		}
+		m := p.Masked()
+		if !dataplane.Within(m, accept) {
+			what := "route " + m.String()
+			if m.Bits() == 0 {
+				what = "default route " + m.String()
+			}
+			return nil, fmt.Errorf("%s %s: not accepted by the workload (it takes routes only inside the prefixes it names: vwire connect --accept-routes %s)", whose, what, m)
+		}
+		if err := hostAddr(m.Addr()); err != nil && m.Bits() > 0 {
+			return nil, fmt.Errorf("%s route %s: %w", whose, m, err)
+		}
+		if m.Bits() == 0 {
+			out = append(out, halves(m)...)
+			continue
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// ParseAccept parses the route prefixes a workload accepts.
+func ParseAccept(ss []string) ([]netip.Prefix, error) {
+	if len(ss) > MaxAddrs {
+		return nil, fmt.Errorf("accepted routes: %d, at most %d", len(ss), MaxAddrs)
+	}
+	var out []netip.Prefix
+	for _, s := range ss {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("accepted route %q: want a prefix such as 10.8.0.0/16 (0.0.0.0/0 for a default route)", s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// hostAddr says why a cannot be a host's address on a vWire.
+func hostAddr(a netip.Addr) error {
+	switch {
+	case a.Zone() != "":
+		return fmt.Errorf("has a zone")
+	case a.Is4In6():
+		return fmt.Errorf("an IPv4-mapped IPv6 address")
+	case a.IsUnspecified():
+		return fmt.Errorf("the unspecified address")
+	case a.IsLoopback():
+		return fmt.Errorf("a loopback address")
+	case a.IsMulticast():
+		return fmt.Errorf("a multicast address")
+	case a.IsLinkLocalUnicast():
+		return fmt.Errorf("a link-local address (the gateway's own next hop is one)")
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return fmt.Errorf("the broadcast address")
+	}
+	return nil
+}
+
+// lastOf is the last address of p.
+func lastOf(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// halves are the two halves of a default route: more specific than any
+// default route the workload has, so that neither replaces the other.
+func halves(p netip.Prefix) []netip.Prefix {
+	lower := netip.PrefixFrom(p.Addr(), 1)
+	return []netip.Prefix{lower, netip.PrefixFrom(lastOf(p), 1).Masked()}
+}

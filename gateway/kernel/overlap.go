@@ -1,0 +1,133 @@
+package kernel
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/vwire/vwire/gateway/dataplane"
+)
+
+// held is an address or route a namespace has, as a prefix, and what it
+// is, for errors.
+type held struct {
+	p    netip.Prefix
+	what string
+}
+
+// checkOverlap says why end e's addresses and routes would meet what the
+// workload's namespace (inNS) or the gateway's own already hold. An end's
+// addresses and routes come from the other side of a vWire, and a route
+// the kernel is given replaces one it has for the same prefix: without
+// this a peer could take the workload's default route or the gateway's
+// route to its DNS server, and Remove could not give it back. In the
+// workload's namespace a route of the end may overlap (never equal) one of
+// the workload's inside the prefixes it accepts; in the gateway's nothing
+// may: the host routes to the end's addresses are the gateway's to keep.
+// Default routes, link-local and loopback addresses, and the end's own
+// links do not count.
+func (b *Backend) checkOverlap(inNS *netlink.Handle, e dataplane.End) error {
+	inWorkload, err := holding(inNS, func(l netlink.Link) bool { return l.Attrs().Alias == aliasPrefix+e.ID })
+	if err != nil {
+		return fmt.Errorf("reading network namespace %q: %w", e.NetNS, err)
+	}
+	where := fmt.Sprintf("in network namespace %q", e.NetNS)
+	for _, p := range e.Addrs {
+		if err := clash("address "+p.String(), p.Masked(), inWorkload, e.Accept, where); err != nil {
+			return err
+		}
+	}
+	for _, r := range workloadRoutes(e) {
+		if err := clash("route "+r.Prefix.String(), r.Prefix.Masked(), inWorkload, e.Accept, where); err != nil {
+			return err
+		}
+	}
+	if e.WireGuard == nil && len(e.Routed) == 0 {
+		return nil // the gateway routes nothing to the end's addresses
+	}
+	onHost, err := holding(b.host, func(l netlink.Link) bool { return l.Attrs().Name == hostName(e.ID) })
+	if err != nil {
+		return fmt.Errorf("reading the gateway's network namespace: %w", err)
+	}
+	for _, p := range e.Addrs {
+		host := netip.PrefixFrom(p.Addr(), p.Addr().BitLen())
+		if err := clash("address "+p.Addr().String(), host, onHost, nil, "on the gateway"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// clash says why p (named what) cannot be programmed beside held: it
+// equals one of them, or overlaps one outside the prefixes accepted.
+func clash(what string, p netip.Prefix, held []held, accept []netip.Prefix, where string) error {
+	for _, h := range held {
+		switch {
+		case !p.Overlaps(h.p):
+		case p == h.p:
+			return fmt.Errorf("the vWire's %s is already held %s by %s: refused, so that it stays as it is", what, where, h.what)
+		case !dataplane.Within(p, accept):
+			return fmt.Errorf("the vWire's %s overlaps %s %s: refused (a workload accepts overlapping routes only inside the prefixes it names: vwire connect --accept-routes)", what, h.what, where)
+		}
+	}
+	return nil
+}
+
+// holding lists the addresses (as their subnets) and main-table routes of
+// a namespace, but those of links that own says are the end's.
+func holding(h *netlink.Handle, own func(netlink.Link) bool) ([]held, error) {
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	names, skip := map[int]string{}, map[int]bool{}
+	for _, l := range links {
+		a := l.Attrs()
+		names[a.Index] = a.Name
+		if id, ok := strings.CutPrefix(a.Alias, aliasPrefix); ok {
+			id, _, _ = strings.Cut(id, ":")
+			names[a.Index] = fmt.Sprintf("%s (vWire end %s)", a.Name, id)
+		}
+		skip[a.Index] = own(l)
+	}
+	var out []held
+	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range addrs {
+		p := prefix(a.IPNet)
+		if skip[a.LinkIndex] || ignored(p) {
+			continue
+		}
+		out = append(out, held{p.Masked(), fmt.Sprintf("address %s on %s", p, names[a.LinkIndex])})
+	}
+	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range routes {
+		if r.Dst == nil || skip[r.LinkIndex] {
+			continue
+		}
+		p := prefix(r.Dst)
+		if p.Bits() == 0 || ignored(p) {
+			continue
+		}
+		what := "route " + p.String()
+		if dev, ok := names[r.LinkIndex]; ok {
+			what += " on " + dev
+		}
+		out = append(out, held{p, what})
+	}
+	return out, nil
+}
+
+// ignored are addresses every link may have.
+func ignored(p netip.Prefix) bool {
+	a := p.Addr()
+	return a.IsLinkLocalUnicast() || a.IsLoopback() || a.IsMulticast()
+}

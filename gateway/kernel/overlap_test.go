@@ -1,0 +1,109 @@
+package kernel
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/gateway/dataplane"
+)
+
+// state is what a user would compare before and after: a namespace's
+// addresses, main and policy routes.
+// (IPv6 link-local ones come and go with links by themselves.)
+func state(t *testing.T, ns string) string {
+	var v6 []string
+	for _, l := range strings.Split(ip(t, "-n", ns, "-6", "route"), "\n") {
+		if !strings.HasPrefix(l, "fe80:") {
+			v6 = append(v6, l)
+		}
+	}
+	return ip(t, "-n", ns, "-o", "-4", "addr") + ip(t, "-n", ns, "route") + strings.Join(v6, "\n") + ip(t, "-n", ns, "rule")
+}
+
+// An end's addresses and routes come from the other side of a vWire. Those
+// that would take over a route or address the workload or the gateway
+// already has are refused, and nothing is programmed; routes the workload
+// accepted go in beside its own, which are there as before when the end
+// goes.
+func TestEndCannotTakeOverRoutes(t *testing.T) {
+	e2e.RequireRoot(t, "ping")
+	b, gw := backend(t)
+	wl := namespace(t)
+	// The workload's own network, with its default route; the gateway's
+	// network with a route of its own (to its DNS server, say).
+	ip(t, "link", "add", "vwt-w0", "netns", wl, "type", "veth", "peer", "name", "vwt-g0", "netns", gw)
+	ip(t, "-n", wl, "addr", "add", "10.99.0.5/24", "dev", "vwt-w0")
+	ip(t, "-n", wl, "link", "set", "vwt-w0", "up")
+	ip(t, "-n", wl, "route", "add", "default", "via", "10.99.0.1")
+	ip(t, "-n", gw, "addr", "add", "10.98.0.1/30", "dev", "vwt-g0")
+	ip(t, "-n", gw, "link", "set", "vwt-g0", "up")
+	ip(t, "-n", gw, "route", "add", "192.0.2.53/32", "via", "10.98.0.2")
+	before := map[string]string{wl: state(t, wl), gw: state(t, gw)}
+	unchanged := func(what string) {
+		t.Helper()
+		for ns, want := range before {
+			if got := state(t, ns); got != want {
+				t.Errorf("%s changed %s:\nbefore\n%s\nafter\n%s", what, ns, want, got)
+			}
+		}
+	}
+	pfx := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	routed := func(id string, addrs, far, accept []netip.Prefix) dataplane.End {
+		return dataplane.End{ID: id, NetNS: wl, Interface: "nsm0", MTU: 1400, Addrs: addrs, Routed: far, Accept: accept}
+	}
+	for _, tc := range []struct {
+		name string
+		end  dataplane.End
+		want string
+	}{
+		{"an address in the workload's subnet", routed("x1", pfx("10.99.0.7/32"), pfx("172.30.0.2/32"), nil),
+			`address 10.99.0.7/32 overlaps address 10.99.0.5/24 on vwt-w0 in network namespace`},
+		{"the far side in the workload's subnet", routed("x2", pfx("172.30.0.1/32"), pfx("10.99.0.1/32"), nil),
+			`route 10.99.0.1/32 overlaps address 10.99.0.5/24 on vwt-w0`},
+		{"the workload's own subnet as a route, even accepted", routed("x3", pfx("172.30.0.1/32"), pfx("10.99.0.0/24"), pfx("10.0.0.0/8")),
+			`route 10.99.0.0/24 is already held in network namespace`},
+		{"a wide route not accepted", routed("x4", pfx("172.30.0.1/32"), pfx("10.0.0.0/8"), nil),
+			`route 10.0.0.0/8 overlaps`},
+		{"the gateway's route to its DNS server", routed("x5", pfx("192.0.2.53/32"), pfx("172.30.0.2/32"), nil),
+			`address 192.0.2.53 is already held on the gateway by route 192.0.2.53/32 on vwt-g0`},
+		{"the gateway's own network", routed("x6", pfx("10.98.0.2/32"), pfx("172.30.0.2/32"), nil),
+			`address 10.98.0.2 overlaps address 10.98.0.1/30 on vwt-g0 on the gateway`},
+	} {
+		err := b.Apply(context.Background(), tc.end)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+		unchanged(tc.name)
+	}
+
+	// A default route the workload accepted: in as its two halves, beside
+	// the workload's own default route.
+	end := routed("ok1", pfx("172.30.0.1/32"), pfx("0.0.0.0/1", "128.0.0.0/1"), pfx("0.0.0.0/0"))
+	if err := b.Apply(context.Background(), end); err != nil {
+		t.Fatal(err)
+	}
+	if r := ip(t, "-n", wl, "route", "show", "default"); !strings.Contains(r, "via 10.99.0.1 dev vwt-w0") {
+		t.Errorf("the workload's default route after an accepted default route: %q", r)
+	}
+	if r := ip(t, "-n", wl, "route", "show", "0.0.0.0/1"); !strings.Contains(r, "dev nsm0") {
+		t.Errorf("the accepted default route's half: %q", r)
+	}
+	// A second end may not take the first one's address on the gateway.
+	if err := b.Apply(context.Background(), routed("ok2", pfx("172.30.0.1/32"), pfx("172.30.9.9/32"), nil)); err == nil ||
+		!strings.Contains(err.Error(), "(vWire end ok1)") {
+		t.Errorf("a second end with the first's address: %v", err)
+	}
+	if err := b.Remove(context.Background(), "ok1"); err != nil {
+		t.Fatal(err)
+	}
+	unchanged("an accepted default route, removed,")
+}
