@@ -32,6 +32,7 @@ import (
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/federation/federationpb"
 	"github.com/vwire/vwire/gateway"
+	"github.com/vwire/vwire/gateway/kernel"
 	"github.com/vwire/vwire/gateway/node"
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
@@ -106,6 +107,9 @@ type Config struct {
 	// IntraDomain is the tunnel of IP vWires between two gateways of the
 	// domain: "vxlan" or "wireguard".
 	IntraDomain string
+	// MaxPeerGateways bounds the WireGuard tunnels the gateway keeps, one
+	// per peer gateway.
+	MaxPeerGateways int
 	// Peers to federate with at start, as --peer specs (see ParsePeerSpec);
 	// `vwire federation add` adds more at run time.
 	Peers []string
@@ -118,6 +122,7 @@ func NewConfig() *Config {
 		Config:              *registry.NewConfig(),
 		DataplaneKind:       "none",
 		IntraDomain:         "vxlan",
+		MaxPeerGateways:     kernel.DefaultMaxPeers,
 		Node:                node,
 		RefreshHint:         federation.DefaultRefreshHint,
 		RotationPropagation: 2 * federation.DefaultRefreshHint,
@@ -151,6 +156,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Node, "node", c.Node, "this node's name, for its gateway's path segment (default: the host name)")
 	fs.StringVar(&c.GatewaySocket, "gateway-socket", c.GatewaySocket, "the unix socket the node's workloads reach the gateway on (default: DATA-DIR/gateway.sock)")
 	fs.BoolVar(&c.KeepDataplane, "keep-dataplane", c.KeepDataplane, "on shutdown, leave the vWires' interfaces and routes in place")
+	fs.IntVar(&c.MaxPeerGateways, "max-peer-gateways", c.MaxPeerGateways, "the most peer gateways the gateway keeps WireGuard tunnels to (a device each); a vWire through one more is refused")
 	fs.StringVar(&c.IntraDomain, "intra-domain-tunnel", c.IntraDomain, `the tunnel of IP vWires between two gateways of this domain: "vxlan" (the domain's own network) or "wireguard" (encrypted there too)`)
 	fs.StringArrayVar(&c.Peers, "peer", c.Peers, `federate with a peer at start: "DOMAIN;bundle-endpoint=URL;bundle=FILE[;trust-domain=TD][;endpoint-id=ID][;trust-only]" (repeatable)`)
 }
@@ -207,6 +213,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--advertise: --listen %q is not an address peers can reach; say which one they should use", c.Listen)
 	}
 	if err := node.CheckIntraDomain(c.IntraDomain); err != nil {
+		return err
+	}
+	if err := node.CheckMaxPeers(c.MaxPeerGateways); err != nil {
 		return err
 	}
 	if c.DataplaneKind != "kernel" && c.DataplaneKind != "none" && c.DataplaneKind != "auto" {

@@ -29,6 +29,7 @@ const gatewayPort = "7003"
 
 func newGatewayCmd() *cobra.Command {
 	var registryAddr, credentials, spiffeSocket, nodeName, dataDir, socket, listen, advertise, gatewayAddress, intraDomain string
+	var maxPeers int
 	var keep bool
 	var att attestFlags
 	cmd := &cobra.Command{
@@ -43,6 +44,9 @@ SPIRE agent (--spiffe-socket) or from a credentials directory made with
 vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := node.CheckMaxPeers(maxPeers); err != nil {
+				return usagef("%v", err)
+			}
 			begin := time.Now()
 			ctx := cmd.Context()
 			log := slog.Default().With("role", "gateway")
@@ -100,7 +104,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 			if socket == "" {
 				socket = node.Socket(dataDir)
 			}
-			n, err := node.Start(node.Config{Node: nodeName, DataDir: dataDir, Socket: socket, GatewayAddress: gatewayAddress, Keep: keep, IntraDomain: intraDomain,
+			n, err := node.Start(node.Config{Node: nodeName, DataDir: dataDir, Socket: socket, GatewayAddress: gatewayAddress, Keep: keep, IntraDomain: intraDomain, MaxPeers: maxPeers,
 				TD: td, SpiffeID: svid.ID.String(), URL: advertise, Proxy: proxy, Log: log,
 				Endpoint: func(ctx context.Context, name string) (*registrypb.Endpoint, error) {
 					return reg.GetEndpoint(ctx, &registrypb.GetEndpointRequest{Name: name})
@@ -138,6 +142,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 	f.StringVar(&gatewayAddress, "gateway-address", "", "the tunnel address peer gateways send to (default: the address of the default route's interface)")
 	f.BoolVar(&keep, "keep-dataplane", false, "on shutdown, leave the vWires' interfaces and routes in place")
 	att.add(f)
+	f.IntVar(&maxPeers, "max-peer-gateways", kernel.DefaultMaxPeers, "the most peer gateways to keep WireGuard tunnels to (a device each); a vWire through one more is refused")
 	f.StringVar(&intraDomain, "intra-domain-tunnel", "vxlan", `the tunnel of IP vWires whose endpoint is behind this gateway and whose client is of the same domain: "vxlan" or "wireguard"`)
 	return cmd
 }

@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -23,6 +24,9 @@ type Tunnels struct {
 	key wgtypes.Key
 	mtu int
 	log *slog.Logger
+	// Max bounds the devices, one per peer gateway key that a vWire
+	// names (a peer domain chooses the keys): 0 is DefaultMaxPeers.
+	Max int
 
 	mu    sync.Mutex
 	peers map[wgtypes.Key]*tunnel
@@ -44,6 +48,11 @@ func (tun *tunnel) configured(fresh bool) netip.AddrPort {
 	}
 	return netip.AddrPort{}
 }
+
+// DefaultMaxPeers is how many peer gateways a gateway keeps tunnels to
+// unless told otherwise: each is a device, a socket and, with wireguard-go,
+// goroutines and buffers (some hundreds of KB).
+const DefaultMaxPeers = 256
 
 // NewTunnels returns the tunnels of a gateway with private key key; their
 // devices get mtu.
@@ -73,6 +82,9 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, lear
 	defer t.mu.Unlock()
 	tun := t.peers[peer]
 	fresh := tun == nil
+	if max := cmp.Or(t.Max, DefaultMaxPeers); fresh && len(t.peers) >= max {
+		return "", 0, fmt.Errorf("this gateway keeps tunnels to %d peer gateways already, its most (--max-peer-gateways): refused a tunnel to another", max)
+	}
 	if fresh {
 		dev, err := NewWireGuard(t.deviceName(peer), t.key, listen, t.mtu, t.log)
 		if err != nil && listen != 0 {

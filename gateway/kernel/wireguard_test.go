@@ -381,3 +381,39 @@ func (p *gatewayPair) up(id, a, b string) (wA string, portB int) {
 	}
 	return wA, portB
 }
+
+// Each peer gateway key a vWire names is a device: the keys come from peer
+// domains, so the devices are bounded; past the bound a vWire is refused
+// and no device is made, and a released one makes room again.
+func TestTunnelsBounded(t *testing.T) {
+	e2e.RequireRoot(t)
+	gw := namespace(t)
+	key, _ := wgtypes.GeneratePrivateKey()
+	tun := NewTunnels(key, 1420, slog.Default())
+	tun.Max = 2
+	t.Cleanup(tun.Close)
+	use := func(id string) error {
+		peer, _ := wgtypes.GeneratePrivateKey()
+		return Do(gw, func() error {
+			_, _, err := tun.Use(id, peer.PublicKey(), netip.AddrPort{}, false, []netip.Prefix{netip.MustParsePrefix("172.30.0.1/32")}, 0)
+			return err
+		})
+	}
+	for _, id := range []string{"v1", "v2"} {
+		if err := use(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := use("v3"); err == nil || !strings.Contains(err.Error(), "keeps tunnels to 2 peer gateways already") {
+		t.Errorf("a third peer gateway: %v", err)
+	}
+	if n := strings.Count(ip(t, "-n", gw, "link", "show"), ": wg"); n != 2 || len(tun.Devices()) != 2 {
+		t.Errorf("%d devices in the namespace, %d kept; want 2", n, len(tun.Devices()))
+	}
+	if err := tun.Release("v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := use("v3"); err != nil {
+		t.Errorf("a released tunnel makes room: %v", err)
+	}
+}

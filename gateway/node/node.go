@@ -31,6 +31,7 @@ type Config struct {
 	GatewayAddress string // the tunnel address; "": the default route's interface's
 	Keep           bool   // leave the ends programmed on Close
 	IntraDomain    string // the tunnel of IP vWires within the domain: vxlan or wireguard
+	MaxPeers       int    // peer gateways to keep tunnels to at most; 0: kernel.DefaultMaxPeers
 	TD             spiffeid.TrustDomain
 	SpiffeID       string // the ID its path segments carry
 	URL            string // where the proxy reaches its Service; "" inside the proxy's process
@@ -46,6 +47,14 @@ type Config struct {
 func CheckIntraDomain(t string) error {
 	if t != "" && t != "vxlan" && t != "wireguard" {
 		return fmt.Errorf("--intra-domain-tunnel %q: want vxlan or wireguard", t)
+	}
+	return nil
+}
+
+// CheckMaxPeers says what is wrong with a --max-peer-gateways.
+func CheckMaxPeers(n int) error {
+	if n < 1 {
+		return fmt.Errorf("--max-peer-gateways %d: at least 1", n)
 	}
 	return nil
 }
@@ -91,6 +100,7 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	wgMTU, _ := dataplane.PathMTU(mtu, addr.Is6(), dataplane.WireGuardOverhead)
 	n = &Node{tunnels: kernel.NewTunnels(key, max(wgMTU, 1280), log), keep: cfg.Keep, done: make(chan struct{})}
+	n.tunnels.Max = cfg.MaxPeers
 	if n.backend, err = kernel.New(); err != nil {
 		return nil, err
 	}
