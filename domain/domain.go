@@ -72,6 +72,8 @@ type Config struct {
 	DNSStaleMax time.Duration
 	// PeerTimeout bounds how long a peer domain's proxy has to answer.
 	PeerTimeout time.Duration
+	// PeerLimits bound what one peer domain may cost the proxy.
+	PeerLimits federation.PeerLimits
 	// DebugListen serves Go's profiles (net/http/pprof) over plain HTTP;
 	// empty: none.
 	DebugListen string
@@ -130,6 +132,7 @@ func NewConfig() *Config {
 		DNSTTL:              30 * time.Second,
 		DNSStaleMax:         proxy.DefaultStaleMax,
 		PeerTimeout:         proxy.DefaultPeerTimeout,
+		PeerLimits:          federation.DefaultPeerLimits,
 		ConnectionLifetime:  proxy.DefaultConnectionLifetime,
 	}
 }
@@ -149,6 +152,9 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.DNSTTL, "dns-ttl", c.DNSTTL, "TTL of the published DNS records (and of their etcd lease)")
 	fs.DurationVar(&c.DNSStaleMax, "dns-stale-max", c.DNSStaleMax, "while DNS fails, use a peer's last answer up to this long after its TTL (0: never)")
 	fs.StringVar(&c.DebugListen, "debug-listen", c.DebugListen, "serve Go's runtime profiles (/debug/pprof/) over plain HTTP here; keep it private (off by default)")
+	fs.IntVar(&c.PeerLimits.Concurrent, "peer-max-concurrent", c.PeerLimits.Concurrent, "the most calls one peer domain may have in flight here at once (a stream counts while it lasts); more are refused")
+	fs.Float64Var(&c.PeerLimits.Rate, "peer-rate", c.PeerLimits.Rate, "the calls a second one peer domain may make here on average; more are refused")
+	fs.IntVar(&c.PeerLimits.Burst, "peer-burst", c.PeerLimits.Burst, "the calls one peer domain may make at once above --peer-rate")
 	fs.DurationVar(&c.PeerTimeout, "peer-timeout", c.PeerTimeout, "how long a peer domain's proxy has to answer a call before the request fails")
 	fs.DurationVar(&c.ConnectionLifetime, "connection-lifetime", c.ConnectionLifetime, "how long a connection lives unless its client refreshes it")
 	fs.StringVar(&c.DataplaneKind, "dataplane", c.DataplaneKind, `the gateway's data plane: "kernel" (veth, WireGuard, VXLAN; needs root), "none" (control plane only), or "auto" (kernel as root, else none)`)
@@ -199,6 +205,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.DebugListen); err != nil {
 			return fmt.Errorf("--debug-listen %q: %v (want host:port)", c.DebugListen, err)
 		}
+	}
+	if l := c.PeerLimits; l.Concurrent < 1 || l.Rate <= 0 || l.Burst < 1 {
+		return fmt.Errorf("--peer-max-concurrent %d, --peer-rate %g, --peer-burst %d: each must be positive", l.Concurrent, l.Rate, l.Burst)
 	}
 	if c.PeerTimeout < 100*time.Millisecond {
 		return fmt.Errorf("--peer-timeout %v: at least 100ms", c.PeerTimeout)
@@ -316,6 +325,8 @@ type Domain struct {
 	Peers    *federation.Peers
 	// NetworkService is the proxy's network service API.
 	NetworkService *proxy.Server
+	// Limiter bounds what each peer domain may cost the proxy.
+	Limiter *federation.Limiter
 
 	pool    *proxy.Pool
 	gw      *node.Node
@@ -393,10 +404,12 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	}
 	binding := &federation.Binding{Own: td, Peers: d.Peers, PeerMethods: peerMethods}
 	bindUnary, bindStream := binding.Interceptors()
+	d.Limiter = federation.NewLimiter(cfg.PeerLimits, log)
+	limitUnary, limitStream := d.Limiter.Interceptors()
 	errUnary, errStream := registry.ErrorInterceptors()
 	d.srv = grpc.NewServer(append(federation.ServerOptions(d.Identity, federation.DomainAuthorizer(td, d.Peers), log),
-		grpc.ChainUnaryInterceptor(bindUnary, errUnary),
-		grpc.ChainStreamInterceptor(bindStream, errStream),
+		grpc.ChainUnaryInterceptor(bindUnary, limitUnary, errUnary),
+		grpc.ChainStreamInterceptor(bindStream, limitStream, errStream),
 	)...)
 	d.pool = proxy.NewPool(resolver, d.Identity, cfg.Name, d.Peers)
 	d.pool.Timeout = cfg.PeerTimeout

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 )
 
@@ -43,10 +44,28 @@ func ServerCredentials(src Source, authz Authorizer, log *slog.Logger) credentia
 const HandshakeTimeout = 10 * time.Second
 
 // ServerOptions are ServerCredentials and the bounds every vwire server
-// over mTLS keeps (HandshakeTimeout).
+// over mTLS keeps: HandshakeTimeout, MaxMessageSize, MaxStreams a
+// connection, and keepalive pings at most every KeepaliveMinTime (a
+// client that pings more often is sent away: GOAWAY, too_many_pings),
+// while the server pings an idle client every ten minutes and drops one
+// that does not answer.
 func ServerOptions(src Source, authz Authorizer, log *slog.Logger) []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.Creds(ServerCredentials(src, authz, log)), grpc.ConnectionTimeout(HandshakeTimeout)}
+	return []grpc.ServerOption{
+		grpc.Creds(ServerCredentials(src, authz, log)),
+		grpc.ConnectionTimeout(HandshakeTimeout),
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxConcurrentStreams(MaxStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Minute, Timeout: 20 * time.Second}),
+	}
 }
+
+// MaxStreams bounds the streams in flight on one connection to a vwire
+// server (gRPC's own default is no bound).
+const MaxStreams = 1000
+
+// KeepaliveMinTime is how often a client may ping a vwire server.
+const KeepaliveMinTime = 10 * time.Second
 
 // ClientCredentials is mutual TLS for a gRPC client: it presents src's SVID
 // and accepts only a server that authz accepts.

@@ -43,6 +43,9 @@ func (r *Registry) Find(req *registrypb.FindRequest, stream grpc.ServerStreaming
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := registry.ValidateLabels(req.GetSourceLabels()); err != nil {
+		return status.Errorf(codes.InvalidArgument, "source labels: %v", err)
+	}
 	ctx := stream.Context()
 	if federation.SourceDomain(ctx) == "" { // as a request from here would be
 		req = proto.Clone(req).(*registrypb.FindRequest)

@@ -77,6 +77,9 @@ func (s *Server) request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := registry.ValidateLabels(conn.GetLabels()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "the client's labels: %v", err)
+	}
 	caller, _ := federation.PeerID(ctx)
 	if conn.Id == "" {
 		conn.Id = NewID()

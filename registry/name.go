@@ -101,6 +101,9 @@ func dnsName(what, s string) error {
 // most 63 letters, digits, '-', '_' and '.', beginning and ending with a
 // letter or digit (a value may be empty).
 func ValidateLabels(labels map[string]string) error {
+	if len(labels) > MaxLabels {
+		return fmt.Errorf("%d labels, at most %d", len(labels), MaxLabels)
+	}
 	for k, v := range labels {
 		name := k
 		if prefix, rest, ok := strings.Cut(k, "/"); ok {
@@ -123,6 +126,9 @@ func ValidateLabels(labels map[string]string) error {
 	}
 	return nil
 }
+
+// MaxLabels bounds the labels of an endpoint, a client or a selector.
+const MaxLabels = 64
 
 func labelValue(s string) error {
 	if len(s) > 63 {
