@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,6 +25,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/vwire/vwire/internal/atomicfile"
+	"github.com/vwire/vwire/internal/crashpoint"
+	"github.com/vwire/vwire/internal/private"
 )
 
 // Defaults of the built-in CA.
@@ -91,6 +94,20 @@ func (d *Duration) UnmarshalText(b []byte) error {
 // OpenCA loads the CA kept in dir, creating it on first use.
 func OpenCA(dir string, td spiffeid.TrustDomain) (*CA, error) {
 	ca := &CA{td: td, dir: dir, now: time.Now, changed: make(chan struct{})}
+	if _, err := os.Stat(filepath.Join(dir, "ca.pem")); errors.Is(err, fs.ErrNotExist) {
+		// A new CA: its directory (which may exist, empty) is made private.
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("built-in CA: %w", err)
+		}
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("built-in CA: %w", err)
+		}
+	} else if err := private.Check(dir); err != nil {
+		return nil, fmt.Errorf("built-in CA: %w", err)
+	}
+	if err := ca.finishActivation(); err != nil {
+		return nil, fmt.Errorf("built-in CA in %s: %w", dir, err)
+	}
 	active, err := ca.loadAuthority("ca")
 	if errors.Is(err, fs.ErrNotExist) {
 		if active, err = ca.createAuthority("ca"); err != nil {
@@ -113,6 +130,13 @@ func OpenCA(dir string, td spiffeid.TrustDomain) (*CA, error) {
 	if ca.published, err = ca.loadPublished(); err != nil {
 		return nil, fmt.Errorf("built-in CA in %s: %w", dir, err)
 	}
+	if ca.next != nil && !slices.ContainsFunc(ca.published, ca.next.cert.Equal) {
+		// Prepared, and the process stopped before it published the new
+		// root: publish it now, or it would be activated unknown to peers.
+		if err := ca.publishLocked(append(slices.Clone(ca.published), ca.next.cert)); err != nil {
+			return nil, fmt.Errorf("built-in CA in %s: %w", dir, err)
+		}
+	}
 	if b, err := os.ReadFile(filepath.Join(dir, "rotation.json")); err == nil {
 		if err := json.Unmarshal(b, &ca.schedule); err != nil {
 			return nil, fmt.Errorf("built-in CA in %s: rotation.json: %w", dir, err)
@@ -121,40 +145,67 @@ func OpenCA(dir string, td spiffeid.TrustDomain) (*CA, error) {
 	return ca, nil
 }
 
+// finishActivation completes what a crash interrupted: an activation
+// between its two renames (ca.pem is the new root, its key still
+// next.key), or the making of a new root between its key and its
+// certificate (next.key alone, of no certificate: removed).
+func (ca *CA) finishActivation() error {
+	nextKey := filepath.Join(ca.dir, "next.key")
+	if _, err := os.Stat(nextKey); err != nil {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(ca.dir, "next.pem")); err == nil {
+		return nil // prepared: both halves
+	}
+	if _, err := ca.loadFiles("ca.pem", "next.key"); err == nil {
+		return errors.Join(os.Rename(nextKey, filepath.Join(ca.dir, "ca.key")), atomicfile.SyncDir(ca.dir))
+	}
+	return errors.Join(os.Remove(nextKey), atomicfile.SyncDir(ca.dir))
+}
+
 func (ca *CA) loadAuthority(name string) (authority, error) {
-	certPEM, err := os.ReadFile(filepath.Join(ca.dir, name+".pem"))
+	return ca.loadFiles(name+".pem", name+".key")
+}
+
+// loadFiles loads an authority from a certificate and its key, files of
+// the CA's directory.
+func (ca *CA) loadFiles(certFile, keyFile string) (authority, error) {
+	certPEM, err := os.ReadFile(filepath.Join(ca.dir, certFile))
 	if err != nil {
 		return authority{}, err
 	}
-	keyPEM, err := os.ReadFile(filepath.Join(ca.dir, name+".key"))
+	if err := private.Check(filepath.Join(ca.dir, keyFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return authority{}, err
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(ca.dir, keyFile))
 	if err != nil {
 		return authority{}, err
 	}
 	cb, _ := pem.Decode(certPEM)
 	if cb == nil || cb.Type != "CERTIFICATE" {
-		return authority{}, fmt.Errorf("%s.pem holds no PEM certificate", name)
+		return authority{}, fmt.Errorf("%s holds no PEM certificate", certFile)
 	}
 	cert, err := x509.ParseCertificate(cb.Bytes)
 	if err != nil {
-		return authority{}, fmt.Errorf("%s.pem: %w", name, err)
+		return authority{}, fmt.Errorf("%s: %w", certFile, err)
 	}
 	kb, _ := pem.Decode(keyPEM)
 	if kb == nil {
-		return authority{}, fmt.Errorf("%s.key holds no PEM key", name)
+		return authority{}, fmt.Errorf("%s holds no PEM key", keyFile)
 	}
 	key, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
 	if err != nil {
-		return authority{}, fmt.Errorf("%s.key: %w", name, err)
+		return authority{}, fmt.Errorf("%s: %w", keyFile, err)
 	}
 	signer, ok := key.(crypto.Signer)
 	if !ok {
-		return authority{}, fmt.Errorf("%s.key is not a signing key", name)
+		return authority{}, fmt.Errorf("%s is not a signing key", keyFile)
 	}
 	if len(cert.URIs) != 1 || cert.URIs[0].String() != ca.td.IDString() {
-		return authority{}, fmt.Errorf("%s.pem is the CA of another trust domain (%v), not %q", name, cert.URIs, ca.td)
+		return authority{}, fmt.Errorf("%s is the CA of another trust domain (%v), not %q", certFile, cert.URIs, ca.td)
 	}
 	if pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cert.PublicKey) {
-		return authority{}, fmt.Errorf("%s.key is not the key of %s.pem", name, name)
+		return authority{}, fmt.Errorf("%s is not the key of %s", keyFile, certFile)
 	}
 	return authority{cert: cert, key: signer}, nil
 }
@@ -205,6 +256,7 @@ func (ca *CA) createAuthority(name string) (authority, error) {
 	if err := atomicfile.Write(filepath.Join(ca.dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return authority{}, err
 	}
+	crashpoint.Here("ca-create")
 	if err := atomicfile.Write(filepath.Join(ca.dir, name+".pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		return authority{}, err
 	}
@@ -318,6 +370,7 @@ func (ca *CA) Prepare() error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrRotation, err)
 	}
+	crashpoint.Here("ca-prepare")
 	if err := ca.publishLocked(append(append([]*x509.Certificate(nil), ca.published...), next.cert)); err != nil {
 		return err
 	}
@@ -334,10 +387,18 @@ func (ca *CA) Activate() error {
 	if ca.next == nil {
 		return fmt.Errorf("%w: no prepared root to activate", ErrRotation)
 	}
-	for _, ext := range []string{".pem", ".key"} {
+	// Two renames, certificate first: a crash between them leaves ca.pem
+	// beside next.key, which OpenCA's finishActivation completes.
+	for i, ext := range []string{".pem", ".key"} {
+		if i == 1 {
+			crashpoint.Here("ca-activate")
+		}
 		if err := os.Rename(filepath.Join(ca.dir, "next"+ext), filepath.Join(ca.dir, "ca"+ext)); err != nil {
 			return fmt.Errorf("%w: %v", ErrRotation, err)
 		}
+	}
+	if err := atomicfile.SyncDir(ca.dir); err != nil {
+		return fmt.Errorf("%w: %v", ErrRotation, err)
 	}
 	ca.active, ca.next = *ca.next, nil
 	ca.changedLocked()
@@ -456,7 +517,12 @@ func (ca *CA) WriteCredentials(dir string, id spiffeid.ID, ttl time.Duration) er
 	if err != nil {
 		return err
 	}
+	// The directory is the key's: made private if it was not (a volume's
+	// root, say), so that loading the credentials accepts it.
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("credentials: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
 		return fmt.Errorf("credentials: %w", err)
 	}
 	for _, f := range []struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,6 +16,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/vwire/vwire/internal/private"
 )
 
 // Source supplies one component's current X.509 SVID and the bundles it
@@ -216,6 +219,11 @@ func LoadCredentials(dir string) (*FileSource, error) {
 }
 
 func readCredentials(dir string) (*x509svid.SVID, *x509bundle.Bundle, error) {
+	for _, p := range []string{dir, filepath.Join(dir, "svid.key")} {
+		if err := private.Check(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, fmt.Errorf("credentials: %w", err)
+		}
+	}
 	svid, err := x509svid.Load(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid.key"))
 	if err != nil {
 		return nil, nil, fmt.Errorf("credentials %s: %w", dir, err)

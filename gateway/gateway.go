@@ -26,6 +26,7 @@ import (
 	"github.com/vwire/vwire/gateway/handover"
 	"github.com/vwire/vwire/internal/atomicfile"
 	"github.com/vwire/vwire/internal/conncache"
+	"github.com/vwire/vwire/internal/crashpoint"
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -84,6 +85,7 @@ type Gateway struct {
 
 	mu      sync.Mutex
 	records map[string]*record // by connection id and side: "c-ID", "e-ID"
+	orphans []orphan           // records Open found without their ends, for Run
 	waiting map[string]*proxypb.KernelInterface
 }
 
@@ -125,11 +127,40 @@ func Open(node string, backend dataplane.Backend, dir string, log *slog.Logger) 
 			return nil, fmt.Errorf("gateway state %s: %w", g.file, err)
 		}
 	}
+	// A record with no end is a vWire a crash left half made or half
+	// removed: it goes, and Run tells its endpoint.
+	for id, rec := range g.records {
+		if _, ok := r.Get(id); !ok {
+			g.orphans = append(g.orphans, orphan{id, rec.EndpointURL})
+			delete(g.records, id)
+		}
+	}
+	if len(g.orphans) > 0 {
+		if err := g.saveLocked(); err != nil {
+			return nil, fmt.Errorf("gateway state: %w", err)
+		}
+	}
 	return g, nil
+}
+
+// orphan is a record a crash left without its end.
+type orphan struct{ id, endpointURL string }
+
+// closeOrphans tells the endpoints of the records a crash left without
+// their ends that the connections closed (they hold address pairs).
+func (g *Gateway) closeOrphans(ctx context.Context) {
+	for _, o := range g.orphans {
+		if o.endpointURL != "" {
+			g.closeEndpoint(ctx, o.endpointURL, strings.TrimPrefix(o.id, "e-"))
+		}
+		g.log.Info("a vWire end a crash left half done is undone", "id", o.id)
+	}
+	g.orphans = nil
 }
 
 // Run reconciles until ctx ends.
 func (g *Gateway) Run(ctx context.Context) {
+	g.closeOrphans(ctx)
 	g.repin(ctx)
 	go g.learn(ctx)
 	g.reconciler.Run(ctx)
@@ -534,20 +565,46 @@ func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *re
 		return errStopping
 	}
 	_, existed := g.reconciler.Get(id)
+	// The record first, the end second (Remove undoes them the other way
+	// round): a crash between the two writes leaves a record with no end,
+	// which the next start undoes, never an end the gateway knows nothing
+	// of.
+	g.mu.Lock()
+	old := g.records[id]
+	changed := old == nil || old.EndpointURL != rec.EndpointURL || old.VNI != rec.VNI ||
+		!slices.Equal(old.Src, rec.Src) || !slices.Equal(old.Dst, rec.Dst) // a refresh writes nothing
+	if changed {
+		g.records[id] = rec
+		if err := g.saveLocked(); err != nil {
+			g.restoreLocked(id, old)
+			g.mu.Unlock()
+			return err
+		}
+	}
+	g.mu.Unlock()
+	crashpoint.Here("gateway-set")
 	if err := g.reconciler.Set(ctx, end); err != nil {
 		if !existed {
 			_ = g.reconciler.Delete(ctx, id) // nothing half-programmed stays
 		}
+		if changed {
+			g.mu.Lock()
+			g.restoreLocked(id, old)
+			_ = g.saveLocked()
+			g.mu.Unlock()
+		}
 		return err
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if old := g.records[id]; old != nil && old.EndpointURL == rec.EndpointURL && old.VNI == rec.VNI &&
-		slices.Equal(old.Src, rec.Src) && slices.Equal(old.Dst, rec.Dst) {
-		return nil // a refresh: nothing new to write
+	return nil
+}
+
+// restoreLocked puts back end id's record as it was (nil: none).
+func (g *Gateway) restoreLocked(id string, old *record) {
+	if old == nil {
+		delete(g.records, id)
+	} else {
+		g.records[id] = old
 	}
-	g.records[id] = rec
-	return g.saveLocked()
 }
 
 // keepPort records the port the backend chose for end's WireGuard device,
@@ -599,6 +656,7 @@ func (g *Gateway) Remove(ctx context.Context, side proxy.Side, conn *proxypb.Con
 	if err := g.reconciler.Delete(ctx, id); err != nil {
 		return err
 	}
+	crashpoint.Here("gateway-remove")
 	g.unpin(end)
 	if rec != nil && rec.EndpointURL != "" {
 		g.closeEndpoint(ctx, rec.EndpointURL, connID)

@@ -18,6 +18,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/vwire/vwire/internal/private"
 )
 
 // etcdReadyTimeout bounds how long the embedded etcd may take to start.
@@ -45,7 +47,7 @@ func startEmbeddedEtcd(dir string) (*embed.Etcd, error) {
 	// Refreshes rewrite keys every few seconds; keep an hour of history.
 	cfg.AutoCompactionMode = "periodic"
 	cfg.AutoCompactionRetention = "1h"
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := private.MkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("embedded etcd: %w", err)
 	}
 	e, err := embed.StartEtcd(cfg)

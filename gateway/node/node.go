@@ -20,6 +20,8 @@ import (
 	"github.com/vwire/vwire/gateway/dataplane"
 	"github.com/vwire/vwire/gateway/handover"
 	"github.com/vwire/vwire/gateway/kernel"
+	"github.com/vwire/vwire/internal/atomicfile"
+	"github.com/vwire/vwire/internal/private"
 	"github.com/vwire/vwire/registry/registrypb"
 )
 
@@ -84,8 +86,8 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	log := cfg.Log
 	dir := filepath.Join(cfg.DataDir, "gateway")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
+	if err := private.MkdirAll(dir); err != nil {
+		return nil, fmt.Errorf("the gateway's state: %w", err)
 	}
 	key, err := loadKey(filepath.Join(dir, "wireguard.key"))
 	if err != nil {
@@ -148,6 +150,9 @@ func (n *Node) Close() {
 // loadKey reads the gateway's WireGuard key, or makes one: peers keep
 // knowing the gateway by it across restarts.
 func loadKey(path string) (wgtypes.Key, error) {
+	if err := private.Check(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return wgtypes.Key{}, err
+	}
 	b, err := os.ReadFile(path)
 	if err == nil {
 		k, err := wgtypes.ParseKey(string(b))
@@ -163,5 +168,5 @@ func loadKey(path string) (wgtypes.Key, error) {
 	if err != nil {
 		return k, err
 	}
-	return k, os.WriteFile(path, []byte(k.String()), 0o600)
+	return k, atomicfile.Write(path, []byte(k.String()), 0o600) // a crash leaves no half key
 }
