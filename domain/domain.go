@@ -34,6 +34,7 @@ import (
 	"github.com/vwire/vwire/gateway"
 	"github.com/vwire/vwire/gateway/kernel"
 	"github.com/vwire/vwire/gateway/node"
+	"github.com/vwire/vwire/internal/audit"
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
@@ -408,7 +409,7 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	limitUnary, limitStream := d.Limiter.Interceptors()
 	errUnary, errStream := registry.ErrorInterceptors()
 	d.srv = grpc.NewServer(append(federation.ServerOptions(d.Identity, federation.DomainAuthorizer(td, d.Peers), log),
-		grpc.ChainUnaryInterceptor(bindUnary, limitUnary, errUnary),
+		grpc.ChainUnaryInterceptor(bindUnary, limitUnary, audit.Interceptor(td, log), errUnary),
 		grpc.ChainStreamInterceptor(bindStream, limitStream, errStream),
 	)...)
 	d.pool = proxy.NewPool(resolver, d.Identity, cfg.Name, d.Peers)

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/internal/audit"
 	"github.com/vwire/vwire/registry/registrypb"
 )
 
@@ -130,7 +131,7 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 	}
 	unary, stream := ErrorInterceptors()
 	r.srv = grpc.NewServer(append(federation.ServerOptions(r.identity, federation.AuthorizeMember(td), log),
-		grpc.ChainUnaryInterceptor(unary),
+		grpc.ChainUnaryInterceptor(audit.Interceptor(td, log), unary),
 		grpc.ChainStreamInterceptor(stream),
 	)...)
 	registrypb.RegisterRegistryServer(r.srv, NewServer(r.Store, td, cfg.EndpointLifetime, nil, log))

@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/federation"
 )
 
@@ -19,11 +20,14 @@ import (
 // other with a fetched bundle, and rotate a CA from the command line.
 func TestFederationCommands(t *testing.T) {
 	dir := t.TempDir()
-	type dom struct{ name, addr, bundleAddr, data string }
+	type dom struct {
+		name, addr, bundleAddr, data string
+		proc                         *e2e.Process
+	}
 	doms := []*dom{{name: "a.example"}, {name: "b.example"}}
 	for _, d := range doms {
 		d.addr, d.bundleAddr, d.data = freeAddr(t), freeAddr(t), filepath.Join(dir, d.name)
-		startVwire(t, nil, "domain", "--name", d.name, "--data-dir", d.data, "--listen", d.addr, "--bundle-listen", d.bundleAddr,
+		d.proc = e2e.StartVwire(t, vwireBin, nil, "domain", "--name", d.name, "--data-dir", d.data, "--listen", d.addr, "--bundle-listen", d.bundleAddr,
 			"--bundle-refresh-hint", "1s", "--ca-rotation-propagation", "2s", "--ca-rotation-overlap", "2s")
 	}
 	creds := func(d *dom) []string {
@@ -107,6 +111,21 @@ func TestFederationCommands(t *testing.T) {
 	}
 	if rows := list(doms[1]); len(rows) != 1 || rows[0].Domain != "a.example" {
 		t.Errorf("after the refusals, b lists %+v", rows)
+	}
+
+	// The audit trail: each administrative action, with its caller.
+	for _, want := range []struct {
+		d     *dom
+		parts []string
+	}{
+		{doms[0], []string{`msg="audit: administrative action"`, `action="federation add"`, `target="domain b.example, bundle endpoint https://`, `caller=spiffe://a.example/vwire/admin`}},
+		{doms[0], []string{`msg="audit: administrative action"`, `action="ca rotate"`, `caller=spiffe://a.example/vwire/admin`}},
+		{doms[1], []string{`msg="audit: administrative action refused or failed"`, `action="federation remove"`, `target="domain z.example"`, `caller=spiffe://b.example/vwire/admin`, `code=NotFound`}},
+		{doms[1], []string{`msg="audit: administrative action refused or failed"`, `action="federation add"`, `target="domain c.example`, `code=InvalidArgument`}},
+	} {
+		if line := want.d.proc.WaitFor(5*time.Second, want.parts...); line == "" {
+			t.Errorf("%s's log has no line with %q", want.d.name, want.parts)
+		}
 	}
 }
 
