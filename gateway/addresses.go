@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"crypto/rand"
 	"fmt"
 	"net/netip"
 
@@ -146,4 +147,33 @@ func lastOf(p netip.Prefix) netip.Addr {
 func halves(p netip.Prefix) []netip.Prefix {
 	lower := netip.PrefixFrom(p.Addr(), 1)
 	return []netip.Prefix{lower, netip.PrefixFrom(lastOf(p), 1).Masked()}
+}
+
+// ula is IPv6's unique local range (RFC 4193), where inner addresses are.
+var ula = netip.MustParsePrefix("fc00::/7")
+
+// innerAddr parses a gateway's inner address as the other side named it:
+// a single IPv6 unique local address, which no workload route can meet
+// (the gateway routes it into one peer's tunnel only).
+func innerAddr(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		return netip.Addr{}, fmt.Errorf("%q is not an IP address", s)
+	case a.Zone() != "" || !ula.Contains(a):
+		return netip.Addr{}, fmt.Errorf("%s is not an IPv6 unique local address (fc00::/7)", a)
+	}
+	return a, nil
+}
+
+// NewInner chooses a gateway's inner address at random (RFC 4193: fd, a
+// 40-bit global ID, a subnet, an interface ID), once: the gateway keeps
+// it.
+func NewInner() (netip.Addr, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return netip.Addr{}, err
+	}
+	b[0] = 0xfd
+	return netip.AddrFrom16(b), nil
 }

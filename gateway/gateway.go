@@ -53,6 +53,11 @@ type Gateway struct {
 	Addr netip.Addr
 	// OuterMTU is the MTU of the link that carries the tunnels.
 	OuterMTU int
+	// Inner is the gateway's own address inside its WireGuard tunnels (an
+	// IPv6 unique local address chosen at random once, see NewInner): the
+	// VXLAN of Ethernet vWires across domains runs between two gateways'
+	// inner addresses, encrypted.
+	Inner netip.Addr
 	// IntraDomain is the tunnel of IP vWires between two gateways of the
 	// domain: "vxlan" (the default: the domain's own network) or
 	// "wireguard" (encrypted there too).
@@ -355,6 +360,29 @@ func (g *Gateway) ApplyEndpoint(ctx context.Context, conn *proxypb.Connection, u
 	case local:
 		// Both ends on this gateway: it routes between them, no tunnel.
 		end.MTU, end.Routed = g.OuterMTU, far
+	case conn.GetPayload() == "ETHERNET" && !intraDomain(conn) && !conn.GetPlainVxlan():
+		// Ethernet across domains: VXLAN between the gateways' inner
+		// addresses, inside their WireGuard tunnel.
+		w := conn.GetMechanism().GetWireguard()
+		if len(w.GetSrcPublicKey()) != 32 {
+			return nil, errors.New("the request carries no client gateway WireGuard key (mechanism src_public_key)")
+		}
+		clientInner, err := innerAddr(w.GetSrcInnerIp())
+		if err != nil {
+			return nil, fmt.Errorf("the client's gateway's inner address (mechanism src_inner_ip): %w", err)
+		}
+		if !g.Inner.IsValid() {
+			return nil, errors.New("this gateway has no inner address for Ethernet vWires across domains")
+		}
+		if vni == 0 {
+			vni = g.freeVNI()
+		}
+		if end.MTU, err = g.innerMTU(); err != nil {
+			return nil, err
+		}
+		end.VXLAN = &dataplane.VXLAN{VNI: vni, Local: g.Inner, Remote: clientInner}
+		end.WireGuard = &dataplane.WireGuard{Peer: base64.StdEncoding.EncodeToString(w.GetSrcPublicKey()),
+			Remote: []netip.Prefix{netip.PrefixFrom(clientInner, 128)}, Port: g.portOf(id)}
 	case conn.GetPayload() == "ETHERNET" || (intraDomain(conn) && g.IntraDomain != "wireguard"):
 		if conn.GetPayload() != "ETHERNET" {
 			end.Routes = onLink(far) // IP on an L2 link: the far end is a neighbour
@@ -388,13 +416,26 @@ func (g *Gateway) ApplyEndpoint(ctx context.Context, conn *proxypb.Connection, u
 	if end.WireGuard != nil || local {
 		port := g.keepPort(end)
 		w := conn.GetMechanism().GetWireguard()
-		out.Mechanism = &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{
-			SrcIp: w.GetSrcIp(), SrcPort: w.GetSrcPort(), SrcPublicKey: w.GetSrcPublicKey(),
-			DstIp: g.Addr.String(), DstPort: uint32(port), DstPublicKey: own}}}
+		answer := &proxypb.WireGuard{SrcIp: w.GetSrcIp(), SrcPort: w.GetSrcPort(), SrcPublicKey: w.GetSrcPublicKey(),
+			DstIp: g.Addr.String(), DstPort: uint32(port), DstPublicKey: own}
+		if end.VXLAN != nil { // Ethernet inside the tunnel
+			answer.SrcInnerIp, answer.DstInnerIp, answer.Vni = w.GetSrcInnerIp(), g.Inner.String(), vni
+		}
+		out.Mechanism = &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: answer}}
 	}
 	out.Mtu = uint32(end.MTU)
 	g.segment(out)
 	return out, nil
+}
+
+// innerMTU is the MTU of an Ethernet vWire inside the WireGuard tunnel:
+// VXLAN over the inner IPv6 addresses.
+func (g *Gateway) innerMTU() (int, error) {
+	mtu, err := g.pathMTU(dataplane.WireGuardOverhead)
+	if err != nil {
+		return 0, err
+	}
+	return dataplane.PathMTU(mtu, true, dataplane.VXLANOverhead)
 }
 
 // pathMTU is the MTU of a vWire through a tunnel with overhead from this
@@ -491,10 +532,22 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 		end.WireGuard = &dataplane.WireGuard{Peer: base64.StdEncoding.EncodeToString(w.GetDstPublicKey()),
 			Endpoint: netip.AddrPortFrom(dst, uint16(w.GetDstPort())), Remote: far, Port: g.portOf(id)}
 		mtu, err := g.pathMTU(dataplane.WireGuardOverhead)
+		if ethernet {
+			// VXLAN between the gateways' inner addresses, inside the tunnel.
+			inner, ierr := innerAddr(w.GetDstInnerIp())
+			if ierr != nil || w.GetVni() == 0 || !g.Inner.IsValid() {
+				return nil, fmt.Errorf("the endpoint's side answered an incomplete WireGuard mechanism for an Ethernet vWire (inner address %q: %v, VNI %d)", w.GetDstInnerIp(), ierr, w.GetVni())
+			}
+			end.VXLAN = &dataplane.VXLAN{VNI: w.GetVni(), Local: g.Inner, Remote: inner}
+			end.WireGuard.Remote = []netip.Prefix{netip.PrefixFrom(inner, 128)}
+			mtu, err = g.innerMTU()
+		}
 		if err != nil {
 			return nil, err
 		}
 		end.MTU = min(end.MTU, mtu)
+	case m.GetVxlan() != nil && ethernet && !intraDomain(conn) && !conn.GetPlainVxlan():
+		return nil, errors.New("the endpoint's side answered plain VXLAN for an Ethernet vWire across domains, which its service does not declare (plainVxlan): refused, as it would cross unencrypted")
 	case m.GetVxlan() != nil:
 		v := m.GetVxlan()
 		dst, err := netip.ParseAddr(v.GetDstIp())

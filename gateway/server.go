@@ -165,7 +165,11 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 		return nil, status.Error(codes.FailedPrecondition, "the gateway has no tunnel address: give --gateway-address (there is no default route to take it from)")
 	}
 	key, _ := base64.StdEncoding.DecodeString(s.G.PublicKey())
-	conn.Mechanism = &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{SrcIp: s.G.Addr.String(), SrcPublicKey: key}}}
+	w := &proxypb.WireGuard{SrcIp: s.G.Addr.String(), SrcPublicKey: key}
+	if s.G.Inner.IsValid() {
+		w.SrcInnerIp = s.G.Inner.String()
+	}
+	conn.Mechanism = &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: w}}
 	conn.Path = &proxypb.Path{Segments: []*proxypb.PathSegment{{Name: "gateway." + s.G.Node, SpiffeId: s.SpiffeID, Url: s.G.URL,
 		Expires: timestamppb.New(time.Now().Add(time.Minute))}}}
 	s.G.Expect(conn.Id, k)

@@ -195,6 +195,7 @@ func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service st
 	}
 	conn.NetworkService = service
 	conn.Payload = svc.GetPayload().String()
+	conn.PlainVxlan = svc.GetPlainVxlan()
 	conn.State = proxypb.State_UP
 	s.segment(conn)
 	var errs []error

@@ -53,6 +53,8 @@ type serviceSpec struct {
 	Matches []matchSpec `yaml:"matches,omitempty"`
 	// Who may connect (see registrypb.NetworkService.allowed_spiffe_ids).
 	AllowedSpiffeIDs []string `yaml:"allowedSpiffeIDs,omitempty"`
+	// Ethernet across domains as plain VXLAN (see plain_vxlan).
+	PlainVXLAN bool `yaml:"plainVxlan,omitempty"`
 }
 
 // matchSpec takes both spellings: the one of Network Service Mesh's
@@ -207,7 +209,7 @@ func decodeService(doc *document) (*registrypb.NetworkService, error) {
 	if err := sameName(doc, spec.Name); err != nil {
 		return nil, err
 	}
-	s := &registrypb.NetworkService{Name: doc.Metadata.Name, Payload: registrypb.Payload(payload), AllowedSpiffeIds: spec.AllowedSpiffeIDs}
+	s := &registrypb.NetworkService{Name: doc.Metadata.Name, Payload: registrypb.Payload(payload), AllowedSpiffeIds: spec.AllowedSpiffeIDs, PlainVxlan: spec.PlainVXLAN}
 	for _, m := range spec.Matches {
 		if m.Match != nil { // the selectors nested under "match:"
 			m = mergeMatch(m, *m.Match)
@@ -443,6 +445,7 @@ func ManifestDocuments(services []*registrypb.NetworkService, endpoints []*regis
 		Payload          string   `yaml:"payload" json:"payload"`
 		Matches          []match  `yaml:"matches,omitempty" json:"matches,omitempty"`
 		AllowedSpiffeIDs []string `yaml:"allowedSpiffeIDs,omitempty" json:"allowedSpiffeIDs,omitempty"`
+		PlainVXLAN       bool     `yaml:"plainVxlan,omitempty" json:"plainVxlan,omitempty"`
 	}
 	type epSpec struct {
 		NetworkServiceNames []string          `yaml:"networkServiceNames" json:"networkServiceNames"`
@@ -466,7 +469,7 @@ func ManifestDocuments(services []*registrypb.NetworkService, endpoints []*regis
 	}
 	var out []any
 	for _, s := range services {
-		spec := svcSpec{Payload: s.GetPayload().String(), AllowedSpiffeIDs: s.GetAllowedSpiffeIds()}
+		spec := svcSpec{Payload: s.GetPayload().String(), AllowedSpiffeIDs: s.GetAllowedSpiffeIds(), PlainVXLAN: s.GetPlainVxlan()}
 		for _, m := range s.GetMatches() {
 			mm := match{SourceSelector: m.GetSourceSelector(), Fallthrough: m.GetFallthrough()}
 			if m.GetMetadata() != nil {

@@ -21,6 +21,9 @@ func ValidateService(s *registrypb.NetworkService) error {
 	if _, ok := registrypb.Payload_name[int32(s.GetPayload())]; !ok {
 		return errorf(ErrInvalid, "network service %q: unknown payload %d (want IP or ETHERNET)", s.GetName(), s.GetPayload())
 	}
+	if s.GetPlainVxlan() && s.GetPayload() != registrypb.Payload_ETHERNET {
+		return errorf(ErrInvalid, "network service %q: plainVxlan is for ETHERNET services (an IP vWire across domains is always inside WireGuard)", s.GetName())
+	}
 	for i, p := range s.GetAllowedSpiffeIds() {
 		if err := validatePattern(p); err != nil {
 			return errorf(ErrInvalid, "network service %q: allowedSpiffeIDs[%d] %q: %v (want spiffe://td/path, spiffe://td/path/* or spiffe://td/*)", s.GetName(), i, p, err)

@@ -241,9 +241,9 @@ func printObjects(w io.Writer, output, kind string, single bool, svcs []*registr
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
 	if kind == "services" {
-		fmt.Fprintln(tw, "NAME\tPAYLOAD\tMATCHES")
+		fmt.Fprintln(tw, "NAME\tPAYLOAD\tACROSS DOMAINS\tMATCHES")
 		for _, s := range svcs {
-			fmt.Fprintf(tw, "%s\t%s\t%d\n", s.GetName(), s.GetPayload(), len(s.GetMatches()))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", s.GetName(), s.GetPayload(), acrossDomains(s), len(s.GetMatches()))
 		}
 		return tw.Flush()
 	}
@@ -269,6 +269,17 @@ func formatLabels(l map[string]string) string {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, ",")
+}
+
+// acrossDomains is how a service's vWires cross domains.
+func acrossDomains(s *registrypb.NetworkService) string {
+	switch {
+	case s.GetPlainVxlan():
+		return "plain VXLAN (unencrypted)"
+	case s.GetPayload() == registrypb.Payload_ETHERNET:
+		return "VXLAN in WireGuard"
+	}
+	return "WireGuard"
 }
 
 func orDash(s string) string {

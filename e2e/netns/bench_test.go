@@ -44,6 +44,7 @@ func benchWorld(b *testing.B) *world {
 	w.endpoint("b.example", "ep1", "--service", "svc", "--cidr", "172.16.0.0/20", "--netns", w.workload("eb"))
 	w.endpoint("a.example", "ep-local", "--service", "svc", "--cidr", "172.17.0.0/20", "--netns", w.workload("ea"))
 	w.endpoint("b.example", "l2-1", "--service", "l2", "--payload", "ETHERNET", "--cidr", "172.18.0.0/20", "--netns", w.workload("el"))
+	w.endpoint("b.example", "l2p-1", "--service", "l2plain", "--payload", "ETHERNET", "--cidr", "172.19.0.0/20", "--netns", w.workload("ep"))
 	return w
 }
 
@@ -178,7 +179,8 @@ func BenchmarkNetnsThroughput(b *testing.B) {
 		x, y := bareWireGuard(b, w, bare{apart: true, behind: true}, a.ns, bh.ns, a.addr, bh.addr)
 		measure(b, x, y, "100.68.1.2")
 	})
-	b.Run("vxlan-vwire", overVWire("l2@b.example"))
+	b.Run("ethernet-wireguard-vwire", overVWire("l2@b.example")) // encrypted, as by default
+	b.Run("vxlan-vwire", overVWire("l2plain@b.example"))
 	b.Run("vxlan-bare", func(b *testing.B) {
 		for _, h := range []struct{ ns, local, remote, addr string }{{a.ns, a.addr, bh.addr, "100.66.0.1/30"}, {bh.ns, bh.addr, a.addr, "100.66.0.2/30"}} {
 			run(b, "ip", "-n", h.ns, "link", "add", "vxbare", "type", "vxlan", "id", "4242", "local", h.local, "remote", h.remote, "dstport", "4790", "dev", "eth0")

@@ -1,6 +1,8 @@
 package netns
 
 import (
+	"bytes"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -51,6 +53,14 @@ metadata:
   name: l2
 spec:
   payload: ETHERNET
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata:
+  name: l2plain
+spec:
+  payload: ETHERNET
+  plainVxlan: true
 ---
 apiVersion: networkservicemesh.io/v1
 kind: NetworkService
@@ -297,6 +307,8 @@ func TestSelectionEthernetAndRefusals(t *testing.T) {
 	w.endpoint("b.example", "vpn-gateway-1", "--service", "secure-intranet-connectivity", "--labels", "app=vpn-gateway", "--cidr", "172.16.10.0/24", "--netns", vpnNS)
 	w.endpoint("b.example", "firewall-1", "--service", "secure-intranet-connectivity", "--labels", "app=firewall", "--cidr", "172.16.20.0/24", "--netns", fwNS)
 	w.endpoint("b.example", "l2-1", "--service", "l2", "--payload", "ETHERNET", "--cidr", "172.16.30.0/24", "--netns", l2NS)
+	plainNS := w.workload("l2p")
+	w.endpoint("b.example", "l2p-1", "--service", "l2plain", "--payload", "ETHERNET", "--cidr", "172.16.31.0/24", "--netns", plainNS)
 	v6NS := w.workload("v6")
 	w.endpoint("b.example", "ep6", "--service", "svc6", "--cidr", "fd00:16::/120", "--netns", v6NS)
 
@@ -323,7 +335,7 @@ func TestSelectionEthernetAndRefusals(t *testing.T) {
 	// of the endpoint's interface: the two ends share one Ethernet link.
 	sameLink := func(t *testing.T, c *connection, ns string) {
 		t.Helper()
-		epIface := run(t, "ip", "-n", l2NS, "-o", "link", "show")
+		epIface := run(t, "ip", "-n", l2NS, "-o", "link", "show") + run(t, "ip", "-n", plainNS, "-o", "link", "show")
 		out, err := inNS(ns, "arping", "-c", "2", "-w", "3", "-I", "nsm0", c.Up.peer()).CombinedOutput()
 		if err != nil {
 			t.Fatalf("arping across the vWire: %v\n%s", err, out)
@@ -336,13 +348,49 @@ func TestSelectionEthernetAndRefusals(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	t.Run("Ethernet over VXLAN", func(t *testing.T) {
+	// What crosses the network between the domains' hosts: a marked
+	// payload sent over a vWire is seen there only when its service asked
+	// for plain VXLAN.
+	const mark = "vwire-in-clear!"
+	crosses := func(t *testing.T, ns, addr string) int {
+		t.Helper()
+		stop := e2e.Capture(t, w.domains["a.example"].ns, "eth0") // the client host's uplink
+		out, err := inNS(ns, "ping", "-c", "3", "-w", "6", "-p", hex.EncodeToString([]byte(mark)), addr).CombinedOutput()
+		if err != nil {
+			t.Fatalf("marked ping: %v\n%s", err, out)
+		}
+		return bytes.Count(stop(), []byte(mark))
+	}
+	t.Run("IP inside WireGuard, never in clear", func(t *testing.T) {
+		if n := crosses(t, fw, toVPN.Up.peer()); n != 0 {
+			t.Errorf("the mark crossed between the hosts in clear %d times", n)
+		}
+	})
+	t.Run("Ethernet inside WireGuard, never in clear", func(t *testing.T) {
 		l2 := w.workload("c4")
 		c := w.connect("a.example", "l2@b.example", l2)
+		if c.Up.Connection.Mechanism["wireguard"] == nil {
+			t.Fatalf("mechanism %v, want wireguard", c.Up.Connection.Mechanism)
+		}
+		sameLink(t, c, l2)
+		if n := crosses(t, l2, c.Up.peer()); n != 0 {
+			t.Errorf("the mark crossed between the hosts in clear %d times", n)
+		}
+	})
+	t.Run("Ethernet as plain VXLAN, when the service says so", func(t *testing.T) {
+		l2 := w.workload("c9")
+		c := w.connect("a.example", "l2plain@b.example", l2)
 		if c.Up.Connection.Mechanism["vxlan"] == nil {
 			t.Fatalf("mechanism %v, want vxlan", c.Up.Connection.Mechanism)
 		}
 		sameLink(t, c, l2)
+		if n := crosses(t, l2, c.Up.peer()); n == 0 {
+			t.Error("the plain VXLAN vWire's mark was not seen between the hosts: the capture sees nothing")
+		}
+		if out := w.cli("b.example", "get", "services"); !regexp.MustCompile(`l2plain\s+ETHERNET\s+plain VXLAN \(unencrypted\)`).MatchString(out) ||
+			!regexp.MustCompile(`l2\s+ETHERNET\s+VXLAN in WireGuard`).MatchString(out) {
+			t.Errorf("vwire get services:\n%s", out)
+		}
 	})
 	localL2 := w.workload("c6")
 	t.Run("Ethernet between two workloads of one gateway", func(t *testing.T) {

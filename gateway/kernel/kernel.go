@@ -535,7 +535,15 @@ func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane
 		return fmt.Errorf("routes of %s in %q: %w", e.Interface, e.NetNS, err)
 	}
 	if isTag(host) {
-		return nil // the VXLAN device is the whole end
+		// The VXLAN device is the whole end; its packets may go inside
+		// the WireGuard tunnel to the peer gateway.
+		if e.WireGuard != nil {
+			return b.setInner(e)
+		}
+		if b.tunnels != nil {
+			return b.tunnels.Release(e.ID)
+		}
+		return nil
 	}
 	// The gateway's half of a veth pair: what the workload's packets meet.
 	if e.MTU > 0 {
@@ -553,8 +561,12 @@ func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane
 }
 
 // workloadRoutes are the end's routes, and for a WireGuard end the far
-// side's addresses through the gateway half.
+// side's addresses through the gateway half (a VXLAN end's tunnel carries
+// its frames, not routes).
 func workloadRoutes(e dataplane.End) []dataplane.Route {
+	if e.VXLAN != nil {
+		return e.Routes
+	}
 	far := e.Routed
 	if e.WireGuard != nil {
 		far = e.WireGuard.Remote
@@ -638,6 +650,41 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 		}
 	}
 	return b.routeBack(host, e)
+}
+
+// setInner carries a VXLAN end inside the WireGuard tunnel to its peer
+// gateway: the tunnel's device, with the peer's inner address among its
+// allowed IPs and routed into it, and this gateway's own inner address on
+// it (where the peer's VXLAN packets arrive). Devices, routes and address
+// are shared by the peer's ends; the device goes with the last.
+func (b *Backend) setInner(e dataplane.End) error {
+	w := e.WireGuard
+	if b.tunnels == nil || w.Peer == "" {
+		return fmt.Errorf("end %q: an Ethernet end inside WireGuard needs the backend's tunnels and the peer gateway's key", e.ID)
+	}
+	key, err := wgtypes.ParseKey(w.Peer)
+	if err != nil {
+		return fmt.Errorf("end %q: peer gateway key %q: %w", e.ID, w.Peer, err)
+	}
+	device, _, err := b.tunnels.Use(e.ID, key, w.Endpoint, w.Learnt, w.Remote, w.Port)
+	if err != nil {
+		return fmt.Errorf("end %q: tunnel to %s: %w", e.ID, w.Endpoint, err)
+	}
+	wg, err := b.host.LinkByName(device)
+	if err != nil {
+		return fmt.Errorf("end %q: WireGuard device %q: %w", e.ID, device, err)
+	}
+	local := netip.PrefixFrom(e.VXLAN.Local, e.VXLAN.Local.BitLen())
+	if err := b.host.AddrReplace(wg, address(local)); err != nil {
+		return fmt.Errorf("the gateway's inner address %s on %s: %w (Ethernet vWires across domains need IPv6 in the gateway's namespace: net.ipv6.conf.all.disable_ipv6=0)", local, device, err)
+	}
+	for _, p := range w.Remote {
+		r := &netlink.Route{Dst: ipNet(p), LinkIndex: wg.Attrs().Index, Protocol: routeProtocol}
+		if err := b.host.RouteReplace(r); err != nil {
+			return fmt.Errorf("route to the peer gateway's inner address %s into %s: %w", p, device, err)
+		}
+	}
+	return nil
 }
 
 // routeBack makes the gateway half the workload's next hop and routes the
@@ -913,6 +960,12 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 		}
 		if err := readWorkloadSide(&e); err != nil {
 			e.Interface = "" // its half is gone: List says so, the reconciler repairs
+		}
+		if e.VXLAN != nil && b.tunnels != nil { // inside a tunnel?
+			if key, ep, learnt, ok := b.tunnels.peerOf(id); ok {
+				e.WireGuard = &dataplane.WireGuard{Peer: key.String(), Endpoint: ep, Learnt: learnt, Port: b.tunnels.ListenPort(id),
+					Remote: b.tunnels.farOf(id)}
+			}
 		}
 		out = append(out, e)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/vwire/vwire/gateway/dataplane"
 )
@@ -45,6 +46,9 @@ func (b *Backend) checkOverlap(inNS *netlink.Handle, e dataplane.End) error {
 			return err
 		}
 	}
+	if e.VXLAN != nil {
+		return b.checkInner(e)
+	}
 	if e.WireGuard == nil && len(e.Routed) == 0 {
 		return nil // the gateway routes nothing to the end's addresses
 	}
@@ -55,6 +59,35 @@ func (b *Backend) checkOverlap(inNS *netlink.Handle, e dataplane.End) error {
 	for _, p := range e.Addrs {
 		host := netip.PrefixFrom(p.Addr(), p.Addr().BitLen())
 		if err := clash("address "+p.Addr().String(), host, onHost, nil, "on the gateway"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkInner says why the peer gateway's inner address of a VXLAN end
+// inside WireGuard cannot be routed into the peer's tunnel: it is this
+// gateway's own, or the gateway holds it already other than through that
+// tunnel (another peer's, say).
+func (b *Backend) checkInner(e dataplane.End) error {
+	w := e.WireGuard
+	if w == nil || b.tunnels == nil {
+		return nil
+	}
+	key, err := wgtypes.ParseKey(w.Peer)
+	if err != nil {
+		return fmt.Errorf("end %q: peer gateway key %q: %w", e.ID, w.Peer, err)
+	}
+	device := b.tunnels.deviceName(key)
+	onHost, err := holding(b.host, func(l netlink.Link) bool { return l.Attrs().Name == device })
+	if err != nil {
+		return fmt.Errorf("reading the gateway's network namespace: %w", err)
+	}
+	for _, p := range w.Remote {
+		if p.Addr() == e.VXLAN.Local {
+			return fmt.Errorf("the peer gateway's inner address %s is this gateway's own: refused", p.Addr())
+		}
+		if err := clash("peer gateway's inner address "+p.Addr().String(), p, onHost, nil, "on the gateway"); err != nil {
 			return err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -187,6 +188,16 @@ func (t *Tunnels) peerOf(id string) (key wgtypes.Key, endpoint netip.AddrPort, l
 		return key, tun.endpoint, tun.endpoint.IsValid() && !tun.told, true
 	}
 	return wgtypes.Key{}, netip.AddrPort{}, false, false
+}
+
+// farOf is what vWire id reaches through its tunnel (nil: no tunnel).
+func (t *Tunnels) farOf(id string) []netip.Prefix {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, tun := t.carrierLocked(id); tun != nil {
+		return slices.Clone(tun.users[id])
+	}
+	return nil
 }
 
 // Release drops vWire id from whichever tunnel carries it; a tunnel that no

@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -93,6 +95,10 @@ func Start(cfg Config) (n *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	inner, err := loadInner(filepath.Join(dir, "inner-address"))
+	if err != nil {
+		return nil, err
+	}
 	addr, mtu, err := kernel.TunnelAddress(cfg.GatewayAddress)
 	if err != nil && cfg.GatewayAddress != "" {
 		return nil, err
@@ -111,7 +117,7 @@ func Start(cfg Config) (n *Node, err error) {
 		n.backend.Close()
 		return nil, err
 	}
-	n.Addr, n.OuterMTU, n.Endpoint = addr, mtu, cfg.Endpoint
+	n.Addr, n.OuterMTU, n.Endpoint, n.Inner = addr, mtu, cfg.Endpoint, inner
 	n.SpiffeID, n.URL, n.IntraDomain = cfg.SpiffeID, cfg.URL, cfg.IntraDomain
 	n.Pins, n.CheckNamespace = &handover.Pins{Dir: filepath.Join(dir, "netns")}, handover.CheckPath
 	n.SweepPins()
@@ -145,6 +151,27 @@ func (n *Node) Close() {
 	n.Gateway.Close()
 	n.tunnels.Close()
 	n.backend.Close()
+}
+
+// loadInner is the gateway's inner address kept at path, chosen at random
+// the first time.
+func loadInner(path string) (netip.Addr, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		a, err := netip.ParseAddr(strings.TrimSpace(string(b)))
+		if err != nil || !a.Is6() || a.Is4In6() {
+			return a, fmt.Errorf("%s: not an IPv6 address (remove it: the gateway chooses another)", path)
+		}
+		return a, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return netip.Addr{}, err
+	}
+	a, err := gateway.NewInner()
+	if err != nil {
+		return a, err
+	}
+	return a, atomicfile.Write(path, []byte(a.String()+"\n"), 0o600)
 }
 
 // loadKey reads the gateway's WireGuard key, or makes one: peers keep

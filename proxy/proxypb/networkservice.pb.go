@@ -159,7 +159,11 @@ type Connection struct {
 	// service's policy: across domains, the original requester that the peer
 	// proxy named, not the peer proxy. Empty when the domain's own control
 	// plane or admin asked without naming one. Set by the hop.
-	ClientId      string `protobuf:"bytes,12,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	ClientId string `protobuf:"bytes,12,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// The service carries its Ethernet payload across domains as plain
+	// VXLAN, unencrypted (its spec says plainVxlan); else it goes inside the
+	// WireGuard tunnel between the gateways. Set by the endpoint's domain.
+	PlainVxlan    bool `protobuf:"varint,13,opt,name=plain_vxlan,json=plainVxlan,proto3" json:"plain_vxlan,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -276,6 +280,13 @@ func (x *Connection) GetClientId() string {
 		return x.ClientId
 	}
 	return ""
+}
+
+func (x *Connection) GetPlainVxlan() bool {
+	if x != nil {
+		return x.PlainVxlan
+	}
+	return false
 }
 
 type Path struct {
@@ -639,13 +650,19 @@ func (x *VXLAN) GetDstPort() uint32 {
 }
 
 type WireGuard struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SrcIp         string                 `protobuf:"bytes,1,opt,name=src_ip,json=srcIp,proto3" json:"src_ip,omitempty"`
-	SrcPort       uint32                 `protobuf:"varint,2,opt,name=src_port,json=srcPort,proto3" json:"src_port,omitempty"`
-	SrcPublicKey  []byte                 `protobuf:"bytes,3,opt,name=src_public_key,json=srcPublicKey,proto3" json:"src_public_key,omitempty"`
-	DstIp         string                 `protobuf:"bytes,4,opt,name=dst_ip,json=dstIp,proto3" json:"dst_ip,omitempty"`
-	DstPort       uint32                 `protobuf:"varint,5,opt,name=dst_port,json=dstPort,proto3" json:"dst_port,omitempty"`
-	DstPublicKey  []byte                 `protobuf:"bytes,6,opt,name=dst_public_key,json=dstPublicKey,proto3" json:"dst_public_key,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	SrcIp        string                 `protobuf:"bytes,1,opt,name=src_ip,json=srcIp,proto3" json:"src_ip,omitempty"`
+	SrcPort      uint32                 `protobuf:"varint,2,opt,name=src_port,json=srcPort,proto3" json:"src_port,omitempty"`
+	SrcPublicKey []byte                 `protobuf:"bytes,3,opt,name=src_public_key,json=srcPublicKey,proto3" json:"src_public_key,omitempty"`
+	DstIp        string                 `protobuf:"bytes,4,opt,name=dst_ip,json=dstIp,proto3" json:"dst_ip,omitempty"`
+	DstPort      uint32                 `protobuf:"varint,5,opt,name=dst_port,json=dstPort,proto3" json:"dst_port,omitempty"`
+	DstPublicKey []byte                 `protobuf:"bytes,6,opt,name=dst_public_key,json=dstPublicKey,proto3" json:"dst_public_key,omitempty"`
+	// For an Ethernet payload: VXLAN inside the tunnel, between these inner
+	// addresses of the two gateways (IPv6 unique local, each gateway's own,
+	// chosen at random once), with this VNI (chosen by the endpoint's side).
+	SrcInnerIp    string `protobuf:"bytes,7,opt,name=src_inner_ip,json=srcInnerIp,proto3" json:"src_inner_ip,omitempty"`
+	DstInnerIp    string `protobuf:"bytes,8,opt,name=dst_inner_ip,json=dstInnerIp,proto3" json:"dst_inner_ip,omitempty"`
+	Vni           uint32 `protobuf:"varint,9,opt,name=vni,proto3" json:"vni,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -720,6 +737,27 @@ func (x *WireGuard) GetDstPublicKey() []byte {
 		return x.DstPublicKey
 	}
 	return nil
+}
+
+func (x *WireGuard) GetSrcInnerIp() string {
+	if x != nil {
+		return x.SrcInnerIp
+	}
+	return ""
+}
+
+func (x *WireGuard) GetDstInnerIp() string {
+	if x != nil {
+		return x.DstInnerIp
+	}
+	return ""
+}
+
+func (x *WireGuard) GetVni() uint32 {
+	if x != nil {
+		return x.Vni
+	}
+	return 0
 }
 
 type IPContext struct {
@@ -1137,7 +1175,7 @@ var File_proxy_proxypb_networkservice_proto protoreflect.FileDescriptor
 
 const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
 	"\n" +
-	"\"proxy/proxypb/networkservice.proto\x12\x17vwire.networkservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x04\n" +
+	"\"proxy/proxypb/networkservice.proto\x12\x17vwire.networkservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x05\n" +
 	"\n" +
 	"Connection\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
@@ -1153,7 +1191,9 @@ const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
 	"\apayload\x18\n" +
 	" \x01(\tR\apayload\x12\x1c\n" +
 	"\trequester\x18\v \x01(\tR\trequester\x12\x1b\n" +
-	"\tclient_id\x18\f \x01(\tR\bclientId\x1a9\n" +
+	"\tclient_id\x18\f \x01(\tR\bclientId\x12\x1f\n" +
+	"\vplain_vxlan\x18\r \x01(\bR\n" +
+	"plainVxlan\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"^\n" +
@@ -1178,14 +1218,19 @@ const file_proxy_proxypb_networkservice_proto_rawDesc = "" +
 	"\x06src_ip\x18\x01 \x01(\tR\x05srcIp\x12\x15\n" +
 	"\x06dst_ip\x18\x02 \x01(\tR\x05dstIp\x12\x10\n" +
 	"\x03vni\x18\x03 \x01(\rR\x03vni\x12\x19\n" +
-	"\bdst_port\x18\x04 \x01(\rR\adstPort\"\xbb\x01\n" +
+	"\bdst_port\x18\x04 \x01(\rR\adstPort\"\x91\x02\n" +
 	"\tWireGuard\x12\x15\n" +
 	"\x06src_ip\x18\x01 \x01(\tR\x05srcIp\x12\x19\n" +
 	"\bsrc_port\x18\x02 \x01(\rR\asrcPort\x12$\n" +
 	"\x0esrc_public_key\x18\x03 \x01(\fR\fsrcPublicKey\x12\x15\n" +
 	"\x06dst_ip\x18\x04 \x01(\tR\x05dstIp\x12\x19\n" +
 	"\bdst_port\x18\x05 \x01(\rR\adstPort\x12$\n" +
-	"\x0edst_public_key\x18\x06 \x01(\fR\fdstPublicKey\"\xcd\x01\n" +
+	"\x0edst_public_key\x18\x06 \x01(\fR\fdstPublicKey\x12 \n" +
+	"\fsrc_inner_ip\x18\a \x01(\tR\n" +
+	"srcInnerIp\x12 \n" +
+	"\fdst_inner_ip\x18\b \x01(\tR\n" +
+	"dstInnerIp\x12\x10\n" +
+	"\x03vni\x18\t \x01(\rR\x03vni\"\xcd\x01\n" +
 	"\tIPContext\x12 \n" +
 	"\fsrc_ip_addrs\x18\x01 \x03(\tR\n" +
 	"srcIpAddrs\x12 \n" +

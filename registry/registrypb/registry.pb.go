@@ -91,8 +91,12 @@ type NetworkService struct {
 	// trust domain. Empty: any workload of this domain, and of the federated
 	// domains allowed to connect (not added with --trust-only).
 	AllowedSpiffeIds []string `protobuf:"bytes,4,rep,name=allowed_spiffe_ids,json=allowedSpiffeIds,proto3" json:"allowed_spiffe_ids,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// An ETHERNET service's vWires cross domains as plain VXLAN, unencrypted
+	// on the network between the domains, instead of inside the gateways'
+	// WireGuard tunnel: only when the service says so.
+	PlainVxlan    bool `protobuf:"varint,5,opt,name=plain_vxlan,json=plainVxlan,proto3" json:"plain_vxlan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NetworkService) Reset() {
@@ -151,6 +155,13 @@ func (x *NetworkService) GetAllowedSpiffeIds() []string {
 		return x.AllowedSpiffeIds
 	}
 	return nil
+}
+
+func (x *NetworkService) GetPlainVxlan() bool {
+	if x != nil {
+		return x.PlainVxlan
+	}
+	return false
 }
 
 type Match struct {
@@ -1388,12 +1399,14 @@ var File_registry_registrypb_registry_proto protoreflect.FileDescriptor
 
 const file_registry_registrypb_registry_proto_rawDesc = "" +
 	"\n" +
-	"\"registry/registrypb/registry.proto\x12\x11vwire.registry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n" +
+	"\"registry/registrypb/registry.proto\x12\x11vwire.registry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x01\n" +
 	"\x0eNetworkService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
 	"\apayload\x18\x02 \x01(\x0e2\x1a.vwire.registry.v1.PayloadR\apayload\x122\n" +
 	"\amatches\x18\x03 \x03(\v2\x18.vwire.registry.v1.MatchR\amatches\x12,\n" +
-	"\x12allowed_spiffe_ids\x18\x04 \x03(\tR\x10allowedSpiffeIds\"\xae\x02\n" +
+	"\x12allowed_spiffe_ids\x18\x04 \x03(\tR\x10allowedSpiffeIds\x12\x1f\n" +
+	"\vplain_vxlan\x18\x05 \x01(\bR\n" +
+	"plainVxlan\"\xae\x02\n" +
 	"\x05Match\x12U\n" +
 	"\x0fsource_selector\x18\x01 \x03(\v2,.vwire.registry.v1.Match.SourceSelectorEntryR\x0esourceSelector\x120\n" +
 	"\x06routes\x18\x02 \x03(\v2\x18.vwire.registry.v1.RouteR\x06routes\x12 \n" +

@@ -1,0 +1,81 @@
+package kernel
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/gateway/dataplane"
+)
+
+// An Ethernet end across domains: VXLAN between the two gateways' inner
+// addresses, inside their WireGuard tunnel. The workloads share a link
+// (ping over their /31), List reports the ends as applied, and a marked
+// payload never crosses the link between the hosts in clear (the same
+// mark sent bare across that link is seen: the capture works).
+func TestEthernetInsideWireGuard(t *testing.T) {
+	e2e.RequireRoot(t, "ping")
+	p := newGatewayPair(t)
+	p.bA.WithTunnels(p.tA)
+	p.bB.WithTunnels(p.tB)
+	before := hostLinks(t, p.gA)
+	innerA, innerB := netip.MustParseAddr("fd00:a::1"), netip.MustParseAddr("fd00:b::1")
+	wA, wB := namespace(t), namespace(t)
+	host := func(a netip.Addr) []netip.Prefix { return []netip.Prefix{netip.PrefixFrom(a, 128)} }
+	endB := dataplane.End{ID: "l2", NetNS: wB, Interface: "nsm0", MTU: 1350, Addrs: []netip.Prefix{netip.MustParsePrefix("172.30.5.3/31")},
+		VXLAN:     &dataplane.VXLAN{VNI: 77, Local: innerB, Remote: innerA},
+		WireGuard: &dataplane.WireGuard{Peer: p.keyA.PublicKey().String(), Remote: host(innerA)}}
+	if err := Do(p.gB, func() error { return p.bB.Apply(context.Background(), endB) }); err != nil {
+		t.Fatal(err)
+	}
+	portB := p.tB.ListenPort("l2")
+	endA := dataplane.End{ID: "l2", NetNS: wA, Interface: "nsm0", MTU: 1350, Addrs: []netip.Prefix{netip.MustParsePrefix("172.30.5.2/31")},
+		VXLAN: &dataplane.VXLAN{VNI: 77, Local: innerA, Remote: innerB},
+		WireGuard: &dataplane.WireGuard{Peer: p.keyB.PublicKey().String(), Endpoint: netip.AddrPortFrom(netip.MustParseAddr("172.31.0.2"), uint16(portB)),
+			Remote: host(innerB)}}
+	if err := Do(p.gA, func() error { return p.bA.Apply(context.Background(), endA) }); err != nil {
+		t.Fatal(err)
+	}
+
+	mark := hex.EncodeToString([]byte("vwire-in-clear!"))
+	stop := e2e.Capture(t, p.gA, "vwt-ua")
+	out, err := exec.Command("ip", "netns", "exec", wA, "ping", "-c", "3", "-w", "6", "-p", mark, "172.30.5.3").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "3 received") {
+		t.Fatalf("ping over the Ethernet vWire: %v\n%s", err, out)
+	}
+	bare, err := exec.Command("ip", "netns", "exec", p.gA, "ping", "-c", "1", "-w", "2", "-p", mark, "172.31.0.2").CombinedOutput()
+	if err != nil {
+		t.Fatalf("the bare ping across the link: %v\n%s", err, bare)
+	}
+	seen := stop()
+	if n := bytes.Count(seen, []byte("vwire-in-clear!")); n == 0 || n > 8 {
+		// The bare ping's request and reply carry the mark (a few times
+		// each); the vWire's six packets would add more than that.
+		t.Errorf("the mark crossed the link %d times: the capture should see only the bare ping's", n)
+	}
+	if strings.Contains(ip(t, "-n", p.gA, "-d", "link", "show", "type", "vxlan"), "vxlan") {
+		t.Error("a VXLAN device was left in the gateway's namespace")
+	}
+
+	endA.WireGuard.Port = p.tA.ListenPort("l2") // what the gateway keeps (keepPort)
+	listed, err := p.bA.List(context.Background())
+	if err != nil || len(listed) != 1 || listed[0].String() != endA.String() {
+		t.Errorf("List: %v, %v\nwant %v", listed, err, endA)
+	}
+	for _, s := range []struct {
+		b  *Backend
+		ns string
+	}{{p.bA, p.gA}, {p.bB, p.gB}} {
+		if err := Do(s.ns, func() error { return s.b.Remove(context.Background(), "l2") }); err != nil {
+			t.Error(err)
+		}
+	}
+	if after := hostLinks(t, p.gA); strings.Join(after, " ") != strings.Join(before, " ") {
+		t.Errorf("links before %v, after %v", before, after)
+	}
+}
