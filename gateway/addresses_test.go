@@ -66,6 +66,23 @@ func TestHostileAnswers(t *testing.T) {
 		}
 	}
 
+	// A peer cannot downgrade an Ethernet vWire to plain VXLAN unless the
+	// service says so.
+	ga.Expect("c1", &proxypb.KernelInterface{Netns: "client-ns", InterfaceName: "nsm0"})
+	plain := answer("ETHERNET", []string{"172.16.0.2/31"}, []string{"172.16.0.3/31"})
+	plain.Mechanism = &proxypb.Mechanism{Type: &proxypb.Mechanism_Vxlan{Vxlan: &proxypb.VXLAN{SrcIp: "10.0.0.1", DstIp: "10.0.0.2", Vni: 7}}}
+	if _, err := ga.Apply(ctx, proxy.ClientSide, plain); err == nil || !strings.Contains(err.Error(), "answered plain VXLAN for an Ethernet vWire across domains, which its service does not declare (plainVxlan)") {
+		t.Errorf("a plain VXLAN answer for an unmarked service: %v", err)
+	}
+	if fa.String() != "" {
+		t.Errorf("the downgrade programmed %q", fa)
+	}
+	plain.PlainVxlan = true
+	if _, err := ga.Apply(ctx, proxy.ClientSide, plain); err != nil {
+		t.Errorf("a plain VXLAN answer for a plainVxlan service: %v", err)
+	}
+	ga.Remove(ctx, proxy.ClientSide, plain)
+
 	// What the workload accepts goes in: a default route as its halves.
 	ga.Expect("c1", &proxypb.KernelInterface{Netns: "client-ns", InterfaceName: "nsm0", AcceptRoutes: []string{"0.0.0.0/0"}})
 	if _, err := ga.Apply(ctx, proxy.ClientSide, answer("IP", []string{"172.16.0.2/32"}, []string{"172.16.0.3/32", "0.0.0.0/0"})); err != nil {

@@ -129,6 +129,7 @@ func TestDecodeErrors(t *testing.T) {
 		"apiVersion: networkservicemesh.io/v1\nkind: NetworkServiceEndpoint\nmetadata: {name: e}\nspec: {networkServiceNames: [s@other.example]}\n":           `names another domain`,
 		head + "spec: {payload: IP, matches: [{sourceSelector: [a, b]}]}\n":                                                                                   "spec: line 4: cannot unmarshal !!seq into map[string]string",
 		"": "no objects",
+		head + "spec: {payload: IP, plainVxlan: true}\n": `plainVxlan is for ETHERNET services`,
 	} {
 		_, err := DecodeManifests(strings.NewReader(doc))
 		if err == nil || !errors.Is(err, ErrManifest) || !strings.Contains(err.Error(), want) {
@@ -149,6 +150,13 @@ func TestManifestRoundTrip(t *testing.T) {
 		t.Fatalf("%v\n%s", err, buf.String())
 	}
 	eps[0].Owner = "" // status, not spec
+	plain := &registrypb.NetworkService{Name: "l2", Payload: registrypb.Payload_ETHERNET, PlainVxlan: true}
+	buf.Reset()
+	EncodeManifests(&buf, []*registrypb.NetworkService{plain}, nil)
+	text := buf.String()
+	if again, err := DecodeManifests(&buf); err != nil || !proto.Equal(again.Services[0], plain) || !strings.Contains(text, "plainVxlan: true") {
+		t.Errorf("a plainVxlan service round trip: %v %v", again, err)
+	}
 	if !proto.Equal(objs.Services[0], reference()) || !proto.Equal(objs.Endpoints[0].GetEndpoint(), eps[0]) {
 		t.Errorf("round trip changed the objects: %v", objs)
 	}
