@@ -9,7 +9,7 @@ export VWIRE_TOOLS_BIN
 
 PROTOS := registry/registrypb/registry.proto proxy/proxypb/networkservice.proto federation/federationpb/federation.proto
 
-.PHONY: all build run demo test test-short e2e-kind bench generate verify fix tools clean image images
+.PHONY: all build run demo test test-short e2e-kind bench fuzz generate verify fix tools clean image images
 
 all: build
 
@@ -36,6 +36,16 @@ e2e-kind: tools
 
 test-short:
 	$(GO) test -short ./...
+
+# The fuzz targets, FUZZTIME each (make test runs their seeds): the public
+# edge's request handlers against a sandbox domain (FuzzPeerEdge), the
+# manifest decoder and service names. New inputs are minimized briefly:
+# each run of FuzzPeerEdge is a real gRPC call.
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzPeerEdge$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5x ./e2e/sandbox/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeManifests$$' -fuzztime $(FUZZTIME) ./registry/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseName$$' -fuzztime $(FUZZTIME) ./registry/
 
 # Benchmarks: one table (docs/benchmarks.md, raw output for benchstat in
 # docs/benchmarks.txt). BENCH=quick is a short smoke run.

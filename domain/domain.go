@@ -85,6 +85,9 @@ type Config struct {
 	// defined instead of through its registry API (a Kubernetes domain's
 	// NetworkService objects): the API refuses to change them.
 	ServicesElsewhere string
+	// RegistrationsFrom are the federated domains whose proxies may
+	// register endpoints here: a floating domain's peers.
+	RegistrationsFrom []string
 	// ConnectionLifetime is how long a connection lives unless refreshed.
 	ConnectionLifetime time.Duration
 	// Dataplane programs the vWires' ends, when a program that embeds a
@@ -153,6 +156,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.DNSTTL, "dns-ttl", c.DNSTTL, "TTL of the published DNS records (and of their etcd lease)")
 	fs.DurationVar(&c.DNSStaleMax, "dns-stale-max", c.DNSStaleMax, "while DNS fails, use a peer's last answer up to this long after its TTL (0: never)")
 	fs.StringVar(&c.DebugListen, "debug-listen", c.DebugListen, "serve Go's runtime profiles (/debug/pprof/) over plain HTTP here; keep it private (off by default)")
+	fs.StringSliceVar(&c.RegistrationsFrom, "registrations-from", c.RegistrationsFrom, "federated domains whose endpoints this domain takes, DOMAIN,... (a floating domain's peers); others' registrations are refused")
 	fs.IntVar(&c.PeerLimits.Concurrent, "peer-max-concurrent", c.PeerLimits.Concurrent, "the most calls one peer domain may have in flight here at once (a stream counts while it lasts); more are refused")
 	fs.Float64Var(&c.PeerLimits.Rate, "peer-rate", c.PeerLimits.Rate, "the calls a second one peer domain may make here on average; more are refused")
 	fs.IntVar(&c.PeerLimits.Burst, "peer-burst", c.PeerLimits.Burst, "the calls one peer domain may make at once above --peer-rate")
@@ -227,6 +231,11 @@ func (c *Config) Validate() error {
 	}
 	if err := node.CheckMaxPeers(c.MaxPeerGateways); err != nil {
 		return err
+	}
+	for _, d := range c.RegistrationsFrom {
+		if err := registry.ValidateDomain(d); err != nil {
+			return fmt.Errorf("--registrations-from %q: %v", d, err)
+		}
 	}
 	if c.DataplaneKind != "kernel" && c.DataplaneKind != "none" && c.DataplaneKind != "auto" {
 		return fmt.Errorf("--dataplane %q: want auto, kernel or none", c.DataplaneKind)
@@ -415,6 +424,7 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	d.pool = proxy.NewPool(resolver, d.Identity, cfg.Name, d.Peers)
 	d.pool.Timeout = cfg.PeerTimeout
 	var regOpts []registry.ServerOption
+	regOpts = append(regOpts, registry.RegistrationsFrom(cfg.RegistrationsFrom))
 	if cfg.ServicesElsewhere != "" {
 		regOpts = append(regOpts, registry.ServicesElsewhere(cfg.ServicesElsewhere))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -39,6 +40,14 @@ func ServicesElsewhere(where string) ServerOption {
 	return func(s *server) { s.servicesElsewhere = where }
 }
 
+// RegistrationsFrom has the server take endpoint registrations from the
+// proxies of these federated domains, as a floating domain does; from
+// other peers it refuses them (by default, from every peer: a peer's
+// endpoint would join this domain's services).
+func RegistrationsFrom(domains []string) ServerOption {
+	return func(s *server) { s.registrationsFrom = domains }
+}
+
 // server serves the registry API on a Store. Each call checks what its
 // caller may do: members of the domain's trust domain read and register
 // endpoints, its vwire components and admin also define services, and a
@@ -47,6 +56,8 @@ type server struct {
 	registrypb.UnimplementedRegistryServer
 	// servicesElsewhere, when set, says where services are defined instead.
 	servicesElsewhere string
+	// registrationsFrom are the peer domains whose endpoints it takes.
+	registrationsFrom []string
 	store             *Store
 	td                spiffeid.TrustDomain
 	lifetime          time.Duration
@@ -151,6 +162,9 @@ func (s *server) serviceWriter(ctx context.Context) (spiffeid.ID, error) {
 func (s *server) registrant(ctx context.Context) (owner spiffeid.ID, src string, name func(string) string, err error) {
 	if src = federation.SourceDomain(ctx); src != "" {
 		owner, _ = federation.PeerID(ctx)
+		if !slices.Contains(s.registrationsFrom, src) {
+			return owner, src, nil, errorf(ErrPermission, "domain %q may not register endpoints here: this domain takes registrations only from the peers it names (--registrations-from; now %v)", src, s.registrationsFrom)
+		}
 		return owner, src, func(n string) string { return n + "." + src }, nil
 	}
 	owner, err = s.caller(ctx)

@@ -357,7 +357,11 @@ func report(b *testing.B, lat []time.Duration) {
 // as svc@floating.example; a client in c asks for svc@floating.example and
 // is connected through the endpoint's own domain.
 func TestFloatingDomain(t *testing.T) {
-	s := New(t, "floating.example", "a.example", "b.example", "c.example")
+	s := NewWith(t, func(c *domain.Config) {
+		if c.Name == "floating.example" {
+			c.RegistrationsFrom = []string{"a.example", "b.example"}
+		}
+	}, "floating.example", "a.example", "b.example", "c.example")
 	fl, a, b, c := s.D("floating.example"), s.D("a.example"), s.D("b.example"), s.D("c.example")
 	fl.Apply(`
 apiVersion: networkservicemesh.io/v1

@@ -1,0 +1,155 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/federation/federationpb"
+	"github.com/vwire/vwire/proxy/proxypb"
+	"github.com/vwire/vwire/registry/registrypb"
+)
+
+// hostile is domain c acting against domain b as a federated peer's proxy
+// would, with c's real proxy SVID (or another it chooses).
+type hostile struct {
+	conn *grpc.ClientConn
+	ctx  context.Context
+}
+
+func dialAs(t *testing.T, from, to *Domain, speaksFor string, src federation.Source) *hostile {
+	t.Helper()
+	p, _ := from.Peers.Lookup(to.Name)
+	conn, err := federation.DialPeer(to.Addr().String(), src, speaksFor, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &hostile{conn: conn, ctx: context.Background()}
+}
+
+// refused checks an error's code and words.
+func refused(t *testing.T, what string, err error, code codes.Code, says string) {
+	t.Helper()
+	if status.Code(err) != code || !strings.Contains(err.Error(), says) {
+		t.Errorf("%s: %v\nwant %s saying %q", what, err, code, says)
+	}
+}
+
+// A hostile federated domain (c) against a real one (b), which a serves a
+// connection of: each attempt is refused with the exact reason, and what b
+// stores (services, endpoints, connections) is as before.
+func TestHostilePeer(t *testing.T) {
+	s := New(t, "a.example", "b.example", "c.example", "d.example")
+	a, b, c, d := s.D("a.example"), s.D("b.example"), s.D("c.example"), s.D("d.example")
+	b.Apply(reference)
+	victim, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", map[string]string{"app": "web"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := func() string {
+		ctx := context.Background()
+		reg := registrypb.NewRegistryClient(b.admin)
+		svcs, _ := reg.ListServices(ctx, &registrypb.ListServicesRequest{})
+		eps, _ := reg.ListEndpoints(ctx, &registrypb.ListEndpointsRequest{})
+		conns, _, _ := b.NetworkService.Conns.List(ctx)
+		var out []string
+		for _, s := range svcs.GetServices() {
+			out = append(out, "service "+s.GetName())
+		}
+		for _, e := range eps.GetEndpoints() {
+			out = append(out, "endpoint "+e.GetName())
+		}
+		for _, c := range conns {
+			out = append(out, "connection "+c.GetId()+" "+c.GetRequester())
+		}
+		return strings.Join(out, "\n")
+	}
+	before := stored()
+	ev := dialAs(t, c, b, "c.example", c.Identity)
+	reg, ns := registrypb.NewRegistryClient(ev.conn), proxypb.NewNetworkServiceClient(ev.conn)
+
+	t.Run("register under the victim's own names", func(t *testing.T) {
+		_, err := reg.RegisterEndpoint(ev.ctx, &registrypb.RegisterEndpointRequest{Endpoint: &registrypb.Endpoint{
+			Name: "firewall-1", NetworkServiceNames: []string{"secure-intranet-connectivity"}, Url: "tcp://127.0.0.1:1"}})
+		refused(t, "an endpoint of b's own service", err, codes.PermissionDenied, `domain "c.example" may not register endpoints here: this domain takes registrations only from the peers it names (--registrations-from`)
+		_, err = reg.RegisterEndpoint(ev.ctx, &registrypb.RegisterEndpointRequest{Endpoint: &registrypb.Endpoint{
+			Name: "x", NetworkServiceNames: []string{"svc@b.example"}, Url: "tcp://127.0.0.1:1"}})
+		refused(t, "b as a floating domain it does not offer", err, codes.PermissionDenied, `domain "c.example" may not register endpoints here`)
+	})
+	t.Run("refresh, close or watch another domain's connection", func(t *testing.T) {
+		_, err := ns.Request(ev.ctx, &proxypb.NetworkServiceRequest{Connection: &proxypb.Connection{
+			Id: victim.GetId(), NetworkService: "secure-intranet-connectivity"}})
+		refused(t, "refreshing a's connection", err, codes.PermissionDenied, "belongs to spiffe://a.example/vwire/proxy")
+		_, err = ns.Close(ev.ctx, &proxypb.Connection{Id: victim.GetId()})
+		refused(t, "closing a's connection", err, codes.PermissionDenied, "belongs to spiffe://a.example/vwire/proxy")
+		for range 50 { // guessing ids
+			id := make([]byte, 16)
+			rand.Read(id)
+			if _, err := ns.Close(ev.ctx, &proxypb.Connection{Id: hex.EncodeToString(id)}); status.Code(err) != codes.NotFound {
+				t.Fatalf("closing a guessed id: %v", err)
+			}
+		}
+		mon, err := ns.Monitor(ev.ctx, &proxypb.MonitorScope{ConnectionIds: []string{victim.GetId()}})
+		if err == nil {
+			_, err = mon.Recv()
+		}
+		refused(t, "monitoring a's connection", err, codes.PermissionDenied, `domain "c.example" may not call /vwire.networkservice.v1.NetworkService/Monitor`)
+	})
+	t.Run("speak for a third domain with its own SVID", func(t *testing.T) {
+		spoof := dialAs(t, c, b, "a.example", c.Identity)
+		stream, err := registrypb.NewRegistryClient(spoof.conn).Find(spoof.ctx, &registrypb.FindRequest{Service: "secure-intranet-connectivity"})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		refused(t, "c speaking for a", err, codes.PermissionDenied, `spiffe://c.example/vwire/proxy may not speak for domain "a.example"`)
+	})
+	t.Run("a workload SVID where a proxy SVID is required", func(t *testing.T) {
+		wl, err := c.Identity.CA.NewSource(spiffeid.RequireFromPath(c.TD, "/ns/attacker"), time.Hour, c.Identity.Trust, slog.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer wl.Close()
+		w := dialAs(t, c, b, "c.example", wl)
+		_, err = proxypb.NewNetworkServiceClient(w.conn).Request(w.ctx, &proxypb.NetworkServiceRequest{Connection: &proxypb.Connection{NetworkService: "secure-intranet-connectivity"}})
+		refused(t, "c's workload SVID", err, codes.Unavailable, "bad certificate") // b logs why: not a peer's proxy ID
+	})
+	t.Run("a DNS answer sends a's proxy to the attacker", func(t *testing.T) {
+		// b's SRV record now leads to c's proxy: a's mTLS expects b's
+		// proxy ID, and says which it was shown.
+		s.Zone.Remove("_vwire._tcp.b.example.", "SRV")
+		port := c.Addr().String()[strings.LastIndex(c.Addr().String(), ":")+1:]
+		s.Zone.Add(t, "_vwire._tcp.b.example. 30 IN SRV 10 100 "+port+" proxy.c.example.")
+		defer func() {
+			s.Zone.Remove("_vwire._tcp.b.example.", "SRV")
+			bport := b.Addr().String()[strings.LastIndex(b.Addr().String(), ":")+1:]
+			s.Zone.Add(t, "_vwire._tcp.b.example. 30 IN SRV 10 100 "+bport+" proxy.b.example.")
+		}()
+		// d has no connection to b yet: its first goes where DNS says.
+		_, err := d.Find("secure-intranet-connectivity@b.example", nil)
+		refused(t, "d's look-up through the forged SRV record", err, codes.Unavailable,
+			"expected spiffe://b.example/vwire/proxy, got spiffe://c.example/vwire/proxy")
+	})
+	t.Run("an SVID of a trust domain federated and then removed", func(t *testing.T) {
+		if _, err := federationpb.NewFederationClient(b.admin).RemovePeer(context.Background(), &federationpb.RemovePeerRequest{Domain: "c.example"}); err != nil {
+			t.Fatal(err)
+		}
+		again := dialAs(t, c, b, "c.example", c.Identity)
+		_, err := proxypb.NewNetworkServiceClient(again.conn).Request(again.ctx,
+			&proxypb.NetworkServiceRequest{Connection: &proxypb.Connection{NetworkService: "secure-intranet-connectivity"}})
+		refused(t, "c after b removed it", err, codes.Unavailable, "bad certificate")
+	})
+	if after := stored(); after != before {
+		t.Errorf("b's state changed:\nbefore\n%s\nafter\n%s", before, after)
+	}
+}
