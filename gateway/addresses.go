@@ -97,18 +97,14 @@ func farRoutes(whose string, ps []netip.Prefix, ethernet bool, accept []netip.Pr
 
 // ParseAccept parses the route prefixes a workload accepts.
 func ParseAccept(ss []string) ([]netip.Prefix, error) {
-	if len(ss) > MaxAddrs {
-		return nil, fmt.Errorf("accepted routes: %d, at most %d", len(ss), MaxAddrs)
+	ps, err := prefixes(ss)
+	if err != nil {
+		return nil, fmt.Errorf("accepted routes: %w (0.0.0.0/0 accepts a default route)", err)
 	}
-	var out []netip.Prefix
-	for _, s := range ss {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return nil, fmt.Errorf("accepted route %q: want a prefix such as 10.8.0.0/16 (0.0.0.0/0 for a default route)", s)
-		}
-		out = append(out, p.Masked())
+	for i := range ps {
+		ps[i] = ps[i].Masked()
 	}
-	return out, nil
+	return ps, nil
 }
 
 // hostAddr says why a cannot be a host's address on a vWire.
