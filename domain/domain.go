@@ -158,6 +158,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.DebugListen, "debug-listen", c.DebugListen, "serve Go's runtime profiles (/debug/pprof/) over plain HTTP here; keep it private (off by default)")
 	fs.StringSliceVar(&c.RegistrationsFrom, "registrations-from", c.RegistrationsFrom, "federated domains whose endpoints this domain takes, DOMAIN,... (a floating domain's peers); others' registrations are refused")
 	fs.IntVar(&c.PeerLimits.Concurrent, "peer-max-concurrent", c.PeerLimits.Concurrent, "the most calls one peer domain may have in flight here at once (a stream counts while it lasts); more are refused")
+	fs.IntVar(&c.PeerLimits.Connections, "peer-max-connections", c.PeerLimits.Connections, "the most live connections one peer domain may hold in this domain; a new one past it is refused")
 	fs.Float64Var(&c.PeerLimits.Rate, "peer-rate", c.PeerLimits.Rate, "the calls a second one peer domain may make here on average; more are refused")
 	fs.IntVar(&c.PeerLimits.Burst, "peer-burst", c.PeerLimits.Burst, "the calls one peer domain may make at once above --peer-rate")
 	fs.DurationVar(&c.PeerTimeout, "peer-timeout", c.PeerTimeout, "how long a peer domain's proxy has to answer a call before the request fails")
@@ -211,8 +212,8 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--debug-listen %q: %v (want host:port)", c.DebugListen, err)
 		}
 	}
-	if l := c.PeerLimits; l.Concurrent < 1 || l.Rate <= 0 || l.Burst < 1 {
-		return fmt.Errorf("--peer-max-concurrent %d, --peer-rate %g, --peer-burst %d: each must be positive", l.Concurrent, l.Rate, l.Burst)
+	if l := c.PeerLimits; l.Concurrent < 1 || l.Rate <= 0 || l.Burst < 1 || l.Connections < 1 {
+		return fmt.Errorf("--peer-max-concurrent %d, --peer-rate %g, --peer-burst %d, --peer-max-connections %d: each must be positive", l.Concurrent, l.Rate, l.Burst, l.Connections)
 	}
 	if c.PeerTimeout < 100*time.Millisecond {
 		return fmt.Errorf("--peer-timeout %v: at least 100ms", c.PeerTimeout)
@@ -451,7 +452,8 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 		dp = d.gateways
 	}
 	d.NetworkService = &proxy.Server{Own: cfg.Name, TD: td, Store: d.Store, Peers: d.Peers, Pool: d.pool,
-		Conns: proxy.NewConnections(d.Etcd.Client, cfg.Name), Dataplane: dp, Lifetime: cfg.ConnectionLifetime, Log: log, Observe: cfg.ObserveRequests}
+		Conns: proxy.NewConnections(d.Etcd.Client, cfg.Name), Dataplane: dp, Lifetime: cfg.ConnectionLifetime, Log: log, Observe: cfg.ObserveRequests,
+		PeerMaxConnections: cfg.PeerLimits.Connections}
 	proxypb.RegisterNetworkServiceServer(d.srv, d.NetworkService)
 	expireCtx, stopExpire := context.WithCancel(context.Background())
 	d.wg.Add(1)

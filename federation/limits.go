@@ -22,12 +22,15 @@ type PeerLimits struct {
 	Concurrent int     // calls in flight at once; 0: no limit
 	Rate       float64 // calls a second, on average; 0: no limit
 	Burst      int     // calls at once above Rate (at least 1)
+	// Connections bounds the live connections one peer domain may hold
+	// in this domain (enforced by the proxy); 0: no limit.
+	Connections int
 }
 
 // DefaultPeerLimits are the limits of a domain that is told none: well
 // above what a busy peer needs (a set-up is one call, a refresh one a
 // minute), well below what would starve other peers.
-var DefaultPeerLimits = PeerLimits{Concurrent: 128, Rate: 1000, Burst: 1000}
+var DefaultPeerLimits = PeerLimits{Concurrent: 128, Rate: 1000, Burst: 1000, Connections: 10_000}
 
 // MaxMessageSize bounds a message any vwire server receives (gRPC's own
 // default is 4 MiB): larger ones are refused, by their length prefix,

@@ -51,8 +51,16 @@ type Server struct {
 	// Kubernetes domain's events on pods).
 	Observe func(ctx context.Context, req *proxypb.NetworkServiceRequest, conn *proxypb.Connection, err error, refresh bool)
 
+	// PeerMaxConnections bounds the live connections one peer domain's
+	// proxy may hold here (0: no bound); Expire keeps the count.
+	PeerMaxConnections int
+
 	mu   sync.Mutex
 	next map[string]int // per service: where the next new connection starts looking
+	// held: each live connection's requester, and how many each holds
+	// (as Expire's watch last saw them).
+	requesterOf map[string]string
+	held        map[string]int
 }
 
 // Request implements proxypb.NetworkServiceServer.
@@ -93,6 +101,11 @@ func (s *Server) request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	*refresh = prev != nil
 	if prev != nil && !s.mayChange(ctx, prev) {
 		return nil, status.Errorf(codes.PermissionDenied, "connection %q belongs to %s", conn.Id, prev.GetRequester())
+	}
+	if src := federation.SourceDomain(ctx); src != "" && prev == nil && s.PeerMaxConnections > 0 {
+		if n := s.holding(caller.String()); n >= s.PeerMaxConnections {
+			return nil, status.Errorf(codes.ResourceExhausted, "domain %q holds %d connections in %q already, its most (--peer-max-connections): close one first", src, n, s.Own)
+		}
 	}
 	client, err := registry.ClientOf(ctx, s.TD)
 	if err != nil {
@@ -450,12 +463,15 @@ func (s *Server) Monitor(scope *proxypb.MonitorScope, stream grpc.ServerStreamin
 }
 
 // Expire removes the data-plane ends of connections whose lease lapsed,
-// until ctx ends: the clean-up of clients that stopped refreshing.
+// until ctx ends: the clean-up of clients that stopped refreshing. It also
+// counts the live connections of each requester, for PeerMaxConnections.
 func (s *Server) Expire(ctx context.Context) {
 	for ctx.Err() == nil {
-		_, rev, err := s.Conns.List(ctx)
+		conns, rev, err := s.Conns.List(ctx)
 		if err == nil {
+			s.countAll(conns)
 			err = s.Conns.Watch(ctx, rev, func(c *proxypb.Connection, deleted bool) {
+				s.count(c, deleted)
 				if deleted && s.Dataplane != nil {
 					_ = s.Dataplane.Remove(ctx, EndpointSide, c) // missing is fine
 					_ = s.Dataplane.Remove(ctx, ClientSide, c)   // missing is fine
@@ -470,6 +486,44 @@ func (s *Server) Expire(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// countAll counts the live connections of each requester anew.
+func (s *Server) countAll(conns []*proxypb.Connection) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.requesterOf, s.held = map[string]string{}, map[string]int{}
+	for _, c := range conns {
+		s.requesterOf[c.GetId()] = c.GetRequester()
+		s.held[c.GetRequester()]++
+	}
+}
+
+// count follows one change of a connection (deleted: only its id is
+// known).
+func (s *Server) count(c *proxypb.Connection, deleted bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.requesterOf == nil {
+		s.requesterOf, s.held = map[string]string{}, map[string]int{}
+	}
+	if was, ok := s.requesterOf[c.GetId()]; ok {
+		if s.held[was]--; s.held[was] <= 0 {
+			delete(s.held, was)
+		}
+		delete(s.requesterOf, c.GetId())
+	}
+	if !deleted {
+		s.requesterOf[c.GetId()] = c.GetRequester()
+		s.held[c.GetRequester()]++
+	}
+}
+
+// holding is how many live connections requester holds here.
+func (s *Server) holding(requester string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.held[requester]
 }
 
 // ClientLabels are a client's labels with those its domain adds for the

@@ -71,6 +71,58 @@ func TestPeerFloodIsBounded(t *testing.T) {
 	}
 }
 
+// A peer domain holds at most --peer-max-connections live connections
+// here: past it a new one is refused, and a closed one makes room.
+func TestPeerConnectionsBounded(t *testing.T) {
+	s := NewWith(t, func(c *domain.Config) {
+		if c.Name == "b.example" {
+			c.PeerLimits.Connections = 2
+		}
+	}, "a.example", "b.example")
+	a, b := s.D("a.example"), s.D("b.example")
+	b.Apply(reference)
+	var conns []*proxypb.Connection
+	request := func() (*proxypb.Connection, error) {
+		return a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", map[string]string{"app": "web"}, "")
+	}
+	for range 2 {
+		c, err := request()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	// b counts what its watch of the connections has seen: wait for it.
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var c *proxypb.Connection
+		if c, err = request(); err == nil {
+			a.Close(c) // not counted yet
+		}
+		if status.Code(err) == codes.ResourceExhausted || time.Now().After(deadline) {
+			break
+		}
+	}
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), `domain "a.example" holds 2 connections in "b.example" already, its most (--peer-max-connections)`) {
+		t.Fatalf("a third connection: %v", err)
+	}
+	// A refresh of a held connection is not a new one.
+	if _, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", map[string]string{"app": "web"}, conns[0].GetId()); err != nil {
+		t.Errorf("refreshing a held connection: %v", err)
+	}
+	if err := a.Close(conns[0]); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err = request(); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Errorf("after a close, a new connection: %v", err)
+	}
+}
+
 // A message larger than the bound is refused by its length, before it is
 // read: a 4 MB label map from a peer proxy stores nothing.
 func TestOversizedMessageRefused(t *testing.T) {
