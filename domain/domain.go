@@ -303,8 +303,13 @@ func ParsePeerSpec(s string) (PeerSpec, error) {
 			spec.Peer.EndpointId = v
 		case "trust-only":
 			spec.Peer.TrustOnly = true
+		case "addresses":
+			spec.Peer.Addresses = strings.Split(v, ",")
+			if _, err := federation.ParseRanges(spec.Peer.Addresses); err != nil {
+				return spec, err
+			}
 		default:
-			return spec, fmt.Errorf("unknown part %q (want bundle-endpoint=, bundle=, trust-domain=, endpoint-id= or trust-only)", kv)
+			return spec, fmt.Errorf("unknown part %q (want bundle-endpoint=, bundle=, trust-domain=, endpoint-id=, addresses= or trust-only)", kv)
 		}
 	}
 	if spec.BundleFile == "" {
@@ -453,7 +458,11 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	}
 	d.NetworkService = &proxy.Server{Own: cfg.Name, TD: td, Store: d.Store, Peers: d.Peers, Pool: d.pool,
 		Conns: proxy.NewConnections(d.Etcd.Client, cfg.Name), Dataplane: dp, Lifetime: cfg.ConnectionLifetime, Log: log, Observe: cfg.ObserveRequests,
-		PeerMaxConnections: cfg.PeerLimits.Connections}
+		PeerMaxConnections: cfg.PeerLimits.Connections,
+		PeerRanges: func(domain string) []netip.Prefix {
+			p, _ := d.Peers.Lookup(domain)
+			return p.Addresses
+		}}
 	proxypb.RegisterNetworkServiceServer(d.srv, d.NetworkService)
 	expireCtx, stopExpire := context.WithCancel(context.Background())
 	d.wg.Add(1)

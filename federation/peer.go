@@ -8,7 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,6 +34,40 @@ type Peer struct {
 	// TrustOnly keeps the peer's workloads out of services that have no
 	// policy of their own (the default policy admits federated workloads).
 	TrustOnly bool
+	// Addresses are the ranges the peer may assign across its vWires
+	// (empty: any).
+	Addresses []netip.Prefix
+}
+
+// Equal says whether two peers are configured alike.
+func (p Peer) Equal(q Peer) bool {
+	return p.Domain == q.Domain && p.TrustDomain == q.TrustDomain && p.BundleEndpointURL == q.BundleEndpointURL &&
+		p.EndpointID == q.EndpointID && p.TrustOnly == q.TrustOnly && slices.Equal(p.Addresses, q.Addresses)
+}
+
+// ParseRanges parses a peer's address ranges (CIDR, at most 64).
+func ParseRanges(ss []string) ([]netip.Prefix, error) {
+	if len(ss) > 64 {
+		return nil, fmt.Errorf("%d address ranges, at most 64", len(ss))
+	}
+	var out []netip.Prefix
+	for _, s := range ss {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil || p != p.Masked() {
+			return nil, fmt.Errorf("address range %q: want a prefix such as 172.16.0.0/12 (no host bits)", s)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// RangeStrings writes address ranges as ParseRanges reads them.
+func RangeStrings(ps []netip.Prefix) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
 }
 
 // PeerStatus is what a Follower knows of its peer's bundle.

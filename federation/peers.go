@@ -124,6 +124,7 @@ type peerRecord struct {
 	BundleEndpointURL string          `json:"bundle_endpoint_url,omitempty"`
 	EndpointID        string          `json:"endpoint_id,omitempty"`
 	TrustOnly         bool            `json:"trust_only,omitempty"`
+	Addresses         []string        `json:"addresses,omitempty"`
 	Bundle            json.RawMessage `json:"bundle"` // SPIFFE format
 }
 
@@ -238,7 +239,7 @@ func (p *Peers) applyStored(domain string, raw []byte) {
 		p.log.Error("ignoring a stored federation peer", "peer", domain, "err", err)
 		return
 	}
-	if had && cur == peer {
+	if had && cur.Equal(peer) {
 		// The same peer with a bundle another replica fetched.
 		if p.trust != nil {
 			if usable, err := ValidateBundle(bundle, peer.TrustDomain, time.Now()); err == nil {
@@ -260,6 +261,9 @@ func (r peerRecord) peer() (Peer, error) {
 		return Peer{}, err
 	}
 	peer := Peer{Domain: r.Domain, TrustDomain: td, BundleEndpointURL: r.BundleEndpointURL, TrustOnly: r.TrustOnly}
+	if peer.Addresses, err = ParseRanges(r.Addresses); err != nil {
+		return Peer{}, err
+	}
 	if r.EndpointID != "" {
 		if peer.EndpointID, err = spiffeid.FromString(r.EndpointID); err != nil {
 			return Peer{}, err
@@ -273,7 +277,8 @@ func record(peer Peer, b *spiffebundle.Bundle) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	rec := peerRecord{Domain: peer.Domain, TrustDomain: peer.TrustDomain.Name(), BundleEndpointURL: peer.BundleEndpointURL, TrustOnly: peer.TrustOnly, Bundle: raw}
+	rec := peerRecord{Domain: peer.Domain, TrustDomain: peer.TrustDomain.Name(), BundleEndpointURL: peer.BundleEndpointURL, TrustOnly: peer.TrustOnly,
+		Addresses: RangeStrings(peer.Addresses), Bundle: raw}
 	if !peer.EndpointID.IsZero() {
 		rec.EndpointID = peer.EndpointID.String()
 	}

@@ -93,6 +93,9 @@ func (s *Service) peerFromProto(p *federationpb.Peer) (Peer, error) {
 		return Peer{}, errors.New("a domain cannot federate with its own trust domain " + td.Name())
 	}
 	peer := Peer{Domain: p.GetDomain(), TrustDomain: td, BundleEndpointURL: p.GetBundleEndpointUrl(), TrustOnly: p.GetTrustOnly()}
+	if peer.Addresses, err = ParseRanges(p.GetAddresses()); err != nil {
+		return Peer{}, err
+	}
 	if p.GetEndpointId() != "" {
 		if peer.EndpointID, err = spiffeid.FromString(p.GetEndpointId()); err != nil {
 			return Peer{}, errors.New("endpoint ID " + p.GetEndpointId() + ": " + err.Error())
@@ -130,7 +133,7 @@ func (s *Service) Configure(ctx context.Context, p *federationpb.Peer, bundle []
 		if peer.EndpointID.IsZero() {
 			peer.EndpointID = ProxyID(peer.TrustDomain)
 		}
-		if have == peer {
+		if have.Equal(peer) {
 			return nil
 		}
 	}
@@ -183,7 +186,8 @@ func statusProto(st PeerStatus) *federationpb.PeerStatus {
 		return timestamppb.New(t)
 	}
 	p := &federationpb.PeerStatus{
-		Peer:        &federationpb.Peer{Domain: st.Domain, TrustDomain: st.TrustDomain.Name(), BundleEndpointUrl: st.BundleEndpointURL},
+		Peer: &federationpb.Peer{Domain: st.Domain, TrustDomain: st.TrustDomain.Name(), BundleEndpointUrl: st.BundleEndpointURL,
+			TrustOnly: st.TrustOnly, Addresses: RangeStrings(st.Addresses)},
 		LastFetched: ts(st.LastFetched), Expires: ts(st.Expires), Authorities: int32(st.Authorities),
 		LastError: st.LastError, NextFetch: ts(st.NextFetch), Source: st.Source,
 	}

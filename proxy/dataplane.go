@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/vwire/vwire/proxy/proxypb"
 )
 
@@ -35,10 +37,12 @@ const (
 // FakeDataplane programs nothing and remembers everything; it renders its
 // state as text for tests to compare.
 type FakeDataplane struct {
-	mu    sync.Mutex
-	ends  map[string]*proxypb.Connection // side/id
-	Fail  error                          // returned by Apply when set
-	calls int
+	mu   sync.Mutex
+	ends map[string]*proxypb.Connection // side/id
+	Fail error                          // returned by Apply when set
+	// Addresses, when set, is the IP context the endpoint's side answers.
+	Addresses *proxypb.IPContext
+	calls     int
 }
 
 // NewFakeDataplane returns an empty fake.
@@ -56,6 +60,9 @@ func (f *FakeDataplane) Apply(_ context.Context, side Side, conn *proxypb.Connec
 	}
 	if side == EndpointSide && conn.GetMtu() == 0 {
 		conn.Mtu = 1420
+	}
+	if side == EndpointSide && f.Addresses != nil {
+		conn.IpContext = proto.Clone(f.Addresses).(*proxypb.IPContext)
 	}
 	f.ends[string(side)+"/"+conn.GetId()] = conn
 	return conn, nil

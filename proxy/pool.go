@@ -77,7 +77,7 @@ func (p *Pool) Conn(ctx context.Context, domain string) (*grpc.ClientConn, error
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pc := p.conns[domain]
-	if pc != nil && (!federated || pc.peer != peer) {
+	if pc != nil && (!federated || !pc.peer.Equal(peer)) {
 		pc.conn.Close()
 		delete(p.conns, domain)
 		pc = nil

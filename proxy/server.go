@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -54,6 +55,9 @@ type Server struct {
 	// PeerMaxConnections bounds the live connections one peer domain's
 	// proxy may hold here (0: no bound); Expire keeps the count.
 	PeerMaxConnections int
+	// PeerRanges are the address ranges a peer domain may assign across
+	// its vWires (nil or empty: any).
+	PeerRanges func(domain string) []netip.Prefix
 
 	mu   sync.Mutex
 	next map[string]int // per service: where the next new connection starts looking
@@ -281,6 +285,10 @@ func (s *Server) forward(ctx context.Context, req *proxypb.NetworkServiceRequest
 		remote.NetworkServiceEndpointName += "@" + name.Domain
 	}
 	remote.Requester, remote.ClientId = conn.GetRequester(), conn.GetClientId()
+	if err := s.inRanges(name.Domain, remote.GetIpContext()); err != nil {
+		s.closeRemote(ctx, pc, remote.GetId(), name.Domain)
+		return nil, status.Error(codes.PermissionDenied, err.Error())
+	}
 	got, err := s.Dataplane.Apply(ctx, ClientSide, remote)
 	if err == nil {
 		err = s.Conns.Put(ctx, got, int64(s.lifetime()/time.Second))
@@ -486,6 +494,28 @@ func (s *Server) Expire(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// inRanges says why an answer of peer domain names an address outside the
+// ranges the peer may assign (its endpoint's, or its client's here).
+func (s *Server) inRanges(domain string, ipc *proxypb.IPContext) error {
+	if s.PeerRanges == nil {
+		return nil
+	}
+	ranges := s.PeerRanges(domain)
+	if len(ranges) == 0 {
+		return nil
+	}
+	for _, a := range append(slices.Clone(ipc.GetSrcIpAddrs()), ipc.GetDstIpAddrs()...) {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			return fmt.Errorf("domain %q answered address %q, which is not an address with its prefix length", domain, a)
+		}
+		if !slices.ContainsFunc(ranges, func(r netip.Prefix) bool { return r.Bits() <= p.Bits() && r.Contains(p.Addr()) }) {
+			return fmt.Errorf("domain %q answered address %s, outside the ranges it may assign (%v; vwire federation add --addresses): refused, nothing programmed", domain, p, ranges)
+		}
+	}
+	return nil
 }
 
 // countAll counts the live connections of each requester anew.

@@ -58,8 +58,9 @@ func newFederationAddCmd() *cobra.Command {
 	var cf clientFlags
 	var endpoint, bundleFile, td, endpointID string
 	var trustOnly bool
+	var addresses []string
 	cmd := &cobra.Command{
-		Use:   "add DOMAIN --bundle FILE [--bundle-endpoint URL] [--trust-domain TD] [--endpoint-id ID]",
+		Use:   "add DOMAIN --bundle FILE [--bundle-endpoint URL] [--trust-domain TD] [--endpoint-id ID] [--addresses PREFIX,...]",
 		Short: "Federate with a peer domain, starting from its bundle; afterwards its bundle is fetched and refreshed",
 		Example: `  # on b: vwire federation bundle > b.bundle; then on a:
   vwire federation add b.example --bundle-endpoint https://b.example:8443 --bundle b.bundle`,
@@ -68,13 +69,16 @@ func newFederationAddCmd() *cobra.Command {
 			if bundleFile == "" {
 				return usagef("--bundle FILE is required: the peer's bundle as `vwire federation bundle` prints it (DNS never establishes trust)")
 			}
+			if _, err := federation.ParseRanges(addresses); err != nil {
+				return usagef("--addresses: %v", err)
+			}
 			raw, err := os.ReadFile(bundleFile)
 			if err != nil {
 				return err
 			}
 			return runFederation(&cf, cmd, func(ctx context.Context, c federationpb.FederationClient) error {
 				st, err := c.AddPeer(ctx, &federationpb.AddPeerRequest{
-					Peer:   &federationpb.Peer{Domain: args[0], TrustDomain: td, BundleEndpointUrl: endpoint, EndpointId: endpointID, TrustOnly: trustOnly},
+					Peer:   &federationpb.Peer{Domain: args[0], TrustDomain: td, BundleEndpointUrl: endpoint, EndpointId: endpointID, TrustOnly: trustOnly, Addresses: addresses},
 					Bundle: raw,
 				})
 				if err != nil {
@@ -91,6 +95,7 @@ func newFederationAddCmd() *cobra.Command {
 	cmd.Flags().StringVar(&td, "trust-domain", "", "the peer's trust domain (default: DOMAIN)")
 	cmd.Flags().BoolVar(&trustOnly, "trust-only", false, "trust the peer but keep its workloads out of services without their own policy")
 	cmd.Flags().StringVar(&endpointID, "endpoint-id", "", "the SPIFFE ID the bundle endpoint presents (default: spiffe://TD/vwire/proxy)")
+	cmd.Flags().StringSliceVar(&addresses, "addresses", nil, "the address ranges the peer may assign across its vWires, PREFIX,... (its endpoints' and the ones they give this domain's clients); an answer with another is refused. Default: any")
 	peerFlags(cmd.Flags(), "bundle-endpoint", "trust-domain", "endpoint-id")
 	cf.add(cmd)
 	return cmd

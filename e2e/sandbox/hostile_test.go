@@ -153,3 +153,32 @@ func TestHostilePeer(t *testing.T) {
 		t.Errorf("b's state changed:\nbefore\n%s\nafter\n%s", before, after)
 	}
 }
+
+// A peer's answer with addresses outside the ranges it may assign (vwire
+// federation add --addresses) is refused before the client's side is
+// programmed, and the peer's side is closed again.
+func TestPeerAnswerOutsideRanges(t *testing.T) {
+	s := New(t, "a.example", "b.example")
+	a, b := s.D("a.example"), s.D("b.example")
+	b.Apply(reference)
+	b.Dataplane.Addresses = &proxypb.IPContext{SrcIpAddrs: []string{"10.1.2.3/32"}, DstIpAddrs: []string{"10.1.2.4/32"}}
+	bundle, err := federationpb.NewFederationClient(b.admin).GetBundle(context.Background(), &federationpb.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// a narrows what b may assign.
+	if _, err := federationpb.NewFederationClient(a.admin).AddPeer(context.Background(), &federationpb.AddPeerRequest{
+		Peer: &federationpb.Peer{Domain: "b.example", Addresses: []string{"172.16.0.0/12"}}, Bundle: bundle.GetSpiffe()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", map[string]string{"app": "web"}, "")
+	refused(t, "an answer outside a's ranges for b", err, codes.PermissionDenied,
+		`domain "b.example" answered address 10.1.2.3/32, outside the ranges it may assign ([172.16.0.0/12]; vwire federation add --addresses)`)
+	if a.Dataplane.String() != "" || b.Dataplane.String() != "" {
+		t.Errorf("programmed after the refusal: a %q, b %q", a.Dataplane, b.Dataplane)
+	}
+	b.Dataplane.Addresses = &proxypb.IPContext{SrcIpAddrs: []string{"172.16.0.2/32"}, DstIpAddrs: []string{"172.16.0.3/32"}}
+	if _, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", map[string]string{"app": "web"}, ""); err != nil {
+		t.Errorf("an answer inside the ranges: %v", err)
+	}
+}

@@ -40,7 +40,12 @@ type Peer struct {
 	EndpointId string `protobuf:"bytes,4,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
 	// Trust the peer's bundle and bind it to its trust domain, but do not let
 	// its workloads connect to services that have no policy of their own.
-	TrustOnly     bool `protobuf:"varint,5,opt,name=trust_only,json=trustOnly,proto3" json:"trust_only,omitempty"`
+	TrustOnly bool `protobuf:"varint,5,opt,name=trust_only,json=trustOnly,proto3" json:"trust_only,omitempty"`
+	// The address ranges (CIDR) the peer may assign across its vWires: its
+	// endpoints' addresses and the ones they give this domain's clients. An
+	// answer with another is refused before anything is programmed. Empty:
+	// any (the gateways' own checks still apply).
+	Addresses     []string `protobuf:"bytes,6,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -108,6 +113,13 @@ func (x *Peer) GetTrustOnly() bool {
 		return x.TrustOnly
 	}
 	return false
+}
+
+func (x *Peer) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
 }
 
 type PeerStatus struct {
@@ -605,7 +617,7 @@ var File_federation_federationpb_federation_proto protoreflect.FileDescriptor
 
 const file_federation_federationpb_federation_proto_rawDesc = "" +
 	"\n" +
-	"(federation/federationpb/federation.proto\x12\x13vwire.federation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n" +
+	"(federation/federationpb/federation.proto\x12\x13vwire.federation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcf\x01\n" +
 	"\x04Peer\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12.\n" +
@@ -613,7 +625,8 @@ const file_federation_federationpb_federation_proto_rawDesc = "" +
 	"\vendpoint_id\x18\x04 \x01(\tR\n" +
 	"endpointId\x12\x1d\n" +
 	"\n" +
-	"trust_only\x18\x05 \x01(\bR\ttrustOnly\"\xc4\x02\n" +
+	"trust_only\x18\x05 \x01(\bR\ttrustOnly\x12\x1c\n" +
+	"\taddresses\x18\x06 \x03(\tR\taddresses\"\xc4\x02\n" +
 	"\n" +
 	"PeerStatus\x12-\n" +
 	"\x04peer\x18\x01 \x01(\v2\x19.vwire.federation.v1.PeerR\x04peer\x12=\n" +
