@@ -208,6 +208,8 @@ func epNamespace(b *testing.B, w *world, c *connection) string {
 		return w.nsName("eb")
 	case "l2-1@b.example":
 		return w.nsName("el")
+	case "l2p-1@b.example":
+		return w.nsName("ep")
 	}
 	b.Fatalf("unexpected endpoint %q", c.Up.Connection.Endpoint)
 	return ""
