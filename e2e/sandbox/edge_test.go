@@ -25,7 +25,7 @@ import (
 func TestPeerFloodIsBounded(t *testing.T) {
 	s := NewWith(t, func(c *domain.Config) {
 		if c.Name == "b.example" {
-			c.PeerLimits = federation.PeerLimits{Concurrent: 4, Rate: 20, Burst: 20}
+			c.PeerLimits.Concurrent, c.PeerLimits.Rate, c.PeerLimits.Burst = 4, 20, 20
 		}
 	}, "a.example", "b.example", "c.example")
 	a, b, c := s.D("a.example"), s.D("b.example"), s.D("c.example")

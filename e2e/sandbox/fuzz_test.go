@@ -65,7 +65,7 @@ var edgeMethods = []string{
 // for longer.
 func FuzzPeerEdge(f *testing.F) {
 	s := NewWith(f, func(c *domain.Config) {
-		c.PeerLimits = federation.PeerLimits{Concurrent: 1000, Rate: 1e6, Burst: 1e6} // the fuzzer, not the limiter
+		c.PeerLimits.Concurrent, c.PeerLimits.Rate, c.PeerLimits.Burst = 1000, 1e6, 1e6 // the fuzzer, not the limiter
 	}, "a.example", "b.example", "c.example")
 	a, b, c := s.D("a.example"), s.D("b.example"), s.D("c.example")
 	b.Apply(reference)
