@@ -48,10 +48,30 @@ func RequireRoot(t testing.TB, tools ...string) {
 			missing = append(missing, tool)
 		}
 	}
+	need(t, missing, "network namespaces, TUN, and the tools it runs in them")
+}
+
+// RequireTools fails the test under CI=true, and skips it elsewhere, when
+// one of the programs it runs (from Debian's packages, which .ci/run
+// installs) is missing.
+func RequireTools(t testing.TB, tools ...string) {
+	t.Helper()
+	var missing []string
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	need(t, missing, "apt-get install them; .ci/run does")
+}
+
+// need fails (CI) or skips the test if anything is missing, saying why.
+func need(t testing.TB, missing []string, why string) {
+	t.Helper()
 	if len(missing) == 0 {
 		return
 	}
-	msg := "needs " + strings.Join(missing, ", ") + " (network namespaces, TUN, and the tools it runs in them)"
+	msg := "needs " + strings.Join(missing, ", ") + " (" + why + ")"
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg)
 	}

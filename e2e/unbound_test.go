@@ -12,21 +12,6 @@ import (
 	"github.com/vwire/vwire/proxy"
 )
 
-// needTool fails the test under CI=true, and skips it elsewhere, when a
-// Debian tool it runs is missing.
-func needTool(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			msg := fmt.Sprintf("needs %s (apt-get install unbound dnsutils; .ci/run installs them)", tool)
-			if os.Getenv("CI") == "true" {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
-		}
-	}
-}
-
 // dig runs dig with args and returns its output.
 func dig(t *testing.T, args ...string) string {
 	t.Helper()
@@ -43,7 +28,7 @@ func dig(t *testing.T, args ...string) string {
 // below it. The SRV records resolve through it, a missing name is NXDOMAIN
 // with the SOA for negative caching, and dig sees an authoritative server.
 func TestZoneBehindStrictResolver(t *testing.T) {
-	needTool(t, "unbound", "dig")
+	RequireTools(t, "unbound", "dig")
 	zone, err := proxy.ServeZone("127.0.0.1:0", "b.example", []proxy.Record{
 		{Service: proxy.ProxyService, Addr: "127.0.0.2:7000", Priority: 10, Weight: 100},
 		{Service: proxy.BundleService, Addr: "127.0.0.2:7443", Priority: 10, Weight: 100},
