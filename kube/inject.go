@@ -30,7 +30,30 @@ const (
 	// AnnotationEndpoint makes the pod an endpoint of a service of this
 	// domain: "svc?cidr=172.16.0.0/24", registered with the pod's labels.
 	AnnotationEndpoint = "vwire.io/endpoint"
+	// AnnotationAcceptRoutes is what the pod's vWires accept from the
+	// endpoint's side beyond its addresses: "PREFIX,..." (0.0.0.0/0: a
+	// default route), as vwire connect --accept-routes.
+	AnnotationAcceptRoutes = "vwire.io/accept-routes"
 )
+
+// ParseAcceptRoutes reads a pod's vwire.io/accept-routes: prefixes, at
+// most 16.
+func ParseAcceptRoutes(v string) ([]string, error) {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		if _, err := netip.ParsePrefix(s); err != nil {
+			return nil, fmt.Errorf("annotation %s: %q: want a prefix such as 10.8.0.0/16 (0.0.0.0/0 accepts a default route)", AnnotationAcceptRoutes, s)
+		}
+		out = append(out, s)
+	}
+	if len(out) > 16 {
+		return nil, fmt.Errorf("annotation %s: %d prefixes, at most 16", AnnotationAcceptRoutes, len(out))
+	}
+	return out, nil
+}
 
 // Request is one vWire a pod asks for.
 type Request struct {
@@ -223,6 +246,10 @@ func (in *Injector) Patch(raw []byte) ([]map[string]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	accept, err := ParseAcceptRoutes(p.Metadata.Annotations[AnnotationAcceptRoutes])
+	if err != nil {
+		return nil, err
+	}
 	var ep *EndpointSpec
 	if v, ok := p.Metadata.Annotations[AnnotationEndpoint]; ok {
 		spec, err := ParseEndpoint(v)
@@ -252,6 +279,9 @@ func (in *Injector) Patch(raw []byte) ([]map[string]any, error) {
 		args := []string{"connect", r.Service, "--interface", r.Interface, "--gateway", "unix:///run/vwire/gateway.sock", "--ready-file", "/run/vwire-ready/" + r.Interface}
 		if l := registry.FormatLabels(labels); l != "" {
 			args = append(args, "--labels", l)
+		}
+		if len(accept) > 0 {
+			args = append(args, "--accept-routes", strings.Join(accept, ","))
 		}
 		sidecars = append(sidecars, in.sidecar(sidecarPrefix+r.Interface, args, "/run/vwire-ready/"+r.Interface))
 	}

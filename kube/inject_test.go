@@ -149,6 +149,16 @@ func TestInjectorPatch(t *testing.T) {
 	if _, err := injector.Patch([]byte(`{"metadata":{"annotations":{"vwire.io/connect":"a"}},"spec":{"hostNetwork":true}}`)); err == nil || !strings.Contains(err.Error(), "host's network") {
 		t.Errorf("a host-network pod: %v", err)
 	}
+	// Routes the pod accepts reach each vWire's sidecar; a bad one is
+	// refused at admission.
+	cs, _ = patched(t, `{"metadata":{"name":"p","annotations":{"vwire.io/connect":"a","vwire.io/accept-routes":"0.0.0.0/0, 10.8.0.0/16"}},"spec":{"containers":[{"name":"c"}]}}`)
+	if args := strings.Join(cs[0]["args"].([]string), " "); !strings.HasSuffix(args, "--accept-routes 0.0.0.0/0,10.8.0.0/16") {
+		t.Errorf("sidecar args with accepted routes: %s", args)
+	}
+	if _, err := injector.Patch([]byte(`{"metadata":{"annotations":{"vwire.io/connect":"a","vwire.io/accept-routes":"everything"}},"spec":{}}`)); err == nil ||
+		!strings.Contains(err.Error(), `annotation vwire.io/accept-routes: "everything": want a prefix`) {
+		t.Errorf("a bad accepted route: %v", err)
+	}
 }
 
 // The webhook answers AdmissionReviews: a patch, or a refusal that says
