@@ -30,7 +30,7 @@ type PeerLimits struct {
 // DefaultPeerLimits are the limits of a domain that is told none: well
 // above what a busy peer needs (a set-up is one call, a refresh one a
 // minute), well below what would starve other peers.
-var DefaultPeerLimits = PeerLimits{Concurrent: 128, Rate: 1000, Burst: 1000, Connections: 10_000}
+var DefaultPeerLimits = PeerLimits{Concurrent: 128, Rate: 5000, Burst: 5000, Connections: 10_000}
 
 // MaxMessageSize bounds a message any vwire server receives (gRPC's own
 // default is 4 MiB): larger ones are refused, by their length prefix,
