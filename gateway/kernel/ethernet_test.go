@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/dataplane"
@@ -42,6 +43,16 @@ func TestEthernetInsideWireGuard(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The first packets wait for ARP across the tunnel and its first
+	// handshake: poll until the link answers, then measure.
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if exec.Command("ip", "netns", "exec", wA, "ping", "-c", "1", "-W", "1", "172.30.5.3").Run() == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no ping over the Ethernet vWire within 20 s")
+		}
+	}
 	mark := hex.EncodeToString([]byte("vwire-in-clear!"))
 	stop := e2e.Capture(t, p.gA, "vwt-ua")
 	out, err := exec.Command("ip", "netns", "exec", wA, "ping", "-c", "3", "-w", "6", "-p", mark, "172.30.5.3").CombinedOutput()
