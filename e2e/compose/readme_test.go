@@ -65,9 +65,12 @@ func TestComposeREADME(t *testing.T) {
 		}
 	})
 
+	// grep reads the whole log (not -q): under pipefail, docker logs
+	// killed by SIGPIPE when grep -q stops early fails a pipeline that
+	// matched.
 	wait := func(project, want string) string {
-		return fmt.Sprintf(`for i in $(seq 600); do docker logs $(docker ps -q --filter name=%s) 2>&1 | grep -q %q && break; sleep 0.2; done
-docker logs $(docker ps -q --filter name=%s) 2>&1 | grep -q %q || { echo "%s never printed %s:"; docker logs $(docker ps -aq --filter name=%[1]s) 2>&1 | tail -20; exit 1; }
+		return fmt.Sprintf(`for i in $(seq 600); do docker logs $(docker ps -q --filter name=%s) 2>&1 | grep -c %q >/dev/null && break; sleep 0.2; done
+docker logs $(docker ps -q --filter name=%s) 2>&1 | grep -c %q >/dev/null || { echo "%s never printed %s:"; docker logs $(docker ps -aq --filter name=%[1]s) 2>&1 | tail -20; exit 1; }
 `, project, want, project, want, project, want)
 	}
 	script := blocks[0] + "\n" + wait(net+"[-_]a[-_]domain", "ready in") + wait(net+"[-_]b[-_]domain", "ready in") +
