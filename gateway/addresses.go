@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/vwire/vwire/gateway/dataplane"
+	"github.com/vwire/vwire/internal/netprefix"
 )
 
 // MaxAddrs bounds the addresses (or route prefixes) one side of a vWire
-// may name for itself or for the other side.
+// may name for itself or for the other side (prefixes refuses more).
 const MaxAddrs = 16
 
 // The addresses and prefixes in a vWire's IP context come from the other
@@ -25,9 +25,6 @@ const MaxAddrs = 16
 // wider than /16 (IPv4) or /64 (IPv6) that is neither its network nor its
 // broadcast address.
 func ownAddrs(whose string, ps []netip.Prefix, ethernet bool) error {
-	if len(ps) > MaxAddrs {
-		return fmt.Errorf("%s addresses: %d, at most %d", whose, len(ps), MaxAddrs)
-	}
 	for _, p := range ps {
 		if err := hostAddr(p.Addr()); err != nil {
 			return fmt.Errorf("%s address %s: %w", whose, p, err)
@@ -60,9 +57,6 @@ func ownAddrs(whose string, ps []netip.Prefix, ethernet bool) error {
 // its two halves, so that the workload's own default route stays and is
 // there again when the vWire goes.
 func farRoutes(whose string, ps []netip.Prefix, ethernet bool, accept []netip.Prefix) ([]netip.Prefix, error) {
-	if len(ps) > MaxAddrs {
-		return nil, fmt.Errorf("%s addresses: %d, at most %d", whose, len(ps), MaxAddrs)
-	}
 	if ethernet { // the other side's addresses on the link: no routes
 		return ps, ownAddrs(whose, ps, true)
 	}
@@ -76,21 +70,21 @@ func farRoutes(whose string, ps []netip.Prefix, ethernet bool, accept []netip.Pr
 			continue
 		}
 		m := p.Masked()
-		if !dataplane.Within(m, accept) {
+		switch {
+		case !netprefix.Within(m, accept):
 			what := "route " + m.String()
 			if m.Bits() == 0 {
 				what = "default route " + m.String()
 			}
 			return nil, fmt.Errorf("%s %s: not accepted by the workload (it takes routes only inside the prefixes it names: vwire connect --accept-routes %s)", whose, what, m)
-		}
-		if err := hostAddr(m.Addr()); err != nil && m.Bits() > 0 {
-			return nil, fmt.Errorf("%s route %s: %w", whose, m, err)
-		}
-		if m.Bits() == 0 {
+		case m.Bits() == 0:
 			out = append(out, halves(m)...)
-			continue
+		default:
+			if err := hostAddr(m.Addr()); err != nil { // a route to loopback, multicast, link-local
+				return nil, fmt.Errorf("%s route %s: %w", whose, m, err)
+			}
+			out = append(out, m)
 		}
-		out = append(out, m)
 	}
 	return out, nil
 }
@@ -144,6 +138,24 @@ func halves(p netip.Prefix) []netip.Prefix {
 	lower := netip.PrefixFrom(p.Addr(), 1)
 	return []netip.Prefix{lower, netip.PrefixFrom(lastOf(p), 1).Masked()}
 }
+
+// tunnelAddr parses a peer gateway's tunnel address as the other side
+// named it: where this gateway will send WireGuard or VXLAN packets, so
+// never a loopback, multicast, link-local, broadcast or unspecified
+// address (a peer must not aim the gateway at the host's own services).
+func tunnelAddr(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return a, fmt.Errorf("%q is not an IP address", s)
+	}
+	if err := hostAddr(a); err != nil {
+		return a, fmt.Errorf("%s: %w", a, err)
+	}
+	return a, nil
+}
+
+// validVNI says whether v is a VXLAN network identifier: 24 bits, not 0.
+func validVNI(v uint32) bool { return v > 0 && v < 1<<24 }
 
 // ula is IPv6's unique local range (RFC 4193), where inner addresses are.
 var ula = netip.MustParsePrefix("fc00::/7")

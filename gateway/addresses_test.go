@@ -66,6 +66,30 @@ func TestHostileAnswers(t *testing.T) {
 		}
 	}
 
+	// The tunnel a peer names: never aimed at the host's own services,
+	// ports and VNIs in their ranges.
+	for _, tc := range []struct {
+		name string
+		m    *proxypb.Mechanism
+		want string
+	}{
+		{"a loopback tunnel address", &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{DstIp: "127.0.0.1", DstPort: 53, DstPublicKey: peerKey}}}, "a loopback address"},
+		{"a port past 65535", &proxypb.Mechanism{Type: &proxypb.Mechanism_Wireguard{Wireguard: &proxypb.WireGuard{DstIp: "10.0.0.2", DstPort: 65536 + 53, DstPublicKey: peerKey}}}, "bad WireGuard mechanism"},
+		{"a VNI past 24 bits", &proxypb.Mechanism{Type: &proxypb.Mechanism_Vxlan{Vxlan: &proxypb.VXLAN{DstIp: "10.0.0.2", Vni: 1 << 24}}}, "bad VXLAN mechanism"},
+		{"a multicast VXLAN remote", &proxypb.Mechanism{Type: &proxypb.Mechanism_Vxlan{Vxlan: &proxypb.VXLAN{DstIp: "239.1.1.1", Vni: 7}}}, "a multicast address"},
+	} {
+		ga.Expect("c1", &proxypb.KernelInterface{Netns: "client-ns", InterfaceName: "nsm0"})
+		a := answer("IP", []string{"172.16.0.2/32"}, ok)
+		a.Mechanism = tc.m
+		a.PlainVxlan = true
+		if _, err := ga.Apply(ctx, proxy.ClientSide, a); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+		if fa.String() != "" {
+			t.Errorf("%s: programmed %q", tc.name, fa)
+		}
+	}
+
 	// A peer cannot downgrade an Ethernet vWire to plain VXLAN unless the
 	// service says so.
 	ga.Expect("c1", &proxypb.KernelInterface{Netns: "client-ns", InterfaceName: "nsm0"})

@@ -289,6 +289,9 @@ func (g *Gateway) ApplyEndpoint(ctx context.Context, conn *proxypb.Connection, u
 	if !src.IsValid() {
 		return nil, errors.New("the request carries no client gateway address (mechanism src_ip)")
 	}
+	if err := hostAddr(src); err != nil {
+		return nil, fmt.Errorf("the client gateway's address %s (mechanism src_ip): %w", src, err)
+	}
 	name := conn.GetNetworkServiceEndpointName()
 	if url == "" {
 		ep, err := g.Endpoint(ctx, name)
@@ -525,9 +528,9 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 		end.MTU = g.OuterMTU
 	case m.GetWireguard() != nil:
 		w := m.GetWireguard()
-		dst, err := netip.ParseAddr(w.GetDstIp())
-		if err != nil || len(w.GetDstPublicKey()) != 32 || w.GetDstPort() == 0 {
-			return nil, fmt.Errorf("the endpoint's side answered an incomplete WireGuard mechanism (%v)", w)
+		dst, err := tunnelAddr(w.GetDstIp())
+		if err != nil || len(w.GetDstPublicKey()) != 32 || w.GetDstPort() == 0 || w.GetDstPort() > 65535 {
+			return nil, fmt.Errorf("the endpoint's side answered an incomplete or bad WireGuard mechanism (%v; address: %v)", w, err)
 		}
 		end.WireGuard = &dataplane.WireGuard{Peer: base64.StdEncoding.EncodeToString(w.GetDstPublicKey()),
 			Endpoint: netip.AddrPortFrom(dst, uint16(w.GetDstPort())), Remote: far, Port: g.portOf(id)}
@@ -535,7 +538,7 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 		if ethernet {
 			// VXLAN between the gateways' inner addresses, inside the tunnel.
 			inner, ierr := innerAddr(w.GetDstInnerIp())
-			if ierr != nil || w.GetVni() == 0 || !g.Inner.IsValid() {
+			if ierr != nil || !validVNI(w.GetVni()) || !g.Inner.IsValid() {
 				return nil, fmt.Errorf("the endpoint's side answered an incomplete WireGuard mechanism for an Ethernet vWire (inner address %q: %v, VNI %d)", w.GetDstInnerIp(), ierr, w.GetVni())
 			}
 			end.VXLAN = &dataplane.VXLAN{VNI: w.GetVni(), Local: g.Inner, Remote: inner}
@@ -550,9 +553,9 @@ func (g *Gateway) applyClient(ctx context.Context, conn *proxypb.Connection) (*p
 		return nil, errors.New("the endpoint's side answered plain VXLAN for an Ethernet vWire across domains, which its service does not declare (plainVxlan): refused, as it would cross unencrypted")
 	case m.GetVxlan() != nil:
 		v := m.GetVxlan()
-		dst, err := netip.ParseAddr(v.GetDstIp())
-		if err != nil || v.GetVni() == 0 {
-			return nil, fmt.Errorf("the endpoint's side answered an incomplete VXLAN mechanism (%v)", v)
+		dst, err := tunnelAddr(v.GetDstIp())
+		if err != nil || !validVNI(v.GetVni()) {
+			return nil, fmt.Errorf("the endpoint's side answered an incomplete or bad VXLAN mechanism (%v; address: %v)", v, err)
 		}
 		end.VXLAN = &dataplane.VXLAN{VNI: v.GetVni(), Local: g.Addr, Remote: dst}
 		if conn.GetPayload() != "ETHERNET" {

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/internal/netprefix"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -511,7 +512,7 @@ func (s *Server) inRanges(domain string, ipc *proxypb.IPContext) error {
 		if err != nil {
 			return fmt.Errorf("domain %q answered address %q, which is not an address with its prefix length", domain, a)
 		}
-		if !slices.ContainsFunc(ranges, func(r netip.Prefix) bool { return r.Bits() <= p.Bits() && r.Contains(p.Addr()) }) {
+		if !netprefix.Within(p, ranges) {
 			return fmt.Errorf("domain %q answered address %s, outside the ranges it may assign (%v; vwire federation add --addresses): refused, nothing programmed", domain, p, ranges)
 		}
 	}

@@ -90,16 +90,6 @@ type Tunneler interface {
 	PeerEndpoint(id string) netip.AddrPort
 }
 
-// Within says whether one of prefixes contains p (all of it).
-func Within(p netip.Prefix, prefixes []netip.Prefix) bool {
-	for _, q := range prefixes {
-		if q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
-			return true
-		}
-	}
-	return false
-}
-
 // VXLAN is a point-to-point VXLAN tunnel between two gateways, one VNI per
 // vWire (chosen by the receiving side).
 type VXLAN struct {

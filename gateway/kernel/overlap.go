@@ -10,6 +10,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/vwire/vwire/gateway/dataplane"
+	"github.com/vwire/vwire/internal/netprefix"
 )
 
 // held is an address or route a namespace has, as a prefix, and what it
@@ -102,7 +103,7 @@ func clash(what string, p netip.Prefix, held []held, accept []netip.Prefix, wher
 		case !p.Overlaps(h.p):
 		case p == h.p:
 			return fmt.Errorf("the vWire's %s is already held %s by %s: refused, so that it stays as it is", what, where, h.what)
-		case !dataplane.Within(p, accept):
+		case !netprefix.Within(p, accept):
 			return fmt.Errorf("the vWire's %s overlaps %s %s: refused (a workload accepts overlapping routes only inside the prefixes it names: vwire connect --accept-routes)", what, h.what, where)
 		}
 	}
