@@ -363,7 +363,7 @@ func (g *Gateway) ApplyEndpoint(ctx context.Context, conn *proxypb.Connection, u
 	case local:
 		// Both ends on this gateway: it routes between them, no tunnel.
 		end.MTU, end.Routed = g.OuterMTU, far
-	case conn.GetPayload() == "ETHERNET" && !intraDomain(conn) && !conn.GetPlainVxlan():
+	case ethernet && !intraDomain(conn) && !conn.GetPlainVxlan():
 		// Ethernet across domains: VXLAN between the gateways' inner
 		// addresses, inside their WireGuard tunnel.
 		w := conn.GetMechanism().GetWireguard()

@@ -590,23 +590,11 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 		}
 		return nil
 	}
-	device := e.WireGuard.Device
-	if e.WireGuard.Peer != "" {
-		if b.tunnels == nil {
-			return fmt.Errorf("end %q names a peer gateway, but this backend keeps no tunnels", e.ID)
-		}
-		key, err := wgtypes.ParseKey(e.WireGuard.Peer)
-		if err != nil {
-			return fmt.Errorf("end %q: peer gateway key %q: %w", e.ID, e.WireGuard.Peer, err)
-		}
-		if device, _, err = b.tunnels.Use(e.ID, key, e.WireGuard.Endpoint, e.WireGuard.Learnt, e.WireGuard.Remote, e.WireGuard.Port); err != nil {
-			return fmt.Errorf("end %q: tunnel to %s: %w", e.ID, e.WireGuard.Endpoint, err)
-		}
-	}
-	wg, err := b.host.LinkByName(device)
+	wg, err := b.tunnelDevice(e)
 	if err != nil {
-		return fmt.Errorf("end %q: WireGuard device %q: %w", e.ID, device, err)
+		return err
 	}
+	device := wg.Attrs().Name
 	rules, err := b.host.RuleList(netlink.FAMILY_ALL)
 	if err != nil {
 		return fmt.Errorf("listing the policy rules: %w", err)
@@ -652,6 +640,30 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 	return b.routeBack(host, e)
 }
 
+// tunnelDevice is the WireGuard device end e goes through: the one the
+// backend keeps for its peer gateway's key (made or updated with e's far
+// addresses), or the device e names.
+func (b *Backend) tunnelDevice(e dataplane.End) (netlink.Link, error) {
+	w, device := e.WireGuard, e.WireGuard.Device
+	if w.Peer != "" {
+		if b.tunnels == nil {
+			return nil, fmt.Errorf("end %q names a peer gateway, but this backend keeps no tunnels", e.ID)
+		}
+		key, err := wgtypes.ParseKey(w.Peer)
+		if err != nil {
+			return nil, fmt.Errorf("end %q: peer gateway key %q: %w", e.ID, w.Peer, err)
+		}
+		if device, _, err = b.tunnels.Use(e.ID, key, w.Endpoint, w.Learnt, w.Remote, w.Port); err != nil {
+			return nil, fmt.Errorf("end %q: tunnel to %s: %w", e.ID, w.Endpoint, err)
+		}
+	}
+	wg, err := b.host.LinkByName(device)
+	if err != nil {
+		return nil, fmt.Errorf("end %q: WireGuard device %q: %w", e.ID, device, err)
+	}
+	return wg, nil
+}
+
 // setInner carries a VXLAN end inside the WireGuard tunnel to its peer
 // gateway: the tunnel's device, with the peer's inner address among its
 // allowed IPs and routed into it, and this gateway's own inner address on
@@ -659,21 +671,14 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 // are shared by the peer's ends; the device goes with the last.
 func (b *Backend) setInner(e dataplane.End) error {
 	w := e.WireGuard
-	if b.tunnels == nil || w.Peer == "" {
-		return fmt.Errorf("end %q: an Ethernet end inside WireGuard needs the backend's tunnels and the peer gateway's key", e.ID)
+	if w.Peer == "" {
+		return fmt.Errorf("end %q: an Ethernet end inside WireGuard needs the peer gateway's key", e.ID)
 	}
-	key, err := wgtypes.ParseKey(w.Peer)
+	wg, err := b.tunnelDevice(e)
 	if err != nil {
-		return fmt.Errorf("end %q: peer gateway key %q: %w", e.ID, w.Peer, err)
+		return err
 	}
-	device, _, err := b.tunnels.Use(e.ID, key, w.Endpoint, w.Learnt, w.Remote, w.Port)
-	if err != nil {
-		return fmt.Errorf("end %q: tunnel to %s: %w", e.ID, w.Endpoint, err)
-	}
-	wg, err := b.host.LinkByName(device)
-	if err != nil {
-		return fmt.Errorf("end %q: WireGuard device %q: %w", e.ID, device, err)
-	}
+	device := wg.Attrs().Name
 	local := netip.PrefixFrom(e.VXLAN.Local, e.VXLAN.Local.BitLen())
 	if err := b.host.AddrReplace(wg, address(local)); err != nil {
 		return fmt.Errorf("the gateway's inner address %s on %s: %w (Ethernet vWires across domains need IPv6 in the gateway's namespace: net.ipv6.conf.all.disable_ipv6=0)", local, device, err)
