@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -26,6 +27,10 @@ type Reconciler struct {
 	log     *slog.Logger
 	// Resync is how often the backend is checked without a change.
 	Resync time.Duration
+
+	// One end's backend calls at a time, Set's, Delete's and a pass's, each
+	// checking what is desired once it holds its end's lock (striped by id).
+	ends [64]sync.Mutex
 
 	mu      sync.Mutex
 	desired map[string]dataplane.End
@@ -57,6 +62,8 @@ func NewReconciler(backend dataplane.Backend, file string, log *slog.Logger) (*R
 // Set makes e desired and reconciles at once; it returns the backend's
 // error for e (the reconciler keeps retrying in the background).
 func (r *Reconciler) Set(ctx context.Context, e dataplane.End) error {
+	unlock := r.lockEnd(e.ID)
+	defer unlock()
 	r.mu.Lock()
 	var err error
 	if old, ok := r.desired[e.ID]; !ok || old.String() != e.String() { // a refresh writes nothing
@@ -111,6 +118,8 @@ func (r *Reconciler) Get(id string) (dataplane.End, bool) {
 
 // Delete makes end id undesired and removes it.
 func (r *Reconciler) Delete(ctx context.Context, id string) error {
+	unlock := r.lockEnd(id)
+	defer unlock()
 	r.mu.Lock()
 	delete(r.desired, id)
 	err := r.saveLocked()
@@ -203,11 +212,16 @@ func (r *Reconciler) Reconcile(ctx context.Context) (failed int) {
 	for _, e := range actual {
 		have[e.ID] = e
 	}
-	for _, want := range r.Desired() {
-		if got, ok := have[want.ID]; ok && equal(got, want) {
+	for _, snap := range r.Desired() {
+		unlock := r.lockEnd(snap.ID)
+		want, ok := r.Get(snap.ID) // as it is now, not as the pass began
+		if !ok || (have[want.ID].ID != "" && equal(have[want.ID], want)) {
+			unlock()
 			continue
 		}
-		if err := r.backend.Apply(ctx, want); err != nil {
+		err := r.backend.Apply(ctx, want)
+		unlock()
+		if err != nil {
 			r.log.Warn("programming a vWire end failed; retrying", "id", want.ID, "err", err)
 			r.fail(want.ID, err)
 			failed++
@@ -216,16 +230,15 @@ func (r *Reconciler) Reconcile(ctx context.Context) (failed int) {
 		r.fail(want.ID, nil)
 		r.log.Info("vWire end programmed", "id", want.ID)
 	}
-	r.mu.Lock()
-	leftovers := []string{}
 	for id := range have {
-		if _, ok := r.desired[id]; !ok {
-			leftovers = append(leftovers, id)
+		unlock := r.lockEnd(id)
+		if _, ok := r.Get(id); ok {
+			unlock()
+			continue
 		}
-	}
-	r.mu.Unlock()
-	for _, id := range leftovers {
-		if err := r.backend.Remove(ctx, id); err != nil {
+		err := r.backend.Remove(ctx, id)
+		unlock()
+		if err != nil {
 			r.log.Warn("removing a leftover vWire end failed; retrying", "id", id, "err", err)
 			failed++
 			continue
@@ -233,6 +246,15 @@ func (r *Reconciler) Reconcile(ctx context.Context) (failed int) {
 		r.log.Info("leftover vWire end removed", "id", id)
 	}
 	return failed
+}
+
+// lockEnd takes end id's lock and returns its release.
+func (r *Reconciler) lockEnd(id string) func() {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	m := &r.ends[h.Sum32()%uint32(len(r.ends))]
+	m.Lock()
+	return m.Unlock
 }
 
 // equal compares what a backend reports with what is desired.

@@ -91,3 +91,50 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 	t.Fatalf("not within 10s: %s", what)
 }
+
+// gated blocks the apply of one end until released.
+type gated struct {
+	*dataplane.Fake
+	id      string
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (g *gated) Apply(ctx context.Context, e dataplane.End) error {
+	if e.ID == g.id {
+		g.entered <- struct{}{}
+		<-g.release
+	}
+	return g.Fake.Apply(ctx, e)
+}
+
+// A pass works from the desired state of the moment it reaches each end:
+// an end deleted, or changed, while the pass was busy with another is not
+// put back as it was (it used to come back until the next pass, 30 s).
+func TestReconcileDoesNotResurrect(t *testing.T) {
+	g := &gated{Fake: dataplane.NewFake(), id: "a", entered: make(chan struct{}), release: make(chan struct{})}
+	r, err := NewReconciler(g, filepath.Join(t.TempDir(), "desired.json"), slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, e := range []dataplane.End{end("a", "172.31.0.1/32"), end("b", "172.31.0.2/32"), end("c", "172.31.0.3/32")} {
+		if err := r.Remember(e); err != nil { // desired, not yet applied
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	go func() { r.Reconcile(ctx); close(done) }()
+	<-g.entered // the pass is applying a; b and c come after it
+	if err := r.Delete(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Set(ctx, end("c", "172.31.0.9/32")); err != nil {
+		t.Fatal(err)
+	}
+	close(g.release)
+	<-done
+	if got, want := g.String(), end("a", "172.31.0.1/32").String()+"\n"+end("c", "172.31.0.9/32").String(); got != want {
+		t.Errorf("after the pass:\n%s\nwant\n%s", got, want)
+	}
+}
