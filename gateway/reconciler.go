@@ -23,7 +23,6 @@ import (
 // kept in a file, so that a restarted gateway reprograms exactly it.
 type Reconciler struct {
 	backend dataplane.Backend
-	file    string
 	log     *slog.Logger
 	// Resync is how often the backend is checked without a change.
 	Resync time.Duration
@@ -34,14 +33,21 @@ type Reconciler struct {
 
 	mu      sync.Mutex
 	desired map[string]dataplane.End
-	errs    map[string]error // the last failure of each end, until it succeeds
+	file    *atomicfile.Batch // desired, written for changes of a moment at once
+	errs    map[string]error  // the last failure of each end, until it succeeds
 	kick    chan struct{}
 }
 
 // NewReconciler loads the desired state from file (if it exists).
 func NewReconciler(backend dataplane.Backend, file string, log *slog.Logger) (*Reconciler, error) {
-	r := &Reconciler{backend: backend, file: file, log: log, Resync: 30 * time.Second,
+	r := &Reconciler{backend: backend, log: log, Resync: 30 * time.Second,
 		desired: map[string]dataplane.End{}, errs: map[string]error{}, kick: make(chan struct{}, 1)}
+	r.file = atomicfile.NewBatch(file, 0o600, func() ([]byte, error) {
+		if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+			return nil, err
+		}
+		return json.Marshal(r.Desired())
+	})
 	b, err := os.ReadFile(file)
 	if errors.Is(err, os.ErrNotExist) {
 		return r, nil
@@ -64,14 +70,7 @@ func NewReconciler(backend dataplane.Backend, file string, log *slog.Logger) (*R
 func (r *Reconciler) Set(ctx context.Context, e dataplane.End) error {
 	unlock := r.lockEnd(e.ID)
 	defer unlock()
-	r.mu.Lock()
-	var err error
-	if old, ok := r.desired[e.ID]; !ok || old.String() != e.String() { // a refresh writes nothing
-		r.desired[e.ID] = e
-		err = r.saveLocked()
-	}
-	r.mu.Unlock()
-	if err != nil {
+	if err := r.change(e.ID, &e); err != nil {
 		return err
 	}
 	if err := r.backend.Apply(ctx, e); err != nil {
@@ -85,10 +84,26 @@ func (r *Reconciler) Set(ctx context.Context, e dataplane.End) error {
 // Remember records e as desired without applying it: for what the backend
 // chose while applying (a WireGuard port), so a restart asks for it again.
 func (r *Reconciler) Remember(e dataplane.End) error {
+	return r.change(e.ID, &e)
+}
+
+// change makes e what is desired for id (nil: nothing) and saves it, with
+// the changes of the same moment.
+func (r *Reconciler) change(id string, e *dataplane.End) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.desired[e.ID] = e
-	return r.saveLocked()
+	old, ok := r.desired[id]
+	switch {
+	case e == nil && !ok, e != nil && ok && old.String() == e.String(): // a refresh writes nothing
+		r.mu.Unlock()
+		return nil
+	case e == nil:
+		delete(r.desired, id)
+	default:
+		r.desired[id] = *e
+	}
+	n := r.file.Changed()
+	r.mu.Unlock()
+	return r.file.Save(n)
 }
 
 // Replace makes e desired in place of old, if old is still what is
@@ -96,12 +111,14 @@ func (r *Reconciler) Remember(e dataplane.End) error {
 // reconciler apply it; it reports whether it did.
 func (r *Reconciler) Replace(old, e dataplane.End) (bool, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if cur, ok := r.desired[old.ID]; !ok || cur.String() != old.String() {
+		r.mu.Unlock()
 		return false, nil
 	}
 	r.desired[e.ID] = e
-	if err := r.saveLocked(); err != nil {
+	n := r.file.Changed()
+	r.mu.Unlock()
+	if err := r.file.Save(n); err != nil {
 		return false, err
 	}
 	r.poke()
@@ -120,11 +137,7 @@ func (r *Reconciler) Get(id string) (dataplane.End, bool) {
 func (r *Reconciler) Delete(ctx context.Context, id string) error {
 	unlock := r.lockEnd(id)
 	defer unlock()
-	r.mu.Lock()
-	delete(r.desired, id)
-	err := r.saveLocked()
-	r.mu.Unlock()
-	if err != nil {
+	if err := r.change(id, nil); err != nil {
 		return err
 	}
 	if err := r.backend.Remove(ctx, id); err != nil {
@@ -146,22 +159,6 @@ func (r *Reconciler) Desired() []dataplane.End {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
-}
-
-func (r *Reconciler) saveLocked() error {
-	ends := make([]dataplane.End, 0, len(r.desired))
-	for _, e := range r.desired {
-		ends = append(ends, e)
-	}
-	sort.Slice(ends, func(i, j int) bool { return ends[i].ID < ends[j].ID })
-	b, err := json.Marshal(ends)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(r.file), 0o700); err != nil {
-		return err
-	}
-	return atomicfile.Write(r.file, b, 0o600)
 }
 
 func (r *Reconciler) fail(id string, err error) {
