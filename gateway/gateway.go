@@ -77,7 +77,7 @@ type Gateway struct {
 	backend    dataplane.Backend
 	tunneler   dataplane.Tunneler
 	reconciler *Reconciler
-	file       string
+	file       *atomicfile.Batch // records, written for the changes of a moment at once
 	log        *slog.Logger
 	nses       conncache.Cache // by endpoint URL
 
@@ -121,15 +121,21 @@ func Open(node string, backend dataplane.Backend, dir string, log *slog.Logger) 
 	if err != nil {
 		return nil, err
 	}
-	g := &Gateway{Node: node, backend: backend, tunneler: tun, reconciler: r, file: filepath.Join(dir, "vwires.json"), log: log,
+	file := filepath.Join(dir, "vwires.json")
+	g := &Gateway{Node: node, backend: backend, tunneler: tun, reconciler: r, log: log,
 		records: map[string]*record{}, waiting: map[string]*proxypb.KernelInterface{}}
-	b, err := os.ReadFile(g.file)
+	g.file = atomicfile.NewBatch(file, 0o600, func() ([]byte, error) {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return json.Marshal(g.records)
+	})
+	b, err := os.ReadFile(file)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("gateway state: %w", err)
 	}
 	if err == nil {
 		if err := json.Unmarshal(b, &g.records); err != nil {
-			return nil, fmt.Errorf("gateway state %s: %w", g.file, err)
+			return nil, fmt.Errorf("gateway state %s: %w", file, err)
 		}
 	}
 	// A record with no end is a vWire a crash left half made or half
@@ -141,7 +147,7 @@ func Open(node string, backend dataplane.Backend, dir string, log *slog.Logger) 
 		}
 	}
 	if len(g.orphans) > 0 {
-		if err := g.saveLocked(); err != nil {
+		if err := g.file.Save(g.file.Changed()); err != nil {
 			return nil, fmt.Errorf("gateway state: %w", err)
 		}
 	}
@@ -629,38 +635,48 @@ func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *re
 	old := g.records[id]
 	changed := old == nil || old.EndpointURL != rec.EndpointURL || old.VNI != rec.VNI ||
 		!slices.Equal(old.Src, rec.Src) || !slices.Equal(old.Dst, rec.Dst) // a refresh writes nothing
+	var n uint64
 	if changed {
 		g.records[id] = rec
-		if err := g.saveLocked(); err != nil {
-			g.restoreLocked(id, old)
-			g.mu.Unlock()
+		n = g.file.Changed()
+	}
+	g.mu.Unlock()
+	if changed {
+		if err := g.file.Save(n); err != nil {
+			g.restore(id, rec, old)
 			return err
 		}
 	}
-	g.mu.Unlock()
 	crashpoint.Here("gateway-set")
 	if err := g.reconciler.Set(ctx, end); err != nil {
 		if !existed {
 			_ = g.reconciler.Delete(ctx, id) // nothing half-programmed stays
 		}
 		if changed {
-			g.mu.Lock()
-			g.restoreLocked(id, old)
-			_ = g.saveLocked()
-			g.mu.Unlock()
+			g.restore(id, rec, old)
 		}
 		return err
 	}
 	return nil
 }
 
-// restoreLocked puts back end id's record as it was (nil: none).
-func (g *Gateway) restoreLocked(id string, old *record) {
+// restore puts back end id's record as it was (nil: none) where it is
+// still rec, and writes it (best effort: the change it undoes failed or
+// was not written).
+func (g *Gateway) restore(id string, rec, old *record) {
+	g.mu.Lock()
+	if g.records[id] != rec {
+		g.mu.Unlock()
+		return
+	}
 	if old == nil {
 		delete(g.records, id)
 	} else {
 		g.records[id] = old
 	}
+	n := g.file.Changed()
+	g.mu.Unlock()
+	_ = g.file.Save(n)
 }
 
 // keepPort records the port the backend chose for end's WireGuard device,
@@ -718,9 +734,10 @@ func (g *Gateway) Remove(ctx context.Context, side proxy.Side, conn *proxypb.Con
 		g.closeEndpoint(ctx, rec.EndpointURL, connID)
 	}
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	delete(g.records, id)
-	return g.saveLocked()
+	n := g.file.Changed()
+	g.mu.Unlock()
+	return g.file.Save(n)
 }
 
 func (g *Gateway) closeEndpoint(ctx context.Context, url, connID string) {
@@ -793,14 +810,6 @@ func (g *Gateway) SweepPins() {
 			g.Pins.Unpin(p)
 		}
 	}
-}
-
-func (g *Gateway) saveLocked() error {
-	b, err := json.Marshal(g.records)
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(g.file, b, 0o600)
 }
 
 var errStopping = errors.New("the gateway is stopping")
