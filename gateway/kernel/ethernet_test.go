@@ -3,13 +3,18 @@ package kernel
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
+	"io"
+	"math/rand/v2"
+	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/dataplane"
 )
@@ -69,6 +74,14 @@ func TestEthernetInsideWireGuard(t *testing.T) {
 		// each); the vWire's six packets would add more than that.
 		t.Errorf("the mark crossed the link %d times: the capture should see only the bare ping's", n)
 	}
+	streamAcross(t, wA, wB, "172.30.5.3")
+	// The stream's VXLAN packets reached wireguard-go whole, bigger than
+	// the MTU (the kernel cut none of them), through the Ethernet TUN.
+	if route := ip(t, "-n", p.gA, "-6", "route", "get", innerB.String()); !strings.Contains(route, " dev we") {
+		t.Errorf("the peer's inner address is not routed into the Ethernet TUN: %s", route)
+	} else if bytes, packets := linkStats(t, p.gA, strings.Fields(route[strings.Index(route, " dev ")+5:])[0]); packets == 0 || bytes/packets < 1500 {
+		t.Errorf("the Ethernet TUN took %d bytes in %d packets: not whole segments", bytes, packets)
+	}
 	if strings.Contains(ip(t, "-n", p.gA, "-d", "link", "show", "type", "vxlan"), "vxlan") {
 		t.Error("a VXLAN device was left in the gateway's namespace")
 	}
@@ -89,4 +102,57 @@ func TestEthernetInsideWireGuard(t *testing.T) {
 	if after := hostLinks(t, p.gA); strings.Join(after, " ") != strings.Join(before, " ") {
 		t.Errorf("links before %v, after %v", before, after)
 	}
+}
+
+// streamAcross sends 32 MB over TCP from namespace from to addr in
+// namespace to, and checks that every byte arrives as sent.
+func streamAcross(t *testing.T, from, to, addr string) {
+	t.Helper()
+	var l net.Listener
+	if err := Do(to, func() (err error) { l, err = net.Listen("tcp", net.JoinHostPort(addr, "5001")); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		h := sha256.New()
+		_, _ = io.Copy(h, c)
+		got <- h.Sum(nil)
+	}()
+	var c net.Conn
+	if err := Do(from, func() (err error) {
+		c, err = net.DialTimeout("tcp", net.JoinHostPort(addr, "5001"), 10*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	data := make([]byte, 32<<20)
+	_, _ = rand.NewChaCha8([32]byte{1}).Read(data)
+	if _, err := c.Write(data); err != nil {
+		t.Fatalf("sending over the vWire: %v", err)
+	}
+	c.Close()
+	if want := sha256.Sum256(data); !bytes.Equal(<-got, want[:]) {
+		t.Error("the stream arrived changed or cut short")
+	}
+}
+
+// linkStats is link's transmitted bytes and packets in namespace ns.
+func linkStats(t *testing.T, ns, link string) (bytes, packets int) {
+	t.Helper()
+	var l netlink.Link
+	err := Do(ns, func() (err error) { l, err = netlink.LinkByName(link); return err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := l.Attrs().Statistics
+	return int(s.TxBytes), int(s.TxPackets)
 }

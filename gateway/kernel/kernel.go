@@ -683,10 +683,16 @@ func (b *Backend) setInner(e dataplane.End) error {
 	if err := b.host.AddrReplace(wg, address(local)); err != nil {
 		return fmt.Errorf("the gateway's inner address %s on %s: %w (Ethernet vWires across domains need IPv6 in the gateway's namespace: net.ipv6.conf.all.disable_ipv6=0)", local, device, err)
 	}
+	// Into the embedded wireguard-go's Ethernet TUN where it has one (it
+	// takes the kernel's VXLAN segments whole), else into the device.
+	into := wg
+	if eth, err := b.host.LinkByName(ethernetName(device)); err == nil {
+		into = eth
+	}
 	for _, p := range w.Remote {
-		r := &netlink.Route{Dst: ipNet(p), LinkIndex: wg.Attrs().Index, Protocol: routeProtocol}
+		r := &netlink.Route{Dst: ipNet(p), LinkIndex: into.Attrs().Index, Protocol: routeProtocol}
 		if err := b.host.RouteReplace(r); err != nil {
-			return fmt.Errorf("route to the peer gateway's inner address %s into %s: %w", p, device, err)
+			return fmt.Errorf("route to the peer gateway's inner address %s into %s: %w", p, into.Attrs().Name, err)
 		}
 	}
 	return nil

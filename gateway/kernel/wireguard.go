@@ -101,6 +101,11 @@ func (w *WireGuard) startUserspace(mtu int, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("TUN %s for wireguard-go: %w", w.Name, err)
 	}
+	if eth, err := newEthernetTUN(t, ethernetName(w.Name), mtu); err == nil {
+		t = eth
+	} else {
+		log.Warn("Ethernet vWires through this tunnel are cut into packets by the kernel, a packet a read (slower)", "device", w.Name, "err", err)
+	}
 	logger := &device.Logger{
 		Verbosef: func(string, ...any) {},
 		Errorf:   func(f string, a ...any) { log.Warn("wireguard-go: "+fmt.Sprintf(f, a...), "device", w.Name) },
