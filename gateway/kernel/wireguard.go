@@ -101,7 +101,7 @@ func (w *WireGuard) startUserspace(mtu int, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("TUN %s for wireguard-go: %w", w.Name, err)
 	}
-	if eth, err := newEthernetTUN(t, ethernetName(w.Name), mtu); err == nil {
+	if eth, err := newEthernetTUN(t, w.Name, mtu); err == nil {
 		t = eth
 	} else {
 		log.Warn("Ethernet vWires through this tunnel are cut into packets by the kernel, a packet a read (slower)", "device", w.Name, "err", err)
@@ -222,6 +222,14 @@ type nsBind struct {
 	ns netns.NsHandle
 }
 
+// processNS is the network namespace the process started in, read while
+// package variables are set, on the main thread, before any thread moved.
+// (/proc/self/ns/net is the main thread's now, and a goroutine that
+// locked the main thread may have moved it into a gateway's namespace: a
+// device made there took the plain bind, and its socket opened in
+// whichever namespace wireguard-go's thread was in.)
+var processNS, processNSErr = netns.Get()
+
 // bindHere is the bind for a device made by this thread: the plain one if
 // the thread is in the process's namespace, else an nsBind.
 func bindHere() (conn.Bind, error) {
@@ -229,13 +237,11 @@ func bindHere() (conn.Bind, error) {
 	if err != nil {
 		return nil, fmt.Errorf("this thread's network namespace: %w", err)
 	}
-	process, err := netns.GetFromPath("/proc/self/ns/net")
-	if err != nil {
+	if processNSErr != nil {
 		here.Close()
-		return nil, fmt.Errorf("the process's network namespace: %w", err)
+		return nil, fmt.Errorf("the process's network namespace: %w", processNSErr)
 	}
-	defer process.Close()
-	if here.Equal(process) {
+	if here.Equal(processNS) {
 		here.Close()
 		return conn.NewDefaultBind(), nil
 	}
