@@ -76,11 +76,20 @@ func TestEthernetInsideWireGuard(t *testing.T) {
 	}
 	streamAcross(t, wA, wB, "172.30.5.3")
 	// The stream's VXLAN packets reached wireguard-go whole, bigger than
-	// the MTU (the kernel cut none of them), through the Ethernet TUN.
-	if route := ip(t, "-n", p.gA, "-6", "route", "get", innerB.String()); !strings.Contains(route, " dev we") {
-		t.Errorf("the peer's inner address is not routed into the Ethernet TUN: %s", route)
-	} else if bytes, packets := linkStats(t, p.gA, strings.Fields(route[strings.Index(route, " dev ")+5:])[0]); packets == 0 || bytes/packets < 1500 {
-		t.Errorf("the Ethernet TUN took %d bytes in %d packets: not whole segments", bytes, packets)
+	// the MTU (the kernel cut none of them), through the Ethernet TUN; on
+	// the far side they went into the kernel joined again, through the TAP.
+	tunnel := func(ns string, peer netip.Addr) string {
+		route := ip(t, "-n", ns, "-6", "route", "get", peer.String())
+		if !strings.Contains(route, " dev we") {
+			t.Fatalf("the peer's inner address is not routed into the Ethernet TUN: %s", route)
+		}
+		return strings.Fields(route[strings.Index(route, " dev ")+5:])[0]
+	}
+	if s := linkStats(t, p.gA, tunnel(p.gA, innerB)); s.TxPackets == 0 || s.TxBytes/s.TxPackets < 1500 {
+		t.Errorf("the Ethernet TUN took %d bytes in %d packets: not whole segments", s.TxBytes, s.TxPackets)
+	}
+	if s := linkStats(t, p.gB, tapName(tunnel(p.gB, innerA))); s.RxPackets == 0 || s.RxBytes/s.RxPackets < 1500 {
+		t.Errorf("the far side's TAP took %d bytes in %d packets: not joined", s.RxBytes, s.RxPackets)
 	}
 	if strings.Contains(ip(t, "-n", p.gA, "-d", "link", "show", "type", "vxlan"), "vxlan") {
 		t.Error("a VXLAN device was left in the gateway's namespace")
@@ -145,14 +154,13 @@ func streamAcross(t *testing.T, from, to, addr string) {
 	}
 }
 
-// linkStats is link's transmitted bytes and packets in namespace ns.
-func linkStats(t *testing.T, ns, link string) (bytes, packets int) {
+// linkStats is link's counters in namespace ns.
+func linkStats(t *testing.T, ns, link string) *netlink.LinkStatistics {
 	t.Helper()
 	var l netlink.Link
 	err := Do(ns, func() (err error) { l, err = netlink.LinkByName(link); return err })
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := l.Attrs().Statistics
-	return int(s.TxBytes), int(s.TxPackets)
+	return l.Attrs().Statistics
 }

@@ -27,8 +27,9 @@ import (
 type ethernetTUN struct {
 	tun.Device // wireguard-go's own
 
-	file    *os.File // the Ethernet TUN, non-blocking
-	fd, own int      // its descriptor and the own TUN's
+	fd, own int      // the Ethernet TUN (non-blocking) and wireguard-go's
+	tap     int      // the TAP the joined packets go into (see Write)
+	eth     [14]byte // their Ethernet header
 	wake    int      // an eventfd Close writes, to end a waiting Read
 	closed  atomic.Bool
 	reading sync.Mutex // held by Read: Close closes wake after it
@@ -36,53 +37,82 @@ type ethernetTUN struct {
 	buf     []byte // one read, virtio header first
 	seg     segmenter
 	ownTurn bool
+
+	writing sync.Mutex // Write's, called by each peer's receiver
+	items   []groItem
+	joined  []bool
+	rest    [][]byte
+	iov     [][]byte
+	hdr     [vnetHdrLen]byte
 }
 
-// ethernetName is the Ethernet TUN's name for WireGuard device name: its
-// second letter made "e" (or "f" where it is one).
-func ethernetName(name string) string {
-	c := "e"
-	if name[1] == 'e' {
-		c = "f"
-	}
-	return name[:1] + c + name[2:]
-}
+// ethernetName is the Ethernet TUN's name for WireGuard device name, its
+// second letter made "e"; the TAP's is the same with "f".
+func ethernetName(name string) string { return name[:1] + "e" + name[2:] }
 
-// newEthernetTUN makes the Ethernet TUN named name at mtu beside own,
-// wireguard-go's TUN. The kernel must take UDP-tunnel offloads (Linux 6.17).
-func newEthernetTUN(own tun.Device, name string, mtu int) (t *ethernetTUN, err error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("opening /dev/net/tun: %w", err)
+func tapName(name string) string { return name[:1] + "f" + name[2:] }
+
+// newEthernetTUN makes the Ethernet TUN and TAP for WireGuard device name at
+// mtu beside own, wireguard-go's TUN. The kernel must take UDP-tunnel
+// offloads (Linux 6.17).
+func newEthernetTUN(own tun.Device, name string, mtu int) (_ *ethernetTUN, err error) {
+	if len(name) < 2 || name[1] == 'e' || name[1] == 'f' {
+		return nil, fmt.Errorf("no room beside %q for its Ethernet TUN's name", name)
 	}
-	file := os.NewFile(uintptr(fd), "/dev/net/tun")
+	t := &ethernetTUN{Device: own, buf: make([]byte, vnetHdrLen+65535), wake: -1, fd: -1, tap: -1}
 	defer func() {
 		if err != nil {
-			file.Close()
+			t.closeFiles()
 		}
 	}()
-	ifr, err := unix.NewIfreq(name)
+	if t.fd, err = openTUN(ethernetName(name), unix.IFF_TUN, mtu); err != nil {
+		return nil, err
+	}
+	if t.tap, err = openTUN(tapName(name), unix.IFF_TAP, mtu); err != nil {
+		return nil, err
+	}
+	link, err := netlink.LinkByName(tapName(name))
 	if err != nil {
 		return nil, err
 	}
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		return nil, fmt.Errorf("TUN %s: %w", name, err)
-	}
-	size := int32(vnetHdrLen)
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETVNETHDRSZ, uintptr(unsafe.Pointer(&size))); e != 0 {
-		return nil, fmt.Errorf("virtio header of %d bytes on %s: %w", vnetHdrLen, name, e)
-	}
-	offloads := unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_TSO_ECN | tunFUDPTunnelGSO | tunFUDPTunnelGSOCsum
-	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloads); err != nil {
-		return nil, fmt.Errorf("UDP-tunnel offloads on %s (Linux 6.17 or later): %w", name, err)
-	}
-	t = &ethernetTUN{Device: own, file: file, fd: fd, buf: make([]byte, vnetHdrLen+65535), wake: -1}
+	copy(t.eth[:6], link.Attrs().HardwareAddr) // to the TAP itself
+	t.eth[6] = 0x02                             // from a local address
 	if t.own, err = fdOf(own.File()); err != nil {
 		return nil, err
 	}
 	if t.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	return t, nil
+}
+
+// openTUN makes the TUN or TAP device name (kind), with virtio headers of
+// vnetHdrLen and UDP-tunnel offloads, and brings it up at mtu.
+func openTUN(name string, kind uint16, mtu int) (fd int, err error) {
+	if fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0); err != nil {
+		return -1, fmt.Errorf("opening /dev/net/tun: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			unix.Close(fd)
+			fd = -1
+		}
+	}()
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return -1, err
+	}
+	ifr.SetUint16(kind | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		return -1, fmt.Errorf("TUN %s: %w", name, err)
+	}
+	size := int32(vnetHdrLen)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETVNETHDRSZ, uintptr(unsafe.Pointer(&size))); e != 0 {
+		return -1, fmt.Errorf("virtio header of %d bytes on %s: %w", vnetHdrLen, name, e)
+	}
+	offloads := unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_TSO_ECN | tunFUDPTunnelGSO | tunFUDPTunnelGSOCsum
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloads); err != nil {
+		return -1, fmt.Errorf("UDP-tunnel offloads on %s (Linux 6.17 or later): %w", name, err)
 	}
 	link, err := netlink.LinkByName(name)
 	if err == nil {
@@ -92,10 +122,17 @@ func newEthernetTUN(own tun.Device, name string, mtu int) (t *ethernetTUN, err e
 		err = netlink.LinkSetUp(link)
 	}
 	if err != nil {
-		unix.Close(t.wake)
-		return nil, fmt.Errorf("bringing %s up: %w", name, err)
+		return -1, fmt.Errorf("bringing %s up: %w", name, err)
 	}
-	return t, nil
+	return fd, nil
+}
+
+func (t *ethernetTUN) closeFiles() {
+	for _, fd := range []int{t.fd, t.tap, t.wake} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
 }
 
 // fdOf is f's descriptor, leaving f non-blocking (File.Fd would not).
@@ -152,6 +189,50 @@ func (t *ethernetTUN) readEthernet() {
 	}
 }
 
+// Write hands the kernel packets out of the tunnel: consecutive segments
+// of a TCP stream inside VXLAN joined into one packet through the Ethernet
+// TUN (see coalesce), the rest through wireguard-go's own TUN, which joins
+// what it can of them.
+func (t *ethernetTUN) Write(bufs [][]byte, offset int) (int, error) {
+	t.writing.Lock()
+	defer t.writing.Unlock()
+	if len(t.joined) < len(bufs) {
+		t.joined = make([]bool, len(bufs))
+	}
+	t.items = coalesce(bufs, offset, t.items, t.joined)
+	var err error
+	for k := range t.items {
+		it := &t.items[k]
+		if it.n < 2 {
+			continue
+		}
+		p := bufs[it.buf][offset:]
+		it.finish(p, t.hdr[:], len(t.eth))
+		eth := t.eth
+		eth[12], eth[13] = 0x08, 0x00
+		if it.l.outer6 {
+			eth[12], eth[13] = 0x86, 0xdd
+		}
+		t.iov = append(append(t.iov[:0], t.hdr[:], eth[:], p), it.iov...)
+		if _, werr := unix.Writev(t.tap, t.iov); werr != nil && err == nil {
+			err = fmt.Errorf("writing %d joined segments to the Ethernet TUN: %w", it.n, werr)
+		}
+		t.joined[it.buf] = true
+	}
+	t.rest = t.rest[:0]
+	for i, b := range bufs {
+		if !t.joined[i] {
+			t.rest = append(t.rest, b)
+		}
+	}
+	if len(t.rest) > 0 {
+		if _, werr := t.Device.Write(t.rest, offset); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return len(bufs), err
+}
+
 // Close closes both devices and ends a waiting Read.
 func (t *ethernetTUN) Close() error {
 	if t.closed.Swap(true) {
@@ -162,8 +243,9 @@ func (t *ethernetTUN) Close() error {
 	_, _ = unix.Write(t.wake, one[:])
 	err := t.Device.Close() // ends a Read waiting in it
 	t.reading.Lock()
-	t.file.Close()
-	unix.Close(t.wake)
+	t.writing.Lock()
+	t.closeFiles()
+	t.writing.Unlock()
 	t.reading.Unlock()
 	return err
 }

@@ -16,6 +16,7 @@ type gsoPacket struct {
 	tunnelCsum   bool
 	mss          int
 	payload      []byte
+	flags        byte // TCP's; 0: FIN|PSH|ACK|CWR
 }
 
 func (g gsoPacket) build() []byte {
@@ -71,6 +72,9 @@ func (g gsoPacket) build() []byte {
 	binary.BigEndian.PutUint16(tcp[2:], 40000)
 	binary.BigEndian.PutUint32(tcp[4:], 0xfffff000) // wraps
 	tcp[12], tcp[13] = 8<<4, 0x80|0x10|0x08|0x01
+	if g.flags != 0 {
+		tcp[13] = g.flags
+	}
 	tcp[16], tcp[17] = 0xab, 0xcd // the kernel's partial sum, overwritten
 	p = append(p, tcp...)
 	p = append(p, g.payload...)
