@@ -76,7 +76,7 @@ func newEthernetTUN(own tun.Device, name string, mtu int) (_ *ethernetTUN, err e
 		return nil, err
 	}
 	copy(t.eth[:6], link.Attrs().HardwareAddr) // to the TAP itself
-	t.eth[6] = 0x02                             // from a local address
+	t.eth[6] = 0x02                            // from a local address
 	if t.own, err = fdOf(own.File()); err != nil {
 		return nil, err
 	}
