@@ -40,7 +40,8 @@ test-short:
 # The fuzz targets, FUZZTIME each (make test runs their seeds): the public
 # edge's request handlers against a sandbox domain (FuzzPeerEdge), the
 # manifest decoder and service names, and the gateway's cutting of the
-# packets the kernel hands its Ethernet TUN. New inputs are minimized briefly:
+# packets the kernel hands its Ethernet TUN and its joining of what a peer
+# sends back. New inputs are minimized briefly:
 # each run of FuzzPeerEdge is a real gRPC call.
 FUZZTIME ?= 60s
 fuzz:
@@ -48,6 +49,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeManifests$$' -fuzztime $(FUZZTIME) ./registry/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseName$$' -fuzztime $(FUZZTIME) ./registry/
 	$(GO) test -run '^$$' -fuzz '^FuzzSegmenter$$' -fuzztime $(FUZZTIME) ./gateway/kernel/
+	$(GO) test -run '^$$' -fuzz '^FuzzCoalesce$$' -fuzztime $(FUZZTIME) ./gateway/kernel/
 
 # Benchmarks: one table (docs/benchmarks.md, raw output for benchstat in
 # docs/benchmarks.txt). BENCH=quick is a short smoke run.
