@@ -52,8 +52,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzCoalesce$$' -fuzztime $(FUZZTIME) ./gateway/kernel/
 
 # Benchmarks: one table (docs/benchmarks.md, raw output for benchstat in
-# docs/benchmarks.txt). BENCH=quick is a short smoke run.
-bench: tools
+# docs/benchmarks.txt). BENCH=quick is a short smoke run. It builds only the
+# tools the benchmarks run (not SPIRE: 6 to 15 min on a fresh machine); the
+# kind node image builds its Kubernetes itself.
+bench:
+	./e2e/tools/build.sh etcd coredns kind kubectl helm
 	$(GO) run ./e2e/bench
 
 # The vwire image, vwire:dev (VWIRE_IMAGE overrides): a static binary FROM
