@@ -2,14 +2,27 @@ package sandbox
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
+	"math/big"
+	"net/http"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	spiffefed "github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -182,5 +195,117 @@ func TestPeerAnswerOutsideRanges(t *testing.T) {
 	b.Dataplane.Addresses = &proxypb.IPContext{SrcIpAddrs: []string{"172.16.0.2/32"}, DstIpAddrs: []string{"172.16.0.3/32"}}
 	if _, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/x", map[string]string{"app": "web"}, ""); err != nil {
 		t.Errorf("an answer inside the ranges: %v", err)
+	}
+}
+
+// A federated peer whose bundle endpoint turns hostile: it serves garbage,
+// an expired bundle, a bundle of another trust domain. b refuses each with
+// its reason in the peer's status (what `vwire federation list` shows) and
+// keeps trusting the last good bundle; a proper rotation afterwards is
+// taken and clears the error.
+func TestHostileBundleEndpoint(t *testing.T) {
+	s := New(t, "b.example")
+	b := s.D("b.example")
+	td := spiffeid.RequireTrustDomainFromString("e.example")
+	ca, err := federation.OpenCA(t.TempDir(), td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := ca.NewSource(federation.ProxyID(td), time.Hour, nil, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	var garbage atomic.Bool
+	var serving atomic.Pointer[spiffebundle.Bundle]
+	good := spiffebundle.FromX509Bundle(ca.Bundle())
+	good.SetRefreshHint(federation.MinRefresh)
+	serving.Store(good)
+	h, err := spiffefed.NewHandler(td, federation.BundleFunc(func() (*spiffebundle.Bundle, error) { return serving.Load(), nil }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.TLSServerConfig(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if garbage.Load() {
+			w.Write([]byte("<html>garbage</html>"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})}
+	go srv.Serve(lis)
+	t.Cleanup(func() { srv.Close() })
+	pem, err := ca.Bundle().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := federationpb.NewFederationClient(b.admin).AddPeer(context.Background(), &federationpb.AddPeerRequest{
+		Peer: &federationpb.Peer{Domain: "e.example", BundleEndpointUrl: "https://" + lis.Addr().String()}, Bundle: pem}); err != nil {
+		t.Fatal(err)
+	}
+	status := func() federation.PeerStatus {
+		for _, p := range b.Peers.List() {
+			if p.Domain == "e.example" {
+				return p
+			}
+		}
+		t.Fatal("e.example is not among b's peers")
+		return federation.PeerStatus{}
+	}
+	waitFor(t, "b fetches e's bundle", func() bool { return status().Source == federation.FromBundleEndpoint })
+	trusted := func(st federation.PeerStatus) string { return fmt.Sprint(st.Authorities, st.Expires) }
+	before := trusted(status())
+
+	now := time.Now()
+	expired := spiffebundle.FromX509Authorities(td, []*x509.Certificate{caCert(t, td, now.Add(-2*time.Hour), now.Add(-time.Hour))})
+	alien := spiffebundle.FromX509Authorities(td, []*x509.Certificate{caCert(t, spiffeid.RequireTrustDomainFromString("c.example"), now.Add(-time.Hour), now.Add(time.Hour))})
+	for _, c := range []struct {
+		name, says string
+		serve      func()
+	}{
+		{"garbage", "unable to parse", func() { garbage.Store(true) }},
+		{"an expired bundle", `every authority of the bundle for "e.example" has expired`, func() { garbage.Store(false); serving.Store(expired) }},
+		{"another trust domain's bundle", `belongs to trust domain "c.example"`, func() { serving.Store(alien) }},
+	} {
+		c.serve()
+		waitFor(t, c.name+" refused", func() bool { return strings.Contains(status().LastError, c.says) })
+		if got := trusted(status()); got != before {
+			t.Errorf("%s: b trusts %s for e.example, not the last good bundle (%s)", c.name, got, before)
+		}
+	}
+	rotated := spiffebundle.FromX509Authorities(td, append(ca.Bundle().X509Authorities(), caCert(t, td, now.Add(-time.Minute), now.Add(2*time.Hour))))
+	rotated.SetRefreshHint(federation.MinRefresh)
+	serving.Store(rotated)
+	waitFor(t, "a rotated bundle taken", func() bool { st := status(); return st.Authorities == 2 && st.LastError == "" })
+}
+
+// caCert is a self-signed CA certificate of trust domain td, valid from
+// from to to.
+func caCert(t *testing.T, td spiffeid.TrustDomain, from, to time.Time) *x509.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(from.UnixNano()), Subject: pkix.Name{CommonName: "test"}, URIs: []*url.URL{td.ID().URL()},
+		NotBefore: from, NotAfter: to, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 10 s: %s", what)
+		}
 	}
 }

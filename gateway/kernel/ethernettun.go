@@ -19,8 +19,10 @@ import (
 // of up to 64 KB inside its VXLAN headers in one read, and are cut here.
 // Through wireguard-go's own TUN, which cannot take UDP-tunnel segments,
 // the kernel cuts them first and each packet costs a read: a seventh of
-// the throughput (docs/benchmarks.md). Packets coming out of the tunnel
-// still go into wireguard-go's own TUN, which batches them for the kernel.
+// the throughput (docs/benchmarks.md). Out of the tunnel, consecutive
+// segments of one stream are joined again and go into the kernel in one
+// write through a TAP beside it; the rest goes through wireguard-go's own
+// TUN.
 //
 // It is a tun.Device for wireguard-go: Read waits for either device and
 // takes turns when both have packets.
@@ -37,6 +39,7 @@ type ethernetTUN struct {
 	buf     []byte // one read, virtio header first
 	seg     segmenter
 	ownTurn bool
+	polled  [3]unix.PollFd
 
 	writing sync.Mutex // Write's, called by each peer's receiver
 	items   []groItem
@@ -159,7 +162,10 @@ func (t *ethernetTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 				return n, nil
 			}
 		}
-		fds := []unix.PollFd{{Fd: int32(t.wake), Events: unix.POLLIN}, {Fd: int32(t.own), Events: unix.POLLIN}, {Fd: int32(t.fd), Events: unix.POLLIN}}
+		fds := t.polled[:]
+		fds[0] = unix.PollFd{Fd: int32(t.wake), Events: unix.POLLIN}
+		fds[1] = unix.PollFd{Fd: int32(t.own), Events: unix.POLLIN}
+		fds[2] = unix.PollFd{Fd: int32(t.fd), Events: unix.POLLIN}
 		if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
 			return 0, fmt.Errorf("waiting for the TUN devices: %w", err)
 		}
@@ -190,12 +196,15 @@ func (t *ethernetTUN) readEthernet() {
 }
 
 // Write hands the kernel packets out of the tunnel: consecutive segments
-// of a TCP stream inside VXLAN joined into one packet through the Ethernet
-// TUN (see coalesce), the rest through wireguard-go's own TUN, which joins
-// what it can of them.
+// of a TCP stream inside VXLAN joined into one packet through the TAP (see
+// coalesce), the rest through wireguard-go's own TUN, which joins what it
+// can of them.
 func (t *ethernetTUN) Write(bufs [][]byte, offset int) (int, error) {
 	t.writing.Lock()
 	defer t.writing.Unlock()
+	if t.closed.Load() { // its descriptors may be another file's by now
+		return 0, os.ErrClosed
+	}
 	if len(t.joined) < len(bufs) {
 		t.joined = make([]bool, len(bufs))
 	}
@@ -215,7 +224,7 @@ func (t *ethernetTUN) Write(bufs [][]byte, offset int) (int, error) {
 		}
 		t.iov = append(append(t.iov[:0], t.hdr[:], eth[:], p), it.iov...)
 		if _, werr := unix.Writev(t.tap, t.iov); werr != nil && err == nil {
-			err = fmt.Errorf("writing %d joined segments to the Ethernet TUN: %w", it.n, werr)
+			err = fmt.Errorf("writing %d joined segments to the Ethernet TAP: %w", it.n, werr)
 		}
 		t.joined[it.buf] = true
 	}

@@ -150,7 +150,7 @@ func coalesce(bufs [][]byte, offset int, items []groItem, joined []bool) []groIt
 				continue
 			}
 			// The flow's item: this segment joins it, or ends it.
-			if !it.closed && seq == it.next && payload <= it.gso && it.size-it.l.udp+payload <= 0xffff && len(it.iov) < maxJoined {
+			if !it.closed && seq == it.next && payload <= it.gso && it.size+payload <= maxJoinedSize && len(it.iov) < maxJoined {
 				grown = true
 				it.iov = append(it.iov, p[l.payload:])
 				it.size += payload
@@ -178,8 +178,12 @@ func coalesce(bufs [][]byte, offset int, items []groItem, joined []bool) []groIt
 }
 
 // maxJoined bounds the segments of one item, well inside writev's 1024
-// pieces.
-const maxJoined = 512
+// pieces; maxJoinedSize its bytes, so that its IP lengths hold it and it
+// fits one write to the TAP behind its Ethernet header.
+const (
+	maxJoined     = 512
+	maxJoinedSize = 0xffff - 14
+)
 
 // finish sets the headers of a joined item's first packet p for the whole
 // (lengths, the IPv4 header checksums, the pseudo-header sums the kernel
