@@ -29,12 +29,13 @@ import (
 type ethernetTUN struct {
 	tun.Device // wireguard-go's own
 
-	fd, own int      // the Ethernet TUN (non-blocking) and wireguard-go's
-	tap     int      // the TAP the joined packets go into (see Write)
-	eth     [14]byte // their Ethernet header
-	wake    int      // an eventfd Close writes, to end a waiting Read
+	own     int          // wireguard-go's TUN's descriptor
+	fd, tap atomic.Int32 // the Ethernet TUN (non-blocking) and the TAP the joined packets go into; -1 until made
+	eth     [14]byte     // the joined packets' Ethernet header
+	wake    int          // an eventfd: Close, or the Ethernet devices made, end a waiting poll
 	closed  atomic.Bool
 	reading sync.Mutex // held by Read: Close closes wake after it
+	making  sync.Mutex // Ethernet's
 
 	buf     []byte // one read, virtio header first
 	seg     segmenter
@@ -55,31 +56,14 @@ func ethernetName(name string) string { return name[:1] + "e" + name[2:] }
 
 func tapName(name string) string { return name[:1] + "f" + name[2:] }
 
-// newEthernetTUN makes the Ethernet TUN and TAP for WireGuard device name at
-// mtu beside own, wireguard-go's TUN. The kernel must take UDP-tunnel
-// offloads (Linux 6.17).
-func newEthernetTUN(own tun.Device, name string, mtu int) (_ *ethernetTUN, err error) {
-	if len(name) < 2 || name[1] == 'e' || name[1] == 'f' {
-		return nil, fmt.Errorf("no room beside %q for its Ethernet TUN's name", name)
-	}
-	t := &ethernetTUN{Device: own, buf: make([]byte, vnetHdrLen+65535), wake: -1, fd: -1, tap: -1}
-	defer func() {
-		if err != nil {
-			t.closeFiles()
-		}
-	}()
-	if t.fd, err = openTUN(ethernetName(name), unix.IFF_TUN, mtu); err != nil {
-		return nil, err
-	}
-	if t.tap, err = openTUN(tapName(name), unix.IFF_TAP, mtu); err != nil {
-		return nil, err
-	}
-	link, err := netlink.LinkByName(tapName(name))
-	if err != nil {
-		return nil, err
-	}
-	copy(t.eth[:6], link.Attrs().HardwareAddr) // to the TAP itself
-	t.eth[6] = 0x02                            // from a local address
+// newEthernetTUN wraps own, wireguard-go's TUN, so that Ethernet devices
+// can be added to it later (Ethernet); until then Read and Write are
+// own's, with a poll before each read.
+func newEthernetTUN(own tun.Device) (*ethernetTUN, error) {
+	t := &ethernetTUN{Device: own, wake: -1}
+	t.fd.Store(-1)
+	t.tap.Store(-1)
+	var err error
 	if t.own, err = fdOf(own.File()); err != nil {
 		return nil, err
 	}
@@ -87,6 +71,51 @@ func newEthernetTUN(own tun.Device, name string, mtu int) (_ *ethernetTUN, err e
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	return t, nil
+}
+
+// Ethernet makes the Ethernet TUN and TAP for WireGuard device name at mtu,
+// the first time an Ethernet vWire goes through it, and returns the TUN's
+// name. The kernel must take UDP-tunnel offloads (Linux 6.17).
+func (t *ethernetTUN) Ethernet(name string, mtu int) (string, error) {
+	t.making.Lock()
+	defer t.making.Unlock()
+	if t.fd.Load() >= 0 {
+		return ethernetName(name), nil
+	}
+	if len(name) < 2 || name[1] == 'e' || name[1] == 'f' {
+		return "", fmt.Errorf("no room beside %q for its Ethernet TUN's name", name)
+	}
+	fd, err := openTUN(ethernetName(name), unix.IFF_TUN, mtu)
+	if err != nil {
+		return "", err
+	}
+	tap, err := openTUN(tapName(name), unix.IFF_TAP, mtu)
+	var link netlink.Link
+	if err == nil {
+		if link, err = netlink.LinkByName(tapName(name)); err != nil {
+			unix.Close(tap)
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return "", err
+	}
+	t.writing.Lock()
+	copy(t.eth[:6], link.Attrs().HardwareAddr) // to the TAP itself
+	t.eth[6] = 0x02                            // from a local address
+	t.tap.Store(int32(tap))
+	t.writing.Unlock()
+	t.buf = make([]byte, vnetHdrLen+65535)
+	t.fd.Store(int32(fd))
+	t.poke() // a Read waiting on own alone
+	return ethernetName(name), nil
+}
+
+// poke ends a poll that Read is waiting in.
+func (t *ethernetTUN) poke() {
+	var one [8]byte
+	one[0] = 1
+	_, _ = unix.Write(t.wake, one[:])
 }
 
 // openTUN makes the TUN or TAP device name (kind), with virtio headers of
@@ -131,7 +160,7 @@ func openTUN(name string, kind uint16, mtu int) (fd int, err error) {
 }
 
 func (t *ethernetTUN) closeFiles() {
-	for _, fd := range []int{t.fd, t.tap, t.wake} {
+	for _, fd := range []int{int(t.fd.Swap(-1)), int(t.tap.Swap(-1)), t.wake} {
 		if fd >= 0 {
 			unix.Close(fd)
 		}
@@ -162,17 +191,21 @@ func (t *ethernetTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 				return n, nil
 			}
 		}
-		fds := t.polled[:]
+		fds := t.polled[:2]
 		fds[0] = unix.PollFd{Fd: int32(t.wake), Events: unix.POLLIN}
 		fds[1] = unix.PollFd{Fd: int32(t.own), Events: unix.POLLIN}
-		fds[2] = unix.PollFd{Fd: int32(t.fd), Events: unix.POLLIN}
+		if fd := t.fd.Load(); fd >= 0 {
+			fds = append(fds, unix.PollFd{Fd: fd, Events: unix.POLLIN})
+		}
 		if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
 			return 0, fmt.Errorf("waiting for the TUN devices: %w", err)
 		}
 		if fds[0].Revents != 0 {
+			var n [8]byte
+			_, _ = unix.Read(t.wake, n[:]) // Ethernet devices made; a Close is seen above
 			continue
 		}
-		own, eth := fds[1].Revents != 0, fds[2].Revents != 0
+		own, eth := fds[1].Revents != 0, len(fds) > 2 && fds[2].Revents != 0
 		t.ownTurn = !t.ownTurn
 		if own && (t.ownTurn || !eth) {
 			return t.Device.Read(bufs, sizes, offset)
@@ -186,7 +219,7 @@ func (t *ethernetTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 // readEthernet takes one packet from the Ethernet TUN for cutting, or
 // drops it when its headers are not what the kernel promised.
 func (t *ethernetTUN) readEthernet() {
-	n, err := unix.Read(t.fd, t.buf)
+	n, err := unix.Read(int(t.fd.Load()), t.buf)
 	if err != nil || n == 0 {
 		return // EAGAIN, or closed: the next turn says
 	}
@@ -208,7 +241,12 @@ func (t *ethernetTUN) Write(bufs [][]byte, offset int) (int, error) {
 	if len(t.joined) < len(bufs) {
 		t.joined = make([]bool, len(bufs))
 	}
-	t.items = coalesce(bufs, offset, t.items, t.joined)
+	t.items = t.items[:0]
+	if t.tap.Load() >= 0 { // else no Ethernet vWire yet: nothing to join
+		t.items = coalesce(bufs, offset, t.items, t.joined)
+	} else {
+		clear(t.joined)
+	}
 	var err error
 	for k := range t.items {
 		it := &t.items[k]
@@ -223,7 +261,7 @@ func (t *ethernetTUN) Write(bufs [][]byte, offset int) (int, error) {
 			eth[12], eth[13] = 0x86, 0xdd
 		}
 		t.iov = append(append(t.iov[:0], t.hdr[:], eth[:], p), it.iov...)
-		if _, werr := unix.Writev(t.tap, t.iov); werr != nil && err == nil {
+		if _, werr := unix.Writev(int(t.tap.Load()), t.iov); werr != nil && err == nil {
 			err = fmt.Errorf("writing %d joined segments to the Ethernet TAP: %w", it.n, werr)
 		}
 		t.joined[it.buf] = true
@@ -247,9 +285,7 @@ func (t *ethernetTUN) Close() error {
 	if t.closed.Swap(true) {
 		return nil
 	}
-	var one [8]byte
-	one[0] = 1
-	_, _ = unix.Write(t.wake, one[:])
+	t.poke()
 	err := t.Device.Close() // ends a Read waiting in it
 	t.reading.Lock()
 	t.writing.Lock()

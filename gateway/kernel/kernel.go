@@ -686,8 +686,12 @@ func (b *Backend) setInner(e dataplane.End) error {
 	// Into the embedded wireguard-go's Ethernet TUN where it has one (it
 	// takes the kernel's VXLAN segments whole), else into the device.
 	into := wg
-	if eth, err := b.host.LinkByName(ethernetName(device)); err == nil {
-		into = eth
+	if name, err := b.tunnels.Ethernet(e.ID); err != nil {
+		b.tunnels.log.Warn("Ethernet vWires through this tunnel are cut into packets by the kernel, a packet a read (slower)", "device", device, "err", err)
+	} else if name != "" {
+		if into, err = b.host.LinkByName(name); err != nil {
+			return fmt.Errorf("the Ethernet TUN %s beside %s: %w", name, device, err)
+		}
 	}
 	for _, p := range w.Remote {
 		r := &netlink.Route{Dst: ipNet(p), LinkIndex: into.Attrs().Index, Protocol: routeProtocol}

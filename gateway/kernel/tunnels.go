@@ -144,6 +144,17 @@ func (t *Tunnels) carrierLocked(id string) (wgtypes.Key, *tunnel) {
 	return wgtypes.Key{}, nil
 }
 
+// Ethernet is the TUN device the VXLAN packets of Ethernet vWire id go
+// into (see WireGuard.Ethernet): "" for its tunnel's device itself.
+func (t *Tunnels) Ethernet(id string) (string, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, tun := t.carrierLocked(id); tun != nil {
+		return tun.dev.Ethernet()
+	}
+	return "", fmt.Errorf("no tunnel carries vWire %q", id)
+}
+
 // ListenPort is the port of the device that carries vWire id, or 0.
 func (t *Tunnels) ListenPort(id string) int {
 	t.mu.Lock()

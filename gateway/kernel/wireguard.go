@@ -31,6 +31,8 @@ type WireGuard struct {
 	Userspace bool // embedded wireguard-go
 
 	dev  *device.Device
+	eth  *ethernetTUN // wireguard-go's TUN, with Ethernet devices once a vWire needs them
+	mtu  int
 	bind *nsBind // nil: the process's namespace
 	uapi net.Listener
 	link netlink.Link
@@ -101,8 +103,8 @@ func (w *WireGuard) startUserspace(mtu int, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("TUN %s for wireguard-go: %w", w.Name, err)
 	}
-	if eth, err := newEthernetTUN(t, w.Name, mtu); err == nil {
-		t = eth
+	if eth, err := newEthernetTUN(t); err == nil {
+		t, w.eth, w.mtu = eth, eth, mtu
 	} else {
 		log.Warn("Ethernet vWires through this tunnel are cut into packets by the kernel, a packet a read (slower)", "device", w.Name, "err", err)
 	}
@@ -135,6 +137,16 @@ func (w *WireGuard) startUserspace(mtu int, log *slog.Logger) error {
 		}
 	}()
 	return w.dev.Up()
+}
+
+// Ethernet is the TUN device Ethernet vWires' VXLAN packets are routed
+// into, made with the first: "" where the device has none (the kernel's
+// WireGuard, or wireguard-go without the wrapper: the device itself then).
+func (w *WireGuard) Ethernet() (string, error) {
+	if w.eth == nil {
+		return "", nil
+	}
+	return w.eth.Ethernet(w.Name, w.mtu)
 }
 
 // PublicKey is the device's public key.

@@ -154,6 +154,9 @@ func TestTunnelsPerPeerGateway(t *testing.T) {
 		if n := len(tA.Devices()); n != 1 {
 			t.Errorf("after vWire %d gateway a has %d devices, want one per peer", i+1, n)
 		}
+		if links := ip(t, "-n", p.gA, "link", "show"); strings.Contains(links, ": we") || strings.Contains(links, ": wf") {
+			t.Errorf("IP vWires made the Ethernet TUN and TAP, which only Ethernet vWires need:\n%s", links)
+		}
 	}
 	for _, id := range []string{"v1", "v2"} {
 		bA.Remove(context.Background(), id)
