@@ -35,7 +35,7 @@ type ethernetTUN struct {
 	wake    int          // an eventfd: Close, or the Ethernet devices made, end a waiting poll
 	closed  atomic.Bool
 	reading sync.Mutex // held by Read: Close closes wake after it
-	making  sync.Mutex // Ethernet's
+	making  sync.Mutex // Ethernet's, and Close's
 
 	buf     []byte // one read, virtio header first
 	seg     segmenter
@@ -79,6 +79,9 @@ func newEthernetTUN(own tun.Device) (*ethernetTUN, error) {
 func (t *ethernetTUN) Ethernet(name string, mtu int) (string, error) {
 	t.making.Lock()
 	defer t.making.Unlock()
+	if t.closed.Load() { // none made after Close: they would stay
+		return "", os.ErrClosed
+	}
 	if t.fd.Load() >= 0 {
 		return ethernetName(name), nil
 	}
@@ -287,6 +290,8 @@ func (t *ethernetTUN) Close() error {
 	}
 	t.poke()
 	err := t.Device.Close() // ends a Read waiting in it
+	t.making.Lock()
+	defer t.making.Unlock()
 	t.reading.Lock()
 	t.writing.Lock()
 	t.closeFiles()
