@@ -38,9 +38,12 @@ func kubectl(t *testing.T, k *e2e.KubeAPI, wantOK bool, stdin string, args ...st
 func waitFor(t *testing.T, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for deadline := start.Add(20 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
+	// 60 s: under make test's parallel load one kubectl call took 2 s and
+	// a conflict's status once took longer than 20 s to show (not seen
+	// alone: the sync itself takes milliseconds).
+	for deadline := start.Add(60 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("not within 20 s: %s", what)
+			t.Fatalf("not within 60 s: %s", what)
 		}
 	}
 	return time.Since(start)
