@@ -192,11 +192,7 @@ const (
 func (it *groItem) finish(p, hdr []byte, l2 int) {
 	be, le := binary.BigEndian, binary.LittleEndian
 	l, size := it.l, it.size
-	if l.outer6 {
-		be.PutUint16(p[4:], uint16(size-40))
-	} else {
-		fixIPv4Len(p[:l.udp], size)
-	}
+	setIPLen(p, size)
 	udpLen := size - l.udp
 	be.PutUint16(p[l.udp+4:], uint16(udpLen))
 	clear(hdr)
@@ -210,11 +206,10 @@ func (it *groItem) finish(p, hdr []byte, l2 int) {
 		be.PutUint16(p[l.udp+6:], fold(pseudo(p, 0, 17, udpLen)))
 	}
 	tcpLen := size - l.tcp
+	setIPLen(p[l.nh:], size-l.nh)
 	if l.inner6 {
-		be.PutUint16(p[l.nh+4:], uint16(size-l.nh-40))
 		hdr[1] |= vnetGSOTCPv6
 	} else {
-		fixIPv4Len(p[l.nh:l.tcp], size-l.nh)
 		hdr[1] |= vnetGSOTCPv4
 	}
 	be.PutUint16(p[l.tcp+16:], fold(pseudo(p, l.nh, 6, tcpLen)))
@@ -224,20 +219,4 @@ func (it *groItem) finish(p, hdr []byte, l2 int) {
 	le.PutUint16(hdr[8:], 16)
 	le.PutUint16(hdr[20:], uint16(l2+l.udp))
 	le.PutUint16(hdr[22:], uint16(l2+l.nh))
-}
-
-// fixIPv4Len sets the total length of IPv4 header ip and its checksum.
-func fixIPv4Len(ip []byte, total int) {
-	binary.BigEndian.PutUint16(ip[2:], uint16(total))
-	ip[10], ip[11] = 0, 0
-	binary.BigEndian.PutUint16(ip[10:], ^fold(sum(ip, 0)))
-}
-
-// pseudo is the pseudo-header sum of the IP header at nh for proto and
-// length.
-func pseudo(p []byte, nh int, proto byte, length int) uint64 {
-	if p[nh]>>4 == 6 {
-		return sum(p[nh+8:nh+40], uint64(proto)+uint64(length))
-	}
-	return sum(p[nh+12:nh+20], uint64(proto)+uint64(length))
 }

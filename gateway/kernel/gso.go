@@ -188,7 +188,7 @@ func (s *segmenter) cut(bufs [][]byte, sizes []int, offset int) int {
 		i := (start - l.hdrLen) / l.mss
 		// The inner IP header and TCP: length, sequence, flags (FIN and
 		// PSH on the last segment only, CWR on the first), checksum.
-		pseudo := fixIP(out, l.innerNH, i)
+		fixIP(out, l.innerNH, i)
 		tcp := out[l.tcp:]
 		binary.BigEndian.PutUint32(tcp[4:], seq0+uint32(start-l.hdrLen))
 		flags := flags0
@@ -200,7 +200,7 @@ func (s *segmenter) cut(bufs [][]byte, sizes []int, offset int) int {
 		}
 		tcp[13] = flags
 		tcp[16], tcp[17] = 0, 0
-		tcpPseudo := pseudo + uint64(len(tcp)) + 6
+		tcpPseudo := pseudo(out, l.innerNH, 6, len(tcp))
 		binary.BigEndian.PutUint16(tcp[16:], ^fold(sum(tcp, tcpPseudo)))
 		if l.tunnel {
 			s.fixTunnel(out, i, tcpPseudo)
@@ -221,14 +221,14 @@ func (s *segmenter) cut(bufs [][]byte, sizes []int, offset int) int {
 // again.
 func (s *segmenter) fixTunnel(out []byte, i int, tcpPseudo uint64) {
 	th := int(s.hdr.outerTH)
-	pseudo := fixIP(out, 0, i)
+	fixIP(out, 0, i)
 	udp := out[th:]
 	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
 	udp[6], udp[7] = 0, 0
 	if s.hdr.flags&vnetTunnelCsum == 0 {
 		return
 	}
-	acc := pseudo + uint64(len(udp)) + 17
+	acc := pseudo(out, 0, 17, len(udp))
 	if (s.seg.tcp-th)%2 == 0 {
 		acc = sum(udp[:s.seg.tcp-th], acc) + uint64(^fold(tcpPseudo))
 	} else {
@@ -241,21 +241,35 @@ func (s *segmenter) fixTunnel(out []byte, i int, tcpPseudo uint64) {
 	binary.BigEndian.PutUint16(udp[6:], c)
 }
 
-// fixIP sets the length of the IP header at off in segment out (and, for
-// IPv4, the i-th ID and the header checksum), and returns the sum of its
-// addresses for the pseudo-header above it.
-func fixIP(out []byte, off, i int) uint64 {
+// fixIP sets the IP header at off in segment i, out, for its length (and,
+// for IPv4, the i-th ID).
+func fixIP(out []byte, off, i int) {
 	ip := out[off:]
-	if ip[0]>>4 == 6 {
-		binary.BigEndian.PutUint16(ip[4:], uint16(len(ip)-40))
-		return sum(ip[8:40], 0)
+	if ip[0]>>4 == 4 {
+		binary.BigEndian.PutUint16(ip[4:], binary.BigEndian.Uint16(ip[4:])+uint16(i))
 	}
-	ihl := int(ip[0]&0x0f) * 4
-	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
-	binary.BigEndian.PutUint16(ip[4:], binary.BigEndian.Uint16(ip[4:])+uint16(i))
+	setIPLen(ip, len(ip))
+}
+
+// setIPLen sets IP header ip for a packet of total bytes from it: IPv6's
+// payload length, or IPv4's total length and header checksum.
+func setIPLen(ip []byte, total int) {
+	if ip[0]>>4 == 6 {
+		binary.BigEndian.PutUint16(ip[4:], uint16(total-40))
+		return
+	}
+	binary.BigEndian.PutUint16(ip[2:], uint16(total))
 	ip[10], ip[11] = 0, 0
-	binary.BigEndian.PutUint16(ip[10:], ^fold(sum(ip[:ihl], 0)))
-	return sum(ip[12:20], 0)
+	binary.BigEndian.PutUint16(ip[10:], ^fold(sum(ip[:int(ip[0]&0x0f)*4], 0)))
+}
+
+// pseudo is the pseudo-header sum of the IP header at nh in p for proto and
+// length.
+func pseudo(p []byte, nh int, proto byte, length int) uint64 {
+	if p[nh]>>4 == 6 {
+		return sum(p[nh+8:nh+40], uint64(proto)+uint64(length))
+	}
+	return sum(p[nh+12:nh+20], uint64(proto)+uint64(length))
 }
 
 // sum adds b, as big-endian 16-bit words, to the one's-complement sum acc
