@@ -73,10 +73,10 @@ func newEthernetTUN(own tun.Device) (*ethernetTUN, error) {
 	return t, nil
 }
 
-// Ethernet makes the Ethernet TUN and TAP for WireGuard device name at mtu,
-// the first time an Ethernet vWire goes through it, and returns the TUN's
-// name. The kernel must take UDP-tunnel offloads (Linux 6.17).
-func (t *ethernetTUN) Ethernet(name string, mtu int) (string, error) {
+// Ethernet makes the Ethernet TUN and TAP for WireGuard device name, at
+// its MTU, the first time an Ethernet vWire goes through it, and returns
+// the TUN's name. The kernel must take UDP-tunnel offloads (Linux 6.17).
+func (t *ethernetTUN) Ethernet(name string) (string, error) {
 	t.making.Lock()
 	defer t.making.Unlock()
 	if t.closed.Load() { // none made after Close: they would stay
@@ -87,6 +87,10 @@ func (t *ethernetTUN) Ethernet(name string, mtu int) (string, error) {
 	}
 	if len(name) < 2 || name[1] == 'e' || name[1] == 'f' {
 		return "", fmt.Errorf("no room beside %q for its Ethernet TUN's name", name)
+	}
+	mtu, err := t.Device.MTU()
+	if err != nil {
+		return "", err
 	}
 	fd, err := openTUN(ethernetName(name), unix.IFF_TUN, mtu)
 	if err != nil {

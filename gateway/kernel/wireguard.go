@@ -32,8 +32,7 @@ type WireGuard struct {
 
 	dev  *device.Device
 	eth  *ethernetTUN // wireguard-go's TUN, with Ethernet devices once a vWire needs them
-	mtu  int
-	bind *nsBind // nil: the process's namespace
+	bind *nsBind      // nil: the process's namespace
 	uapi net.Listener
 	link netlink.Link
 	wg   *wgctrl.Client
@@ -104,7 +103,7 @@ func (w *WireGuard) startUserspace(mtu int, log *slog.Logger) error {
 		return fmt.Errorf("TUN %s for wireguard-go: %w", w.Name, err)
 	}
 	if eth, err := newEthernetTUN(t); err == nil {
-		t, w.eth, w.mtu = eth, eth, mtu
+		t, w.eth = eth, eth
 	} else {
 		log.Warn("Ethernet vWires through this tunnel are cut into packets by the kernel, a packet a read (slower)", "device", w.Name, "err", err)
 	}
@@ -146,7 +145,7 @@ func (w *WireGuard) Ethernet() (string, error) {
 	if w.eth == nil {
 		return "", nil
 	}
-	return w.eth.Ethernet(w.Name, w.mtu)
+	return w.eth.Ethernet(w.Name)
 }
 
 // PublicKey is the device's public key.
