@@ -116,6 +116,9 @@ type Config struct {
 	// MaxPeerGateways bounds the WireGuard tunnels the gateway keeps, one
 	// per peer gateway.
 	MaxPeerGateways int
+	// TunnelGrace is how long the gateway keeps a WireGuard tunnel after
+	// its last vWire closed.
+	TunnelGrace time.Duration
 	// Peers to federate with at start, as --peer specs (see ParsePeerSpec);
 	// `vwire federation add` adds more at run time.
 	Peers []string
@@ -129,6 +132,7 @@ func NewConfig() *Config {
 		DataplaneKind:       "none",
 		IntraDomain:         "vxlan",
 		MaxPeerGateways:     kernel.DefaultMaxPeers,
+		TunnelGrace:         kernel.DefaultGrace,
 		Node:                node,
 		RefreshHint:         federation.DefaultRefreshHint,
 		RotationPropagation: 2 * federation.DefaultRefreshHint,
@@ -169,6 +173,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.GatewaySocket, "gateway-socket", c.GatewaySocket, "the unix socket the node's workloads reach the gateway on (default: DATA-DIR/gateway.sock)")
 	fs.BoolVar(&c.KeepDataplane, "keep-dataplane", c.KeepDataplane, "on shutdown, leave the vWires' interfaces and routes in place")
 	fs.IntVar(&c.MaxPeerGateways, "max-peer-gateways", c.MaxPeerGateways, "the most peer gateways the gateway keeps WireGuard tunnels to (a device each); a vWire through one more is refused")
+	fs.DurationVar(&c.TunnelGrace, "tunnel-grace", c.TunnelGrace, node.GraceUsage)
 	fs.StringVar(&c.IntraDomain, "intra-domain-tunnel", c.IntraDomain, `the tunnel of IP vWires between two gateways of this domain: "vxlan" (the domain's own network) or "wireguard" (encrypted there too)`)
 	fs.StringArrayVar(&c.Peers, "peer", c.Peers, `federate with a peer at start: "DOMAIN;bundle-endpoint=URL;bundle=FILE[;trust-domain=TD][;endpoint-id=ID][;trust-only]" (repeatable)`)
 }
@@ -231,6 +236,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := node.CheckMaxPeers(c.MaxPeerGateways); err != nil {
+		return err
+	}
+	if err := node.CheckTunnelGrace(c.TunnelGrace); err != nil {
 		return err
 	}
 	for _, d := range c.RegistrationsFrom {

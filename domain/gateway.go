@@ -20,7 +20,7 @@ func (d *Domain) startGateway(cfg *Config, log *slog.Logger) (*node.Node, error)
 	if err != nil {
 		return nil, err
 	}
-	n, err := node.Start(node.Config{Node: cfg.Node, DataDir: cfg.DataDir, Socket: d.GatewaySocket(cfg), GatewayAddress: cfg.GatewayAddress, Keep: cfg.KeepDataplane, IntraDomain: cfg.IntraDomain, MaxPeers: cfg.MaxPeerGateways,
+	n, err := node.Start(node.Config{Node: cfg.Node, DataDir: cfg.DataDir, Socket: d.GatewaySocket(cfg), GatewayAddress: cfg.GatewayAddress, Keep: cfg.KeepDataplane, IntraDomain: cfg.IntraDomain, MaxPeers: cfg.MaxPeerGateways, TunnelGrace: cfg.TunnelGrace,
 		TD: d.TD, SpiffeID: federation.ProxyID(d.TD).String(), // the gateway runs with the domain's identity
 		Proxy: proxy, Endpoint: d.Store.GetEndpoint, Log: log})
 	if err != nil {

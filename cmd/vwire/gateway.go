@@ -30,6 +30,7 @@ const gatewayPort = "7003"
 func newGatewayCmd() *cobra.Command {
 	var registryAddr, credentials, spiffeSocket, nodeName, dataDir, socket, listen, advertise, gatewayAddress, intraDomain string
 	var maxPeers int
+	var grace time.Duration
 	var keep bool
 	var att attestFlags
 	cmd := &cobra.Command{
@@ -45,6 +46,9 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := node.CheckMaxPeers(maxPeers); err != nil {
+				return usagef("%v", err)
+			}
+			if err := node.CheckTunnelGrace(grace); err != nil {
 				return usagef("%v", err)
 			}
 			begin := time.Now()
@@ -104,7 +108,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 			if socket == "" {
 				socket = node.Socket(dataDir)
 			}
-			n, err := node.Start(node.Config{Node: nodeName, DataDir: dataDir, Socket: socket, GatewayAddress: gatewayAddress, Keep: keep, IntraDomain: intraDomain, MaxPeers: maxPeers,
+			n, err := node.Start(node.Config{Node: nodeName, DataDir: dataDir, Socket: socket, GatewayAddress: gatewayAddress, Keep: keep, IntraDomain: intraDomain, MaxPeers: maxPeers, TunnelGrace: grace,
 				TD: td, SpiffeID: svid.ID.String(), URL: advertise, Proxy: proxy, Log: log,
 				Endpoint: func(ctx context.Context, name string) (*registrypb.Endpoint, error) {
 					return reg.GetEndpoint(ctx, &registrypb.GetEndpointRequest{Name: name})
@@ -143,6 +147,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 	f.BoolVar(&keep, "keep-dataplane", false, "on shutdown, leave the vWires' interfaces and routes in place")
 	att.add(f)
 	f.IntVar(&maxPeers, "max-peer-gateways", kernel.DefaultMaxPeers, "the most peer gateways to keep WireGuard tunnels to (a device each); a vWire through one more is refused")
+	f.DurationVar(&grace, "tunnel-grace", kernel.DefaultGrace, node.GraceUsage)
 	f.StringVar(&intraDomain, "intra-domain-tunnel", "vxlan", `the tunnel of IP vWires whose endpoint is behind this gateway and whose client is of the same domain: "vxlan" or "wireguard"`)
 	return cmd
 }

@@ -134,8 +134,8 @@ func TestSeparateGateway(t *testing.T) {
 
 	t.Run("closing leaves nothing on b2", func(t *testing.T) {
 		c.stop()
-		if got := snapshot(t, b2.ns); got != beforeLinks {
-			t.Errorf("b2 after close:\n%s\nbefore:\n%s", got, beforeLinks)
+		if got := settled(t, b2.ns, beforeLinks); got != beforeLinks {
+			t.Errorf("b2 after close and the tunnel's grace:\n%s\nbefore:\n%s", got, beforeLinks)
 		}
 		if out := run(t, "ip", "-n", epNS, "-o", "link", "show"); strings.Contains(out, "nsm") {
 			t.Errorf("the endpoint's interface is still there:\n%s", out)

@@ -94,11 +94,11 @@ func TestHandedNamespaces(t *testing.T) {
 		if got := pins(b); len(got) != 0 {
 			t.Errorf("b's pins after close: %v", got)
 		}
-		if got := snapshot(t, a.ns); got != beforeA {
-			t.Errorf("a's host after close:\n%s\nbefore:\n%s", got, beforeA)
+		if got := settled(t, a.ns, beforeA); got != beforeA {
+			t.Errorf("a's host after close and the tunnel's grace:\n%s\nbefore:\n%s", got, beforeA)
 		}
-		if got := snapshot(t, b.ns); got != beforeB {
-			t.Errorf("b's host after close:\n%s\nbefore:\n%s", got, beforeB)
+		if got := settled(t, b.ns, beforeB); got != beforeB {
+			t.Errorf("b's host after close and the tunnel's grace:\n%s\nbefore:\n%s", got, beforeB)
 		}
 		if out, _ := exec.Command("ip", "-n", clientNS, "-o", "link", "show").CombinedOutput(); strings.Contains(string(out), "nsm0") {
 			t.Errorf("the client's interface is still there:\n%s", out)

@@ -94,6 +94,24 @@ func snapshot(t *testing.T, ns string) string {
 		run(t, "ip", "-6", "-n", ns, "rule", "show") + strings.Join(v6, "")
 }
 
+// testGrace is how long the tests' gateways keep a WireGuard tunnel after
+// its last vWire (--tunnel-grace; 30 s unless told).
+const testGrace = "1s"
+
+// settled waits until ns's snapshot is want again (its idle tunnels gone
+// after testGrace), and returns the last one it took.
+func settled(t *testing.T, ns, want string) string {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		got := snapshot(t, ns)
+		if got == want || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // fullSnapshot adds the nftables tables: the gateway's MSS clamping table
 // stays while it runs, and goes when it stops.
 func fullSnapshot(t *testing.T, ns string) string {
@@ -261,11 +279,11 @@ func TestIPvWireAcrossDomains(t *testing.T) {
 
 	t.Run("closing leaves nothing behind", func(t *testing.T) {
 		c.stop()
-		if got := snapshot(t, a.ns); got != beforeA {
-			t.Errorf("a's host after close:\n%s\nbefore:\n%s", got, beforeA)
+		if got := settled(t, a.ns, beforeA); got != beforeA {
+			t.Errorf("a's host after close and the tunnel's grace:\n%s\nbefore:\n%s", got, beforeA)
 		}
-		if got := snapshot(t, b.ns); got != beforeB {
-			t.Errorf("b's host after close:\n%s\nbefore:\n%s", got, beforeB)
+		if got := settled(t, b.ns, beforeB); got != beforeB {
+			t.Errorf("b's host after close and the tunnel's grace:\n%s\nbefore:\n%s", got, beforeB)
 		}
 		if out := run(t, "ip", "-n", clientNS, "-o", "link", "show"); strings.Contains(out, "nsm0") {
 			t.Errorf("the client's interface is still there:\n%s", out)

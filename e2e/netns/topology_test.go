@@ -135,7 +135,7 @@ func (w *world) gatewayNode(d, name, addr string) *host {
 	creds := filepath.Join(w.dir, d+"-"+name+"-creds")
 	run(w.t, w.bin, "ca", "issue", "spiffe://"+d+"/vwire/gateway/"+name, "--data-dir", h.data, "--out", creds)
 	n.args = []string{"netns", "exec", n.ns, w.bin, "gateway", "--registry", h.addr + ":7001", "--credentials", creds,
-		"--data-dir", n.data, "--listen", addr + ":7003"}
+		"--data-dir", n.data, "--listen", addr + ":7003", "--tunnel-grace", testGrace}
 	n.proc = e2e.StartVwire(w.t, "ip", nil, n.args...)
 	return n
 }
@@ -144,7 +144,7 @@ func (w *world) gatewayNode(d, name, addr string) *host {
 func (w *world) start(h *host) {
 	h.args = []string{"netns", "exec", h.ns, w.bin, "domain", "--name", h.name, "--data-dir", h.data,
 		"--listen", h.addr + ":7001", "--bundle-listen", h.addr + ":7002", "--dns-server", w.dns,
-		"--connection-lifetime", "30s"}
+		"--connection-lifetime", "30s", "--tunnel-grace", testGrace}
 	h.args = append(h.args, h.extra...)
 	h.proc = e2e.StartVwire(w.t, "ip", nil, h.args...)
 }

@@ -17,8 +17,9 @@ import (
 
 // Tunnels keeps this gateway's WireGuard devices: one per peer gateway,
 // created when a vWire first needs it, its peer's allowed IPs the far
-// addresses of every vWire through it, and removed with the last one. A
-// device listens on a port of its own (the kernel's choice), which the
+// addresses of every vWire through it, and removed Grace after the last
+// one goes (unless a new vWire takes it again: then the vWire needs a peer
+// route only, not a device and a handshake). A device listens on a port of its own (the kernel's choice), which the
 // vWire's mechanism tells the peer; a peer whose endpoint is not known yet
 // is learnt from its first handshake (WireGuard roaming).
 type Tunnels struct {
@@ -28,6 +29,9 @@ type Tunnels struct {
 	// Max bounds the devices, one per peer gateway key that a vWire
 	// names (a peer domain chooses the keys): 0 is DefaultMaxPeers.
 	Max int
+	// Grace is how long a device outlives its last vWire: 0 removes it
+	// with the last.
+	Grace time.Duration
 
 	mu    sync.Mutex
 	peers map[wgtypes.Key]*tunnel
@@ -38,6 +42,8 @@ type tunnel struct {
 	endpoint netip.AddrPort
 	told     bool                      // endpoint is what the peer told, not learnt
 	users    map[string][]netip.Prefix // vWire id → its far addresses
+	idle     *time.Timer               // while no vWire uses it: removes it when it fires
+	since    time.Time                 // when it went idle
 }
 
 // configured is the endpoint to configure the peer with: what the peer
@@ -54,6 +60,12 @@ func (tun *tunnel) configured(fresh bool) netip.AddrPort {
 // unless told otherwise: each is a device, a socket and, with wireguard-go,
 // goroutines and buffers (some hundreds of KB).
 const DefaultMaxPeers = 256
+
+// DefaultGrace is how long a gateway keeps a WireGuard device to a peer
+// gateway after its last vWire closed unless told otherwise: long enough
+// for the next vWire of a busy pair to find it (and its session) there,
+// short enough that a pair that is done leaves no device for long.
+const DefaultGrace = 30 * time.Second
 
 // NewTunnels returns the tunnels of a gateway with private key key; their
 // devices get mtu.
@@ -83,8 +95,12 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, lear
 	defer t.mu.Unlock()
 	tun := t.peers[peer]
 	fresh := tun == nil
-	if max := cmp.Or(t.Max, DefaultMaxPeers); fresh && len(t.peers) >= max {
+	if max := cmp.Or(t.Max, DefaultMaxPeers); fresh && len(t.peers) >= max && !t.dropIdlestLocked() {
 		return "", 0, fmt.Errorf("this gateway keeps tunnels to %d peer gateways already, its most (--max-peer-gateways): refused a tunnel to another", max)
+	}
+	if tun != nil && tun.idle != nil {
+		tun.idle.Stop()
+		tun.idle = nil
 	}
 	if fresh {
 		dev, err := NewWireGuard(t.deviceName(peer), t.key, listen, t.mtu, t.log)
@@ -212,7 +228,8 @@ func (t *Tunnels) farOf(id string) []netip.Prefix {
 }
 
 // Release drops vWire id from whichever tunnel carries it; a tunnel that no
-// vWire uses any more is removed.
+// vWire uses any more is removed Grace later, unless a vWire takes it
+// again meanwhile.
 func (t *Tunnels) Release(id string) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -221,24 +238,68 @@ func (t *Tunnels) Release(id string) error {
 			continue
 		}
 		delete(tun.users, id)
-		if t.dropIfUnused(peer, tun) {
+		// A tunnel that never had a session (its peer never answered)
+		// saves the next vWire nothing: it goes at once.
+		if at, _ := tun.dev.LastHandshake(peer); (t.Grace <= 0 || at.IsZero()) && t.dropIfUnused(peer, tun) {
 			return nil
 		}
-		return tun.dev.SetPeer(peer, tun.configured(false), allowed(tun.users))
+		// Idle, the peer keeps its session but is allowed nothing: no
+		// packet of a closed vWire goes through.
+		if err := tun.dev.SetPeer(peer, tun.configured(false), allowed(tun.users)); err != nil {
+			return err
+		}
+		if len(tun.users) == 0 {
+			t.idleLocked(peer, tun)
+		}
+		return nil
 	}
 	return nil
+}
+
+// idleLocked removes tunnel tun to peer Grace from now unless a vWire
+// takes it first; t.mu is held.
+func (t *Tunnels) idleLocked(peer wgtypes.Key, tun *tunnel) {
+	var timer *time.Timer
+	timer = time.AfterFunc(t.Grace, func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if t.peers[peer] == tun && tun.idle == timer { // not taken (and let go) again meanwhile
+			t.dropIfUnused(peer, tun)
+		}
+	})
+	tun.idle, tun.since = timer, time.Now()
+}
+
+// dropIdlestLocked removes the tunnel idle the longest, to make room for
+// a new one; false if every tunnel carries a vWire. t.mu is held.
+func (t *Tunnels) dropIdlestLocked() bool {
+	var peer wgtypes.Key
+	var idlest *tunnel
+	for key, tun := range t.peers {
+		if tun.idle != nil && (idlest == nil || tun.since.Before(idlest.since)) {
+			peer, idlest = key, tun
+		}
+	}
+	if idlest == nil {
+		return false
+	}
+	idlest.idle.Stop()
+	return t.dropIfUnused(peer, idlest)
 }
 
 func (t *Tunnels) dropIfUnused(peer wgtypes.Key, tun *tunnel) bool {
 	if len(tun.users) > 0 {
 		return false
 	}
+	if tun.idle != nil {
+		tun.idle.Stop()
+	}
 	tun.dev.Close()
 	delete(t.peers, peer)
 	return true
 }
 
-// Devices lists the devices, by name.
+// Devices lists the devices, by name, idle ones too.
 func (t *Tunnels) Devices() []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -250,11 +311,14 @@ func (t *Tunnels) Devices() []string {
 	return out
 }
 
-// Close removes every device.
+// Close removes every device, idle ones too.
 func (t *Tunnels) Close() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for peer, tun := range t.peers {
+		if tun.idle != nil {
+			tun.idle.Stop()
+		}
 		tun.dev.Close()
 		delete(t.peers, peer)
 	}

@@ -2,13 +2,16 @@ package kernel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -173,6 +176,69 @@ func TestTunnelsPerPeerGateway(t *testing.T) {
 	for _, ns := range []string{p.gA, p.gB} {
 		if out := ip(t, "-n", ns, "link", "show"); strings.Contains(out, " wg") {
 			t.Errorf("a WireGuard device left in %s:\n%s", ns, out)
+		}
+	}
+}
+
+// A tunnel outlives its last vWire for its grace: the next vWire to the
+// same peer gateway finds the device, its port and its session there (no
+// new handshake to wait for), an idle peer is allowed no addresses, and
+// when the grace passes with no vWire the devices go.
+func TestTunnelsGrace(t *testing.T) {
+	e2e.RequireRoot(t, "ping")
+	p := newGatewayPair(t)
+	p.tA.Grace, p.tB.Grace = time.Hour, time.Hour
+	down := func(id string) {
+		t.Helper()
+		for _, b := range []*Backend{p.bA, p.bB} {
+			if err := b.Remove(context.Background(), id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := errors.Join(p.tA.Release(id), p.tB.Release(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ping := func(wA, addr string) {
+		t.Helper()
+		out, err := exec.Command("ip", "netns", "exec", wA, "ping", "-c", "1", "-w", "4", addr).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "1 received") {
+			t.Fatalf("ping %s: %v\n%s", addr, err, out)
+		}
+	}
+	wA, first := p.up("v1", "172.30.0.1", "172.30.0.2")
+	ping(wA, "172.30.0.2")
+	devices, shook := p.tA.Devices(), p.tA.Handshake("v1")
+	down("v1")
+	if got := p.tA.Devices(); !slices.Equal(got, devices) || len(p.tB.Devices()) != 1 {
+		t.Fatalf("after the last vWire closed, within the grace: devices %v and %v, want %v and one", got, p.tB.Devices(), devices)
+	}
+	for _, tun := range []*Tunnels{p.tA, p.tB} {
+		for key, tn := range tun.peers {
+			d, err := tn.dev.wg.Device(tn.dev.Name)
+			if err != nil || len(d.Peers) != 1 || len(d.Peers[0].AllowedIPs) != 0 {
+				t.Errorf("idle %s: the peer %s is still allowed addresses or gone: %+v, %v", tn.dev.Name, key, d, err)
+			}
+		}
+	}
+	wA, second := p.up("v2", "172.30.1.1", "172.30.1.2")
+	if second != first {
+		t.Errorf("the second vWire got a new device on b (port %d, was %d)", second, first)
+	}
+	if at := p.tA.Handshake("v2"); !at.Equal(shook) {
+		t.Errorf("the second vWire needed a new handshake (%v, the first's %v)", at, shook)
+	}
+	ping(wA, "172.30.1.2")
+	p.tA.Grace, p.tB.Grace = 50*time.Millisecond, 50*time.Millisecond
+	down("v2")
+	for deadline := time.Now().Add(10 * time.Second); len(p.tA.Devices())+len(p.tB.Devices()) > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("devices kept past their grace: %v %v", p.tA.Devices(), p.tB.Devices())
+		}
+	}
+	for _, ns := range []string{p.gA, p.gB} {
+		if out := ip(t, "-n", ns, "link", "show"); strings.Contains(out, " wg") {
+			t.Errorf("a WireGuard device left in %s after its grace:\n%s", ns, out)
 		}
 	}
 }
@@ -387,13 +453,14 @@ func (p *gatewayPair) up(id, a, b string) (wA string, portB int) {
 
 // Each peer gateway key a vWire names is a device: the keys come from peer
 // domains, so the devices are bounded; past the bound a vWire is refused
-// and no device is made, and a released one makes room again.
+// and no device is made, and a released one makes room again (the idle
+// tunnel goes before its grace is over).
 func TestTunnelsBounded(t *testing.T) {
 	e2e.RequireRoot(t)
 	gw := namespace(t)
 	key, _ := wgtypes.GeneratePrivateKey()
 	tun := NewTunnels(key, 1420, slog.Default())
-	tun.Max = 2
+	tun.Max, tun.Grace = 2, time.Hour
 	t.Cleanup(tun.Close)
 	use := func(id string) error {
 		peer, _ := wgtypes.GeneratePrivateKey()
@@ -418,5 +485,8 @@ func TestTunnelsBounded(t *testing.T) {
 	}
 	if err := use("v3"); err != nil {
 		t.Errorf("a released tunnel makes room: %v", err)
+	}
+	if n := strings.Count(ip(t, "-n", gw, "link", "show"), ": wg"); n != 2 || len(tun.Devices()) != 2 {
+		t.Errorf("%d devices in the namespace, %d kept; want 2 (the idle one gone)", n, len(tun.Devices()))
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -30,12 +31,13 @@ import (
 // Config says how to run a node's gateway.
 type Config struct {
 	Node           string
-	DataDir        string // state in DataDir/gateway, workloads' socket DataDir/gateway.sock
-	Socket         string // the workloads' socket instead, when set
-	GatewayAddress string // the tunnel address; "": the default route's interface's
-	Keep           bool   // leave the ends programmed on Close
-	IntraDomain    string // the tunnel of IP vWires within the domain: vxlan or wireguard
-	MaxPeers       int    // peer gateways to keep tunnels to at most; 0: kernel.DefaultMaxPeers
+	DataDir        string        // state in DataDir/gateway, workloads' socket DataDir/gateway.sock
+	Socket         string        // the workloads' socket instead, when set
+	GatewayAddress string        // the tunnel address; "": the default route's interface's
+	Keep           bool          // leave the ends programmed on Close
+	IntraDomain    string        // the tunnel of IP vWires within the domain: vxlan or wireguard
+	MaxPeers       int           // peer gateways to keep tunnels to at most; 0: kernel.DefaultMaxPeers
+	TunnelGrace    time.Duration // how long a tunnel outlives its last vWire (see kernel.Tunnels.Grace)
 	TD             spiffeid.TrustDomain
 	SpiffeID       string // the ID its path segments carry
 	URL            string // where the proxy reaches its Service; "" inside the proxy's process
@@ -51,6 +53,17 @@ type Config struct {
 func CheckIntraDomain(t string) error {
 	if t != "" && t != "vxlan" && t != "wireguard" {
 		return fmt.Errorf("--intra-domain-tunnel %q: want vxlan or wireguard", t)
+	}
+	return nil
+}
+
+// GraceUsage is what --tunnel-grace means, for every command that has it.
+const GraceUsage = "how long a WireGuard tunnel to a peer gateway outlives its last vWire, so that the next vWire to that gateway needs no new device and handshake (0: removed with the last vWire; all go at shutdown)"
+
+// CheckTunnelGrace says what is wrong with a --tunnel-grace.
+func CheckTunnelGrace(d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("--tunnel-grace %v: not negative (0 removes a tunnel with its last vWire)", d)
 	}
 	return nil
 }
@@ -108,7 +121,7 @@ func Start(cfg Config) (n *Node, err error) {
 	}
 	wgMTU, _ := dataplane.PathMTU(mtu, addr.Is6(), dataplane.WireGuardOverhead)
 	n = &Node{tunnels: kernel.NewTunnels(key, max(wgMTU, 1280), log), keep: cfg.Keep, done: make(chan struct{})}
-	n.tunnels.Max = cfg.MaxPeers
+	n.tunnels.Max, n.tunnels.Grace = cfg.MaxPeers, cfg.TunnelGrace
 	if n.backend, err = kernel.New(); err != nil {
 		return nil, err
 	}
