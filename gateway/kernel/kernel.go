@@ -894,20 +894,28 @@ func setRoutes(h *netlink.Handle, link netlink.Link, want []dataplane.Route) err
 // Remove implements dataplane.Backend.
 func (b *Backend) Remove(_ context.Context, id string) error {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	host, err := b.host.LinkByName(hostName(id))
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
+		b.mu.Unlock()
 		return nil
 	}
 	if err != nil {
+		b.mu.Unlock()
 		return err
 	}
 	got, ns, ok := parseHostAlias(host.Attrs().Alias)
 	if !ok || got != id {
+		b.mu.Unlock()
 		return fmt.Errorf("%s belongs to %q, not to end %q", host.Attrs().Name, host.Attrs().Alias, id)
 	}
-	return b.removeLocked(host, id, ns)
+	b.detachLocked(id)
+	b.mu.Unlock()
+	// The links go outside the lock (the caller keeps other changes to
+	// this end away): the kernel answers a link's deletion only after RCU
+	// grace periods, some 20 ms for a veth, while the other ends' changes
+	// go on.
+	return b.unlink(host, id, ns)
 }
 
 // removeLocked removes end id's halves: host, the gateway's (a veth,
@@ -915,8 +923,20 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 // device in namespace ns is removed by name), and what routes or bridges
 // it.
 func (b *Backend) removeLocked(host netlink.Link, id, ns string) error {
+	b.detachLocked(id)
+	return b.unlink(host, id, ns)
+}
+
+// detachLocked removes what routes or bridges end id; b.mu is held.
+func (b *Backend) detachLocked(id string) {
 	b.removeBridge(id)
 	b.removeWireGuard(id)
+}
+
+// unlink removes end id's halves, host and (for a VXLAN end's tag) the
+// VXLAN device in namespace ns, each on a netlink socket of its own: a
+// deletion holds its socket until the kernel is done with it.
+func (b *Backend) unlink(host netlink.Link, id, ns string) error {
 	if isTag(host) {
 		if h, err := handleIn(ns); err == nil {
 			if link, err := workloadLink(h, id); err == nil {
@@ -925,7 +945,21 @@ func (b *Backend) removeLocked(host netlink.Link, id, ns string) error {
 			h.Close()
 		}
 	}
-	return b.host.LinkDel(host)
+	gw := processNS
+	if b.nsFD >= 0 {
+		gw = netns.NsHandle(b.nsFD)
+	} else if processNSErr != nil {
+		return fmt.Errorf("the process's network namespace: %w", processNSErr)
+	}
+	h, err := netlink.NewHandleAt(gw)
+	if err != nil {
+		return fmt.Errorf("netlink in the gateway's network namespace: %w", err)
+	}
+	defer h.Close()
+	if err := h.LinkDel(host); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("removing %s: %w", host.Attrs().Name, err)
+	}
+	return nil
 }
 
 // List implements dataplane.Backend.
