@@ -41,8 +41,11 @@ const (
 // Backend programs vWire ends in the kernel. It works from the network
 // namespace it was created in (the gateway's).
 type Backend struct {
-	mu      sync.Mutex // one change at a time: interface names are shared
-	host    *netlink.Handle
+	mu   sync.Mutex // one change at a time: interface names are shared
+	host *netlink.Handle
+	// routes reads the gateway's routes (see strict), host the rest:
+	// the kernel refuses rule and neighbour dumps on a strict socket.
+	routes  *netlink.Handle
 	tunnels *Tunnels // the WireGuard devices of ends that name a Peer
 	// forwarding turns on IPv4 forwarding in the gateway's namespace
 	// before the first routed end, and forwarding6 IPv6's before the first
@@ -53,7 +56,11 @@ type Backend struct {
 	// takes some 10 ms, a vWire's whole set-up), removed on Close when no
 	// end is left (under mu).
 	clamped bool
-	nsFD    int // the gateway's namespace for nftables; -1: the process's
+	// tables is each gateway half's routing table as its rules say, read
+	// once and kept as the backend adds and removes rules (nil: not read
+	// yet): a thousand ends' rules are not listed for each change.
+	tables map[string]int
+	nsFD   int // the gateway's namespace for nftables; -1: the process's
 }
 
 var _ dataplane.Backend = (*Backend)(nil)
@@ -64,7 +71,12 @@ func New() (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	return &Backend{host: h, forwarding: enable("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+	routes, err := strict(netlink.NewHandle())
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	return &Backend{host: h, routes: routes, forwarding: enable("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
 		forwarding6: enable("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"), nsFD: -1}, nil
 }
 
@@ -99,7 +111,7 @@ func (b *Backend) clamp() {
 // unclamp removes the MSS clamping table if no gateway half is left
 // (also one that a killed gateway left behind).
 func (b *Backend) unclamp() {
-	links, err := b.host.LinkList()
+	links, err := dump(func() ([]netlink.Link, error) { return b.host.LinkList() })
 	if err != nil {
 		return
 	}
@@ -169,7 +181,29 @@ func NewAt(ns string) (*Backend, error) {
 		nsh.Close()
 		return nil, fmt.Errorf("netlink in network namespace %q: %w", ns, err)
 	}
-	return &Backend{host: h, nsFD: int(nsh)}, nil
+	routes, err := strict(netlink.NewHandleAt(nsh))
+	if err != nil {
+		h.Close()
+		nsh.Close()
+		return nil, fmt.Errorf("netlink in network namespace %q: %w", ns, err)
+	}
+	return &Backend{host: h, routes: routes, nsFD: int(nsh)}, nil
+}
+
+// strict has the kernel filter h's route and address dumps by what they
+// ask for (table, output link, protocol; link) instead of sending every
+// route of every end for the library to filter: at a thousand vWires, a
+// dump of one end's table is otherwise a dump of six thousand routes.
+// Rule and neighbour dumps are refused on such a socket.
+func strict(h *netlink.Handle, err error) (*netlink.Handle, error) {
+	if err != nil {
+		return nil, err
+	}
+	if err := h.SetStrictCheck(true); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("strict checking: %w", err)
+	}
+	return h, nil
 }
 
 // handleIn is a netlink handle for namespace ns (a name or path).
@@ -263,18 +297,30 @@ func endTables(rules []netlink.Rule) map[string]int {
 
 // tableOf is the routing table of end id's policy rule (0: it has none).
 func (b *Backend) tableOf(id string) (int, error) {
-	rules, err := b.host.RuleList(netlink.FAMILY_ALL)
+	rules, err := dump(func() ([]netlink.Rule, error) { return b.host.RuleList(netlink.FAMILY_ALL) })
 	if err != nil {
 		return 0, fmt.Errorf("listing the policy rules: %w", err)
 	}
 	return endTables(rules)[hostName(id)], nil
 }
 
-// freeTable is the lowest table at or above tableBase that no end's rule
-// holds.
-func freeTable(rules []netlink.Rule) int {
+// tablesLocked is each gateway half's table (see Backend.tables); b.mu
+// is held.
+func (b *Backend) tablesLocked() (map[string]int, error) {
+	if b.tables == nil {
+		rules, err := dump(func() ([]netlink.Rule, error) { return b.host.RuleList(netlink.FAMILY_ALL) })
+		if err != nil {
+			return nil, fmt.Errorf("listing the policy rules: %w", err)
+		}
+		b.tables = endTables(rules)
+	}
+	return b.tables, nil
+}
+
+// freeTable is the lowest table at or above tableBase that no end holds.
+func freeTable(tables map[string]int) int {
 	used := map[int]bool{}
-	for _, t := range endTables(rules) {
+	for _, t := range tables {
 		used[t] = true
 	}
 	t := tableBase
@@ -381,7 +427,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 		return err
 	}
 	defer nsh.Close()
-	inNS, err := netlink.NewHandleAt(nsh)
+	inNS, err := strict(netlink.NewHandleAt(nsh)) // (no rule or neighbour dumps in it)
 	if err != nil {
 		return fmt.Errorf("network namespace %q: %w", e.NetNS, err)
 	}
@@ -418,7 +464,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 // workload's half is there, and of the kind e wants (a VXLAN device with
 // e's tunnel, or the other half of a veth pair).
 func current(inNS *netlink.Handle, host netlink.Link, e dataplane.End) error {
-	link, err := workloadLink(inNS, e.ID)
+	link, err := workloadLink(inNS, e.ID, e.Interface)
 	if err != nil {
 		return err
 	}
@@ -513,7 +559,7 @@ func isTag(host netlink.Link) bool { return host.Type() == "bridge" }
 
 // configure brings both halves to the end's MTU, addresses and routes.
 func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane.End) error {
-	link, err := workloadLink(inNS, e.ID)
+	link, err := workloadLink(inNS, e.ID, e.Interface)
 	if err != nil {
 		return err
 	}
@@ -554,10 +600,40 @@ func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane
 	if err := b.host.LinkSetUp(host); err != nil {
 		return err
 	}
+	if e.WireGuard != nil || len(e.Routed) > 0 {
+		if err := b.setNeighbours(inNS, link, host, e); err != nil {
+			return err
+		}
+	}
 	if err := b.setWireGuard(host, e); err != nil {
 		return err
 	}
 	return b.setBridge(host, e)
+}
+
+// setNeighbours makes a routed end's halves know each other's hardware
+// address for good: the workload its next hop (the gateway half's
+// addresses), the gateway half the workload's addresses. The kernel's
+// neighbour tables are shared by every namespace and hold 1,024 learnt
+// entries (gc_thresh3) before they refuse more, which two per vWire on a
+// host reach at some 500 vWires; permanent entries do not count, and the
+// first packet waits for no ARP. They go with the link.
+func (b *Backend) setNeighbours(inNS *netlink.Handle, link, host netlink.Link, e dataplane.End) error {
+	for _, gw := range gateways(e) {
+		n := &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: family(gw), State: netlink.NUD_PERMANENT,
+			IP: net.IP(gw.AsSlice()), HardwareAddr: host.Attrs().HardwareAddr}
+		if err := inNS.NeighSet(n); err != nil {
+			return fmt.Errorf("the neighbour %s on %s: %w", gw, e.Interface, err)
+		}
+	}
+	for _, p := range e.Addrs {
+		n := &netlink.Neigh{LinkIndex: host.Attrs().Index, Family: family(p.Addr()), State: netlink.NUD_PERMANENT,
+			IP: net.IP(p.Addr().AsSlice()), HardwareAddr: link.Attrs().HardwareAddr}
+		if err := b.host.NeighSet(n); err != nil {
+			return fmt.Errorf("the neighbour %s on %s: %w", p.Addr(), host.Attrs().Name, err)
+		}
+	}
+	return nil
 }
 
 // workloadRoutes are the end's routes, and for a WireGuard end the far
@@ -595,16 +671,18 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 		return err
 	}
 	device := wg.Attrs().Name
-	rules, err := b.host.RuleList(netlink.FAMILY_ALL)
+	tables, err := b.tablesLocked()
 	if err != nil {
-		return fmt.Errorf("listing the policy rules: %w", err)
+		return err
 	}
-	table, ok := endTables(rules)[host.Attrs().Name]
-	if !ok {
-		table = freeTable(rules)
+	table, known := tables[host.Attrs().Name]
+	if !known {
+		table = freeTable(tables)
 	}
 	// The far side, in the end's table.
-	have, err := b.host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	have, err := dump(func() ([]netlink.Route, error) {
+		return b.routes.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return err
 	}
@@ -622,7 +700,14 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 		}
 	}
 	// The rules, one per family, that send the half's packets to that
-	// table.
+	// table: a known end's as the kernel has them (a refresh may add a
+	// family), a new end's all new.
+	var rules []netlink.Rule
+	if known {
+		if rules, err = dump(func() ([]netlink.Rule, error) { return b.host.RuleList(netlink.FAMILY_ALL) }); err != nil {
+			return fmt.Errorf("listing the policy rules: %w", err)
+		}
+	}
 	for _, gw := range gateways(e) {
 		fam := family(gw)
 		found := false
@@ -632,9 +717,10 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 		if !found {
 			rule := netlink.NewRule()
 			rule.IifName, rule.Table, rule.Priority, rule.Family = host.Attrs().Name, table, rulePriority, fam
-			if err := b.host.RuleAdd(rule); err != nil {
+			if err := b.host.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
 				return fmt.Errorf("rule for %s: %w", host.Attrs().Name, err)
 			}
+			tables[host.Attrs().Name] = table
 		}
 	}
 	return b.routeBack(host, e)
@@ -739,20 +825,23 @@ func (b *Backend) removeWireGuard(id string) {
 			b.tunnels.log.Warn("releasing a WireGuard peer failed", "id", id, "err", err)
 		}
 	}
-	rules, err := b.host.RuleList(netlink.FAMILY_ALL)
+	tables, err := b.tablesLocked()
 	if err != nil {
 		return
 	}
-	table, ok := endTables(rules)[hostName(id)]
+	table, ok := tables[hostName(id)]
 	if !ok {
 		return
 	}
-	for _, r := range rules {
-		if r.Table == table && r.Priority == rulePriority {
-			_ = b.host.RuleDel(&r)
-		}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rule := netlink.NewRule()
+		rule.IifName, rule.Table, rule.Priority, rule.Family = hostName(id), table, rulePriority, fam
+		_ = b.host.RuleDel(rule) // (none of a family the end did not have)
 	}
-	if routes, err := b.host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE); err == nil {
+	delete(tables, hostName(id))
+	if routes, err := dump(func() ([]netlink.Route, error) {
+		return b.routes.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	}); err == nil {
 		for _, r := range routes {
 			_ = b.host.RouteDel(&r)
 		}
@@ -822,9 +911,26 @@ func (b *Backend) removeBridge(id string) {
 	}
 }
 
+// dump runs a netlink dump again while concurrent changes interrupt it
+// (the kernel marks such a dump: its results may be incomplete), as they
+// do when many vWires change at once.
+func dump[T any](list func() (T, error)) (T, error) {
+	for i := 0; ; i++ {
+		out, err := list()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == 9 {
+			return out, err
+		}
+	}
+}
+
 // workloadLink finds the end's interface in the namespace by its alias.
-func workloadLink(inNS *netlink.Handle, id string) (netlink.Link, error) {
-	links, err := inNS.LinkList()
+func workloadLink(inNS *netlink.Handle, id, name string) (netlink.Link, error) {
+	// By its name first: listing every link of a namespace that holds a
+	// thousand vWires costs more than the rest of a change.
+	if l, err := inNS.LinkByName(name); err == nil && l.Attrs().Alias == aliasPrefix+id {
+		return l, nil
+	}
+	links, err := dump(func() ([]netlink.Link, error) { return inNS.LinkList() })
 	if err != nil {
 		return nil, err
 	}
@@ -837,7 +943,7 @@ func workloadLink(inNS *netlink.Handle, id string) (netlink.Link, error) {
 }
 
 func setAddrs(h *netlink.Handle, link netlink.Link, want []netip.Prefix) error {
-	have, err := h.AddrList(link, netlink.FAMILY_ALL)
+	have, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_ALL) })
 	if err != nil {
 		return err
 	}
@@ -860,8 +966,10 @@ func setAddrs(h *netlink.Handle, link netlink.Link, want []netip.Prefix) error {
 }
 
 func setRoutes(h *netlink.Handle, link netlink.Link, want []dataplane.Route) error {
-	have, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: routeProtocol},
-		netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	have, err := dump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: routeProtocol},
+			netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	})
 	if err != nil {
 		return err
 	}
@@ -939,7 +1047,7 @@ func (b *Backend) detachLocked(id string) {
 func (b *Backend) unlink(host netlink.Link, id, ns string) error {
 	if isTag(host) {
 		if h, err := handleIn(ns); err == nil {
-			if link, err := workloadLink(h, id); err == nil {
+			if link, err := workloadLink(h, id, ""); err == nil {
 				_ = h.LinkDel(link)
 			}
 			h.Close()
@@ -966,15 +1074,33 @@ func (b *Backend) unlink(host netlink.Link, id, ns string) error {
 func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	links, err := b.host.LinkList()
+	links, err := dump(func() ([]netlink.Link, error) { return b.host.LinkList() })
 	if err != nil {
 		return nil, err
 	}
-	rules, err := b.host.RuleList(netlink.FAMILY_ALL)
+	rules, err := dump(func() ([]netlink.Rule, error) { return b.host.RuleList(netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("listing the policy rules: %w", err)
 	}
 	tables := endTables(rules)
+	b.tables = tables // as the kernel has them now
+	// Every table's routes in one dump, and each namespace read once: a
+	// dump per end would be a thousand dumps of a thousand ends' routes.
+	all, err := dump(func() ([]netlink.Route, error) {
+		return b.host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing the routes: %w", err)
+	}
+	inTable := map[int][]netlink.Route{}
+	for _, r := range all {
+		inTable[r.Table] = append(inTable[r.Table], r)
+	}
+	byIndex := map[int]netlink.Link{}
+	for _, l := range links {
+		byIndex[l.Attrs().Index] = l
+	}
+	views := map[string]*nsView{}
 	var out []dataplane.End
 	for _, l := range links {
 		id, ns, ok := parseHostAlias(l.Attrs().Alias)
@@ -983,7 +1109,7 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 		}
 		e := dataplane.End{ID: id, NetNS: ns, MTU: l.Attrs().MTU}
 		if m := l.Attrs().MasterIndex; m != 0 {
-			if br, err := b.host.LinkByIndex(m); err == nil {
+			if br, ok := byIndex[m]; ok {
 				if owner, ok := strings.CutPrefix(br.Attrs().Alias, aliasPrefix); ok {
 					e.Bridge = owner
 				}
@@ -991,12 +1117,12 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 		}
 		var routes []netlink.Route
 		if table, ok := tables[l.Attrs().Name]; ok {
-			routes, _ = b.host.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+			routes = inTable[table]
 		}
 		if len(routes) > 0 {
 			e.WireGuard = &dataplane.WireGuard{}
 			for _, r := range routes {
-				if wg, err := b.host.LinkByIndex(r.LinkIndex); err == nil {
+				if wg, ok := byIndex[r.LinkIndex]; ok {
 					e.WireGuard.Device = wg.Attrs().Name
 				}
 				e.WireGuard.Remote = append(e.WireGuard.Remote, prefix(r.Dst))
@@ -1007,7 +1133,12 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 				}
 			}
 		}
-		if err := readWorkloadSide(&e); err != nil {
+		v := views[ns]
+		if v == nil {
+			v = readNS(ns)
+			views[ns] = v
+		}
+		if err := v.workloadSide(&e); err != nil {
 			e.Interface = "" // its half is gone: List says so, the reconciler repairs
 		}
 		if e.VXLAN != nil && b.tunnels != nil { // inside a tunnel?
@@ -1021,36 +1152,73 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 	return out, nil
 }
 
-func readWorkloadSide(e *dataplane.End) error {
-	h, err := handleIn(e.NetNS)
+// nsView is what List reads of a workload namespace, once for all the
+// ends in it: its links by alias, and its addresses and vwire's routes by
+// link.
+type nsView struct {
+	err     error
+	byAlias map[string]netlink.Link
+	addrs   map[int][]netlink.Addr
+	routes  map[int][]netlink.Route
+}
+
+func readNS(ns string) *nsView {
+	v := &nsView{byAlias: map[string]netlink.Link{}, addrs: map[int][]netlink.Addr{}, routes: map[int][]netlink.Route{}}
+	h, err := handleIn(ns)
 	if err != nil {
-		return err
+		v.err = err
+		return v
 	}
 	defer h.Close()
-	link, err := workloadLink(h, e.ID)
+	links, err := dump(func() ([]netlink.Link, error) { return h.LinkList() })
 	if err != nil {
-		return err
+		v.err = err
+		return v
+	}
+	for _, l := range links {
+		v.byAlias[l.Attrs().Alias] = l
+	}
+	addrs, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
+	if err != nil {
+		v.err = err
+		return v
+	}
+	for _, a := range addrs {
+		v.addrs[a.LinkIndex] = append(v.addrs[a.LinkIndex], a)
+	}
+	routes, err := dump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
+	})
+	if err != nil {
+		v.err = err
+		return v
+	}
+	for _, r := range routes {
+		v.routes[r.LinkIndex] = append(v.routes[r.LinkIndex], r)
+	}
+	return v
+}
+
+// workloadSide fills in e's workload half as the namespace has it.
+func (v *nsView) workloadSide(e *dataplane.End) error {
+	if v.err != nil {
+		return v.err
+	}
+	link, ok := v.byAlias[aliasPrefix+e.ID]
+	if !ok {
+		return fmt.Errorf("end %q has no interface in its namespace (it was moved or deleted)", e.ID)
 	}
 	e.Interface, e.MTU = link.Attrs().Name, link.Attrs().MTU
 	if vx, ok := link.(*netlink.Vxlan); ok {
 		v := vxlanOf(vx)
 		e.VXLAN = &v
 	}
-	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
-	if err != nil {
-		return err
-	}
-	for _, a := range addrs {
+	for _, a := range v.addrs[link.Attrs().Index] {
 		if p := prefix(a.IPNet); !p.Addr().IsLinkLocalUnicast() {
 			e.Addrs = append(e.Addrs, p)
 		}
 	}
-	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: routeProtocol},
-		netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
-	if err != nil {
-		return err
-	}
-	for _, r := range routes {
+	for _, r := range v.routes[link.Attrs().Index] {
 		rt := dataplane.Route{Prefix: prefix(r.Dst)}
 		if gw, _ := netip.AddrFromSlice(r.Gw); gw.Unmap() == gatewayOf(gw.Unmap()) { // via the gateway half
 			if e.WireGuard == nil {
@@ -1078,6 +1246,7 @@ func (b *Backend) Close() error {
 		unix.Close(b.nsFD)
 	}
 	b.host.Close()
+	b.routes.Close()
 	return nil
 }
 

@@ -5,11 +5,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"os/exec"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/dataplane"
@@ -361,5 +364,26 @@ func TestBridgedEnds(t *testing.T) {
 	}
 	if got := hostLinks(t, gw); !slices.Equal(got, before) {
 		t.Errorf("after removing both ends: %v, before: %v", got, before)
+	}
+}
+
+// A dump that concurrent changes interrupt is read again, not taken as a
+// failed change (at a thousand vWires changing at once, many are); one
+// interrupted every time still fails, saying so.
+func TestDumpRetriesInterrupted(t *testing.T) {
+	tries := 0
+	got, err := dump(func() ([]int, error) {
+		tries++
+		if tries < 3 {
+			return []int{1}, netlink.ErrDumpInterrupted
+		}
+		return []int{1, 2}, nil
+	})
+	if err != nil || len(got) != 2 || tries != 3 {
+		t.Errorf("after two interrupted dumps: %v, %v, %d tries", got, err, tries)
+	}
+	_, err = dump(func() ([]int, error) { return nil, netlink.ErrDumpInterrupted })
+	if !errors.Is(err, netlink.ErrDumpInterrupted) {
+		t.Errorf("a dump interrupted every time: %v", err)
 	}
 }

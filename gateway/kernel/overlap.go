@@ -14,10 +14,11 @@ import (
 )
 
 // held is an address or route a namespace has, as a prefix, and what it
-// is, for errors.
+// is, for errors: what, on the link with index link (0: none).
 type held struct {
 	p    netip.Prefix
 	what string
+	link int
 }
 
 // checkOverlap says why end e's addresses and routes would meet what the
@@ -32,18 +33,18 @@ type held struct {
 // Default routes, link-local and loopback addresses, and the end's own
 // links do not count.
 func (b *Backend) checkOverlap(inNS *netlink.Handle, e dataplane.End) error {
-	inWorkload, err := holding(inNS, func(l netlink.Link) bool { return l.Attrs().Alias == aliasPrefix+e.ID })
+	inWorkload, err := holding(inNS, e.Interface, aliasPrefix+e.ID)
 	if err != nil {
 		return fmt.Errorf("reading network namespace %q: %w", e.NetNS, err)
 	}
 	where := fmt.Sprintf("in network namespace %q", e.NetNS)
 	for _, p := range e.Addrs {
-		if err := clash("address "+p.String(), p.Masked(), inWorkload, e.Accept, where); err != nil {
+		if err := clash("address "+p.String(), p.Masked(), inNS, inWorkload, e.Accept, where); err != nil {
 			return err
 		}
 	}
 	for _, r := range workloadRoutes(e) {
-		if err := clash("route "+r.Prefix.String(), r.Prefix.Masked(), inWorkload, e.Accept, where); err != nil {
+		if err := clash("route "+r.Prefix.String(), r.Prefix.Masked(), inNS, inWorkload, e.Accept, where); err != nil {
 			return err
 		}
 	}
@@ -53,13 +54,13 @@ func (b *Backend) checkOverlap(inNS *netlink.Handle, e dataplane.End) error {
 	if e.WireGuard == nil && len(e.Routed) == 0 {
 		return nil // the gateway routes nothing to the end's addresses
 	}
-	onHost, err := holding(b.host, func(l netlink.Link) bool { return l.Attrs().Name == hostName(e.ID) })
+	onHost, err := holding(b.routes, hostName(e.ID), "")
 	if err != nil {
 		return fmt.Errorf("reading the gateway's network namespace: %w", err)
 	}
 	for _, p := range e.Addrs {
 		host := netip.PrefixFrom(p.Addr(), p.Addr().BitLen())
-		if err := clash("address "+p.Addr().String(), host, onHost, nil, "on the gateway"); err != nil {
+		if err := clash("address "+p.Addr().String(), host, b.routes, onHost, nil, "on the gateway"); err != nil {
 			return err
 		}
 	}
@@ -80,7 +81,7 @@ func (b *Backend) checkInner(e dataplane.End) error {
 		return fmt.Errorf("end %q: peer gateway key %q: %w", e.ID, w.Peer, err)
 	}
 	device := b.tunnels.deviceName(key)
-	onHost, err := holding(b.host, func(l netlink.Link) bool { return l.Attrs().Name == device })
+	onHost, err := holding(b.routes, device, "")
 	if err != nil {
 		return fmt.Errorf("reading the gateway's network namespace: %w", err)
 	}
@@ -88,74 +89,83 @@ func (b *Backend) checkInner(e dataplane.End) error {
 		if p.Addr() == e.VXLAN.Local {
 			return fmt.Errorf("the peer gateway's inner address %s is this gateway's own: refused", p.Addr())
 		}
-		if err := clash("peer gateway's inner address "+p.Addr().String(), p, onHost, nil, "on the gateway"); err != nil {
+		if err := clash("peer gateway's inner address "+p.Addr().String(), p, b.routes, onHost, nil, "on the gateway"); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// clash says why p (named what) cannot be programmed beside held: it
-// equals one of them, or overlaps one outside the prefixes accepted.
-func clash(what string, p netip.Prefix, held []held, accept []netip.Prefix, where string) error {
-	for _, h := range held {
+// clash says why p (named what) cannot be programmed beside held (in the
+// namespace of h): it equals one of them, or overlaps one outside the
+// prefixes accepted.
+func clash(what string, p netip.Prefix, h *netlink.Handle, held []held, accept []netip.Prefix, where string) error {
+	for _, o := range held {
 		switch {
-		case !p.Overlaps(h.p):
-		case p == h.p:
-			return fmt.Errorf("the vWire's %s is already held %s by %s: refused, so that it stays as it is", what, where, h.what)
+		case !p.Overlaps(o.p):
+		case p == o.p:
+			return fmt.Errorf("the vWire's %s is already held %s by %s: refused, so that it stays as it is", what, where, o.describe(h))
 		case !netprefix.Within(p, accept):
-			return fmt.Errorf("the vWire's %s overlaps %s %s: refused (a workload accepts overlapping routes only inside the prefixes it names: vwire connect --accept-routes)", what, h.what, where)
+			return fmt.Errorf("the vWire's %s overlaps %s %s: refused (a workload accepts overlapping routes only inside the prefixes it names: vwire connect --accept-routes)", what, o.describe(h), where)
 		}
 	}
 	return nil
 }
 
-// holding lists the addresses (as their subnets) and main-table routes of
-// a namespace, but those of links that own says are the end's.
-func holding(h *netlink.Handle, own func(netlink.Link) bool) ([]held, error) {
-	links, err := h.LinkList()
-	if err != nil {
-		return nil, err
+// describe says what o is and on which link, named as the kernel and
+// vwire know it.
+func (o held) describe(h *netlink.Handle) string {
+	if o.link == 0 {
+		return o.what
 	}
-	names, skip := map[int]string{}, map[int]bool{}
-	for _, l := range links {
-		a := l.Attrs()
-		names[a.Index] = a.Name
-		if id, ok := strings.CutPrefix(a.Alias, aliasPrefix); ok {
-			id, _, _ = strings.Cut(id, ":")
-			names[a.Index] = fmt.Sprintf("%s (vWire end %s)", a.Name, id)
-		}
-		skip[a.Index] = own(l)
+	l, err := h.LinkByIndex(o.link)
+	if err != nil {
+		return o.what
+	}
+	a := l.Attrs()
+	if id, ok := strings.CutPrefix(a.Alias, aliasPrefix); ok {
+		id, _, _ = strings.Cut(id, ":")
+		return fmt.Sprintf("%s on %s (vWire end %s)", o.what, a.Name, id)
+	}
+	return o.what + " on " + a.Name
+}
+
+// holding lists the addresses (as their subnets) and main-table routes of
+// a namespace, but those of the end's own link: the one named own (with
+// alias, if alias is not ""). Links are named only for an error: listing
+// them all costs more than the rest at a thousand vWires.
+func holding(h *netlink.Handle, own, alias string) ([]held, error) {
+	skip := 0
+	if l, err := h.LinkByName(own); err == nil && (alias == "" || l.Attrs().Alias == alias) {
+		skip = l.Attrs().Index
 	}
 	var out []held
-	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	addrs, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, err
 	}
 	for _, a := range addrs {
 		p := prefix(a.IPNet)
-		if skip[a.LinkIndex] || ignored(p) {
+		if a.LinkIndex == skip || ignored(p) {
 			continue
 		}
-		out = append(out, held{p.Masked(), fmt.Sprintf("address %s on %s", p, names[a.LinkIndex])})
+		out = append(out, held{p.Masked(), "address " + p.String(), a.LinkIndex})
 	}
-	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	routes, err := dump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return nil, err
 	}
 	for _, r := range routes {
-		if r.Dst == nil || skip[r.LinkIndex] {
+		if r.Dst == nil || (skip != 0 && r.LinkIndex == skip) {
 			continue
 		}
 		p := prefix(r.Dst)
 		if p.Bits() == 0 || ignored(p) {
 			continue
 		}
-		what := "route " + p.String()
-		if dev, ok := names[r.LinkIndex]; ok {
-			what += " on " + dev
-		}
-		out = append(out, held{p, what})
+		out = append(out, held{p, "route " + p.String(), r.LinkIndex})
 	}
 	return out, nil
 }

@@ -114,6 +114,7 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, lear
 		tun = &tunnel{dev: dev, users: map[string][]netip.Prefix{}}
 		t.peers[peer] = tun
 	}
+	whole := fresh // the peer's allowed IPs are to be set whole, not added to
 	switch {
 	case endpoint.IsValid() && !learnt:
 		if tun.told && endpoint != tun.endpoint {
@@ -126,6 +127,7 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, lear
 			if err := tun.dev.RemovePeer(peer); err != nil {
 				return "", 0, err
 			}
+			whole = true
 		}
 		tun.endpoint, tun.told = endpoint, true
 	case endpoint.IsValid() && !tun.told: // learnt: never over what the peer told
@@ -133,7 +135,12 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, lear
 	}
 	prev, had := tun.users[id]
 	tun.users[id] = far
-	if err := tun.dev.SetPeer(peer, tun.configured(fresh), allowed(tun.users)); err != nil {
+	set := tun.dev.AddAllowed
+	if whole || had { // (a vWire's far addresses may change)
+		set = tun.dev.SetPeer
+		far = allowed(tun.users)
+	}
+	if err := set(peer, tun.configured(fresh), far); err != nil {
 		if had {
 			tun.users[id] = prev
 		} else {
@@ -195,12 +202,17 @@ func (t *Tunnels) Handshake(id string) time.Time {
 }
 
 // PeerEndpoint is where the peer of the tunnel that carries vWire id
-// sends from, as WireGuard learnt it (zero: not known).
+// sends from, as WireGuard learnt it (zero: not known). The tunnel keeps
+// it as learnt (what a device made anew is told, and what List reports)
+// unless the peer told its own.
 func (t *Tunnels) PeerEndpoint(id string) netip.AddrPort {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if key, tun := t.carrierLocked(id); tun != nil {
 		at, _ := tun.dev.PeerEndpoint(key)
+		if at.IsValid() && !tun.told {
+			tun.endpoint = at
+		}
 		return at
 	}
 	return netip.AddrPort{}
@@ -237,15 +249,29 @@ func (t *Tunnels) Release(id string) error {
 		if _, ok := tun.users[id]; !ok {
 			continue
 		}
+		far := tun.users[id]
 		delete(tun.users, id)
 		// A tunnel that never had a session (its peer never answered)
 		// saves the next vWire nothing: it goes at once.
 		if at, _ := tun.dev.LastHandshake(peer); (t.Grace <= 0 || at.IsZero()) && t.dropIfUnused(peer, tun) {
 			return nil
 		}
-		// Idle, the peer keeps its session but is allowed nothing: no
-		// packet of a closed vWire goes through.
-		if err := tun.dev.SetPeer(peer, tun.configured(false), allowed(tun.users)); err != nil {
+		// What no other vWire through the tunnel reaches is allowed no
+		// more: idle, the peer keeps its session but is allowed nothing,
+		// and no packet of a closed vWire goes through.
+		kept := map[netip.Prefix]bool{}
+		for _, other := range tun.users {
+			for _, p := range other {
+				kept[p] = true
+			}
+		}
+		var gone []netip.Prefix
+		for _, p := range far {
+			if !kept[p] {
+				gone = append(gone, p)
+			}
+		}
+		if err := tun.dev.RemoveAllowed(peer, gone, func() []netip.Prefix { return allowed(tun.users) }); err != nil {
 			return err
 		}
 		if len(tun.users) == 0 {

@@ -169,11 +169,15 @@ func (w *WireGuard) Port() (int, error) {
 // SetPeer makes the peer with key reachable at endpoint and routes allowed
 // to it (replacing its previous allowed IPs).
 func (w *WireGuard) SetPeer(key wgtypes.Key, endpoint netip.AddrPort, allowed []netip.Prefix) error {
-	var ips []net.IPNet
+	return w.configurePeer(key, endpoint, allowed, true)
+}
+
+func (w *WireGuard) configurePeer(key wgtypes.Key, endpoint netip.AddrPort, allowed []netip.Prefix, replace bool) error {
+	ips := make([]net.IPNet, 0, len(allowed))
 	for _, p := range allowed {
 		ips = append(ips, *ipNet(p))
 	}
-	peer := wgtypes.PeerConfig{PublicKey: key, ReplaceAllowedIPs: true, AllowedIPs: ips}
+	peer := wgtypes.PeerConfig{PublicKey: key, ReplaceAllowedIPs: replace, AllowedIPs: ips}
 	if endpoint.IsValid() {
 		// The side that knows where its peer is keeps the session alive:
 		// it handshakes at once, and again soon after the peer restarts.
@@ -182,6 +186,32 @@ func (w *WireGuard) SetPeer(key wgtypes.Key, endpoint netip.AddrPort, allowed []
 		peer.PersistentKeepaliveInterval = &keepalive
 	}
 	if err := w.wg.ConfigureDevice(w.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{peer}}); err != nil {
+		return fmt.Errorf("peer %s on %s: %w", key, w.Name, err)
+	}
+	return nil
+}
+
+// AddAllowed routes add to the peer with key too, at endpoint (see
+// SetPeer), keeping what it has: a change as small as what it adds, where
+// SetPeer's grows with every vWire through the tunnel.
+func (w *WireGuard) AddAllowed(key wgtypes.Key, endpoint netip.AddrPort, add []netip.Prefix) error {
+	return w.configurePeer(key, endpoint, add, false)
+}
+
+// RemoveAllowed stops routing gone to the peer with key. Embedded
+// wireguard-go removes just those (a change as small as what it removes);
+// wgctrl has no such change, so a kernel device gets the peer's whole
+// remaining set, which keep returns.
+func (w *WireGuard) RemoveAllowed(key wgtypes.Key, gone []netip.Prefix, keep func() []netip.Prefix) error {
+	if !w.Userspace || w.dev == nil {
+		return w.configurePeer(key, netip.AddrPort{}, keep(), true)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "public_key=%s\nupdate_only=true\n", hex.EncodeToString(key[:]))
+	for _, p := range gone {
+		fmt.Fprintf(&b, "allowed_ip=-%s\n", p)
+	}
+	if err := w.dev.IpcSet(b.String()); err != nil {
 		return fmt.Errorf("peer %s on %s: %w", key, w.Name, err)
 	}
 	return nil

@@ -243,6 +243,29 @@ func TestTunnelsGrace(t *testing.T) {
 	}
 }
 
+// A routed end's halves know each other's hardware address for good: the
+// kernel's neighbour tables, shared by every namespace, refuse learnt
+// entries past 1,024, which a host with some 500 vWires would reach (seen
+// as most vWires of a thousand going dark).
+func TestRoutedEndNeighbours(t *testing.T) {
+	e2e.RequireRoot(t, "ping")
+	p := newGatewayPair(t)
+	wA, _ := p.up("v1", "172.30.0.1", "172.30.0.2")
+	if out := ip(t, "-n", wA, "neigh", "show", "169.254.0.1"); !strings.Contains(out, "PERMANENT") {
+		t.Errorf("the workload's next hop is not a permanent neighbour: %q", out)
+	}
+	if out := ip(t, "-n", p.gA, "neigh", "show", "172.30.0.1"); !strings.Contains(out, "PERMANENT") {
+		t.Errorf("the workload's address is not a permanent neighbour of the gateway half: %q", out)
+	}
+	out, err := exec.Command("ip", "netns", "exec", wA, "ping", "-c", "1", "-w", "4", "172.30.0.2").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "1 received") {
+		t.Fatalf("ping: %v\n%s", err, out)
+	}
+	if out := ip(t, "-4", "-n", wA, "neigh", "show", "nud", "all"); strings.Count(out, "\n") != 1 {
+		t.Errorf("the workload learnt neighbours besides its permanent one:\n%s", out)
+	}
+}
+
 // Each end gets a routing table of its own. These two ids once hashed to
 // one table: removing either end took the other's rule and routes with
 // it, and the other vWire went dark.
