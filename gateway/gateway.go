@@ -238,7 +238,7 @@ func (g *Gateway) learn(ctx context.Context) {
 				w := *e.WireGuard
 				w.Endpoint, w.Learnt = at, true
 				learnt.WireGuard = &w
-				if _, err := g.reconciler.Replace(e, learnt); err != nil {
+				if _, err := g.reconciler.Record(e, learnt); err != nil {
 					g.log.Warn("recording a peer gateway's address", "id", e.ID, "err", err)
 				}
 			}
@@ -630,7 +630,7 @@ func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *re
 	// The record first, the end second (Remove undoes them the other way
 	// round): a crash between the two writes leaves a record with no end,
 	// which the next start undoes, never an end the gateway knows nothing
-	// of.
+	// of. The kernel is programmed meanwhile.
 	g.mu.Lock()
 	old := g.records[id]
 	changed := old == nil || old.EndpointURL != rec.EndpointURL || old.VNI != rec.VNI ||
@@ -641,14 +641,16 @@ func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *re
 		n = g.file.Changed()
 	}
 	g.mu.Unlock()
-	if changed {
-		if err := g.file.Save(n); err != nil {
-			g.restore(id, rec, old)
-			return err
+	err := g.reconciler.SetAfter(ctx, end, func() error {
+		if changed {
+			if err := g.file.Save(n); err != nil {
+				return err
+			}
 		}
-	}
-	crashpoint.Here("gateway-set")
-	if err := g.reconciler.Set(ctx, end); err != nil {
+		crashpoint.Here("gateway-set")
+		return nil
+	})
+	if err != nil {
 		if !existed {
 			_ = g.reconciler.Delete(ctx, id) // nothing half-programmed stays
 		}

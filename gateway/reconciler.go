@@ -68,14 +68,40 @@ func NewReconciler(backend dataplane.Backend, file string, log *slog.Logger) (*R
 // Set makes e desired and reconciles at once; it returns the backend's
 // error for e (the reconciler keeps retrying in the background).
 func (r *Reconciler) Set(ctx context.Context, e dataplane.End) error {
+	return r.SetAfter(ctx, e, nil)
+}
+
+// SetAfter is Set with first (if not nil) run before e's desired state is
+// written: what must be on disk before it. The backend applies e
+// meanwhile, beside both writes (each waits for its disk, the apply for
+// the kernel); a crash before they are done leaves an end the next start
+// removes, as it is tagged and not desired. If first or the write fails,
+// a new end is removed again, and the error returned.
+func (r *Reconciler) SetAfter(ctx context.Context, e dataplane.End, first func() error) error {
 	unlock := r.lockEnd(e.ID)
 	defer unlock()
-	if err := r.change(e.ID, &e); err != nil {
+	_, existed := r.Get(e.ID)
+	applied := make(chan error, 1)
+	go func() { applied <- r.backend.Apply(ctx, e) }()
+	var err error
+	if first != nil {
+		err = first()
+	}
+	if err == nil {
+		err = r.change(e.ID, &e)
+	}
+	aerr := <-applied
+	if err != nil {
+		if !existed {
+			_ = r.backend.Remove(ctx, e.ID)
+		} else {
+			r.poke() // what is still desired goes back in
+		}
 		return err
 	}
-	if err := r.backend.Apply(ctx, e); err != nil {
-		r.fail(e.ID, err)
-		return err
+	if aerr != nil {
+		r.fail(e.ID, aerr)
+		return aerr
 	}
 	r.fail(e.ID, nil)
 	return nil
@@ -106,10 +132,11 @@ func (r *Reconciler) change(id string, e *dataplane.End) error {
 	return r.file.Save(n)
 }
 
-// Replace makes e desired in place of old, if old is still what is
-// desired for its id (an end removed meanwhile stays removed), and has the
-// reconciler apply it; it reports whether it did.
-func (r *Reconciler) Replace(old, e dataplane.End) (bool, error) {
+// Record makes e desired in place of old, if old is still what is desired
+// for its id (an end removed meanwhile stays removed), without applying
+// it: for what the backend did itself (a peer's address WireGuard learnt),
+// which a restart must ask for again. It reports whether it did.
+func (r *Reconciler) Record(old, e dataplane.End) (bool, error) {
 	r.mu.Lock()
 	if cur, ok := r.desired[old.ID]; !ok || cur.String() != old.String() {
 		r.mu.Unlock()
@@ -118,11 +145,7 @@ func (r *Reconciler) Replace(old, e dataplane.End) (bool, error) {
 	r.desired[e.ID] = e
 	n := r.file.Changed()
 	r.mu.Unlock()
-	if err := r.file.Save(n); err != nil {
-		return false, err
-	}
-	r.poke()
-	return true, nil
+	return true, r.file.Save(n)
 }
 
 // Get is the desired end id.

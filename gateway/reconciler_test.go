@@ -138,3 +138,38 @@ func TestReconcileDoesNotResurrect(t *testing.T) {
 		t.Errorf("after the pass:\n%s\nwant\n%s", got, want)
 	}
 }
+
+// SetAfter programs the end while what must be on disk before it is
+// written; when that write fails, a new end is not left programmed, and
+// one that was there before gets its old state back.
+func TestSetAfterFailedWrite(t *testing.T) {
+	ctx := context.Background()
+	backend := dataplane.NewFake()
+	r, err := NewReconciler(backend, filepath.Join(t.TempDir(), "desired.json"), slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := errors.New("no space left on device")
+	if err := r.SetAfter(ctx, end("new", "172.31.0.1/32"), func() error { return full }); !errors.Is(err, full) {
+		t.Fatalf("SetAfter: %v, want the write's error", err)
+	}
+	if got := backend.String(); got != "" {
+		t.Errorf("a new end whose record was not written stays programmed: %s", got)
+	}
+	if _, ok := r.Get("new"); ok {
+		t.Error("a new end whose record was not written is desired")
+	}
+	old := end("old", "172.31.0.2/32")
+	if err := r.Set(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetAfter(ctx, end("old", "172.31.0.3/32"), func() error { return full }); !errors.Is(err, full) {
+		t.Fatalf("SetAfter: %v, want the write's error", err)
+	}
+	if got, ok := r.Get("old"); !ok || got.String() != old.String() {
+		t.Errorf("desired after the failed change: %v, want %v", got, old)
+	}
+	if n := r.Reconcile(ctx); n != 0 || backend.String() != old.String() {
+		t.Errorf("after a pass (%d failed): %s, want %s", n, backend.String(), old)
+	}
+}

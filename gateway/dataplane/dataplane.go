@@ -86,7 +86,7 @@ type Tunneler interface {
 	// WireGuard handshake with its peer (zero: never).
 	Handshake(id string) time.Time
 	// PeerEndpoint is where the peer of end id's tunnel sends from (zero:
-	// not known yet).
+	// not known yet); the backend keeps it, as List reports it.
 	PeerEndpoint(id string) netip.AddrPort
 }
 
