@@ -74,7 +74,7 @@ func pingable(ctx context.Context, nsc proxypb.NetworkServiceClient, o client.Op
 
 // BenchmarkNetnsSetup: request to pingable, cross-domain and (yardstick)
 // to an endpoint of the client's own domain, one client after another,
-// then setups per second with four clients at once.
+// then setups per second with eight clients at once.
 func BenchmarkNetnsSetup(b *testing.B) {
 	w := benchWorld(b)
 	n := 200
@@ -84,7 +84,7 @@ func BenchmarkNetnsSetup(b *testing.B) {
 	for k, tc := range []struct {
 		name, service string
 		clients       int
-	}{{"cross-domain", "svc@b.example", 1}, {"local", "svc", 1}, {"cross-domain/clients=4", "svc@b.example", 4}} {
+	}{{"cross-domain", "svc@b.example", 1}, {"local", "svc", 1}, {"cross-domain/clients=8", "svc@b.example", 8}} {
 		b.Run(tc.name, func(b *testing.B) {
 			nsc := w.gatewayClient("a.example")
 			ns := w.fresh(fmt.Sprintf("s%d", k))

@@ -1,0 +1,228 @@
+package netns
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vwire/vwire/client"
+	"github.com/vwire/vwire/proxy/proxypb"
+)
+
+// BenchmarkNetnsScale: many vWires (1,000; BENCH=quick 100) live at once
+// between one pair of gateways: the rate they are set up at, set-up latency
+// with them all live, what each costs the gateways (RSS, kernel objects),
+// the client's domain SIGKILLed and restarted under them, and closing them
+// all.
+func BenchmarkNetnsScale(b *testing.B) {
+	w := benchWorld(b)
+	n := 1000
+	if quick() {
+		n = 100
+	}
+	a, bh := w.domains["a.example"], w.domains["b.example"]
+	// Nobody refreshes these connections: they must outlive the run.
+	for _, h := range []*host{a, bh} {
+		w.restart(h, "--connection-lifetime", "1h")
+	}
+	nsc := w.gatewayClient("a.example")
+	ns := w.fresh("k")
+	objA, objB := kernelObjects(b, a.ns), kernelObjects(b, bh.ns)
+	rssA, rssB := processRSS(b, a.proc.Cmd.Process.Pid), processRSS(b, bh.proc.Cmd.Process.Pid)
+
+	conns := make([]*proxypb.Connection, n)
+	begin := time.Now()
+	parallel(8, n, func(i int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, _, err := pingable(ctx, nsc, client.Options{Service: "svc@b.example", NetNS: ns, Interface: fmt.Sprintf("vk%d", i)})
+		if err != nil {
+			b.Errorf("vWire %d of %d: %v", i, n, err)
+		}
+		conns[i] = conn
+	})
+	fill := time.Since(begin)
+	if b.Failed() {
+		b.FailNow()
+	}
+	b.ReportMetric(float64(n)/fill.Seconds(), "fill-setups/s")
+	b.ReportMetric(float64(n), "vwires")
+
+	// Set-up latency with them all live: more, one after another, each
+	// closed.
+	var times []time.Duration
+	for i := range 50 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, took, err := pingable(ctx, nsc, client.Options{Service: "svc@b.example", NetNS: ns, Interface: fmt.Sprintf("vl%d", i)})
+		if conn != nil {
+			nsc.Close(ctx, conn)
+		}
+		cancel()
+		if err != nil {
+			b.Fatalf("a set-up with %d vWires live: %v", n, err)
+		}
+		times = append(times, took)
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	b.ReportMetric(ms(times[len(times)/2]), "loaded-p50-ms")
+	b.ReportMetric(ms(times[len(times)*99/100]), "loaded-p99-ms")
+
+	// Every one of them passes traffic.
+	if err := pingAll(ns, conns, 10*time.Second); err != nil {
+		b.Fatalf("after the last set-up: %v", err)
+	}
+	// What each costs: the RSS of each domain's process (its gateway's
+	// devices and state), and the links, routes and rules in its namespace.
+	b.ReportMetric(float64(processRSS(b, a.proc.Cmd.Process.Pid)-rssA)/float64(n)/1024, "client-rss-KB/vwire")
+	b.ReportMetric(float64(processRSS(b, bh.proc.Cmd.Process.Pid)-rssB)/float64(n)/1024, "endpoint-rss-KB/vwire")
+	live := kernelObjects(b, a.ns)
+	for kind, count := range live {
+		b.ReportMetric(float64(count-objA[kind])/float64(n), "client-"+kind+"/vwire")
+	}
+	for kind, count := range kernelObjects(b, bh.ns) {
+		b.ReportMetric(float64(count-objB[kind])/float64(n), "endpoint-"+kind+"/vwire")
+	}
+
+	// The client's domain (its proxy and gateway) SIGKILLed and started
+	// again: every vWire carries traffic again, and nothing is programmed
+	// twice.
+	killed := time.Now()
+	a.proc.Signal(syscall.SIGKILL)
+	w.start(a)
+	restart := time.Since(killed)
+	if err := pingAll(ns, conns, time.Minute); err != nil {
+		b.Fatalf("after the client's domain restarted: %v", err)
+	}
+	b.ReportMetric(ms(restart), "restart-ms")
+	b.ReportMetric(ms(time.Since(killed)), "restart-all-pass-ms")
+	if again := kernelObjects(b, a.ns); fmt.Sprint(again) != fmt.Sprint(live) {
+		b.Errorf("the restarted gateway's namespace: %v, before the kill %v", again, live)
+	}
+
+	// Closing them all, 8 at a time, until both hosts are as before (the
+	// tunnel's grace passed).
+	nsc = w.gatewayClient("a.example") // the restarted gateway's socket
+	begin = time.Now()
+	parallel(8, n, func(i int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := nsc.Close(ctx, conns[i]); err != nil {
+			b.Errorf("closing vWire %d: %v", i, err)
+		}
+	})
+	b.ReportMetric(time.Since(begin).Seconds(), "close-all-s")
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		gotA, gotB := kernelObjects(b, a.ns), kernelObjects(b, bh.ns)
+		if fmt.Sprint(gotA, gotB) == fmt.Sprint(objA, objB) {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("a minute after closing: a has %v (before: %v), b %v (before: %v)", gotA, objA, gotB, objB)
+		}
+	}
+}
+
+// parallel runs do(0..n-1) on workers goroutines.
+func parallel(workers, n int, do func(i int)) {
+	var next sync.Mutex
+	i := 0
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				next.Lock()
+				mine := i
+				i++
+				next.Unlock()
+				if mine >= n {
+					return
+				}
+				do(mine)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// pingAll waits until every connection's peer answers a ping from ns, a
+// prober per connection, within timeout in all.
+func pingAll(ns string, conns []*proxypb.Connection, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var mu sync.Mutex
+	var failed []string
+	parallel(8, len(conns), func(i int) {
+		peer, err := client.Peer(conns[i])
+		if err == nil {
+			err = pingUntil(ns, peer, deadline)
+		}
+		if err != nil {
+			mu.Lock()
+			failed = append(failed, fmt.Sprintf("vWire %d: %v", i, err))
+			mu.Unlock()
+		}
+	})
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d vWires pass no ping: %s", len(failed), len(conns), strings.Join(failed[:min(5, len(failed))], "; "))
+	}
+	return nil
+}
+
+// pingUntil pings peer from ns until it answers or deadline passes.
+func pingUntil(ns string, peer netip.Addr, deadline time.Time) error {
+	p, err := client.NewProber(ns, peer)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		_, err := p.Ping(ctx, peer)
+		cancel()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+	}
+}
+
+// kernelObjects counts what a gateway host has programmed: links, routes
+// (both families, every table) and policy rules.
+func kernelObjects(t testing.TB, ns string) map[string]int {
+	count := func(args ...string) int {
+		n := 0
+		for _, l := range strings.Split(run(t, "ip", append([]string{"-n", ns}, args...)...), "\n") {
+			if strings.TrimSpace(l) != "" {
+				n++
+			}
+		}
+		return n
+	}
+	return map[string]int{
+		"links":  count("-o", "link", "show"),
+		"routes": count("-4", "route", "show", "table", "all") + count("-6", "route", "show", "table", "all"),
+		"rules":  count("-4", "rule", "show") + count("-6", "rule", "show"),
+	}
+}
+
+// processRSS is the resident set of process pid, in bytes.
+func processRSS(t testing.TB, pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return kb * 1024
+		}
+	}
+	t.Fatalf("no VmRSS for process %d", pid)
+	return 0
+}
