@@ -102,6 +102,21 @@ func TestEndCannotTakeOverRoutes(t *testing.T) {
 		!strings.Contains(err.Error(), "(vWire end ok1)") {
 		t.Errorf("a second end with the first's address: %v", err)
 	}
+	// Applied again as it is, the end keeps what it holds; changed to take
+	// the workload's own subnet (which no accepted prefix lets it have),
+	// it is refused and stays as it was.
+	programmed := state(t, wl)
+	if err := b.Apply(context.Background(), end); err != nil {
+		t.Errorf("the end applied again: %v", err)
+	}
+	changed := end
+	changed.Addrs = pfx("10.99.0.6/24")
+	if err := b.Apply(context.Background(), changed); err == nil || !strings.Contains(err.Error(), "is already held in network namespace") {
+		t.Errorf("the end changed to an address in the workload's subnet: %v", err)
+	}
+	if got := state(t, wl); got != programmed {
+		t.Errorf("a refused change altered the end:\n%s\nwas\n%s", got, programmed)
+	}
 	if err := b.Remove(context.Background(), "ok1"); err != nil {
 		t.Fatal(err)
 	}
