@@ -724,8 +724,8 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 	if err != nil {
 		return err
 	}
-	table, known := tables[host.Attrs().Name]
-	if !known {
+	table, ok := tables[host.Attrs().Name]
+	if !ok {
 		table = freeTable(tables)
 	}
 	// The far side, in the end's table.
@@ -749,28 +749,15 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 		}
 	}
 	// The rules, one per family, that send the half's packets to that
-	// table: a known end's as the kernel has them (a refresh may add a
-	// family), a new end's all new.
-	var rules []netlink.Rule
-	if known {
-		if rules, err = dump(func() ([]netlink.Rule, error) { return b.host.RuleList(netlink.FAMILY_ALL) }); err != nil {
-			return fmt.Errorf("listing the policy rules: %w", err)
-		}
-	}
+	// table (the kernel refuses one it has already: a refresh adds only
+	// a new family's, and no rules are listed).
 	for _, gw := range gateways(e) {
-		fam := family(gw)
-		found := false
-		for _, r := range rules {
-			found = found || (r.Table == table && r.Family == fam && r.IifName == host.Attrs().Name)
+		rule := netlink.NewRule()
+		rule.IifName, rule.Table, rule.Priority, rule.Family = host.Attrs().Name, table, rulePriority, family(gw)
+		if err := b.host.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("rule for %s: %w", host.Attrs().Name, err)
 		}
-		if !found {
-			rule := netlink.NewRule()
-			rule.IifName, rule.Table, rule.Priority, rule.Family = host.Attrs().Name, table, rulePriority, fam
-			if err := b.host.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
-				return fmt.Errorf("rule for %s: %w", host.Attrs().Name, err)
-			}
-			tables[host.Attrs().Name] = table
-		}
+		tables[host.Attrs().Name] = table
 	}
 	return b.routeBack(host, e)
 }

@@ -287,6 +287,21 @@ func TestEndTablesDoNotCollide(t *testing.T) {
 	if len(tables) != 2 {
 		t.Fatalf("two ends share a routing table: %v", tables)
 	}
+	// Applied again as List reports them (as a restarted gateway does),
+	// the ends keep their rules: none doubled, none lost.
+	rules := ip(t, "-n", p.gA, "rule", "show")
+	listed, err := p.bA.List(context.Background())
+	if err != nil || len(listed) != 2 {
+		t.Fatalf("List: %v, %v", listed, err)
+	}
+	for _, e := range listed {
+		if err := p.bA.Apply(context.Background(), e); err != nil {
+			t.Fatalf("applying %s again: %v", e.ID, err)
+		}
+	}
+	if again := ip(t, "-n", p.gA, "rule", "show"); again != rules {
+		t.Errorf("rules after applying the ends again:\n%s\nbefore:\n%s", again, rules)
+	}
 	for _, b := range []*Backend{p.bA, p.bB} {
 		if err := b.Remove(context.Background(), ends[0].id); err != nil {
 			t.Fatal(err)
