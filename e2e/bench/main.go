@@ -139,6 +139,7 @@ var rows = []row{
 }
 
 func main() {
+	var failed bool
 	quick := flag.Bool("quick", os.Getenv("BENCH") == "quick", "a short smoke run (also BENCH=quick)")
 	count := flag.Int("count", 3, "runs of each benchmark (1 with -quick)")
 	from := flag.String("from", "", "render the table from this saved raw output instead of running")
@@ -174,20 +175,67 @@ func main() {
 		cmd.Stdout = io.MultiWriter(&raw, os.Stderr)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {
+			// The others still run; the rows of this one say why not.
 			fmt.Fprintf(os.Stderr, "bench: %s: %v\n", r.pkg, err)
+			failed = true
+		}
+	}
+	table := render(parse(raw.String()), reasons(raw.String()))
+	fmt.Print(table)
+	if !*quick { // a smoke run only prints: the recorded results stay as they are
+		if err := write(*out, table, raw.String(), *quick, *count); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
 	}
-	results := parse(raw.String())
-	table := render(results)
-	fmt.Print(table)
-	if *quick {
-		return // a smoke run: the recorded results stay as they are
-	}
-	if err := write(*out, table, raw.String(), *quick, *count); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
+	if failed {
 		os.Exit(1)
 	}
+}
+
+// reasons says why benchmarks reported nothing: the first line a failed
+// or skipped one printed, by name.
+func reasons(out string) map[string]string {
+	why := map[string]string{}
+	lines := strings.Split(out, "\n")
+	for i, l := range lines {
+		l = strings.TrimSpace(l)
+		name, ok := strings.CutPrefix(l, "--- FAIL: Benchmark")
+		verdict := "failed"
+		if !ok {
+			if name, ok = strings.CutPrefix(l, "--- SKIP: Benchmark"); !ok {
+				continue
+			}
+			verdict = "skipped"
+		}
+		name, _, _ = strings.Cut(name, " ")
+		reason := verdict
+		if i+1 < len(lines) {
+			next := strings.TrimSpace(lines[i+1])
+			if _, msg, ok := strings.Cut(next, ".go:"); ok && !strings.HasPrefix(next, "---") {
+				_, msg, _ = strings.Cut(msg, ": ") // the line number
+				reason = verdict + ": " + msg
+			}
+		}
+		why[name] = strings.ReplaceAll(reason, "|", "/")
+	}
+	return why
+}
+
+// whyNot is why benchmark bench (or the one it is part of) reported
+// nothing, if it said.
+func whyNot(why map[string]string, bench string) string {
+	for name := bench; name != ""; {
+		if r, ok := why[name]; ok {
+			return r
+		}
+		i := strings.LastIndex(name, "/")
+		if i < 0 {
+			break
+		}
+		name = name[:i]
+	}
+	return "no result (see the raw output)"
 }
 
 // parse collects every value of every metric: results[bench][unit].
@@ -221,14 +269,14 @@ func stats(vs []float64) (median, lo, hi float64) {
 	return s[len(s)/2], s[0], s[len(s)-1]
 }
 
-func render(res map[string]map[string][]float64) string {
+func render(res map[string]map[string][]float64, why map[string]string) string {
 	var b strings.Builder
 	fmt.Fprintln(&b, "| metric | vwire (median [min–max]) | yardstick | ratio | target | unit | method |")
 	fmt.Fprintln(&b, "| --- | --- | --- | --- | --- | --- | --- |")
 	for _, r := range rows {
 		vs := res[r.bench][r.unit]
 		if len(vs) == 0 {
-			fmt.Fprintf(&b, "| %s | not measured | | | %s | %s | %s |\n", r.metric, r.target, r.unit, r.method)
+			fmt.Fprintf(&b, "| %s | not measured: %s | | | %s | %s | %s |\n", r.metric, whyNot(why, r.bench), r.target, r.unit, r.method)
 			continue
 		}
 		v, lo, hi := stats(vs)
