@@ -100,6 +100,32 @@ func TestEthernetInsideWireGuard(t *testing.T) {
 	if err != nil || len(listed) != 1 || listed[0].String() != endA.String() {
 		t.Errorf("List: %v, %v\nwant %v", listed, err, endA)
 	}
+
+	// A second Ethernet vWire through the same tunnel: the peer's inner
+	// address is routed into the tunnel's Ethernet TUN already, which is
+	// the tunnel's own route, not one the end would take over.
+	wA2, wB2 := namespace(t), namespace(t)
+	endB2, endA2 := endB, endA
+	endB2.ID, endB2.NetNS, endB2.VXLAN = "l2b", wB2, &dataplane.VXLAN{VNI: 78, Local: innerB, Remote: innerA}
+	endA2.ID, endA2.NetNS, endA2.VXLAN = "l2b", wA2, &dataplane.VXLAN{VNI: 78, Local: innerA, Remote: innerB}
+	if err := Do(p.gB, func() error { return p.bB.Apply(context.Background(), endB2) }); err != nil {
+		t.Fatalf("a second Ethernet vWire, the endpoint's side: %v", err)
+	}
+	if err := Do(p.gA, func() error { return p.bA.Apply(context.Background(), endA2) }); err != nil {
+		t.Fatalf("a second Ethernet vWire, the client's side: %v", err)
+	}
+	out, err = exec.Command("ip", "netns", "exec", wA2, "ping", "-c", "1", "-w", "10", "172.30.5.3").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "1 received") {
+		t.Errorf("ping over the second Ethernet vWire: %v\n%s", err, out)
+	}
+	for _, s := range []struct {
+		b  *Backend
+		ns string
+	}{{p.bA, p.gA}, {p.bB, p.gB}} {
+		if err := Do(s.ns, func() error { return s.b.Remove(context.Background(), "l2b") }); err != nil {
+			t.Error(err)
+		}
+	}
 	for _, s := range []struct {
 		b  *Backend
 		ns string

@@ -33,7 +33,7 @@ type held struct {
 // Default routes, link-local and loopback addresses, and the end's own
 // links do not count.
 func (b *Backend) checkOverlap(inNS *netlink.Handle, e dataplane.End) error {
-	inWorkload, err := holding(inNS, e.Interface, aliasPrefix+e.ID)
+	inWorkload, err := holding(inNS, aliasPrefix+e.ID, e.Interface)
 	if err != nil {
 		return fmt.Errorf("reading network namespace %q: %w", e.NetNS, err)
 	}
@@ -54,7 +54,7 @@ func (b *Backend) checkOverlap(inNS *netlink.Handle, e dataplane.End) error {
 	if e.WireGuard == nil && len(e.Routed) == 0 {
 		return nil // the gateway routes nothing to the end's addresses
 	}
-	onHost, err := holding(b.routes, hostName(e.ID), "")
+	onHost, err := holding(b.routes, "", hostName(e.ID))
 	if err != nil {
 		return fmt.Errorf("reading the gateway's network namespace: %w", err)
 	}
@@ -81,7 +81,9 @@ func (b *Backend) checkInner(e dataplane.End) error {
 		return fmt.Errorf("end %q: peer gateway key %q: %w", e.ID, w.Peer, err)
 	}
 	device := b.tunnels.deviceName(key)
-	onHost, err := holding(b.routes, device, "")
+	// (The tunnel's own routes are on it or on its Ethernet TUN, which an
+	// idle tunnel keeps.)
+	onHost, err := holding(b.routes, "", device, ethernetName(device))
 	if err != nil {
 		return fmt.Errorf("reading the gateway's network namespace: %w", err)
 	}
@@ -131,13 +133,15 @@ func (o held) describe(h *netlink.Handle) string {
 }
 
 // holding lists the addresses (as their subnets) and main-table routes of
-// a namespace, but those of the end's own link: the one named own (with
+// a namespace, but those of the end's own links: the ones named own (with
 // alias, if alias is not ""). Links are named only for an error: listing
 // them all costs more than the rest at a thousand vWires.
-func holding(h *netlink.Handle, own, alias string) ([]held, error) {
-	skip := 0
-	if l, err := h.LinkByName(own); err == nil && (alias == "" || l.Attrs().Alias == alias) {
-		skip = l.Attrs().Index
+func holding(h *netlink.Handle, alias string, own ...string) ([]held, error) {
+	skip := map[int]bool{}
+	for _, name := range own {
+		if l, err := h.LinkByName(name); err == nil && (alias == "" || l.Attrs().Alias == alias) {
+			skip[l.Attrs().Index] = true
+		}
 	}
 	var out []held
 	addrs, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
@@ -146,7 +150,7 @@ func holding(h *netlink.Handle, own, alias string) ([]held, error) {
 	}
 	for _, a := range addrs {
 		p := prefix(a.IPNet)
-		if a.LinkIndex == skip || ignored(p) {
+		if skip[a.LinkIndex] || ignored(p) {
 			continue
 		}
 		out = append(out, held{p.Masked(), "address " + p.String(), a.LinkIndex})
@@ -158,7 +162,7 @@ func holding(h *netlink.Handle, own, alias string) ([]held, error) {
 		return nil, err
 	}
 	for _, r := range routes {
-		if r.Dst == nil || (skip != 0 && r.LinkIndex == skip) {
+		if r.Dst == nil || skip[r.LinkIndex] {
 			continue
 		}
 		p := prefix(r.Dst)
