@@ -11,6 +11,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"flag"
 	"fmt"
 	"io"
@@ -193,8 +194,9 @@ func main() {
 	}
 }
 
-// reasons says why benchmarks reported nothing: the first line a failed
-// or skipped one printed, by name.
+// reasons says why benchmarks reported nothing, by name: the first line
+// a failed or skipped one printed that names an error, else one that says
+// something failed, else its first.
 func reasons(out string) map[string]string {
 	why := map[string]string{}
 	lines := strings.Split(out, "\n")
@@ -209,13 +211,28 @@ func reasons(out string) map[string]string {
 			verdict = "skipped"
 		}
 		name, _, _ = strings.Cut(name, " ")
-		reason := verdict
-		if i+1 < len(lines) {
-			next := strings.TrimSpace(lines[i+1])
-			if _, msg, ok := strings.Cut(next, ".go:"); ok && !strings.HasPrefix(next, "---") {
-				_, msg, _ = strings.Cut(msg, ": ") // the line number
-				reason = verdict + ": " + msg
+		// Its first line that names an error, else one that says
+		// something failed, else its first message.
+		var first, failure, errLine string
+		for _, next := range lines[i+1:] {
+			if !strings.HasPrefix(next, "    ") { // its indented messages end
+				break
 			}
+			msg := strings.TrimSpace(next)
+			if _, m, ok := strings.Cut(msg, ".go:"); ok {
+				_, msg, _ = strings.Cut(m, ": ") // the line number
+			}
+			first = cmp.Or(first, msg)
+			switch lower := strings.ToLower(msg); {
+			case errLine == "" && strings.Contains(lower, "error"):
+				errLine = msg
+			case failure == "" && (strings.Contains(lower, "fail") || strings.Contains(lower, "refus")):
+				failure = msg
+			}
+		}
+		reason := verdict
+		if msg := cmp.Or(errLine, failure, first); msg != "" {
+			reason += ": " + msg
 		}
 		why[name] = strings.ReplaceAll(reason, "|", "/")
 	}
@@ -242,11 +259,23 @@ func whyNot(why map[string]string, bench string) string {
 func parse(out string) map[string]map[string][]float64 {
 	res := map[string]map[string][]float64{}
 	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(nil, 1<<20)
+	pending := "" // a benchmark whose name was printed, its figures not yet
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
+		if len(f) > 0 && strings.HasPrefix(f[0], "Benchmark") && (len(f) < 4 || f[3] != "ns/op") {
+			// What the benchmark's processes printed (go test merges their
+			// stderr) came between its name and its figures.
+			pending = f[0]
+			continue
+		}
+		if pending != "" && len(f) >= 4 && f[2] == "ns/op" {
+			f = append([]string{pending}, f...)
+		}
 		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
 			continue
 		}
+		pending = ""
 		name := strings.TrimPrefix(f[0], "Benchmark")
 		if i := strings.LastIndex(name, "-"); i > 0 {
 			name = name[:i] // the GOMAXPROCS suffix
