@@ -19,8 +19,9 @@ import (
 // created when a vWire first needs it, its peer's allowed IPs the far
 // addresses of every vWire through it, and removed Grace after the last
 // one goes (unless a new vWire takes it again: then the vWire needs a peer
-// route only, not a device and a handshake). A device listens on a port of its own (the kernel's choice), which the
-// vWire's mechanism tells the peer; a peer whose endpoint is not known yet
+// route only, not a device and a handshake). A device listens on a port
+// of its own (the kernel's choice), which the vWire's mechanism tells the
+// peer; a peer whose endpoint is not known yet
 // is learnt from its first handshake (WireGuard roaming).
 type Tunnels struct {
 	key wgtypes.Key
@@ -246,15 +247,19 @@ func (t *Tunnels) Release(id string) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for peer, tun := range t.peers {
-		if _, ok := tun.users[id]; !ok {
+		far, ok := tun.users[id]
+		if !ok {
 			continue
 		}
-		far := tun.users[id]
 		delete(tun.users, id)
-		// A tunnel that never had a session (its peer never answered)
-		// saves the next vWire nothing: it goes at once.
-		if at, _ := tun.dev.LastHandshake(peer); (t.Grace <= 0 || at.IsZero()) && t.dropIfUnused(peer, tun) {
-			return nil
+		if len(tun.users) == 0 {
+			// A tunnel that never had a session (its peer never answered)
+			// saves the next vWire nothing: it goes at once. (Asked only
+			// of the last vWire: the device's whole state is read.)
+			if at, _ := tun.dev.LastHandshake(peer); t.Grace <= 0 || at.IsZero() {
+				t.dropIfUnused(peer, tun)
+				return nil
+			}
 		}
 		// What no other vWire through the tunnel reaches is allowed no
 		// more: idle, the peer keeps its session but is allowed nothing,
@@ -309,7 +314,6 @@ func (t *Tunnels) dropIdlestLocked() bool {
 	if idlest == nil {
 		return false
 	}
-	idlest.idle.Stop()
 	return t.dropIfUnused(peer, idlest)
 }
 
@@ -317,12 +321,18 @@ func (t *Tunnels) dropIfUnused(peer wgtypes.Key, tun *tunnel) bool {
 	if len(tun.users) > 0 {
 		return false
 	}
+	t.dropLocked(peer, tun)
+	return true
+}
+
+// dropLocked removes tunnel tun to peer, its device and its idle timer;
+// t.mu is held.
+func (t *Tunnels) dropLocked(peer wgtypes.Key, tun *tunnel) {
 	if tun.idle != nil {
 		tun.idle.Stop()
 	}
 	tun.dev.Close()
 	delete(t.peers, peer)
-	return true
 }
 
 // Devices lists the devices, by name, idle ones too.
@@ -342,11 +352,7 @@ func (t *Tunnels) Close() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for peer, tun := range t.peers {
-		if tun.idle != nil {
-			tun.idle.Stop()
-		}
-		tun.dev.Close()
-		delete(t.peers, peer)
+		t.dropLocked(peer, tun)
 	}
 }
 
