@@ -5,10 +5,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vwire/vwire/e2e"
 )
 
 // `vwire domain` on a warm start (its data directory exists): time from
@@ -53,17 +54,4 @@ func BenchmarkDomainWarmStart(b *testing.B) {
 	b.ReportMetric(rss, "idle-rss-MB")
 }
 
-func rssMB(b *testing.B, pid int) float64 {
-	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(status), "\n") {
-		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	b.Fatal("no VmRSS")
-	return 0
-}
+func rssMB(b *testing.B, pid int) float64 { return float64(e2e.RSS(b, pid)) / (1 << 20) }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vwire/vwire/client"
+	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/proxy/proxypb"
 )
 
@@ -36,7 +35,7 @@ func BenchmarkNetnsScale(b *testing.B) {
 	nsc := w.gatewayClient("a.example")
 	ns := w.fresh("k")
 	objA, objB := kernelObjects(b, a.ns), kernelObjects(b, bh.ns)
-	rssA, rssB := processRSS(b, a.proc.Cmd.Process.Pid), processRSS(b, bh.proc.Cmd.Process.Pid)
+	rssA, rssB := e2e.RSS(b, a.proc.Cmd.Process.Pid), e2e.RSS(b, bh.proc.Cmd.Process.Pid)
 
 	conns := make([]*proxypb.Connection, n)
 	begin := time.Now()
@@ -81,8 +80,8 @@ func BenchmarkNetnsScale(b *testing.B) {
 	}
 	// What each costs: the RSS of each domain's process (its gateway's
 	// devices and state), and the links, routes and rules in its namespace.
-	b.ReportMetric(float64(processRSS(b, a.proc.Cmd.Process.Pid)-rssA)/float64(n)/1024, "client-rss-KB/vwire")
-	b.ReportMetric(float64(processRSS(b, bh.proc.Cmd.Process.Pid)-rssB)/float64(n)/1024, "endpoint-rss-KB/vwire")
+	b.ReportMetric(float64(e2e.RSS(b, a.proc.Cmd.Process.Pid)-rssA)/float64(n)/1024, "client-rss-KB/vwire")
+	b.ReportMetric(float64(e2e.RSS(b, bh.proc.Cmd.Process.Pid)-rssB)/float64(n)/1024, "endpoint-rss-KB/vwire")
 	live := kernelObjects(b, a.ns)
 	for kind, count := range live {
 		b.ReportMetric(float64(count-objA[kind])/float64(n), "client-"+kind+"/vwire")
@@ -209,20 +208,4 @@ func kernelObjects(t testing.TB, ns string) map[string]int {
 		"routes": count("-4", "route", "show", "table", "all") + count("-6", "route", "show", "table", "all"),
 		"rules":  count("-4", "rule", "show") + count("-6", "rule", "show"),
 	}
-}
-
-// processRSS is the resident set of process pid, in bytes.
-func processRSS(t testing.TB, pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return kb * 1024
-		}
-	}
-	t.Fatalf("no VmRSS for process %d", pid)
-	return 0
 }
