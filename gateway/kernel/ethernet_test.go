@@ -118,24 +118,23 @@ func TestEthernetInsideWireGuard(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "1 received") {
 		t.Errorf("ping over the second Ethernet vWire: %v\n%s", err, out)
 	}
-	for _, s := range []struct {
-		b  *Backend
-		ns string
-	}{{p.bA, p.gA}, {p.bB, p.gB}} {
-		if err := Do(s.ns, func() error { return s.b.Remove(context.Background(), "l2b") }); err != nil {
-			t.Error(err)
-		}
-	}
-	for _, s := range []struct {
-		b  *Backend
-		ns string
-	}{{p.bA, p.gA}, {p.bB, p.gB}} {
-		if err := Do(s.ns, func() error { return s.b.Remove(context.Background(), "l2") }); err != nil {
-			t.Error(err)
-		}
-	}
+	p.remove("l2b")
+	p.remove("l2")
 	if after := hostLinks(t, p.gA); strings.Join(after, " ") != strings.Join(before, " ") {
 		t.Errorf("links before %v, after %v", before, after)
+	}
+}
+
+// remove removes end id on both gateways, each from its namespace.
+func (p *gatewayPair) remove(id string) {
+	p.t.Helper()
+	for _, s := range []struct {
+		b  *Backend
+		ns string
+	}{{p.bA, p.gA}, {p.bB, p.gB}} {
+		if err := Do(s.ns, func() error { return s.b.Remove(context.Background(), id) }); err != nil {
+			p.t.Error(err)
+		}
 	}
 }
 
