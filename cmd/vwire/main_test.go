@@ -166,6 +166,8 @@ func TestBadSettings(t *testing.T) {
 			`the scheme must be https, not "http"`},
 		{nil, []string{"proxy", "--name", "a.example", "--etcd-endpoints", "http://127.0.0.1:1", "--ca-secret", "vwire-ca"}, "--kubeconfig, --kube-namespace, --ca-secret, --attest-listen, --webhook-listen and --webhook-ca-secret go with --kubernetes"},
 		{nil, []string{"domain", "--name", "a.example", "--kubernetes", "--kubeconfig", filepath.Join(dir, "none")}, "--kubernetes: stat " + filepath.Join(dir, "none")},
+		{nil, []string{"domain", "--name", "a.example", "--tunnel-grace", "-1s"}, "--tunnel-grace -1s: not negative"},
+		{nil, []string{"gateway", "--registry", "127.0.0.1:1", "--credentials", dir, "--tunnel-grace", "-1s"}, "--tunnel-grace -1s: not negative"},
 		{nil, []string{"get", "pods"}, `unknown resource "pods" (want services, endpoints or connections)`},
 		{nil, []string{"get", "endpoints", "--source-labels", "app=x"}, "--source-labels needs --service"},
 		{nil, []string{"get", "services", "--credentials", filepath.Join(dir, "none")}, "credentials " + filepath.Join(dir, "none")},
