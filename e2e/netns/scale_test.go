@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -57,20 +57,7 @@ func BenchmarkNetnsScale(b *testing.B) {
 
 	// Set-up latency with them all live: more, one after another, each
 	// closed.
-	var times []time.Duration
-	for i := range 50 {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		conn, took, err := pingable(ctx, nsc, client.Options{Service: "svc@b.example", NetNS: ns, Interface: fmt.Sprintf("vl%d", i)})
-		if conn != nil {
-			nsc.Close(ctx, conn)
-		}
-		cancel()
-		if err != nil {
-			b.Fatalf("a set-up with %d vWires live: %v", n, err)
-		}
-		times = append(times, took)
-	}
-	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	times, _ := setups(b, nsc, "svc@b.example", ns, "vl", 50, 1)
 	b.ReportMetric(ms(times[len(times)/2]), "loaded-p50-ms")
 	b.ReportMetric(ms(times[len(times)*99/100]), "loaded-p99-ms")
 
@@ -131,20 +118,12 @@ func BenchmarkNetnsScale(b *testing.B) {
 
 // parallel runs do(0..n-1) on workers goroutines.
 func parallel(workers, n int, do func(i int)) {
-	var next sync.Mutex
-	i := 0
+	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
-			for {
-				next.Lock()
-				mine := i
-				i++
-				next.Unlock()
-				if mine >= n {
-					return
-				}
-				do(mine)
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				do(i)
 			}
 		})
 	}
