@@ -196,19 +196,22 @@ func (r *Resolver) store(key string, qtype uint16, resp *dns.Msg) cached {
 }
 
 // evict makes room for one more entry: it drops the entries no look-up
-// can use any more (expired, and past StaleMax), and if none, one other.
+// can use any more (expired, and past StaleMax), and if none, the one that
+// expires first (not any: a flood of unknown names, cached briefly, must
+// not push out a domain's records, which were just stored).
 func (r *Resolver) evict() {
 	now := r.now()
+	soonest := ""
 	for k, c := range r.cache {
-		if now.After(c.expires.Add(r.StaleMax)) {
+		switch {
+		case now.After(c.expires.Add(r.StaleMax)):
 			delete(r.cache, k)
+		case soonest == "" || c.expires.Before(r.cache[soonest].expires):
+			soonest = k
 		}
 	}
-	for k := range r.cache {
-		if len(r.cache) < r.MaxEntries {
-			return
-		}
-		delete(r.cache, k)
+	if len(r.cache) >= r.MaxEntries && soonest != "" {
+		delete(r.cache, soonest)
 	}
 }
 
