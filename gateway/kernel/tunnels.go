@@ -137,7 +137,9 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, lear
 	prev, had := tun.users[id]
 	tun.users[id] = far
 	set := tun.dev.AddAllowed
-	if whole || had { // (a vWire's far addresses may change)
+	// A refresh with the same far addresses adds them again (a replace
+	// would leave the peer allowed nothing for a moment: a packet lost).
+	if whole || (had && !slices.Equal(prev, far)) {
 		set = tun.dev.SetPeer
 		far = allowed(tun.users)
 	}
