@@ -54,6 +54,8 @@ for b in kubeadm kubelet kube-controller-manager kube-scheduler kube-proxy; do
 	want_tool "$b" && build "$b" kubernetes k8s.io/kubernetes "k8s.io/kubernetes/cmd/$b" static "$k8sversion"
 done
 want_tool kind && build kind kind sigs.k8s.io/kind sigs.k8s.io/kind static
+# promtool: checks the roles' Prometheus metrics (~3 min the first time).
+want_tool promtool && build promtool prometheus github.com/prometheus/prometheus github.com/prometheus/prometheus/cmd/promtool static
 # helm: the chart's lint and rendering (~3.5 min the first time).
 want_tool helm && build helm helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm static "-X helm.sh/helm/v3/internal/version.version=VERSION"
 exit 0
