@@ -35,6 +35,7 @@ import (
 	"github.com/vwire/vwire/gateway/kernel"
 	"github.com/vwire/vwire/gateway/node"
 	"github.com/vwire/vwire/internal/audit"
+	"github.com/vwire/vwire/internal/metrics"
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
@@ -362,6 +363,7 @@ type Domain struct {
 	lis     net.Listener
 	bundle  *federation.BundleEndpoint
 	debug   *http.Server
+	metrics *metrics.Server
 	errc    chan error
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -394,7 +396,13 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	if d.Identity, err = federation.OpenIdentity(ctx, cfg.SpiffeSocket, cfg.DataDir, federation.ProxyID(td), log); err != nil {
 		return err
 	}
-	if d.Etcd, err = registry.OpenEtcd(ctx, &cfg.Config); err != nil {
+	if cfg.MetricsListen != "" {
+		if d.metrics, err = metrics.Serve("--metrics-listen", cfg.MetricsListen); err != nil {
+			return err
+		}
+	}
+	m := metrics.Of(d.metrics)
+	if d.Etcd, err = registry.OpenEtcd(ctx, &cfg.Config, registry.EtcdMetrics(m.Registerer())...); err != nil {
 		return err
 	}
 	d.Etcd.OnFailure(d.fail)
@@ -408,8 +416,12 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 		return err
 	}
 
+	if m != nil {
+		m.Registry.MustRegister(d.Store.Collector(), d.Peers.Collector())
+	}
+	pm := proxy.NewMetrics(m.Registerer())
 	resolver := proxy.NewResolver(cfg.DNSServer)
-	resolver.StaleMax = cfg.DNSStaleMax
+	resolver.StaleMax, resolver.Metrics = cfg.DNSStaleMax, pm
 	fed := &federation.Service{Own: td, Peers: d.Peers, CA: d.Identity.CA,
 		Propagation: cfg.RotationPropagation, Overlap: cfg.RotationOverlap, ValidateDomain: registry.ValidateDomain,
 		LocateBundleEndpoint: func(ctx context.Context, domain string) (string, error) {
@@ -431,12 +443,12 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	d.Limiter = federation.NewLimiter(cfg.PeerLimits, log)
 	limitUnary, limitStream := d.Limiter.Interceptors()
 	errUnary, errStream := registry.ErrorInterceptors()
-	d.srv = grpc.NewServer(append(federation.ServerOptions(d.Identity, federation.DomainAuthorizer(td, d.Peers), log),
+	d.srv = grpc.NewServer(append(append(federation.ServerOptions(d.Identity, federation.DomainAuthorizer(td, d.Peers), log), m.ServerOptions()...),
 		grpc.ChainUnaryInterceptor(bindUnary, limitUnary, audit.Interceptor(td, log), errUnary),
 		grpc.ChainStreamInterceptor(bindStream, limitStream, errStream),
 	)...)
 	d.pool = proxy.NewPool(resolver, d.Identity, cfg.Name, d.Peers)
-	d.pool.Timeout = cfg.PeerTimeout
+	d.pool.Timeout, d.pool.DialOptions = cfg.PeerTimeout, m.DialOptions()
 	var regOpts []registry.ServerOption
 	regOpts = append(regOpts, registry.RegistrationsFrom(cfg.RegistrationsFrom))
 	if cfg.ServicesElsewhere != "" {
@@ -455,17 +467,20 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	}
 	if dp == nil {
 		// Its own gateway, if it runs one, and the nodes' `vwire gateway`s.
-		d.gateways = &proxy.Gateways{TD: td, Source: d.Identity, Endpoint: d.Store.GetEndpoint}
+		d.gateways = &proxy.Gateways{TD: td, Source: d.Identity, Endpoint: d.Store.GetEndpoint, DialOptions: m.DialOptions()}
 		if kind == "kernel" {
 			if d.gw, err = d.startGateway(cfg, log); err != nil {
 				return err
 			}
 			d.gateways.Local = d.gw
+			if m != nil {
+				m.Registry.MustRegister(d.gw.Collector())
+			}
 		}
 		dp = d.gateways
 	}
 	d.NetworkService = &proxy.Server{Own: cfg.Name, TD: td, Store: d.Store, Peers: d.Peers, Pool: d.pool,
-		Conns: proxy.NewConnections(d.Etcd.Client, cfg.Name), Dataplane: dp, Lifetime: cfg.ConnectionLifetime, Log: log, Observe: cfg.ObserveRequests,
+		Conns: proxy.NewConnections(d.Etcd.Client, cfg.Name), Dataplane: dp, Lifetime: cfg.ConnectionLifetime, Log: log, Metrics: pm, Observe: cfg.ObserveRequests,
 		PeerMaxConnections: cfg.PeerLimits.Connections,
 		PeerRanges: func(domain string) []netip.Prefix {
 			p, _ := d.Peers.Lookup(domain)
@@ -491,6 +506,7 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	// Readiness for probes (grpc-health-probe -spiffe, kubelet's grpc probe
 	// through a sidecar): serving once Start returns.
 	healthpb.RegisterHealthServer(d.srv, health.NewServer())
+	m.Registered(d.srv)
 	go func() {
 		if err := d.srv.Serve(d.lis); err != nil {
 			d.fail(err)
@@ -524,6 +540,14 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	log.Info("domain serving", "domain", cfg.Name, "addr", d.lis.Addr().String(), "trust_domain", td.Name(),
 		"etcd", d.Etcd.Summary(&cfg.Config), "bundle_endpoint", d.BundleURL())
 	return nil
+}
+
+// MetricsAddr is where the domain serves its metrics ("" with none).
+func (d *Domain) MetricsAddr() string {
+	if d.metrics == nil {
+		return ""
+	}
+	return d.metrics.Addr().String()
 }
 
 // configurePeers federates with the --peer peers that are not already
@@ -659,6 +683,7 @@ func (d *Domain) close() error {
 	if d.debug != nil {
 		d.debug.Close()
 	}
+	d.metrics.Close()
 	// No request reaches the gateway once it starts removing its ends.
 	if d.srv != nil {
 		d.srv.Stop()

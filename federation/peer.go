@@ -80,8 +80,10 @@ type PeerStatus struct {
 	// latest NotAfter of its authorities.
 	Expires     time.Time
 	Authorities int
-	// LastError is the last failed fetch's reason, cleared by a good one.
+	// LastError is the last failed fetch's reason, cleared by a good one;
+	// Failures counts the failed fetches since the process started.
 	LastError string
+	Failures  int
 	NextFetch time.Time
 	// Source is where the bundle the domain trusts for the peer came from
 	// (FromBundleEndpoint, FromBootstrap, FromSPIRE); "" when none is.
@@ -184,6 +186,7 @@ func (f *Follower) run(ctx context.Context) {
 		f.mu.Lock()
 		if err != nil {
 			f.status.LastError = err.Error()
+			f.status.Failures++
 		}
 		f.status.NextFetch = f.now().Add(next)
 		f.mu.Unlock()

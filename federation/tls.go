@@ -188,14 +188,15 @@ func revive(ctx context.Context, conn *grpc.ClientConn) {
 
 // DialDomain connects to the domain of src's own trust domain at addr: the
 // server must prove it is that domain's registry or proxy (`vwire domain`
-// serves every role on one listener as its proxy).
-func DialDomain(addr string, src Source) (*grpc.ClientConn, error) {
+// serves every role on one listener as its proxy). opts are added
+// (metrics).
+func DialDomain(addr string, src Source, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	svid, err := src.GetX509SVID()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %v", addr, ErrNoSVID, err)
 	}
 	td := svid.ID.TrustDomain()
-	conn, err := grpc.NewClient(addr, WithReconnect(grpc.WithTransportCredentials(ClientCredentials(src, AuthorizeOf(RegistryID(td), ProxyID(td)))))...)
+	conn, err := grpc.NewClient(addr, WithReconnect(append(opts, grpc.WithTransportCredentials(ClientCredentials(src, AuthorizeOf(RegistryID(td), ProxyID(td)))))...)...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", addr, err)
 	}

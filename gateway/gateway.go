@@ -249,6 +249,10 @@ func (g *Gateway) learn(ctx context.Context) {
 // Ends lists the desired ends (for status and tests).
 func (g *Gateway) Ends() []dataplane.End { return g.reconciler.Desired() }
 
+// Reconciled is how many ends the gateway programs now, and how many of
+// its backend calls failed since the start.
+func (g *Gateway) Reconciled() (ends int, failed int64) { return g.reconciler.Counts() }
+
 // PublicKey is the gateway's WireGuard public key (base64).
 func (g *Gateway) PublicKey() string { return g.tunneler.PublicKey() }
 

@@ -35,6 +35,7 @@ type Reconciler struct {
 	desired map[string]dataplane.End
 	file    *atomicfile.Batch // desired, written for changes of a moment at once
 	errs    map[string]error  // the last failure of each end, until it succeeds
+	failed  int64             // backend calls that failed, since the start
 	kick    chan struct{}
 }
 
@@ -184,14 +185,28 @@ func (r *Reconciler) Desired() []dataplane.End {
 	return out
 }
 
+// fail notes end id's last error (nil: it succeeded; id "": a failure of
+// no desired end's, only counted).
 func (r *Reconciler) fail(id string, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err == nil {
+	switch {
+	case err == nil:
 		delete(r.errs, id)
-	} else {
+	case id != "":
 		r.errs[id] = err
+		fallthrough
+	default:
+		r.failed++
 	}
+}
+
+// Counts are the ends desired now and the backend calls that failed
+// since the start.
+func (r *Reconciler) Counts() (desired int, failed int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.desired), r.failed
 }
 
 func (r *Reconciler) poke() {
@@ -226,6 +241,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) (failed int) {
 	actual, err := r.backend.List(ctx)
 	if err != nil {
 		r.log.Warn("listing the data plane failed", "err", err)
+		r.fail("", err)
 		return 1
 	}
 	have := map[string]dataplane.End{}
@@ -260,6 +276,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) (failed int) {
 		unlock()
 		if err != nil {
 			r.log.Warn("removing a leftover vWire end failed; retrying", "id", id, "err", err)
+			r.fail("", err)
 			failed++
 			continue
 		}

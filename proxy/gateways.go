@@ -26,6 +26,8 @@ type Gateways struct {
 	TD       spiffeid.TrustDomain
 	Source   federation.Source
 	Endpoint func(ctx context.Context, name string) (*registrypb.Endpoint, error)
+	// DialOptions are added to every connection's (metrics).
+	DialOptions []grpc.DialOption
 
 	conns conncache.Cache // by URL and ID
 }
@@ -135,7 +137,7 @@ func (g *Gateways) dial(ref gatewayRef) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("%q at %s is not a gateway of trust domain %q", ref.id, ref.url, g.TD)
 	}
 	return g.conns.Get(ref.url+" "+ref.id, func() (*grpc.ClientConn, error) {
-		c, err := grpc.NewClient(ref.url, federation.WithReconnect(grpc.WithTransportCredentials(federation.ClientCredentials(g.Source, federation.AuthorizeOf(id))))...)
+		c, err := grpc.NewClient(ref.url, federation.WithReconnect(append(g.DialOptions, grpc.WithTransportCredentials(federation.ClientCredentials(g.Source, federation.AuthorizeOf(id))))...)...)
 		if err != nil {
 			return nil, fmt.Errorf("gateway %s at %s: %w", ref.id, ref.url, err)
 		}

@@ -37,6 +37,8 @@ type Pool struct {
 	// (a stream: its first answer); a peer cut off, paused or overloaded
 	// then fails the request instead of holding it.
 	Timeout time.Duration
+	// DialOptions are added to every connection's (metrics).
+	DialOptions []grpc.DialOption
 
 	mu    sync.Mutex
 	conns map[string]*peerConn
@@ -113,7 +115,7 @@ func (p *Pool) Conn(ctx context.Context, domain string) (*grpc.ClientConn, error
 	if err != nil {
 		return nil, err
 	}
-	opts = append(opts, grpc.WithResolvers(res), grpc.WithChainUnaryInterceptor(p.boundUnary(domain)), grpc.WithChainStreamInterceptor(p.boundStream(domain)))
+	opts = append(append(opts, p.DialOptions...), grpc.WithResolvers(res), grpc.WithChainUnaryInterceptor(p.boundUnary(domain)), grpc.WithChainStreamInterceptor(p.boundStream(domain)))
 	conn, err := grpc.NewClient("vwire-peer:///"+domain, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("peer %q: %w", domain, err)

@@ -133,17 +133,21 @@ func qualify(resp *registrypb.FindResponse, domain string) {
 func toStatus(domain string, err error) error {
 	switch {
 	case errors.Is(err, ErrUnknownDomain):
-		return status.Error(codes.NotFound, err.Error())
+		return WithReason(status.Error(codes.NotFound, err.Error()), ReasonPeerUnreachable)
 	case errors.Is(err, ErrNotFederated):
-		return status.Error(codes.FailedPrecondition, err.Error())
+		return WithReason(status.Error(codes.FailedPrecondition, err.Error()), ReasonNotFederated)
 	case errors.Is(err, ErrDNS):
-		return status.Error(codes.Unavailable, err.Error())
+		return WithReason(status.Error(codes.Unavailable, err.Error()), ReasonPeerUnreachable)
 	}
 	if s, ok := status.FromError(err); ok {
-		if s.Code() == codes.Unavailable {
-			return status.Errorf(codes.Unavailable, "peer %q unreachable: %s", domain, s.Message())
+		reason, given := reasonGiven(s)
+		if s.Code() == codes.Unavailable || s.Code() == codes.DeadlineExceeded {
+			if !given {
+				reason = ReasonPeerUnreachable
+			}
+			return WithReason(status.Errorf(s.Code(), "peer %q unreachable: %s", domain, s.Message()), reason)
 		}
-		return status.Errorf(s.Code(), "%s: %s", domain, s.Message())
+		return WithReason(status.Errorf(s.Code(), "%s: %s", domain, s.Message()), reason)
 	}
 	return status.Error(codes.Unknown, fmt.Sprintf("%s: %v", domain, err))
 }

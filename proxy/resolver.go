@@ -76,6 +76,8 @@ type Resolver struct {
 	// and types kept.
 	MaxTTL     time.Duration
 	MaxEntries int
+	// Metrics counts the look-ups (nil: not counted).
+	Metrics *Metrics
 
 	now func() time.Time
 	mu  sync.Mutex
@@ -121,16 +123,29 @@ func (r *Resolver) server() (string, error) {
 	return net.JoinHostPort(conf.Servers[0], conf.Port), nil
 }
 
-// query asks for name and type, from the cache when it is fresh.
+// query asks for name and type, from the cache when it is fresh, and
+// counts the look-up.
 func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (cached, error) {
+	begin := time.Now()
+	c, asked, stale, err := r.lookup(ctx, name, qtype)
+	r.Metrics.lookup(begin, lookupResult(qtype, c, err, asked, stale))
+	return c, err
+}
+
+// lookup is query: asked says whether the DNS server answered, stale
+// whether a past answer stood in for it.
+func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) (_ cached, asked, stale bool, _ error) {
 	name = dns.Fqdn(name)
 	key := name + "/" + dns.TypeToString[qtype]
 	r.mu.Lock()
 	c, ok := r.cache[key]
 	r.mu.Unlock()
 	now := r.now()
-	if ok && (now.Before(c.expires) || now.Before(c.recheck)) {
-		return c, nil
+	if ok && now.Before(c.expires) {
+		return c, false, false, nil
+	}
+	if ok && now.Before(c.recheck) {
+		return c, false, true, nil
 	}
 	// With a stale answer to fall back on, DNS gets StaleWait (RFC 8767's
 	// client response timer), not a full timeout.
@@ -153,11 +168,11 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (cached
 			if start {
 				go r.refresh(name, qtype, key)
 			}
-			return c, nil
+			return c, false, true, nil
 		}
-		return cached{}, err
+		return cached{}, true, false, err
 	}
-	return r.store(key, qtype, resp), nil
+	return r.store(key, qtype, resp), true, false, nil
 }
 
 // refresh asks for name and type with the whole Timeout, in the background

@@ -48,6 +48,7 @@ type Server struct {
 	Dataplane Dataplane // nil: requests are refused, nothing would carry them
 	Lifetime  time.Duration
 	Log       *slog.Logger
+	Metrics   *Metrics // nil: nothing counted
 	// Observe, when set, is shown every request this proxy answered, its
 	// answer, and whether it refreshed a connection stored here (a
 	// Kubernetes domain's events on pods).
@@ -62,23 +63,65 @@ type Server struct {
 
 	mu   sync.Mutex
 	next map[string]int // per service: where the next new connection starts looking
-	// held: each live connection's requester, and how many each holds
-	// (as Expire's watch last saw them).
-	requesterOf map[string]string
-	held        map[string]int
+	live *tally         // the live connections, as Expire's watch last saw them
+}
+
+// tally counts the live connections of each requester (for
+// PeerMaxConnections) and of each label set of vwire_proxy_connections.
+type tally struct {
+	of    map[string]liveConn // by id
+	held  map[string]int      // by requester
+	byKey map[connKey]int
+}
+
+type liveConn struct {
+	requester string
+	key       connKey
+}
+
+func newTally() *tally {
+	return &tally{of: map[string]liveConn{}, held: map[string]int{}, byKey: map[connKey]int{}}
+}
+
+// add counts c and returns its labels.
+func (t *tally) add(c *proxypb.Connection, own string) connKey {
+	lc := liveConn{requester: c.GetRequester(), key: keyOf(c, own)}
+	t.of[c.GetId()] = lc
+	t.held[lc.requester]++
+	t.byKey[lc.key]++
+	return lc.key
+}
+
+// remove stops counting connection id and returns its labels.
+func (t *tally) remove(id string) (connKey, bool) {
+	lc, ok := t.of[id]
+	if !ok {
+		return connKey{}, false
+	}
+	delete(t.of, id)
+	if t.held[lc.requester]--; t.held[lc.requester] <= 0 {
+		delete(t.held, lc.requester)
+	}
+	if t.byKey[lc.key]--; t.byKey[lc.key] <= 0 {
+		delete(t.byKey, lc.key)
+	}
+	return lc.key, true
 }
 
 // Request implements proxypb.NetworkServiceServer.
 func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest) (*proxypb.Connection, error) {
-	var refresh bool
-	conn, err := s.request(ctx, req, &refresh)
+	var prev *proxypb.Connection
+	begin := time.Now()
+	conn, err := s.request(ctx, req, &prev)
+	s.Metrics.request(begin, s.Own, prev, conn, err)
 	if s.Observe != nil {
-		s.Observe(ctx, req, conn, err, refresh)
+		s.Observe(ctx, req, conn, err, prev != nil)
 	}
 	return conn, err
 }
 
-func (s *Server) request(ctx context.Context, req *proxypb.NetworkServiceRequest, refresh *bool) (*proxypb.Connection, error) {
+// request serves req; *stored is set to the connection it refreshes.
+func (s *Server) request(ctx context.Context, req *proxypb.NetworkServiceRequest, stored **proxypb.Connection) (*proxypb.Connection, error) {
 	if s.Dataplane == nil {
 		return nil, status.Error(codes.Unimplemented, "this domain runs without a data plane (--dataplane none, or vwire domain not run as root)")
 	}
@@ -101,9 +144,9 @@ func (s *Server) request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	}
 	prev, err := s.Conns.Get(ctx, conn.Id)
 	if err != nil {
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return nil, WithReason(status.Error(codes.Unavailable, err.Error()), ReasonOther)
 	}
-	*refresh = prev != nil
+	*stored = prev
 	if prev != nil && !s.mayChange(ctx, prev) {
 		return nil, status.Errorf(codes.PermissionDenied, "connection %q belongs to %s", conn.Id, prev.GetRequester())
 	}
@@ -186,7 +229,7 @@ func (s *Server) lifetime() time.Duration {
 func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service string, client spiffeid.ID, prev *proxypb.Connection) (*proxypb.Connection, error) {
 	svc, err := s.Store.GetService(ctx, service)
 	if err != nil {
-		return nil, registry.ToStatus(err)
+		return nil, registryStatus(err, ReasonUnknownService)
 	}
 	if !client.IsZero() {
 		if err := registry.Authorize(svc, client, s.TD, s.Peers); err != nil {
@@ -209,7 +252,7 @@ func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service st
 		}
 	}
 	if len(candidates) == 0 {
-		return nil, status.Errorf(codes.NotFound, "no endpoint of network service %q matches labels %v", service, conn.GetLabels())
+		return nil, WithReason(status.Errorf(codes.NotFound, "no endpoint of network service %q matches labels %v", service, conn.GetLabels()), ReasonNoEndpoint)
 	}
 	conn.NetworkService = service
 	conn.Payload = svc.GetPayload().String()
@@ -244,7 +287,7 @@ func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service st
 			// The client is of this domain too: its side is programmed here.
 			if out, err = s.Dataplane.Apply(ctx, ClientSide, out); err != nil {
 				_ = s.Dataplane.Remove(ctx, EndpointSide, c) // undo; the error below says why
-				return nil, status.Errorf(codes.Unavailable, "programming the client side of %s: %v", c.GetId(), err)
+				return nil, WithReason(status.Errorf(codes.Unavailable, "programming the client side of %s: %v", c.GetId(), err), ReasonDataplane)
 			}
 		}
 		if err := s.Conns.Put(ctx, out, int64(s.lifetime()/time.Second)); err != nil {
@@ -255,7 +298,7 @@ func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service st
 		s.Log.Info("connection up", "id", out.GetId(), "service", service, "endpoint", ep.GetName(), "requester", out.GetRequester(), "client", out.GetClientId())
 		return out, nil
 	}
-	return nil, status.Errorf(codes.Unavailable, "no endpoint of %q could be programmed: %v", service, errors.Join(errs...))
+	return nil, WithReason(status.Errorf(codes.Unavailable, "no endpoint of %q could be programmed: %v", service, errors.Join(errs...)), ReasonDataplane)
 }
 
 // forward sends a request for service@domain to that domain's proxy and
@@ -288,7 +331,7 @@ func (s *Server) forward(ctx context.Context, req *proxypb.NetworkServiceRequest
 	remote.Requester, remote.ClientId = conn.GetRequester(), conn.GetClientId()
 	if err := s.inRanges(name.Domain, remote.GetIpContext()); err != nil {
 		s.closeRemote(ctx, pc, remote.GetId(), name.Domain)
-		return nil, status.Error(codes.PermissionDenied, err.Error())
+		return nil, WithReason(status.Error(codes.PermissionDenied, err.Error()), ReasonInvalid)
 	}
 	got, err := s.Dataplane.Apply(ctx, ClientSide, remote)
 	if err == nil {
@@ -298,7 +341,7 @@ func (s *Server) forward(ctx context.Context, req *proxypb.NetworkServiceRequest
 		// Leave nothing half-done: take back the endpoint's side.
 		s.closeRemote(ctx, pc, remote.GetId(), name.Domain)
 		_ = s.Dataplane.Remove(ctx, ClientSide, remote) // best effort; the error below says why
-		return nil, status.Errorf(codes.Unavailable, "programming the client side of %s: %v", remote.GetId(), err)
+		return nil, WithReason(status.Errorf(codes.Unavailable, "programming the client side of %s: %v", remote.GetId(), err), ReasonDataplane)
 	}
 	s.Log.Info("connection up", "id", got.GetId(), "service", name.String(), "endpoint", got.GetNetworkServiceEndpointName(), "requester", got.GetRequester(), "client", got.GetClientId())
 	return got, nil
@@ -342,7 +385,7 @@ func (s *Server) relay(ctx context.Context, conn *proxypb.Connection, ep *regist
 func (s *Server) hosted(ctx context.Context, conn *proxypb.Connection, name registry.Name) (*proxypb.Connection, error) {
 	ep, err := s.Store.GetEndpoint(ctx, conn.GetNetworkServiceEndpointName())
 	if err != nil {
-		return nil, registry.ToStatus(err)
+		return nil, registryStatus(err, ReasonNoEndpoint)
 	}
 	if !slices.Contains(ep.GetNetworkServiceNames(), name.String()) {
 		return nil, status.Errorf(codes.PermissionDenied, "endpoint %q of %q does not provide %q", ep.GetName(), s.Own, name)
@@ -351,7 +394,7 @@ func (s *Server) hosted(ctx context.Context, conn *proxypb.Connection, name regi
 	s.segment(conn)
 	out, err := s.Dataplane.Apply(ctx, EndpointSide, conn)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "programming endpoint %s: %v", ep.GetName(), err)
+		return nil, WithReason(status.Errorf(codes.Unavailable, "programming endpoint %s: %v", ep.GetName(), err), ReasonDataplane)
 	}
 	if err := s.Conns.Put(ctx, out, int64(s.lifetime()/time.Second)); err != nil {
 		_ = s.Dataplane.Remove(ctx, EndpointSide, out) // undo; the error below says why
@@ -419,6 +462,7 @@ func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.
 	if _, err := s.Conns.Delete(ctx, stored.GetId()); err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
+	s.Metrics.closed()
 	s.Log.Info("connection closed", "id", stored.GetId(), "service", stored.GetNetworkService(), "requester", stored.GetRequester(), "client", stored.GetClientId())
 	return &proxypb.CloseResponse{}, nil
 }
@@ -519,15 +563,15 @@ func (s *Server) inRanges(domain string, ipc *proxypb.IPContext) error {
 	return nil
 }
 
-// countAll counts the live connections of each requester anew.
+// countAll counts the live connections anew.
 func (s *Server) countAll(conns []*proxypb.Connection) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.requesterOf, s.held = map[string]string{}, map[string]int{}
+	s.live = newTally()
 	for _, c := range conns {
-		s.requesterOf[c.GetId()] = c.GetRequester()
-		s.held[c.GetRequester()]++
+		s.live.add(c, s.Own)
 	}
+	s.Metrics.allConnections(s.live.byKey)
 }
 
 // count follows one change of a connection (deleted: only its id is
@@ -535,18 +579,15 @@ func (s *Server) countAll(conns []*proxypb.Connection) {
 func (s *Server) count(c *proxypb.Connection, deleted bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.requesterOf == nil {
-		s.requesterOf, s.held = map[string]string{}, map[string]int{}
+	if s.live == nil {
+		s.live = newTally()
 	}
-	if was, ok := s.requesterOf[c.GetId()]; ok {
-		if s.held[was]--; s.held[was] <= 0 {
-			delete(s.held, was)
-		}
-		delete(s.requesterOf, c.GetId())
+	if k, ok := s.live.remove(c.GetId()); ok {
+		s.Metrics.connection(k, s.live.byKey[k])
 	}
 	if !deleted {
-		s.requesterOf[c.GetId()] = c.GetRequester()
-		s.held[c.GetRequester()]++
+		k := s.live.add(c, s.Own)
+		s.Metrics.connection(k, s.live.byKey[k])
 	}
 }
 
@@ -554,7 +595,10 @@ func (s *Server) count(c *proxypb.Connection, deleted bool) {
 func (s *Server) holding(requester string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.held[requester]
+	if s.live == nil {
+		return 0
+	}
+	return s.live.held[requester]
 }
 
 // ClientLabels are a client's labels with those its domain adds for the

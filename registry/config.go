@@ -33,6 +33,10 @@ type Config struct {
 	// when the registering side does not say.
 	EndpointLifetime time.Duration
 
+	// MetricsListen serves Prometheus metrics over plain HTTP at /metrics;
+	// empty: none.
+	MetricsListen string
+
 	// SpiffeSocket is a SPIRE agent's Workload API; empty means the built-in
 	// CA under DataDir (and SPIFFE_ENDPOINT_SOCKET is not consulted).
 	SpiffeSocket string
@@ -70,6 +74,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.EtcdKeyFile, "etcd-key-file", c.EtcdKeyFile, "client key for the external etcd")
 	fs.DurationVar(&c.EndpointLifetime, "endpoint-lifetime", c.EndpointLifetime, "how long an endpoint registration lives unless refreshed")
 	fs.StringVar(&c.SpiffeSocket, "spiffe-socket", c.SpiffeSocket, "a SPIRE agent's Workload API socket (default: the built-in CA)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "serve Prometheus metrics (/metrics) over plain HTTP here, host:port (off by default)")
 }
 
 // Validate reports the first field that is wrong, by its flag name.
@@ -99,6 +104,11 @@ func (c *Config) Validate() error {
 	}
 	if (c.EtcdCertFile == "") != (c.EtcdKeyFile == "") {
 		return errors.New("--etcd-cert-file and --etcd-key-file go together")
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return fmt.Errorf("--metrics-listen %q: %v (want host:port)", c.MetricsListen, err)
+		}
 	}
 	if c.EndpointLifetime < 2*time.Second {
 		return fmt.Errorf("--endpoint-lifetime %v: at least 2s (etcd leases have whole seconds)", c.EndpointLifetime)

@@ -18,6 +18,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
 
 	"github.com/vwire/vwire/internal/private"
 )
@@ -88,10 +89,11 @@ func (f shutdownFilter) With(fields []zapcore.Field) zapcore.Core {
 }
 
 // dialEtcd connects to endpoints, with TLS when any of the files is given.
-func dialEtcd(ctx context.Context, endpoints []string, caFile, certFile, keyFile string) (*clientv3.Client, error) {
+func dialEtcd(ctx context.Context, endpoints []string, caFile, certFile, keyFile string, opts []grpc.DialOption) (*clientv3.Client, error) {
 	cfg := clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
+		DialOptions: opts,
 		Logger:      zap.NewNop(),
 		Context:     ctx,
 	}

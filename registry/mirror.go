@@ -23,6 +23,7 @@ type mirror struct {
 	rev      int64 // the etcd revision the copy reflects; 0 before the first load
 	services map[string]*registrypb.NetworkService
 	index    map[string]map[string]*registrypb.Endpoint // service → name → endpoint
+	expires  map[string]time.Time                       // endpoint → when its registration lapses (zero: never)
 	advanced chan struct{}                              // closed when rev moves
 }
 
@@ -67,7 +68,7 @@ func (s *Store) follow(ctx context.Context, m *mirror) error {
 		return err
 	}
 	m.mu.Lock()
-	m.services, m.index = map[string]*registrypb.NetworkService{}, map[string]map[string]*registrypb.Endpoint{}
+	m.services, m.index, m.expires = map[string]*registrypb.NetworkService{}, map[string]map[string]*registrypb.Endpoint{}, map[string]time.Time{}
 	for _, kv := range resp.Kvs {
 		m.apply(s, string(kv.Key), kv.Value, false)
 	}
@@ -101,6 +102,20 @@ func (m *mirror) apply(s *Store, key string, value []byte, deleted bool) {
 			delete(m.services, name)
 		} else if svc, err := unmarshal[registrypb.NetworkService](value); err == nil {
 			m.services[name] = svc
+		}
+	case strings.HasPrefix(rest, "endpoints/"):
+		name := strings.TrimPrefix(rest, "endpoints/")
+		if deleted {
+			// A deletion at or past the registration's expiry is its lease's.
+			if at, ok := m.expires[name]; ok && !at.IsZero() && !time.Now().Add(time.Second).Before(at) {
+				s.lapsed.Add(1)
+			}
+			delete(m.expires, name)
+		} else if ep, err := unmarshal[registrypb.Endpoint](value); err == nil {
+			m.expires[name] = time.Time{}
+			if ep.GetExpiresAt() != nil {
+				m.expires[name] = ep.GetExpiresAt().AsTime()
+			}
 		}
 	case strings.HasPrefix(rest, "index/"):
 		svc, name, _ := strings.Cut(strings.TrimPrefix(rest, "index/"), "/")

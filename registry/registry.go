@@ -12,6 +12,7 @@ import (
 
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/internal/audit"
+	"github.com/vwire/vwire/internal/metrics"
 	"github.com/vwire/vwire/registry/registrypb"
 )
 
@@ -24,9 +25,9 @@ type Etcd struct {
 
 // OpenEtcd starts the embedded etcd under cfg.DataDir, or connects to
 // cfg.EtcdEndpoints.
-func OpenEtcd(ctx context.Context, cfg *Config) (*Etcd, error) {
+func OpenEtcd(ctx context.Context, cfg *Config, opts ...grpc.DialOption) (*Etcd, error) {
 	if len(cfg.EtcdEndpoints) > 0 {
-		cli, err := dialEtcd(ctx, cfg.EtcdEndpoints, cfg.EtcdCAFile, cfg.EtcdCertFile, cfg.EtcdKeyFile)
+		cli, err := dialEtcd(ctx, cfg.EtcdEndpoints, cfg.EtcdCAFile, cfg.EtcdCertFile, cfg.EtcdKeyFile, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -36,7 +37,7 @@ func OpenEtcd(ctx context.Context, cfg *Config) (*Etcd, error) {
 	if err != nil {
 		return nil, err
 	}
-	cli, err := dialEtcd(ctx, []string{e.Clients[0].Addr().String()}, "", "", "")
+	cli, err := dialEtcd(ctx, []string{e.Clients[0].Addr().String()}, "", "", "", opts)
 	if err != nil {
 		e.Close()
 		return nil, err
@@ -85,6 +86,7 @@ type Registry struct {
 	ownsID   bool
 	srv      *grpc.Server
 	lis      net.Listener
+	metrics  *metrics.Server
 	errc     chan error
 
 	stopMirror context.CancelFunc
@@ -117,11 +119,20 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 		}
 		r.identity, r.ownsID = id, true
 	}
-	if r.Etcd, err = OpenEtcd(ctx, cfg); err != nil {
+	if cfg.MetricsListen != "" {
+		if r.metrics, err = metrics.Serve("--metrics-listen", cfg.MetricsListen); err != nil {
+			return nil, err
+		}
+	}
+	m := metrics.Of(r.metrics)
+	if r.Etcd, err = OpenEtcd(ctx, cfg, EtcdMetrics(m.Registerer())...); err != nil {
 		return nil, err
 	}
 	r.Etcd.OnFailure(r.fail)
 	r.Store = NewStore(r.Etcd.Client, cfg.Name)
+	if m != nil {
+		m.Registry.MustRegister(r.Store.Collector())
+	}
 	mirrorCtx, stopMirror := context.WithCancel(context.Background())
 	mirrored := r.Store.Mirror(mirrorCtx)
 	r.stopMirror = func() { stopMirror(); <-mirrored }
@@ -130,11 +141,12 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
 	unary, stream := ErrorInterceptors()
-	r.srv = grpc.NewServer(append(federation.ServerOptions(r.identity, federation.AuthorizeMember(td), log),
+	r.srv = grpc.NewServer(append(append(federation.ServerOptions(r.identity, federation.AuthorizeMember(td), log), m.ServerOptions()...),
 		grpc.ChainUnaryInterceptor(audit.Interceptor(td, log), unary),
 		grpc.ChainStreamInterceptor(stream),
 	)...)
 	registrypb.RegisterRegistryServer(r.srv, NewServer(r.Store, td, cfg.EndpointLifetime, nil, log))
+	m.Registered(r.srv)
 	go func() {
 		if err := r.srv.Serve(r.lis); err != nil {
 			r.fail(err)
@@ -167,6 +179,7 @@ func (r *Registry) Close() error {
 	if r.stopMirror != nil {
 		r.stopMirror()
 	}
+	r.metrics.Close()
 	var errs []error
 	if r.Etcd != nil {
 		errs = append(errs, r.Etcd.Close())

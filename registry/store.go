@@ -41,6 +41,7 @@ type Store struct {
 	implicit map[string]string
 
 	mirror  atomic.Pointer[mirror]
+	lapsed  atomic.Int64 // registrations whose lease lapsed, as the mirror saw them
 	written lastWrite
 }
 

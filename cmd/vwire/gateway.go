@@ -19,6 +19,7 @@ import (
 	"github.com/vwire/vwire/gateway"
 	"github.com/vwire/vwire/gateway/kernel"
 	"github.com/vwire/vwire/gateway/node"
+	"github.com/vwire/vwire/internal/metrics"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry/registrypb"
 )
@@ -28,7 +29,7 @@ import (
 const gatewayPort = "7003"
 
 func newGatewayCmd() *cobra.Command {
-	var registryAddr, credentials, spiffeSocket, nodeName, dataDir, socket, listen, advertise, gatewayAddress, intraDomain string
+	var registryAddr, credentials, spiffeSocket, nodeName, dataDir, socket, listen, advertise, gatewayAddress, intraDomain, metricsListen string
 	var maxPeers int
 	var grace time.Duration
 	var keep bool
@@ -52,6 +53,15 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 				return usagef("%v", err)
 			}
 			begin := time.Now()
+			var ms *metrics.Server
+			if metricsListen != "" {
+				var err error
+				if ms, err = metrics.Serve("--metrics-listen", metricsListen); err != nil {
+					return err
+				}
+				defer ms.Close()
+			}
+			m := metrics.Of(ms)
 			ctx := cmd.Context()
 			log := slog.Default().With("role", "gateway")
 			var src federation.Source
@@ -99,7 +109,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 					return err
 				}
 			}
-			proxy, err := federation.DialDomain(registryAddr, src)
+			proxy, err := federation.DialDomain(registryAddr, src, m.DialOptions()...)
 			if err != nil {
 				return err
 			}
@@ -117,9 +127,13 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 				return err
 			}
 			defer n.Close()
-			srv := grpc.NewServer(federation.ServerOptions(src, federation.AuthorizeOf(federation.ProxyID(td)), log)...)
+			srv := grpc.NewServer(append(federation.ServerOptions(src, federation.AuthorizeOf(federation.ProxyID(td)), log), m.ServerOptions()...)...)
 			proxypb.RegisterGatewayServer(srv, &gateway.Service{G: n.Gateway})
 			healthpb.RegisterHealthServer(srv, health.NewServer())
+			if m != nil {
+				m.Registered(srv)
+				m.Registry.MustRegister(n.Collector())
+			}
 			failed := make(chan error, 1)
 			go func() { failed <- srv.Serve(lis) }()
 			defer srv.Stop()
@@ -145,6 +159,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 	f.StringVar(&advertise, "advertise", "", "the host:port the proxy dials (default: --listen, its host the tunnel address when --listen has none)")
 	f.StringVar(&gatewayAddress, "gateway-address", "", "the tunnel address peer gateways send to (default: the address of the default route's interface)")
 	f.BoolVar(&keep, "keep-dataplane", false, "on shutdown, leave the vWires' interfaces and routes in place")
+	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics) over plain HTTP here, host:port (off by default)")
 	att.add(f)
 	f.IntVar(&maxPeers, "max-peer-gateways", kernel.DefaultMaxPeers, "the most peer gateways to keep WireGuard tunnels to (a device each); a vWire through one more is refused")
 	f.DurationVar(&grace, "tunnel-grace", kernel.DefaultGrace, node.GraceUsage)

@@ -46,6 +46,10 @@ func TestListenerTaken(t *testing.T) {
 		{"proxy", "--dns-listen", []string{"--etcd-endpoints", etcd, "--listen", "127.0.0.1:0", "--advertise", "127.0.0.1:7001"}},
 		{"registry", "--listen", nil},
 		{"gateway", "--listen", []string{"--credentials", creds, "--registry", "127.0.0.1:1"}},
+		{"domain", "--metrics-listen", []string{"--listen", "127.0.0.1:0"}},
+		{"proxy", "--metrics-listen", []string{"--etcd-endpoints", etcd, "--listen", "127.0.0.1:0"}},
+		{"registry", "--metrics-listen", []string{"--listen", "127.0.0.1:0"}},
+		{"gateway", "--metrics-listen", []string{"--credentials", creds, "--registry", "127.0.0.1:1", "--listen", "127.0.0.1:0"}},
 	} {
 		t.Run(c.role+c.flag, func(t *testing.T) {
 			taken := takeAddr(t)

@@ -128,14 +128,15 @@ func (w *world) attach(suffix, addr string) string {
 }
 
 // gatewayNode is a second node of domain d, at addr, running `vwire
-// gateway` with credentials from the domain's CA.
-func (w *world) gatewayNode(d, name, addr string) *host {
+// gateway` with credentials from the domain's CA (and extra flags).
+func (w *world) gatewayNode(d, name, addr string, extra ...string) *host {
 	h := w.domains[d]
 	n := &host{name: name, ns: w.attach(name, addr), addr: addr, data: filepath.Join(w.dir, d+"-"+name)}
 	creds := filepath.Join(w.dir, d+"-"+name+"-creds")
 	run(w.t, w.bin, "ca", "issue", "spiffe://"+d+"/vwire/gateway/"+name, "--data-dir", h.data, "--out", creds)
 	n.args = []string{"netns", "exec", n.ns, w.bin, "gateway", "--registry", h.addr + ":7001", "--credentials", creds,
 		"--data-dir", n.data, "--listen", addr + ":7003", "--tunnel-grace", testGrace}
+	n.args = append(n.args, extra...)
 	n.proc = e2e.StartVwire(w.t, "ip", nil, n.args...)
 	return n
 }

@@ -1080,6 +1080,22 @@ func (b *Backend) detachLocked(id string) {
 // unlink removes end id's halves, host and (for a VXLAN end's tag) the
 // VXLAN device in namespace ns, each on a netlink socket of its own: a
 // deletion holds its socket until the kernel is done with it.
+// ownHandle is a netlink socket of its own in the gateway's namespace,
+// for work done outside the backend's lock.
+func (b *Backend) ownHandle() (*netlink.Handle, error) {
+	gw := processNS
+	if b.nsFD >= 0 {
+		gw = netns.NsHandle(b.nsFD)
+	} else if processNSErr != nil {
+		return nil, fmt.Errorf("the process's network namespace: %w", processNSErr)
+	}
+	h, err := netlink.NewHandleAt(gw)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in the gateway's network namespace: %w", err)
+	}
+	return h, nil
+}
+
 func (b *Backend) unlink(host netlink.Link, id, ns string) error {
 	if isTag(host) {
 		if h, err := handleIn(ns); err == nil {
@@ -1089,15 +1105,9 @@ func (b *Backend) unlink(host netlink.Link, id, ns string) error {
 			h.Close()
 		}
 	}
-	gw := processNS
-	if b.nsFD >= 0 {
-		gw = netns.NsHandle(b.nsFD)
-	} else if processNSErr != nil {
-		return fmt.Errorf("the process's network namespace: %w", processNSErr)
-	}
-	h, err := netlink.NewHandleAt(gw)
+	h, err := b.ownHandle()
 	if err != nil {
-		return fmt.Errorf("netlink in the gateway's network namespace: %w", err)
+		return err
 	}
 	defer h.Close()
 	if err := h.LinkDel(host); err != nil && !errors.Is(err, unix.ENODEV) {

@@ -225,33 +225,35 @@ func (w *WireGuard) RemovePeer(key wgtypes.Key) error {
 	return nil
 }
 
-// LastHandshake is when the device last completed a handshake with peer.
-func (w *WireGuard) LastHandshake(peer wgtypes.Key) (time.Time, error) {
+// Peer is what the device knows of peer now: its endpoint (configured or
+// learnt from its packets), last handshake and bytes each way.
+func (w *WireGuard) Peer(peer wgtypes.Key) (wgtypes.Peer, error) {
 	d, err := w.wg.Device(w.Name)
 	if err != nil {
-		return time.Time{}, err
+		return wgtypes.Peer{}, err
 	}
 	for _, p := range d.Peers {
 		if p.PublicKey == peer {
-			return p.LastHandshakeTime, nil
+			return p, nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("%s has no peer %s", w.Name, peer)
+	return wgtypes.Peer{}, fmt.Errorf("%s has no peer %s", w.Name, peer)
+}
+
+// LastHandshake is when the device last completed a handshake with peer.
+func (w *WireGuard) LastHandshake(peer wgtypes.Key) (time.Time, error) {
+	p, err := w.Peer(peer)
+	return p.LastHandshakeTime, err
 }
 
 // PeerEndpoint is the endpoint the device has for peer, configured or
 // learnt from its packets.
 func (w *WireGuard) PeerEndpoint(peer wgtypes.Key) (netip.AddrPort, error) {
-	d, err := w.wg.Device(w.Name)
-	if err != nil {
+	p, err := w.Peer(peer)
+	if err != nil || p.Endpoint == nil {
 		return netip.AddrPort{}, err
 	}
-	for _, p := range d.Peers {
-		if p.PublicKey == peer && p.Endpoint != nil {
-			return p.Endpoint.AddrPort(), nil
-		}
-	}
-	return netip.AddrPort{}, nil
+	return p.Endpoint.AddrPort(), nil
 }
 
 // nsBind is wireguard-go's UDP bind, opening its sockets in the network

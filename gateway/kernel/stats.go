@@ -1,0 +1,80 @@
+package kernel
+
+import (
+	"sort"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// PeerStats is a tunnel to one peer gateway as WireGuard sees it.
+type PeerStats struct {
+	Key           wgtypes.Key
+	Device        string
+	LastHandshake time.Time // zero: none yet
+	Received      int64     // bytes
+	Sent          int64
+}
+
+// Stats reports the tunnel to each peer gateway, idle ones too.
+func (t *Tunnels) Stats() []PeerStats {
+	t.mu.Lock()
+	devs := make(map[wgtypes.Key]*WireGuard, len(t.peers))
+	for key, tun := range t.peers {
+		devs[key] = tun.dev
+	}
+	t.mu.Unlock()
+	// Asked outside the lock: a device a vWire's change drops meanwhile
+	// answers nothing and is left out.
+	out := make([]PeerStats, 0, len(devs))
+	for key, dev := range devs {
+		p, err := dev.Peer(key)
+		if err != nil {
+			continue
+		}
+		out = append(out, PeerStats{Key: key, Device: dev.Name, LastHandshake: p.LastHandshakeTime, Received: p.ReceiveBytes, Sent: p.TransmitBytes})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Device < out[j].Device })
+	return out
+}
+
+// InterfaceStats is what the vWires' interfaces carried, summed over
+// the ends programmed now: their veths' halves in the gateway's namespace,
+// so that what the workloads sent is what those received. A VXLAN end
+// (its device in the workload's namespace, bridged or not) has no half
+// here: it counts in Ends, not in the bytes and packets.
+type InterfaceStats struct {
+	Ends                                     int
+	FromWorkloads, ToWorkloads               uint64 // bytes
+	PacketsFromWorkloads, PacketsToWorkloads uint64
+}
+
+// InterfaceStats sums the counters of the gateway-side links of the ends
+// programmed now, with one link dump.
+func (b *Backend) InterfaceStats() (InterfaceStats, error) {
+	h, err := b.ownHandle()
+	if err != nil {
+		return InterfaceStats{}, err
+	}
+	defer h.Close()
+	links, err := dump(func() ([]netlink.Link, error) { return h.LinkList() })
+	if err != nil {
+		return InterfaceStats{}, err
+	}
+	var st InterfaceStats
+	for _, l := range links {
+		a := l.Attrs()
+		if _, _, ok := parseHostAlias(a.Alias); !ok || a.Statistics == nil {
+			continue
+		}
+		if st.Ends++; isTag(l) {
+			continue
+		}
+		st.FromWorkloads += a.Statistics.RxBytes
+		st.ToWorkloads += a.Statistics.TxBytes
+		st.PacketsFromWorkloads += a.Statistics.RxPackets
+		st.PacketsToWorkloads += a.Statistics.TxPackets
+	}
+	return st, nil
+}
