@@ -36,6 +36,7 @@ import (
 	"github.com/vwire/vwire/gateway/node"
 	"github.com/vwire/vwire/internal/audit"
 	"github.com/vwire/vwire/internal/metrics"
+	"github.com/vwire/vwire/internal/tracing"
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
@@ -364,6 +365,7 @@ type Domain struct {
 	bundle  *federation.BundleEndpoint
 	debug   *http.Server
 	metrics *metrics.Server
+	tracing *tracing.Tracing
 	errc    chan error
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -402,6 +404,9 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 		}
 	}
 	m := metrics.Of(d.metrics)
+	if d.tracing, err = tracing.Start(cfg.OTLPEndpoint, cfg.Name); err != nil {
+		return err
+	}
 	if d.Etcd, err = registry.OpenEtcd(ctx, &cfg.Config, registry.EtcdMetrics(m.Registerer())...); err != nil {
 		return err
 	}
@@ -443,12 +448,12 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	d.Limiter = federation.NewLimiter(cfg.PeerLimits, log)
 	limitUnary, limitStream := d.Limiter.Interceptors()
 	errUnary, errStream := registry.ErrorInterceptors()
-	d.srv = grpc.NewServer(append(append(federation.ServerOptions(d.Identity, federation.DomainAuthorizer(td, d.Peers), log), m.ServerOptions()...),
+	d.srv = grpc.NewServer(append(append(append(federation.ServerOptions(d.Identity, federation.DomainAuthorizer(td, d.Peers), log), m.ServerOptions()...), d.tracing.ServerOptions("proxy")...),
 		grpc.ChainUnaryInterceptor(bindUnary, limitUnary, audit.Interceptor(td, log), errUnary),
 		grpc.ChainStreamInterceptor(bindStream, limitStream, errStream),
 	)...)
 	d.pool = proxy.NewPool(resolver, d.Identity, cfg.Name, d.Peers)
-	d.pool.Timeout, d.pool.DialOptions = cfg.PeerTimeout, m.DialOptions()
+	d.pool.Timeout, d.pool.DialOptions = cfg.PeerTimeout, append(m.DialOptions(), d.tracing.DialOptions("proxy")...)
 	var regOpts []registry.ServerOption
 	regOpts = append(regOpts, registry.RegistrationsFrom(cfg.RegistrationsFrom))
 	if cfg.ServicesElsewhere != "" {
@@ -467,7 +472,7 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	}
 	if dp == nil {
 		// Its own gateway, if it runs one, and the nodes' `vwire gateway`s.
-		d.gateways = &proxy.Gateways{TD: td, Source: d.Identity, Endpoint: d.Store.GetEndpoint, DialOptions: m.DialOptions()}
+		d.gateways = &proxy.Gateways{TD: td, Source: d.Identity, Endpoint: d.Store.GetEndpoint, DialOptions: d.pool.DialOptions}
 		if kind == "kernel" {
 			if d.gw, err = d.startGateway(cfg, log); err != nil {
 				return err
@@ -719,5 +724,6 @@ func (d *Domain) close() error {
 	if d.Identity != nil {
 		errs = append(errs, d.Identity.Close())
 	}
+	errs = append(errs, d.tracing.Close()) // the spans of the last requests too
 	return errors.Join(errs...)
 }

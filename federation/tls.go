@@ -196,7 +196,7 @@ func DialDomain(addr string, src Source, opts ...grpc.DialOption) (*grpc.ClientC
 		return nil, fmt.Errorf("%s: %w: %v", addr, ErrNoSVID, err)
 	}
 	td := svid.ID.TrustDomain()
-	conn, err := grpc.NewClient(addr, WithReconnect(append(opts, grpc.WithTransportCredentials(ClientCredentials(src, AuthorizeOf(RegistryID(td), ProxyID(td)))))...)...)
+	conn, err := grpc.NewClient(addr, WithReconnect(slices.Concat(opts, []grpc.DialOption{grpc.WithTransportCredentials(ClientCredentials(src, AuthorizeOf(RegistryID(td), ProxyID(td))))})...)...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", addr, err)
 	}

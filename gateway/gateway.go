@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
@@ -27,6 +28,7 @@ import (
 	"github.com/vwire/vwire/internal/atomicfile"
 	"github.com/vwire/vwire/internal/conncache"
 	"github.com/vwire/vwire/internal/crashpoint"
+	"github.com/vwire/vwire/internal/tracing"
 	"github.com/vwire/vwire/proxy"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -73,6 +75,8 @@ type Gateway struct {
 	// CheckNamespace says why a namespace a workload names is not one to
 	// program (handover.CheckPath); nil: any.
 	CheckNamespace func(ns string) error
+	// DialOptions are added to the connections to endpoints (traces).
+	DialOptions []grpc.DialOption
 
 	backend    dataplane.Backend
 	tunneler   dataplane.Tunneler
@@ -624,7 +628,11 @@ func (g *Gateway) handshake(ctx context.Context, id string, peer netip.AddrPort)
 }
 
 // set programs end and records it; a new end that fails is not kept.
-func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *record) error {
+func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *record) (err error) {
+	ctx, span := tracing.Span(ctx, "program vWire end", attribute.String("vwire.end", id), attribute.String("vwire.node", g.Node),
+		attribute.String("vwire.tunnel", end.Tunnel()), attribute.Int("vwire.mtu", end.MTU), attribute.String("vwire.interface", end.Interface))
+	defer span.End()
+	defer func() { tracing.Fail(span, err) }()
 	g.life.RLock()
 	defer g.life.RUnlock()
 	if g.stopping {
@@ -645,7 +653,7 @@ func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *re
 		n = g.file.Changed()
 	}
 	g.mu.Unlock()
-	err := g.reconciler.SetAfter(ctx, end, func() error {
+	err = g.reconciler.SetAfter(ctx, end, func() error {
 		if changed {
 			if err := g.file.Save(n); err != nil {
 				return err
@@ -756,7 +764,7 @@ func (g *Gateway) closeEndpoint(ctx context.Context, url, connID string) {
 		_, err = proxypb.NewNetworkServiceClient(nse).Close(ctx, &proxypb.Connection{Id: connID})
 	}
 	if err != nil {
-		g.log.Warn("telling the endpoint a connection closed failed; it keeps the addresses until it restarts", "id", connID, "endpoint", url, "err", err)
+		g.log.WarnContext(ctx, "telling the endpoint a connection closed failed; it keeps the addresses until it restarts", "id", connID, "endpoint", url, "err", err)
 	}
 }
 
@@ -768,7 +776,7 @@ func (g *Gateway) dialEndpoint(url string) (*grpc.ClientConn, error) {
 	}
 	return g.nses.Get(url, func() (*grpc.ClientConn, error) {
 		// An endpoint in a container hands its namespace on its socket.
-		return grpc.NewClient(url, grpc.WithTransportCredentials(handover.ReceiveNS()))
+		return grpc.NewClient(url, slices.Concat(g.DialOptions, []grpc.DialOption{grpc.WithTransportCredentials(handover.ReceiveNS())})...)
 	})
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -48,6 +49,8 @@ type Server struct {
 	Check func(netns, iface string) error
 	// SpiffeID is the SVID the gateway's calls carry, for its path segment.
 	SpiffeID string
+	// Options are added to the socket's gRPC server's (traces).
+	Options []grpc.ServerOption
 }
 
 // Listen serves s on the unix socket path (replacing a stale one), owner
@@ -67,7 +70,7 @@ func (s *Server) Listen(path string) (*grpc.Server, net.Listener, error) {
 		lis.Close()
 		return nil, nil, fmt.Errorf("gateway socket: %w", err)
 	}
-	srv := grpc.NewServer(grpc.Creds(handover.ReceiveNS()))
+	srv := grpc.NewServer(slices.Concat(s.Options, []grpc.ServerOption{grpc.Creds(handover.ReceiveNS())})...)
 	proxypb.RegisterNetworkServiceServer(srv, s)
 	registrypb.RegisterRegistryServer(srv, s)
 	go srv.Serve(lis)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -137,7 +138,7 @@ func (g *Gateways) dial(ref gatewayRef) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("%q at %s is not a gateway of trust domain %q", ref.id, ref.url, g.TD)
 	}
 	return g.conns.Get(ref.url+" "+ref.id, func() (*grpc.ClientConn, error) {
-		c, err := grpc.NewClient(ref.url, federation.WithReconnect(append(g.DialOptions, grpc.WithTransportCredentials(federation.ClientCredentials(g.Source, federation.AuthorizeOf(id))))...)...)
+		c, err := grpc.NewClient(ref.url, federation.WithReconnect(slices.Concat(g.DialOptions, []grpc.DialOption{grpc.WithTransportCredentials(federation.ClientCredentials(g.Source, federation.AuthorizeOf(id)))})...)...)
 		if err != nil {
 			return nil, fmt.Errorf("gateway %s at %s: %w", ref.id, ref.url, err)
 		}

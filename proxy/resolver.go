@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/vwire/vwire/internal/tracing"
 )
 
 // Errors of discovery.
@@ -126,9 +129,14 @@ func (r *Resolver) server() (string, error) {
 // query asks for name and type, from the cache when it is fresh, and
 // counts the look-up.
 func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (cached, error) {
+	ctx, span := tracing.Span(ctx, "dns lookup", attribute.String("dns.question.name", name), attribute.String("dns.question.type", dns.TypeToString[qtype]))
+	defer span.End()
 	begin := time.Now()
 	c, asked, stale, err := r.lookup(ctx, name, qtype)
-	r.Metrics.lookup(begin, lookupResult(qtype, c, err, asked, stale))
+	result := lookupResult(qtype, c, err, asked, stale)
+	r.Metrics.lookup(begin, result)
+	span.SetAttributes(attribute.String("vwire.dns.result", result), attribute.Int("vwire.dns.records", len(c.rrs)))
+	tracing.Fail(span, err)
 	return c, err
 }
 

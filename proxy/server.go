@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/internal/netprefix"
+	"github.com/vwire/vwire/internal/tracing"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -114,6 +116,7 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	begin := time.Now()
 	conn, err := s.request(ctx, req, &prev)
 	s.Metrics.request(begin, s.Own, prev, conn, err)
+	traceRequest(ctx, s.Own, req, conn, err)
 	if s.Observe != nil {
 		s.Observe(ctx, req, conn, err, prev != nil)
 	}
@@ -227,18 +230,9 @@ func (s *Server) lifetime() time.Duration {
 
 // local serves a request for one of this domain's services.
 func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service string, client spiffeid.ID, prev *proxypb.Connection) (*proxypb.Connection, error) {
-	svc, err := s.Store.GetService(ctx, service)
+	svc, candidates, err := s.selectEndpoints(ctx, conn, service, client)
 	if err != nil {
-		return nil, registryStatus(err, ReasonUnknownService)
-	}
-	if !client.IsZero() {
-		if err := registry.Authorize(svc, client, s.TD, s.Peers); err != nil {
-			return nil, registry.ToStatus(err)
-		}
-	}
-	candidates, err := s.Store.Find(ctx, service, conn.GetLabels())
-	if err != nil {
-		return nil, registry.ToStatus(err)
+		return nil, err
 	}
 	// New connections take the selected endpoints in turn, as Network
 	// Service Mesh's round robin does; a refresh keeps its endpoint while
@@ -250,9 +244,6 @@ func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service st
 				candidates[0], candidates[i] = candidates[i], candidates[0]
 			}
 		}
-	}
-	if len(candidates) == 0 {
-		return nil, WithReason(status.Errorf(codes.NotFound, "no endpoint of network service %q matches labels %v", service, conn.GetLabels()), ReasonNoEndpoint)
 	}
 	conn.NetworkService = service
 	conn.Payload = svc.GetPayload().String()
@@ -295,10 +286,36 @@ func (s *Server) local(ctx context.Context, conn *proxypb.Connection, service st
 			_ = s.Dataplane.Remove(ctx, ClientSide, out)   // (missing is fine)
 			return nil, status.Errorf(codes.Unavailable, "storing connection %s: %v", out.GetId(), err)
 		}
-		s.Log.Info("connection up", "id", out.GetId(), "service", service, "endpoint", ep.GetName(), "requester", out.GetRequester(), "client", out.GetClientId())
+		s.Log.InfoContext(ctx, "connection up", "id", out.GetId(), "service", service, "endpoint", ep.GetName(), "requester", out.GetRequester(), "client", out.GetClientId())
 		return out, nil
 	}
 	return nil, WithReason(status.Errorf(codes.Unavailable, "no endpoint of %q could be programmed: %v", service, errors.Join(errs...)), ReasonDataplane)
+}
+
+// selectEndpoints finds service, checks its policy admits client and
+// returns the endpoints its rules select for conn's labels (at least one).
+func (s *Server) selectEndpoints(ctx context.Context, conn *proxypb.Connection, service string, client spiffeid.ID) (_ *registrypb.NetworkService, _ []*registrypb.Endpoint, err error) {
+	ctx, span := tracing.Span(ctx, "select endpoint", attribute.String("vwire.service", service))
+	defer span.End()
+	defer func() { tracing.Fail(span, err) }()
+	svc, err := s.Store.GetService(ctx, service)
+	if err != nil {
+		return nil, nil, registryStatus(err, ReasonUnknownService)
+	}
+	if !client.IsZero() {
+		if err := registry.Authorize(svc, client, s.TD, s.Peers); err != nil {
+			return nil, nil, registry.ToStatus(err)
+		}
+	}
+	candidates, err := s.Store.Find(ctx, service, conn.GetLabels())
+	if err != nil {
+		return nil, nil, registry.ToStatus(err)
+	}
+	if len(candidates) == 0 {
+		return nil, nil, WithReason(status.Errorf(codes.NotFound, "no endpoint of network service %q matches labels %v", service, conn.GetLabels()), ReasonNoEndpoint)
+	}
+	span.SetAttributes(attribute.Int("vwire.candidates", len(candidates)))
+	return svc, candidates, nil
 }
 
 // forward sends a request for service@domain to that domain's proxy and
@@ -343,13 +360,13 @@ func (s *Server) forward(ctx context.Context, req *proxypb.NetworkServiceRequest
 		_ = s.Dataplane.Remove(ctx, ClientSide, remote) // best effort; the error below says why
 		return nil, WithReason(status.Errorf(codes.Unavailable, "programming the client side of %s: %v", remote.GetId(), err), ReasonDataplane)
 	}
-	s.Log.Info("connection up", "id", got.GetId(), "service", name.String(), "endpoint", got.GetNetworkServiceEndpointName(), "requester", got.GetRequester(), "client", got.GetClientId())
+	s.Log.InfoContext(ctx, "connection up", "id", got.GetId(), "service", name.String(), "endpoint", got.GetNetworkServiceEndpointName(), "requester", got.GetRequester(), "client", got.GetClientId())
 	return got, nil
 }
 
 func (s *Server) closeRemote(ctx context.Context, pc *grpc.ClientConn, id, domain string) {
 	if _, err := proxypb.NewNetworkServiceClient(pc).Close(ctx, &proxypb.Connection{Id: id}); err != nil && status.Code(err) != codes.NotFound {
-		s.Log.Warn("closing the peer's end failed; it lapses with its lease", "id", id, "domain", domain, "err", err)
+		s.Log.WarnContext(ctx, "closing the peer's end failed; it lapses with its lease", "id", id, "domain", domain, "err", err)
 	}
 }
 
@@ -375,7 +392,7 @@ func (s *Server) relay(ctx context.Context, conn *proxypb.Connection, ep *regist
 		s.closeRemote(ctx, pc, remote.GetId(), ep.GetDomain())
 		return nil, status.Errorf(codes.Unavailable, "storing connection %s: %v", remote.GetId(), err)
 	}
-	s.Log.Info("connection relayed", "id", remote.GetId(), "service", conn.GetNetworkService(), "endpoint", remote.GetNetworkServiceEndpointName(), "client", remote.GetClientId())
+	s.Log.InfoContext(ctx, "connection relayed", "id", remote.GetId(), "service", conn.GetNetworkService(), "endpoint", remote.GetNetworkServiceEndpointName(), "client", remote.GetClientId())
 	return remote, nil
 }
 
@@ -400,7 +417,7 @@ func (s *Server) hosted(ctx context.Context, conn *proxypb.Connection, name regi
 		_ = s.Dataplane.Remove(ctx, EndpointSide, out) // undo; the error below says why
 		return nil, status.Errorf(codes.Unavailable, "storing connection %s: %v", out.GetId(), err)
 	}
-	s.Log.Info("connection up", "id", out.GetId(), "service", name.String(), "endpoint", ep.GetName(), "requester", out.GetRequester(), "client", out.GetClientId())
+	s.Log.InfoContext(ctx, "connection up", "id", out.GetId(), "service", name.String(), "endpoint", ep.GetName(), "requester", out.GetRequester(), "client", out.GetClientId())
 	return out, nil
 }
 
@@ -451,7 +468,7 @@ func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.
 		if pc, err := s.Pool.Conn(ctx, other); err == nil {
 			s.closeRemote(ctx, pc, stored.GetId(), other)
 		} else {
-			s.Log.Warn("the peer's end cannot be closed now; it lapses with its lease", "id", stored.GetId(), "domain", other, "err", err)
+			s.Log.WarnContext(ctx, "the peer's end cannot be closed now; it lapses with its lease", "id", stored.GetId(), "domain", other, "err", err)
 		}
 	}
 	if s.Dataplane != nil && side == EndpointSide {
@@ -463,7 +480,7 @@ func (s *Server) Close(ctx context.Context, conn *proxypb.Connection) (*proxypb.
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
 	s.Metrics.closed()
-	s.Log.Info("connection closed", "id", stored.GetId(), "service", stored.GetNetworkService(), "requester", stored.GetRequester(), "client", stored.GetClientId())
+	s.Log.InfoContext(ctx, "connection closed", "id", stored.GetId(), "service", stored.GetNetworkService(), "requester", stored.GetRequester(), "client", stored.GetClientId())
 	return &proxypb.CloseResponse{}, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/internal/tracing"
 )
 
 // Config configures one domain's registry. Build it with NewConfig, bind it
@@ -36,6 +37,9 @@ type Config struct {
 	// MetricsListen serves Prometheus metrics over plain HTTP at /metrics;
 	// empty: none.
 	MetricsListen string
+	// OTLPEndpoint receives the role's traces (OTLP over gRPC); empty:
+	// none.
+	OTLPEndpoint string
 
 	// SpiffeSocket is a SPIRE agent's Workload API; empty means the built-in
 	// CA under DataDir (and SPIFFE_ENDPOINT_SOCKET is not consulted).
@@ -75,6 +79,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.EndpointLifetime, "endpoint-lifetime", c.EndpointLifetime, "how long an endpoint registration lives unless refreshed")
 	fs.StringVar(&c.SpiffeSocket, "spiffe-socket", c.SpiffeSocket, "a SPIRE agent's Workload API socket (default: the built-in CA)")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "serve Prometheus metrics (/metrics) over plain HTTP here, host:port (off by default)")
+	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", c.OTLPEndpoint, "send OpenTelemetry traces to this OTLP/gRPC collector: host:port (plain), or an http:// or https:// URL (off by default)")
 }
 
 // Validate reports the first field that is wrong, by its flag name.
@@ -108,6 +113,11 @@ func (c *Config) Validate() error {
 	if c.MetricsListen != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
 			return fmt.Errorf("--metrics-listen %q: %v (want host:port)", c.MetricsListen, err)
+		}
+	}
+	if c.OTLPEndpoint != "" {
+		if err := tracing.CheckEndpoint(c.OTLPEndpoint); err != nil {
+			return err
 		}
 	}
 	if c.EndpointLifetime < 2*time.Second {

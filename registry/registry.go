@@ -13,6 +13,7 @@ import (
 	"github.com/vwire/vwire/federation"
 	"github.com/vwire/vwire/internal/audit"
 	"github.com/vwire/vwire/internal/metrics"
+	"github.com/vwire/vwire/internal/tracing"
 	"github.com/vwire/vwire/registry/registrypb"
 )
 
@@ -87,6 +88,7 @@ type Registry struct {
 	srv      *grpc.Server
 	lis      net.Listener
 	metrics  *metrics.Server
+	tracing  *tracing.Tracing
 	errc     chan error
 
 	stopMirror context.CancelFunc
@@ -125,6 +127,9 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 		}
 	}
 	m := metrics.Of(r.metrics)
+	if r.tracing, err = tracing.Start(cfg.OTLPEndpoint, cfg.Name); err != nil {
+		return nil, err
+	}
 	if r.Etcd, err = OpenEtcd(ctx, cfg, EtcdMetrics(m.Registerer())...); err != nil {
 		return nil, err
 	}
@@ -141,7 +146,7 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
 	unary, stream := ErrorInterceptors()
-	r.srv = grpc.NewServer(append(append(federation.ServerOptions(r.identity, federation.AuthorizeMember(td), log), m.ServerOptions()...),
+	r.srv = grpc.NewServer(append(append(append(federation.ServerOptions(r.identity, federation.AuthorizeMember(td), log), m.ServerOptions()...), r.tracing.ServerOptions("registry")...),
 		grpc.ChainUnaryInterceptor(audit.Interceptor(td, log), unary),
 		grpc.ChainStreamInterceptor(stream),
 	)...)
@@ -180,7 +185,7 @@ func (r *Registry) Close() error {
 		r.stopMirror()
 	}
 	r.metrics.Close()
-	var errs []error
+	errs := []error{r.tracing.Close()}
 	if r.Etcd != nil {
 		errs = append(errs, r.Etcd.Close())
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,6 +35,7 @@ func newGatewayCmd() *cobra.Command {
 	var grace time.Duration
 	var keep bool
 	var att attestFlags
+	var otlp otlpFlag
 	cmd := &cobra.Command{
 		Use:   "gateway --registry ADDR (--credentials DIR | --spiffe-socket PATH) [--node NAME]",
 		Short: "Run a node's gateway on its own: the workloads' socket, the kernel data plane, and the service the domain's proxy calls",
@@ -96,6 +98,11 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 			case nodeName != given:
 				return fmt.Errorf("--node %q, but the SVID is %s's", nodeName, svid.ID)
 			}
+			tr, err := otlp.start(td.Name())
+			if err != nil {
+				return err
+			}
+			defer tr.Close()
 			if err := os.MkdirAll(dataDir, 0o700); err != nil {
 				return err
 			}
@@ -109,7 +116,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 					return err
 				}
 			}
-			proxy, err := federation.DialDomain(registryAddr, src, m.DialOptions()...)
+			proxy, err := federation.DialDomain(registryAddr, src, append(m.DialOptions(), tr.DialOptions("gateway")...)...)
 			if err != nil {
 				return err
 			}
@@ -119,7 +126,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 				socket = node.Socket(dataDir)
 			}
 			n, err := node.Start(node.Config{Node: nodeName, DataDir: dataDir, Socket: socket, GatewayAddress: gatewayAddress, Keep: keep, IntraDomain: intraDomain, MaxPeers: maxPeers, TunnelGrace: grace,
-				TD: td, SpiffeID: svid.ID.String(), URL: advertise, Proxy: proxy, Log: log,
+				TD: td, SpiffeID: svid.ID.String(), URL: advertise, Proxy: proxy, Log: log, Tracing: tr,
 				Endpoint: func(ctx context.Context, name string) (*registrypb.Endpoint, error) {
 					return reg.GetEndpoint(ctx, &registrypb.GetEndpointRequest{Name: name})
 				}})
@@ -127,7 +134,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 				return err
 			}
 			defer n.Close()
-			srv := grpc.NewServer(append(federation.ServerOptions(src, federation.AuthorizeOf(federation.ProxyID(td)), log), m.ServerOptions()...)...)
+			srv := grpc.NewServer(slices.Concat(federation.ServerOptions(src, federation.AuthorizeOf(federation.ProxyID(td)), log), m.ServerOptions(), tr.ServerOptions("gateway"))...)
 			proxypb.RegisterGatewayServer(srv, &gateway.Service{G: n.Gateway})
 			healthpb.RegisterHealthServer(srv, health.NewServer())
 			if m != nil {
@@ -160,6 +167,7 @@ vwire ca issue spiffe://TD/vwire/gateway/NODE on the domain's host.`,
 	f.StringVar(&gatewayAddress, "gateway-address", "", "the tunnel address peer gateways send to (default: the address of the default route's interface)")
 	f.BoolVar(&keep, "keep-dataplane", false, "on shutdown, leave the vWires' interfaces and routes in place")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics) over plain HTTP here, host:port (off by default)")
+	otlp.add(f)
 	att.add(f)
 	f.IntVar(&maxPeers, "max-peer-gateways", kernel.DefaultMaxPeers, "the most peer gateways to keep WireGuard tunnels to (a device each); a vWire through one more is refused")
 	f.DurationVar(&grace, "tunnel-grace", kernel.DefaultGrace, node.GraceUsage)

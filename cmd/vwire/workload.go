@@ -26,6 +26,7 @@ import (
 	"github.com/vwire/vwire/gateway/handover"
 	"github.com/vwire/vwire/gateway/kernel"
 	"github.com/vwire/vwire/internal/atomicfile"
+	"github.com/vwire/vwire/internal/tracing"
 	"github.com/vwire/vwire/proxy/proxypb"
 	"github.com/vwire/vwire/registry"
 	"github.com/vwire/vwire/registry/registrypb"
@@ -38,7 +39,7 @@ const defaultGateway = "unix://vwire-data/gateway.sock"
 // caller's own network namespace, for the vWire's interface; nil when the
 // requests name one). The socket is the node's trust boundary (owner
 // only); the gateway learns who calls from the kernel.
-func dialGateway(addr string, ns *os.File) (*grpc.ClientConn, error) {
+func dialGateway(addr string, ns *os.File, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	path, ok := strings.CutPrefix(addr, "unix://")
 	if !ok || path == "" {
 		return nil, usagef("--gateway %q: want unix://PATH, the gateway's socket (DATA-DIR/gateway.sock of vwire domain, or its --gateway-socket)", addr)
@@ -46,7 +47,22 @@ func dialGateway(addr string, ns *os.File) (*grpc.ClientConn, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("--gateway %s: %w (is vwire domain running with --dataplane kernel?)", addr, err)
 	}
-	return grpc.NewClient(addr, federation.WithReconnect(grpc.WithTransportCredentials(handover.HandNS(ns)))...)
+	return grpc.NewClient(addr, federation.WithReconnect(append(opts, grpc.WithTransportCredentials(handover.HandNS(ns)))...)...)
+}
+
+// otlpFlag is --otlp-endpoint of a workload's command.
+type otlpFlag string
+
+func (o *otlpFlag) add(fs *pflag.FlagSet) {
+	fs.StringVar((*string)(o), "otlp-endpoint", "", "send OpenTelemetry traces of its calls to this OTLP/gRPC collector: host:port (plain), or an http:// or https:// URL (off by default)")
+}
+
+// start traces as service (nil: off); Close flushes.
+func (o otlpFlag) start(service string) (*tracing.Tracing, error) {
+	if err := tracing.CheckEndpoint(string(o)); o != "" && err != nil {
+		return nil, usagef("%v", err)
+	}
+	return tracing.Start(string(o), service)
 }
 
 // workloadNS is what a workload command hands its gateway: nothing when
@@ -81,6 +97,7 @@ func newEndpointCmd() *cobra.Command {
 	var gw, name, service, labels, cidr, netns, payload, listen string
 	var lifetime time.Duration
 	var ready readyFile
+	var otlp otlpFlag
 	cmd := &cobra.Command{
 		Use:   "endpoint --service NAME --labels k=v,... --cidr PREFIX [--netns NS] [--payload IP|ETHERNET]",
 		Short: "Run a network service endpoint: each connection gets an address pair from --cidr and an interface in its network namespace",
@@ -122,6 +139,11 @@ container or a pod), which it hands to the gateway over its socket.`,
 			if !ok {
 				return usagef("--listen %q: want unix://PATH", listen)
 			}
+			tr, err := otlp.start("vwire-endpoint")
+			if err != nil {
+				return err
+			}
+			defer tr.Close()
 			conn, err := dialGateway(gw, nil) // its registration names no namespace
 			if err != nil {
 				return err
@@ -137,7 +159,7 @@ container or a pod), which it hands to the gateway over its socket.`,
 			}
 			defer os.Remove(path)
 			// The gateway that dials it takes its namespace from the socket.
-			srv := grpc.NewServer(grpc.Creds(handover.HandNS(ns)))
+			srv := grpc.NewServer(append(tr.ServerOptions("endpoint"), grpc.Creds(handover.HandNS(ns)))...)
 			proxypb.RegisterNetworkServiceServer(srv, ep)
 			go srv.Serve(lis)
 			defer srv.Stop()
@@ -171,6 +193,7 @@ container or a pod), which it hands to the gateway over its socket.`,
 	f.StringVar(&listen, "listen", "", "its own socket, which the gateway calls (default: beside the gateway's, endpoints/NAME.sock)")
 	ready.add(f)
 	f.DurationVar(&lifetime, "lifetime", 0, "how long its registration lives unless refreshed (default: the registry's)")
+	otlp.add(f)
 	return cmd
 }
 
@@ -180,6 +203,7 @@ func newConnectCmd() *cobra.Command {
 	var accept []string
 	var probe time.Duration
 	var ready readyFile
+	var otlp otlpFlag
 	cmd := &cobra.Command{
 		Use:   "connect SERVICE[@DOMAIN] --labels k=v,... [--netns NS] [--once] [-o json]",
 		Short: "Request a vWire into a network namespace and keep it up (refresh, heal) until stopped",
@@ -204,7 +228,12 @@ it hands to the gateway over its socket.`,
 			if err != nil {
 				return err
 			}
-			conn, err := dialGateway(gw, ns)
+			tr, err := otlp.start("vwire-connect")
+			if err != nil {
+				return err
+			}
+			defer tr.Close()
+			conn, err := dialGateway(gw, ns, tr.DialOptions("client")...)
 			if err != nil {
 				return err
 			}
@@ -284,6 +313,7 @@ it hands to the gateway over its socket.`,
 	f.StringVarP(&output, "output", "o", "text", "text or json (one event a line)")
 	f.DurationVar(&probe, "probe-interval", time.Second, "how often to ping the endpoint through the vWire")
 	ready.add(f)
+	otlp.add(f)
 	return cmd
 }
 

@@ -114,4 +114,3 @@ func clientIn(ns string) *http.Client {
 		return c, err
 	}}}
 }
-

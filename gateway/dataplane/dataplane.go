@@ -131,6 +131,23 @@ type Backend interface {
 	Close() error
 }
 
+// Tunnel names what carries the end: "vxlan-in-wireguard", "vxlan",
+// "wireguard", "bridge" (to another end of this gateway) or "veth" (routed
+// on this gateway).
+func (e End) Tunnel() string {
+	switch {
+	case e.VXLAN != nil && e.WireGuard != nil:
+		return "vxlan-in-wireguard"
+	case e.VXLAN != nil:
+		return "vxlan"
+	case e.WireGuard != nil:
+		return "wireguard"
+	case e.Bridge != "":
+		return "bridge"
+	}
+	return "veth"
+}
+
 // String renders an end as one line, for logs and the fake's text.
 func (e End) String() string {
 	var addrs, routes []string

@@ -25,6 +25,7 @@ import (
 	"github.com/vwire/vwire/gateway/kernel"
 	"github.com/vwire/vwire/internal/atomicfile"
 	"github.com/vwire/vwire/internal/private"
+	"github.com/vwire/vwire/internal/tracing"
 	"github.com/vwire/vwire/registry/registrypb"
 )
 
@@ -47,6 +48,9 @@ type Config struct {
 	// Endpoint looks up a registered endpoint of the domain by name.
 	Endpoint func(ctx context.Context, name string) (*registrypb.Endpoint, error)
 	Log      *slog.Logger
+	// Tracing traces the workloads' calls and the gateway's to endpoints
+	// (nil: off).
+	Tracing *tracing.Tracing
 }
 
 // CheckIntraDomain says what is wrong with an --intra-domain-tunnel.
@@ -133,11 +137,12 @@ func Start(cfg Config) (n *Node, err error) {
 	n.Addr, n.OuterMTU, n.Endpoint, n.Inner = addr, mtu, cfg.Endpoint, inner
 	n.SpiffeID, n.URL, n.IntraDomain = cfg.SpiffeID, cfg.URL, cfg.IntraDomain
 	n.Pins, n.CheckNamespace = &handover.Pins{Dir: filepath.Join(dir, "netns")}, handover.CheckPath
+	n.DialOptions = cfg.Tracing.DialOptions("gateway")
 	n.SweepPins()
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	go func() { defer close(n.done); n.Run(ctx) }()
-	s := &gateway.Server{G: n.Gateway, TD: cfg.TD, Proxy: cfg.Proxy, Check: kernel.CheckWorkload, SpiffeID: cfg.SpiffeID}
+	s := &gateway.Server{G: n.Gateway, TD: cfg.TD, Proxy: cfg.Proxy, Check: kernel.CheckWorkload, SpiffeID: cfg.SpiffeID, Options: cfg.Tracing.ServerOptions("gateway")}
 	sock := cfg.Socket
 	if sock == "" {
 		sock = Socket(cfg.DataDir)
