@@ -7,7 +7,7 @@ BIN ?= bin
 VWIRE_TOOLS_BIN ?= $(HOME)/.cache/vwire/tools
 export VWIRE_TOOLS_BIN
 
-PROTOS := registry/registrypb/registry.proto proxy/proxypb/networkservice.proto federation/federationpb/federation.proto
+PROTOS := registry/registrypb/registry.proto proxy/proxypb/networkservice.proto proxy/proxypb/operator.proto federation/federationpb/federation.proto
 
 .PHONY: all build run demo test test-short e2e-kind bench fuzz generate verify fix tools clean image images
 

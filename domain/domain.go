@@ -492,6 +492,11 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 			return p.Addresses
 		}}
 	proxypb.RegisterNetworkServiceServer(d.srv, d.NetworkService)
+	op := &proxy.Operator{Own: cfg.Name, TD: td, Resolver: resolver, Peers: d.Peers, Pool: d.pool, Store: d.Store, Conns: d.NetworkService.Conns, Source: d.Identity}
+	if d.gw != nil {
+		op.Gateway = d.gw
+	}
+	proxypb.RegisterOperatorServer(d.srv, op)
 	expireCtx, stopExpire := context.WithCancel(context.Background())
 	d.wg.Add(1)
 	go func() {

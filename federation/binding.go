@@ -2,11 +2,16 @@ package federation
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -126,4 +131,40 @@ func PeerDialOptions(src Source, ownDomain string, peer Peer) ([]grpc.DialOption
 			return streamer(tag(ctx), desc, cc, method, opts...)
 		}),
 	), nil
+}
+
+// What ProbePeer finds wrong with the way to a peer's proxy.
+var (
+	ErrPeerUnreachable = errors.New("no TCP connection")
+	ErrPeerRefusesUs   = errors.New("it refused this domain's SVID")
+	ErrPeerUntrusted   = errors.New("its SVID is not one this domain trusts for it")
+)
+
+// ProbePeer makes the mutual TLS handshake a connection to peer's proxy at
+// addr makes, and waits for the server's first bytes (with TLS 1.3 a
+// server refuses a client's certificate only then): it says which side, if
+// any, refuses the other, for vwire diagnose.
+func ProbePeer(ctx context.Context, addr string, src Source, peer Peer) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%w to %s: %v", ErrPeerUnreachable, addr, err)
+	}
+	defer raw.Close()
+	cfg := tlsconfig.MTLSClientConfig(src, src, AuthorizeOf(ProxyID(peer.TrustDomain)))
+	cfg.NextProtos = []string{"h2"}
+	conn := tls.Client(raw, cfg)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		if strings.Contains(err.Error(), "remote error") {
+			return fmt.Errorf("%w: %v", ErrPeerRefusesUs, err)
+		}
+		return fmt.Errorf("%w: %v", ErrPeerUntrusted, err)
+	}
+	deadline, _ := ctx.Deadline()
+	conn.SetReadDeadline(deadline)
+	if _, err := conn.Read(make([]byte, 1)); err != nil && strings.Contains(err.Error(), "remote error") {
+		return fmt.Errorf("%w: %v", ErrPeerRefusesUs, err)
+	}
+	return nil
 }

@@ -455,6 +455,15 @@ func (g *Gateway) innerMTU() (int, error) {
 	return dataplane.PathMTU(mtu, true, dataplane.VXLANOverhead)
 }
 
+// TunnelMTU is the MTU of an IP vWire through a WireGuard tunnel from this
+// gateway, or why there is none that works.
+func (g *Gateway) TunnelMTU() (int, error) {
+	if !g.Addr.IsValid() {
+		return 0, errNoAddress
+	}
+	return g.pathMTU(dataplane.WireGuardOverhead)
+}
+
 // pathMTU is the MTU of a vWire through a tunnel with overhead from this
 // gateway's tunnel address.
 func (g *Gateway) pathMTU(overhead int) (int, error) {

@@ -36,16 +36,16 @@ type Metrics struct {
 // ErrorInfo of ReasonDomain), so that the client's domain counts the
 // endpoint domain's reason too.
 const (
-	ReasonPolicy          = "policy"           // the service's policy, or the caller may not
-	ReasonUnknownService  = "unknown_service"  // no such network service
-	ReasonNoEndpoint      = "no_endpoint"      // no endpoint matches the client's labels
-	ReasonPeerUnreachable = "peer_unreachable" // no SRV record, DNS failed, or the peer's proxy did not answer
-	ReasonNotFederated    = "not_federated"    // the service's domain is not a federated peer
-	ReasonInvalid         = "invalid"          // a malformed request, or a peer's answer refused
-	ReasonLimit           = "limit"            // a peer domain's limits
-	ReasonDataplane       = "dataplane"        // the gateways could not program the vWire
+	ReasonPolicy          = registry.ReasonPolicy // the service's policy, or the caller may not
+	ReasonUnknownService  = "unknown_service"     // no such network service
+	ReasonNoEndpoint      = "no_endpoint"         // no endpoint matches the client's labels
+	ReasonPeerUnreachable = "peer_unreachable"    // no SRV record, DNS failed, or the peer's proxy did not answer
+	ReasonNotFederated    = "not_federated"       // the service's domain is not a federated peer
+	ReasonInvalid         = "invalid"             // a malformed request, or a peer's answer refused
+	ReasonLimit           = "limit"               // a peer domain's limits
+	ReasonDataplane       = "dataplane"           // the gateways could not program the vWire
 	ReasonOther           = "other"
-	ReasonDomain          = "vwire.io"
+	ReasonDomain          = registry.ReasonDomain
 )
 
 var reasons = []string{ReasonPolicy, ReasonUnknownService, ReasonNoEndpoint, ReasonPeerUnreachable, ReasonNotFederated,

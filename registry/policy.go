@@ -57,12 +57,12 @@ func Authorize(svc *registrypb.NetworkService, client spiffeid.ID, own spiffeid.
 		if allowedBy(client, ids) {
 			return nil
 		}
-		return errorf(ErrPermission, "%s may not connect to network service %q (its policy allows %s)", client, svc.GetName(), strings.Join(ids, ", "))
+		return errorf(ErrPolicy, "%s may not connect to network service %q (its policy allows %s)", client, svc.GetName(), strings.Join(ids, ", "))
 	}
 	if client.MemberOf(own) || peers != nil && peers.AllowsWorkloads(client.TrustDomain()) {
 		return nil
 	}
-	return errorf(ErrPermission, "%s may not connect to network service %q: trust domain %q is neither this domain's nor a federated domain allowed to connect",
+	return errorf(ErrPolicy, "%s may not connect to network service %q: trust domain %q is neither this domain's nor a federated domain allowed to connect",
 		client, svc.GetName(), client.TrustDomain())
 }
 

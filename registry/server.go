@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -331,7 +332,10 @@ func grpcCode(err error) codes.Code {
 	}
 }
 
-// ToStatus turns one of the package's errors into a gRPC status.
+// ToStatus turns one of the package's errors into a gRPC status. A
+// refusal by a service's policy says so (an ErrorInfo of ReasonDomain,
+// reason ReasonPolicy), for the counters and vwire diagnose of the
+// client's domain.
 func ToStatus(err error) error {
 	if err == nil {
 		return nil
@@ -339,8 +343,21 @@ func ToStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	return status.Error(grpcCode(err), err.Error())
+	st := status.New(grpcCode(err), err.Error())
+	if errors.Is(err, ErrPolicy) {
+		if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: ReasonPolicy, Domain: ReasonDomain}); derr == nil {
+			st = d
+		}
+	}
+	return st.Err()
 }
+
+// What a refusal's ErrorInfo says: its domain, and the reason of a
+// refusal by a service's policy.
+const (
+	ReasonDomain = "vwire.io"
+	ReasonPolicy = "policy"
+)
 
 // ErrorInterceptors turn the package's errors into gRPC statuses for unary
 // and streaming calls.

@@ -22,7 +22,9 @@ import (
 var (
 	ErrNotFound   = errors.New("not found")
 	ErrPermission = errors.New("permission denied")
-	ErrConflict   = errors.New("conflicting concurrent writes")
+	// ErrPolicy: a service's policy does not admit the client.
+	ErrPolicy   = fmt.Errorf("%w by the service's policy", ErrPermission)
+	ErrConflict = errors.New("conflicting concurrent writes")
 )
 
 // Store keeps one domain's services and endpoints in etcd, under

@@ -62,3 +62,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(ifPacketsDesc, prometheus.GaugeValue, float64(st.PacketsFromWorkloads), "from_workloads")
 	ch <- prometheus.MustNewConstMetric(ifPacketsDesc, prometheus.GaugeValue, float64(st.PacketsToWorkloads), "to_workloads")
 }
+
+// PeerHandshake is when the WireGuard tunnel to the peer gateway with
+// public key key last completed a handshake (zero: never); ok is false
+// without a tunnel to it.
+func (n *Node) PeerHandshake(key []byte) (at time.Time, ok bool) {
+	for _, p := range n.tunnels.Stats() {
+		if string(p.Key[:]) == string(key) {
+			return p.LastHandshake, true
+		}
+	}
+	return time.Time{}, false
+}

@@ -1,0 +1,46 @@
+package netns
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vwire/vwire/e2e"
+)
+
+// vwire diagnose through the real binary, on the real data plane: with a
+// live vWire every hop passes, the handshake of its tunnel included; on a
+// link whose MTU leaves too little inside WireGuard, the mtu hop fails
+// and says so (exit status 1).
+func TestDiagnose(t *testing.T) {
+	e2e.RequireRoot(t, "ping")
+	w := newWorld(t, vwireBin, "a.example", "b.example")
+	os.WriteFile(filepath.Join(w.dir, "svc.yaml"), []byte(ipService), 0o600)
+	w.cli("b.example", "apply", "-f", filepath.Join(w.dir, "svc.yaml"))
+	w.endpoint("b.example", "ep1", "--service", "svc", "--cidr", "172.16.0.0/24", "--netns", w.workload("e"))
+	clientNS := w.workload("c")
+	c := w.connect("a.example", "svc@b.example", clientNS)
+	if err := ping(clientNS, c.Up.peer()); err != nil {
+		t.Fatal(err)
+	}
+	out := w.cli("a.example", "diagnose", "svc@b.example")
+	for _, hop := range []string{"dns", "federation", "peer-proxy", "service", "policy", "endpoints", "mtu", "handshake"} {
+		if !strings.Contains(out, "ok   "+hop) {
+			t.Errorf("hop %s did not pass:\n%s", hop, out)
+		}
+	}
+	if !strings.Contains(out, "selected: ep1") || !strings.Contains(out, "1 vWire(s) to b.example") {
+		t.Errorf("diagnose does not name the endpoint or the live vWire:\n%s", out)
+	}
+
+	a := w.domains["a.example"]
+	run(t, "ip", "-n", a.ns, "link", "set", "eth0", "mtu", "1300")
+	w.restart(a)
+	h := w.domains["a.example"]
+	cmd := inNS(h.ns, w.bin, "diagnose", "svc@b.example", "--registry", h.addr+":7001", "--credentials", filepath.Join(h.data, "admin"))
+	got, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(got), "FAIL mtu") || !strings.Contains(string(got), "a 1300-byte outer MTU leaves 1240 bytes inside the tunnels") {
+		t.Errorf("diagnose on a 1300-byte link: %v\n%s", err, got)
+	}
+}

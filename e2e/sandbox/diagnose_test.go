@@ -1,0 +1,89 @@
+package sandbox
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/vwire/vwire/federation/federationpb"
+	"github.com/vwire/vwire/proxy/proxypb"
+)
+
+// vwire diagnose stops at the hop a broken set-up breaks, and says why
+// and what to do: each case breaks exactly one hop.
+func TestDiagnoseFindsTheBrokenHop(t *testing.T) {
+	s := New(t, "a.example", "b.example", "c.example")
+	a, b, c := s.D("a.example"), s.D("b.example"), s.D("c.example")
+	b.Apply(reference + `
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: picky}
+spec:
+  payload: IP
+  matches: [{source_selector: {tier: gold}, routes: [{destination_selector: {app: nothing}}]}]
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: private}
+spec:
+  payload: IP
+  allowedSpiffeIDs: [spiffe://b.example/ns/only]
+`)
+	c.Apply(reference)
+	// a no longer federates with c; c no longer with b.
+	ctx := context.Background()
+	if _, err := federationpb.NewFederationClient(a.admin).RemovePeer(ctx, &federationpb.RemovePeerRequest{Domain: "c.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := federationpb.NewFederationClient(c.admin).RemovePeer(ctx, &federationpb.RemovePeerRequest{Domain: "b.example"}); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		service, labels string
+		from            *Domain
+		hop             string // the first that fails ("": none)
+		detail, advice  string
+	}{
+		{"secure-intranet-connectivity@nowhere.example", "", a, "dns", `no _vwire._tcp.nowhere.example SRV record (asked the DNS server ` + s.Zone.Addr, "publish SRV records _vwire._tcp.nowhere.example"},
+		{"secure-intranet-connectivity@c.example", "", a, "federation", "c.example is not federated with a.example", "vwire federation add c.example"},
+		{"secure-intranet-connectivity@c.example", "", b, "peer-proxy", "c.example's proxy refuses this domain's", "c.example must federate with b.example"},
+		{"none@b.example", "", a, "service", `network service "none" is not registered`, "b.example's administrator defines none"},
+		{"private@b.example", "", a, "policy", "spiffe://a.example/workload/uid/0 may not connect to network service \"private\"", "allowedSpiffeIDs must admit"},
+		{"picky@b.example", "tier=gold", a, "endpoints", `no endpoint of "picky" matches labels`, "register an endpoint"},
+		{"secure-intranet-connectivity@b.example", "app=web", a, "", "", ""},
+		{"secure-intranet-connectivity", "", b, "", "", ""},
+	} {
+		labels := map[string]string{}
+		if k, v, ok := strings.Cut(tc.labels, "="); ok {
+			labels[k] = v
+		}
+		resp, err := proxypb.NewOperatorClient(tc.from.admin).Diagnose(ctx, &proxypb.DiagnoseRequest{NetworkService: tc.service, Labels: labels})
+		if err != nil {
+			t.Fatalf("%s from %s: %v", tc.service, tc.from.cfg.Name, err)
+		}
+		failed := ""
+		for _, st := range resp.GetSteps() {
+			switch {
+			case st.GetResult() == proxypb.DiagnoseStep_FAILED && failed == "":
+				failed = st.GetHop()
+				if !strings.Contains(st.GetDetail(), tc.detail) || !strings.Contains(st.GetAdvice(), tc.advice) {
+					t.Errorf("%s from %s, hop %s: %q → %q\nwant %q → %q", tc.service, tc.from.cfg.Name, failed, st.GetDetail(), st.GetAdvice(), tc.detail, tc.advice)
+				}
+			case failed != "" && st.GetResult() != proxypb.DiagnoseStep_SKIPPED:
+				t.Errorf("%s from %s: hop %s after the failed %s is %v, want skipped", tc.service, tc.from.cfg.Name, st.GetHop(), failed, st.GetResult())
+			case failed == "" && st.GetResult() == proxypb.DiagnoseStep_OK && st.GetDetail() == "":
+				t.Errorf("%s: hop %s passed without saying what it found", tc.service, st.GetHop())
+			}
+		}
+		if failed != tc.hop {
+			t.Errorf("%s from %s: first failed hop %q, want %q; steps: %v", tc.service, tc.from.cfg.Name, failed, tc.hop, resp.GetSteps())
+		}
+	}
+
+	// Only the domain's admin may diagnose: the gateway's identity may not.
+	if _, err := proxypb.NewOperatorClient(a.gateway).Diagnose(ctx, &proxypb.DiagnoseRequest{NetworkService: "none@b.example"}); err == nil || !strings.Contains(err.Error(), "only spiffe://a.example/vwire/admin may diagnose") {
+		t.Errorf("a gateway diagnosing: %v", err)
+	}
+}
