@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -45,6 +46,7 @@ type Operator struct {
 	Store    *registry.Store
 	Conns    *Connections
 	Source   federation.Source // the proxy's SVID
+	Etcd     *clientv3.Client  // the domain's etcd
 	Gateway  LocalGateway      // nil: none in this process
 }
 
@@ -61,8 +63,8 @@ type step struct {
 
 // Diagnose implements proxypb.OperatorServer.
 func (o *Operator) Diagnose(ctx context.Context, req *proxypb.DiagnoseRequest) (*proxypb.DiagnoseResponse, error) {
-	if id, ok := federation.PeerID(ctx); !ok || id != federation.AdminID(o.TD) {
-		return nil, status.Errorf(codes.PermissionDenied, "only %s may diagnose", federation.AdminID(o.TD))
+	if err := o.admin(ctx, "diagnose"); err != nil {
+		return nil, err
 	}
 	name, err := registry.ParseName(req.GetNetworkService())
 	if err != nil {

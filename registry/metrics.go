@@ -36,13 +36,10 @@ func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(lapsedDesc, prometheus.CounterValue, float64(c.s.lapsed.Load()))
-	m := c.s.mirror.Load()
-	if m == nil {
+	services, endpoints, ok := c.s.Counts()
+	if !ok {
 		return
 	}
-	m.mu.RLock()
-	services, endpoints := len(m.services), len(m.expires)
-	m.mu.RUnlock()
 	ch <- prometheus.MustNewConstMetric(servicesDesc, prometheus.GaugeValue, float64(services))
 	ch <- prometheus.MustNewConstMetric(endpointsDesc, prometheus.GaugeValue, float64(endpoints))
 }

@@ -142,6 +142,18 @@ func (m *mirror) advanceLocked(rev int64) {
 	}
 }
 
+// Counts are the domain's services and endpoints, from the in-memory copy
+// (ok false while there is none: see Mirror).
+func (s *Store) Counts() (services, endpoints int, ok bool) {
+	m := s.mirror.Load()
+	if m == nil {
+		return 0, 0, false
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return len(m.services), len(m.expires), true
+}
+
 // snapshot reads service (and with endpoints its endpoints) once the copy
 // reflects revision want; ok is false if it does not within wait.
 func (m *mirror) snapshot(ctx context.Context, service string, endpoints bool, want int64, wait time.Duration) (svc *registrypb.NetworkService, eps []*registrypb.Endpoint, ok bool) {

@@ -3,6 +3,7 @@ package netns
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -12,7 +13,8 @@ import (
 // vwire diagnose through the real binary, on the real data plane: with a
 // live vWire every hop passes, the handshake of its tunnel included; on a
 // link whose MTU leaves too little inside WireGuard, the mtu hop fails
-// and says so (exit status 1).
+// and says so (exit status 1). vwire status shows the live vWire on the
+// domain's gateway.
 func TestDiagnose(t *testing.T) {
 	e2e.RequireRoot(t, "ping")
 	w := newWorld(t, vwireBin, "a.example", "b.example")
@@ -32,6 +34,21 @@ func TestDiagnose(t *testing.T) {
 	}
 	if !strings.Contains(out, "selected: ep1") || !strings.Contains(out, "1 vWire(s) to b.example") {
 		t.Errorf("diagnose does not name the endpoint or the live vWire:\n%s", out)
+	}
+
+	// vwire status, on the same domain: its one etcd member leads, its
+	// peer answers, its gateway carries the one vWire.
+	status := w.cli("a.example", "status")
+	hostname, _ := os.Hostname()
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^vwire\s+http://\S+\s+leader$`),
+		regexp.MustCompile(`(?m)^b\.example\s+true\s+bundle endpoint\s`),
+		regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(hostname) + `\s+spiffe://a\.example/vwire/proxy\s+1$`),
+		regexp.MustCompile(`(?m)^CONNECTIONS\s+up 1$`),
+	} {
+		if !want.MatchString(status) {
+			t.Errorf("vwire status has no line matching %s:\n%s", want, status)
+		}
 	}
 
 	a := w.domains["a.example"]

@@ -87,3 +87,45 @@ spec:
 		t.Errorf("a gateway diagnosing: %v", err)
 	}
 }
+
+// vwire status: the domain's etcd and its leader, its proxies as its SRV
+// records resolve, its peers (one whose proxy refuses this domain is not
+// reachable, and says why), connections by state.
+func TestStatus(t *testing.T) {
+	s := New(t, "a.example", "b.example", "c.example")
+	a, b, c := s.D("a.example"), s.D("b.example"), s.D("c.example")
+	b.Apply(reference)
+	ctx := context.Background()
+	if _, err := federationpb.NewFederationClient(c.admin).RemovePeer(ctx, &federationpb.RemovePeerRequest{Domain: "a.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/web", map[string]string{"app": "web"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	st, err := proxypb.NewOperatorClient(a.admin).Status(ctx, &proxypb.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.GetEtcdMembers()) != 1 || !st.GetEtcdMembers()[0].GetLeader() || st.GetEtcdError() != "" {
+		t.Errorf("etcd: %v (%s), want its one member, the leader", st.GetEtcdMembers(), st.GetEtcdError())
+	}
+	if len(st.GetProxies()) != 1 || st.GetProxies()[0].GetAddresses()[0] != a.Addr().String() {
+		t.Errorf("proxies: %v (%s), want the one at %s", st.GetProxies(), st.GetProxiesError(), a.Addr())
+	}
+	peers := map[string]*proxypb.PeerHealth{}
+	for _, p := range st.GetPeers() {
+		peers[p.GetDomain()] = p
+	}
+	if p := peers["b.example"]; p == nil || !p.GetReachable() || p.GetBundleSource() == "" || p.GetBundleExpires() == nil {
+		t.Errorf("peer b: %v, want reachable with a trusted bundle", p)
+	}
+	if p := peers["c.example"]; p == nil || p.GetReachable() || !strings.Contains(p.GetError(), "refused this domain's SVID") {
+		t.Errorf("peer c, which no longer federates with a: %v, want unreachable, saying it refuses a", p)
+	}
+	if st.GetConnections()["up"] != 1 {
+		t.Errorf("connections: %v, want 1 up", st.GetConnections())
+	}
+	if _, err := proxypb.NewOperatorClient(a.gateway).Status(ctx, &proxypb.StatusRequest{}); err == nil {
+		t.Error("a gateway's identity read the domain's status")
+	}
+}
