@@ -235,11 +235,23 @@ func (w *world) ends(d *domain) string {
 // cli runs a vwire admin command in domain d's proxy.
 func (w *world) cli(d *domain, stdin string, args ...string) string {
 	w.t.Helper()
+	name, args := w.cliCommand(d, args)
+	return w.cmd(stdin, name, args...)
+}
+
+// tryCli is cli, returning its error.
+func (w *world) tryCli(d *domain, stdin string, args ...string) (string, error) {
+	name, args := w.cliCommand(d, args)
+	return w.try(stdin, name, args...)
+}
+
+// cliCommand runs a vwire client command in domain d's proxy.
+func (w *world) cliCommand(d *domain, args []string) (string, []string) {
 	args = append(args, "--registry", "127.0.0.1:7001", "--credentials", "/var/lib/vwire/admin")
 	if d.kube() {
-		return w.kubectl(d, stdin, append([]string{"exec", "-i", "-n", "vwire", "deploy/vwire-proxy", "--", "/vwire"}, args...)...)
+		return e2e.ToolPath(w.t, "kubectl"), append([]string{"--kubeconfig", d.kubeconfig, "exec", "-i", "-n", "vwire", "deploy/vwire-proxy", "--", "/vwire"}, args...)
 	}
-	return w.cmd(stdin, "docker", append([]string{"exec", "-i", w.container(d.project, "domain"), "/vwire"}, args...)...)
+	return "docker", append([]string{"exec", "-i", w.container(d.project, "domain"), "/vwire"}, args...)
 }
 
 // container is the container of a compose project's service.
@@ -346,9 +358,18 @@ func newWorld(t testing.TB) *world {
 	for _, d := range w.domains {
 		bundle := w.cli(d, "", "federation", "bundle")
 		for _, other := range w.domains {
-			if other != d {
-				w.cli(other, bundle, "federation", "add", d.name, "--bundle", "/dev/stdin")
+			if other == d {
+				continue
 			}
+			// A new cluster's pods may not reach the DNS server outside it
+			// for some seconds yet (its node's masquerading).
+			w.waitFor("federation add "+d.name+" in "+other.name, 60*time.Second, func() bool {
+				out, err := w.tryCli(other, bundle, "federation", "add", d.name, "--bundle", "/dev/stdin")
+				if err != nil && !strings.Contains(out, "DNS failure") {
+					w.t.Fatalf("federation add %s in %s: %v\n%s", d.name, other.name, err, out)
+				}
+				return err == nil
+			})
 		}
 	}
 	return w
