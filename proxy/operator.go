@@ -28,9 +28,19 @@ type LocalGateway interface {
 	// TunnelMTU is the MTU of an IP vWire through a WireGuard tunnel,
 	// or why none works.
 	TunnelMTU() (int, error)
-	// PeerHandshake is when the tunnel to the peer gateway with WireGuard
-	// key key last shook hands (zero: never); ok false: no tunnel.
-	PeerHandshake(key []byte) (at time.Time, ok bool)
+	// Tunnel is the WireGuard tunnel to the peer gateway with key key
+	// (ok false: none).
+	Tunnel(key []byte) (TunnelStats, bool)
+	// EndCounters are end id's interface counters (ok false: no such end
+	// on it).
+	EndCounters(id string) (*proxypb.InterfaceCounters, bool)
+}
+
+// TunnelStats is a WireGuard tunnel to a peer gateway: its last handshake
+// (zero: none yet) and bytes each way.
+type TunnelStats struct {
+	LastHandshake  time.Time
+	Sent, Received int64
 }
 
 // Operator is the domain's administrator's API on its proxy: vwire
@@ -324,10 +334,11 @@ func (o *Operator) handshake(ctx context.Context, domain string) (string, string
 		if wg == nil || keyOf(c, o.Own).remote != domain {
 			continue
 		}
-		at, ok := o.Gateway.PeerHandshake(wg.GetDstPublicKey())
+		tun, ok := o.Gateway.Tunnel(wg.GetDstPublicKey())
 		if !ok {
 			continue // through another node's gateway
 		}
+		at := tun.LastHandshake
 		checked++
 		peer := net.JoinHostPort(wg.GetDstIp(), strconv.Itoa(int(wg.GetDstPort())))
 		if at.IsZero() || time.Since(at) > StaleHandshake {

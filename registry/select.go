@@ -54,11 +54,7 @@ func Select(svc *registrypb.NetworkService, client map[string]string, eps []*reg
 		for _, r := range m.GetRoutes() {
 			selector := resolve(r.GetDestinationSelector(), client)
 			for _, ep := range sorted {
-				own := ep.GetLabels()
-				if sl := ep.GetServiceLabels()[svc.GetName()]; sl != nil {
-					own = overlay(own, sl.GetLabels())
-				}
-				if !seen[ep.GetName()] && includes(own, implicit, selector) {
+				if !seen[ep.GetName()] && selects(svc, ep, selector, implicit) {
 					seen[ep.GetName()] = true
 					out = append(out, ep)
 				}
@@ -69,6 +65,60 @@ func Select(svc *registrypb.NetworkService, client map[string]string, eps []*reg
 		}
 	}
 	return nil
+}
+
+// selects says whether a route's (resolved) destination selector picks
+// ep for svc: its labels for svc are its service labels for svc over its
+// own, over implicit.
+func selects(svc *registrypb.NetworkService, ep *registrypb.Endpoint, selector, implicit map[string]string) bool {
+	own := ep.GetLabels()
+	if sl := ep.GetServiceLabels()[svc.GetName()]; sl != nil {
+		own = overlay(own, sl.GetLabels())
+	}
+	return includes(own, implicit, selector)
+}
+
+// MatchSelection is what one match of a service selects now, route by
+// route (vwire describe service).
+type MatchSelection struct {
+	Source       map[string]string
+	Fallthrough  bool
+	AllEndpoints bool // metadata and no routes: every endpoint
+	Routes       []RouteSelection
+}
+
+// RouteSelection is what one route's destination selector picks now;
+// one with templates over the client's labels picks per client
+// (PerClient, no Endpoints).
+type RouteSelection struct {
+	Destination map[string]string
+	PerClient   bool
+	Endpoints   []string
+}
+
+// Selections is, for each match of svc, what each of its routes selects
+// among eps now (see Select).
+func Selections(svc *registrypb.NetworkService, eps []*registrypb.Endpoint, implicit map[string]string) []MatchSelection {
+	sorted := append([]*registrypb.Endpoint(nil), eps...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].GetName() < sorted[j].GetName() })
+	var out []MatchSelection
+	for _, m := range svc.GetMatches() {
+		ms := MatchSelection{Source: m.GetSourceSelector(), Fallthrough: m.GetFallthrough(), AllEndpoints: m.GetMetadata() != nil && len(m.GetRoutes()) == 0}
+		for _, r := range m.GetRoutes() {
+			rs := RouteSelection{Destination: r.GetDestinationSelector()}
+			for _, v := range r.GetDestinationSelector() {
+				rs.PerClient = rs.PerClient || isTemplate(v)
+			}
+			for _, ep := range sorted {
+				if !rs.PerClient && selects(svc, ep, rs.Destination, implicit) {
+					rs.Endpoints = append(rs.Endpoints, ep.GetName())
+				}
+			}
+			ms.Routes = append(ms.Routes, rs)
+		}
+		out = append(out, ms)
+	}
+	return out
 }
 
 // includes reports whether labels (or, for a key it lacks, implicit) has

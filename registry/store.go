@@ -410,6 +410,26 @@ func (s *Store) Find(ctx context.Context, service string, labels map[string]stri
 	return Select(svc, labels, slices.Collect(maps.Values(eps)), s.implicit), nil
 }
 
+// Selections is service, its endpoints' names and what each of its
+// match rules' routes selects now.
+func (s *Store) Selections(ctx context.Context, service string) (*registrypb.NetworkService, []string, []MatchSelection, error) {
+	svc, eps, ok, err := s.cached(ctx, service, true)
+	if !ok {
+		var all map[string]*registrypb.Endpoint
+		svc, all, _, err = s.snapshot(ctx, service)
+		eps = slices.Collect(maps.Values(all))
+	}
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var names []string
+	for _, ep := range eps {
+		names = append(names, ep.GetName())
+	}
+	slices.Sort(names)
+	return svc, names, Selections(svc, eps, s.implicit), nil
+}
+
 // cached reads service, and with endpoints its endpoints, from the mirror
 // once it reflects this store's own writes; ok is false when etcd must be
 // read instead (no mirror, or it lags more than 100 ms).

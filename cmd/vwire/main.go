@@ -58,7 +58,7 @@ which wins over the file.`,
 		},
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	root.AddCommand(newDomainCmd(), newProxyCmd(), newRegistryCmd(), newApplyCmd(), newGetCmd(), newDeleteCmd(), newFederationCmd(), newCACmd(), newCloseCmd(), newEndpointCmd(), newConnectCmd(), newDemoCmd(), newGatewayCmd(), newReadyCmd(), newDiagnoseCmd(), newStatusCmd())
+	root.AddCommand(newDomainCmd(), newProxyCmd(), newRegistryCmd(), newApplyCmd(), newGetCmd(), newDeleteCmd(), newFederationCmd(), newCACmd(), newCloseCmd(), newEndpointCmd(), newConnectCmd(), newDemoCmd(), newGatewayCmd(), newReadyCmd(), newDiagnoseCmd(), newStatusCmd(), newDescribeCmd())
 	return root
 }
 

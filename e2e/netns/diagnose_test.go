@@ -51,6 +51,23 @@ func TestDiagnose(t *testing.T) {
 		}
 	}
 
+	// vwire describe: the connection's tunnel and interface on a's gateway,
+	// b's service with its endpoint.
+	desc := w.cli("a.example", "describe", "connection", c.Up.Connection.ID)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^0 gateway\.\S+\s+spiffe://a\.example/vwire/proxy\s+expires in `),
+		regexp.MustCompile(`(?m)^WireGuard tunnel here: last handshake \d+s ago, [1-9]\d* bytes sent, [1-9]\d* received$`),
+		regexp.MustCompile(`(?m)^interface here: from the workload [1-9]\d* bytes \([1-9]\d* packets\)`),
+		regexp.MustCompile(`(?m)^payload IP, tunnel wireguard, MTU 1440$`),
+	} {
+		if !want.MatchString(desc) {
+			t.Errorf("vwire describe connection has no line matching %s:\n%s", want, desc)
+		}
+	}
+	if desc := w.cli("b.example", "describe", "service", "svc"); !strings.Contains(desc, "1 endpoints: ep1") {
+		t.Errorf("vwire describe service svc:\n%s", desc)
+	}
+
 	a := w.domains["a.example"]
 	run(t, "ip", "-n", a.ns, "link", "set", "eth0", "mtu", "1300")
 	w.restart(a)

@@ -129,3 +129,68 @@ func TestStatus(t *testing.T) {
 		t.Error("a gateway's identity read the domain's status")
 	}
 }
+
+// vwire describe: a connection hop by hop with each hop's lease, and a
+// service with what each route of its rules selects now.
+func TestDescribe(t *testing.T) {
+	s := New(t, "a.example", "b.example")
+	a, b := s.D("a.example"), s.D("b.example")
+	b.Apply(reference)
+	conn, err := a.Request("secure-intranet-connectivity@b.example", "spiffe://a.example/ns/fw", map[string]string{"app": "firewall"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	resp, err := proxypb.NewOperatorClient(a.admin).Describe(ctx, &proxypb.DescribeRequest{What: &proxypb.DescribeRequest_Connection{Connection: conn.GetId()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := resp.GetConnection().GetConnection()
+	var hops []string
+	for _, seg := range c.GetPath().GetSegments() {
+		if seg.GetExpires() == nil {
+			t.Errorf("hop %s has no lease expiry", seg.GetName())
+		}
+		hops = append(hops, seg.GetName())
+	}
+	if strings.Join(hops, " ") != "proxy.a.example proxy.b.example" || c.GetNetworkServiceEndpointName() != "vpn-gateway-1@b.example" {
+		t.Errorf("a's connection: hops %v, endpoint %s", hops, c.GetNetworkServiceEndpointName())
+	}
+
+	resp, err = proxypb.NewOperatorClient(b.admin).Describe(ctx, &proxypb.DescribeRequest{What: &proxypb.DescribeRequest_Service{Service: "secure-intranet-connectivity"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var selects []string
+	for _, m := range resp.GetService().GetMatches() {
+		for _, r := range m.GetRoutes() {
+			selects = append(selects, formatSelector(m.GetSourceSelector())+"→"+strings.Join(r.GetEndpoints(), ","))
+		}
+	}
+	if got := strings.Join(selects, " "); got != "app=firewall→vpn-gateway-1 →firewall-1" {
+		t.Errorf("b's service's routes select %q", got)
+	}
+
+	for _, tc := range []struct {
+		req  *proxypb.DescribeRequest
+		want string
+	}{
+		{&proxypb.DescribeRequest{What: &proxypb.DescribeRequest_Connection{Connection: "0123456789abcdef0123456789abcdef"}}, "is not known in"},
+		{&proxypb.DescribeRequest{What: &proxypb.DescribeRequest_Connection{Connection: "../x"}}, "connection id"},
+		{&proxypb.DescribeRequest{What: &proxypb.DescribeRequest_Service{Service: "nosuch"}}, `network service "nosuch" is not registered`},
+		{&proxypb.DescribeRequest{What: &proxypb.DescribeRequest_Service{Service: "No_Such"}}, `network service name "No_Such"`},
+		{&proxypb.DescribeRequest{}, "describe a connection or a service"},
+	} {
+		if _, err := proxypb.NewOperatorClient(a.admin).Describe(ctx, tc.req); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("describe %v: %v, want %q", tc.req, err, tc.want)
+		}
+	}
+}
+
+func formatSelector(s map[string]string) string {
+	var kv []string
+	for k, v := range s {
+		kv = append(kv, k+"="+v)
+	}
+	return strings.Join(kv, ",")
+}

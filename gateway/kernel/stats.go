@@ -64,17 +64,39 @@ func (b *Backend) InterfaceStats() (InterfaceStats, error) {
 	}
 	var st InterfaceStats
 	for _, l := range links {
-		a := l.Attrs()
-		if _, _, ok := parseHostAlias(a.Alias); !ok || a.Statistics == nil {
-			continue
+		if _, _, ok := parseHostAlias(l.Attrs().Alias); ok {
+			st.add(l)
 		}
-		if st.Ends++; isTag(l) {
-			continue
-		}
-		st.FromWorkloads += a.Statistics.RxBytes
-		st.ToWorkloads += a.Statistics.TxBytes
-		st.PacketsFromWorkloads += a.Statistics.RxPackets
-		st.PacketsToWorkloads += a.Statistics.TxPackets
 	}
 	return st, nil
+}
+
+// EndStats is InterfaceStats of end id alone (ok false: no such end).
+func (b *Backend) EndStats(id string) (st InterfaceStats, ok bool, err error) {
+	h, err := b.ownHandle()
+	if err != nil {
+		return st, false, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(hostName(id))
+	if err != nil {
+		return st, false, nil
+	}
+	if got, _, mine := parseHostAlias(l.Attrs().Alias); !mine || got != id {
+		return st, false, nil
+	}
+	st.add(l)
+	return st, true, nil
+}
+
+// add counts gateway-side link l of an end.
+func (st *InterfaceStats) add(l netlink.Link) {
+	a := l.Attrs()
+	if st.Ends++; isTag(l) || a.Statistics == nil {
+		return
+	}
+	st.FromWorkloads += a.Statistics.RxBytes
+	st.ToWorkloads += a.Statistics.TxBytes
+	st.PacketsFromWorkloads += a.Statistics.RxPackets
+	st.PacketsToWorkloads += a.Statistics.TxPackets
 }

@@ -6,6 +6,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vwire/vwire/internal/metrics"
+	"github.com/vwire/vwire/proxy"
+	"github.com/vwire/vwire/proxy/proxypb"
 )
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -63,14 +65,24 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(ifPacketsDesc, prometheus.GaugeValue, float64(st.PacketsToWorkloads), "to_workloads")
 }
 
-// PeerHandshake is when the WireGuard tunnel to the peer gateway with
-// public key key last completed a handshake (zero: never); ok is false
-// without a tunnel to it.
-func (n *Node) PeerHandshake(key []byte) (at time.Time, ok bool) {
+// Tunnel is the WireGuard tunnel to the peer gateway with public key key
+// (ok false: none).
+func (n *Node) Tunnel(key []byte) (proxy.TunnelStats, bool) {
 	for _, p := range n.tunnels.Stats() {
 		if string(p.Key[:]) == string(key) {
-			return p.LastHandshake, true
+			return proxy.TunnelStats{LastHandshake: p.LastHandshake, Sent: p.Sent, Received: p.Received}, true
 		}
 	}
-	return time.Time{}, false
+	return proxy.TunnelStats{}, false
+}
+
+// EndCounters are the counters of end id's interface on this gateway (ok
+// false: no such end here).
+func (n *Node) EndCounters(id string) (*proxypb.InterfaceCounters, bool) {
+	st, ok, err := n.backend.EndStats(id)
+	if err != nil || !ok {
+		return nil, false
+	}
+	return &proxypb.InterfaceCounters{FromWorkloadBytes: st.FromWorkloads, ToWorkloadBytes: st.ToWorkloads,
+		FromWorkloadPackets: st.PacketsFromWorkloads, ToWorkloadPackets: st.PacketsToWorkloads}, true
 }
