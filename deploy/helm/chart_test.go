@@ -26,6 +26,8 @@ var valueSets = map[string][]string{
 		"--set-string", "federation.peers[0].bundle=" + peerBundle, "--set", "dns.server=172.18.0.9:53", "--set", "gateway.intraDomainTunnel=wireguard"},
 	"SPIRE, external etcd": {"--set", "domain.name=private-k8s.marsha.example", "--set", "identity.mode=spire", "--set", "etcd.mode=external",
 		"--set", "etcd.external.endpoints={https://etcd-0.example:2379,https://etcd-1.example:2379}", "--set", "etcd.external.tlsSecret=etcd-client"},
+	"metrics and traces": {"--set", "domain.name=public-k8s.marsha.example", "--set", "observability.metrics.enabled=true",
+		"--set", "observability.otlpEndpoint=otel-collector.monitoring:4317"},
 }
 
 func helm(t *testing.T, kubeconfig string, args ...string) (string, error) {
@@ -108,6 +110,7 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{[]string{"--set", "domain.name=a.example", "--set", "federation.peers[0].domain=b.example", "--set", "federation.peers[0].bundleEndpoint=https://b.example:7002"},
 			"at '/federation/peers/0': missing property 'bundle'"},
 		{[]string{"--set", "domain.name=a.example", "--set", "webhook.failurePolicy=Maybe"}, "at '/webhook/failurePolicy': value must be one of 'Fail', 'Ignore'"},
+		{[]string{"--set", "domain.name=a.example", "--set", "observability.otlpEndpoint=collector"}, "at '/observability/otlpEndpoint': 'collector' does not match pattern"},
 	} {
 		out, err := helm(t, "", append([]string{"template", "r", chart}, c.args...)...)
 		if err == nil || !strings.Contains(out, c.want) {
