@@ -14,22 +14,7 @@ import (
 func TestDiagnoseFindsTheBrokenHop(t *testing.T) {
 	s := New(t, "a.example", "b.example", "c.example")
 	a, b, c := s.D("a.example"), s.D("b.example"), s.D("c.example")
-	b.Apply(reference + `
----
-apiVersion: networkservicemesh.io/v1
-kind: NetworkService
-metadata: {name: picky}
-spec:
-  payload: IP
-  matches: [{source_selector: {tier: gold}, routes: [{destination_selector: {app: nothing}}]}]
----
-apiVersion: networkservicemesh.io/v1
-kind: NetworkService
-metadata: {name: private}
-spec:
-  payload: IP
-  allowedSpiffeIDs: [spiffe://b.example/ns/only]
-`)
+	b.Apply(reference + picky + private)
 	c.Apply(reference)
 	// a no longer federates with c; c no longer with b.
 	ctx := context.Background()

@@ -15,22 +15,7 @@ import (
 func TestMetricsCount(t *testing.T) {
 	s := NewWith(t, func(c *domain.Config) { c.MetricsListen = "127.0.0.1:0" }, "a.example", "b.example")
 	a, b := s.D("a.example"), s.D("b.example")
-	b.Apply(reference + `
----
-apiVersion: networkservicemesh.io/v1
-kind: NetworkService
-metadata: {name: picky}
-spec:
-  payload: IP
-  matches: [{source_selector: {tier: gold}, routes: [{destination_selector: {app: nothing}}]}]
----
-apiVersion: networkservicemesh.io/v1
-kind: NetworkService
-metadata: {name: private}
-spec:
-  payload: IP
-  allowedSpiffeIDs: [spiffe://b.example/ns/only]
----
+	b.Apply(reference + picky + private + `---
 apiVersion: networkservicemesh.io/v1
 kind: NetworkServiceEndpoint
 metadata: {name: private-1}

@@ -61,6 +61,28 @@ metadata: {name: vpn-gateway-1, labels: {app: vpn-gateway}}
 spec: {networkServiceNames: [secure-intranet-connectivity]}
 `
 
+// picky selects nobody for the tier=gold clients it admits; private
+// admits one client only, not the sandbox's.
+const (
+	picky = `
+---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: picky}
+spec:
+  payload: IP
+  matches: [{source_selector: {tier: gold}, routes: [{destination_selector: {app: nothing}}]}]
+`
+	private = `---
+apiVersion: networkservicemesh.io/v1
+kind: NetworkService
+metadata: {name: private}
+spec:
+  payload: IP
+  allowedSpiffeIDs: [spiffe://b.example/ns/only]
+`
+)
+
 // The two-domain scenario: the reference manifest across domains, a path
 // segment per hop, close removes the state in both domains.
 func TestTwoDomains(t *testing.T) {
@@ -158,15 +180,7 @@ func TestProxyRestart(t *testing.T) {
 func TestRefusals(t *testing.T) {
 	s := New(t, "a.example", "b.example", "c.example")
 	a, b, c := s.D("a.example"), s.D("b.example"), s.D("c.example")
-	b.Apply(reference + `
----
-apiVersion: networkservicemesh.io/v1
-kind: NetworkService
-metadata: {name: picky}
-spec:
-  payload: IP
-  matches: [{source_selector: {tier: gold}, routes: [{destination_selector: {app: nothing}}]}]
-`)
+	b.Apply(reference + picky)
 	// a stops federating with c.
 	if _, err := federationpb.NewFederationClient(a.admin).RemovePeer(context.Background(), &federationpb.RemovePeerRequest{Domain: "c.example"}); err != nil {
 		t.Fatal(err)
