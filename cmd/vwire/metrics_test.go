@@ -1,8 +1,11 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,13 +16,19 @@ import (
 // serve their metrics at --metrics-listen: a service applied through the
 // proxy is counted by both (they read the same etcd), the proxy's gRPC
 // server counts the call, both time their etcd calls, and promtool finds
-// nothing wrong with either.
-func TestRoleMetrics(t *testing.T) {
+// nothing wrong with either. The registry's calls are traced; the proxy
+// answers vwire status and vwire diagnose.
+func TestSeparateRolesObservable(t *testing.T) {
 	etcd := startEtcd(t)
 	dir := t.TempDir()
-	regMetrics, proxyMetrics, proxyAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	startVwire(t, nil, "registry", "--name", "a.example", "--etcd-endpoints", etcd, "--listen", freeAddr(t),
-		"--data-dir", filepath.Join(dir, "registry"), "--metrics-listen", regMetrics)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	traces := e2e.ReceiveOTLP(t, lis)
+	regMetrics, proxyMetrics, proxyAddr, regAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	startVwire(t, nil, "registry", "--name", "a.example", "--etcd-endpoints", etcd, "--listen", regAddr,
+		"--data-dir", filepath.Join(dir, "registry"), "--metrics-listen", regMetrics, "--otlp-endpoint", lis.Addr().String())
 	startVwire(t, nil, "proxy", "--name", "a.example", "--etcd-endpoints", etcd, "--listen", proxyAddr,
 		"--data-dir", filepath.Join(dir, "proxy"), "--dataplane", "none", "--metrics-listen", proxyMetrics)
 	svc := filepath.Join(dir, "svc.yaml")
@@ -52,5 +61,27 @@ func TestRoleMetrics(t *testing.T) {
 			}
 		}
 		t.Run("promtool "+role, func(t *testing.T) { m.Promtool(t) })
+	}
+
+	vwire(t, true, "get", "services", "--registry", regAddr, "--credentials", filepath.Join(dir, "registry", "admin"))
+	if !traces.WaitFor(10*time.Second, func(spans []e2e.Span) bool {
+		for _, s := range spans {
+			if s.Service == "a.example" && s.Attrs["vwire.hop"] == "registry" && s.Name == "vwire.registry.v1.Registry/ListServices" {
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Error("the registry's ListServices span did not arrive")
+	}
+
+	creds := filepath.Join(dir, "proxy", "admin")
+	if out := vwire(t, true, "status", "--registry", proxyAddr, "--credentials", creds); !regexp.MustCompile(`(?m)^\S+\s+`+regexp.QuoteMeta(etcd)+`\s+leader$`).MatchString(out) ||
+		!strings.Contains(out, "1 services") {
+		t.Errorf("vwire status of the proxy does not show the etcd member leading, or the service:\n%s", out)
+	}
+	if out := vwire(t, false, "diagnose", "svc", "--registry", proxyAddr, "--credentials", creds); !strings.Contains(out, "ok   service") ||
+		!strings.Contains(out, `FAIL endpoints  no endpoint of "svc" matches`) {
+		t.Errorf("vwire diagnose svc on the proxy:\n%s", out)
 	}
 }
