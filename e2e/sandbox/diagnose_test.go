@@ -2,8 +2,17 @@ package sandbox
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vwire/vwire/federation/federationpb"
 	"github.com/vwire/vwire/proxy/proxypb"
@@ -178,4 +187,49 @@ func formatSelector(s map[string]string) string {
 		kv = append(kv, k+"="+v)
 	}
 	return strings.Join(kv, ",")
+}
+
+// A peer whose bundle expired (its only authority's lifetime ended, and no
+// new bundle came from its bundle endpoint) fails the federation hop, with
+// when it expired and why no new one came.
+func TestDiagnoseExpiredBundle(t *testing.T) {
+	s := New(t, "a.example")
+	a := s.D("a.example")
+	s.Zone.Add(t, "_vwire._tcp.d.example. 30 IN SRV 10 100 7001 proxy.d.example.", "proxy.d.example. 30 IN A 127.0.0.1")
+	// d's CA, valid for two seconds from now.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expires := time.Now().Add(2 * time.Second)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "d.example"}, NotBefore: time.Now().Add(-time.Minute), NotAfter: expires,
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, URIs: []*url.URL{{Scheme: "spiffe", Host: "d.example"}}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := federationpb.NewFederationClient(a.admin).AddPeer(ctx, &federationpb.AddPeerRequest{
+		Peer:   &federationpb.Peer{Domain: "d.example", BundleEndpointUrl: "https://127.0.0.1:1"},
+		Bundle: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for time.Now().Before(expires.Add(100 * time.Millisecond)) {
+		time.Sleep(100 * time.Millisecond) // until the authority's NotAfter: the certificate says when
+	}
+	resp, err := proxypb.NewOperatorClient(a.admin).Diagnose(ctx, &proxypb.DiagnoseRequest{NetworkService: "svc@d.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fed *proxypb.DiagnoseStep
+	for _, st := range resp.GetSteps() {
+		if st.GetHop() == "federation" {
+			fed = st
+		}
+	}
+	if fed.GetResult() != proxypb.DiagnoseStep_FAILED || !strings.Contains(fed.GetDetail(), "d.example's bundle expired at "+expires.UTC().Format(time.RFC3339)) ||
+		!strings.Contains(fed.GetDetail(), "127.0.0.1:1") || !strings.Contains(fed.GetAdvice(), "https://127.0.0.1:1") {
+		t.Errorf("the federation hop: %v", fed)
+	}
 }
