@@ -492,7 +492,7 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 			return p.Addresses
 		}}
 	proxypb.RegisterNetworkServiceServer(d.srv, d.NetworkService)
-	op := &proxy.Operator{Own: cfg.Name, TD: td, Resolver: resolver, Peers: d.Peers, Pool: d.pool, Store: d.Store, Conns: d.NetworkService.Conns, Source: d.Identity, Etcd: d.Etcd.Client}
+	op := &proxy.Operator{Own: cfg.Name, TD: td, Resolver: resolver, Peers: d.Peers, Pool: d.pool, Store: d.Store, Conns: d.NetworkService.Conns, Source: d.Identity, Etcd: d.Etcd.Client, Server: d.NetworkService}
 	if d.gw != nil {
 		op.Gateway = d.gw
 	}

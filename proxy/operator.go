@@ -57,6 +57,7 @@ type Operator struct {
 	Conns    *Connections
 	Source   federation.Source // the proxy's SVID
 	Etcd     *clientv3.Client  // the domain's etcd
+	Server   *Server           // the proxy's network service, for its recent failures
 	Gateway  LocalGateway      // nil: none in this process
 }
 
@@ -100,7 +101,7 @@ func (o *Operator) Diagnose(ctx context.Context, req *proxypb.DiagnoseRequest) (
 	}
 	steps = append(steps, step{"service", f.service}, step{"policy", f.policy}, step{"endpoints", f.endpoints}, step{"mtu", o.mtu})
 	if remote {
-		steps = append(steps, step{"handshake", func() (string, string, error) { return o.handshake(ctx, name.Domain) }})
+		steps = append(steps, step{"data-plane", func() (string, string, error) { return o.dataPlane(ctx, name.Domain) }})
 	}
 	resp := &proxypb.DiagnoseResponse{}
 	failed := false
@@ -318,9 +319,18 @@ func (o *Operator) mtu() (string, string, error) {
 	return fmt.Sprintf("a WireGuard vWire from this gateway gets MTU %d", mtu), "", nil
 }
 
-// handshake: the tunnels of this domain's live vWires to domain shake
-// hands.
-func (o *Operator) handshake(ctx context.Context, domain string) (string, string, error) {
+// RecentFailure is how long a data-plane failure of a request to a
+// domain stands in diagnose's data-plane hop unless one succeeds since.
+const RecentFailure = 10 * time.Minute
+
+// dataPlane: the last request to domain did not fail in the data plane
+// (the gateways' WireGuard handshake, above all), and the tunnels of this
+// domain's live vWires to it shake hands.
+func (o *Operator) dataPlane(ctx context.Context, domain string) (string, string, error) {
+	if msg, at, ok := o.Server.lastFailure(domain); ok && time.Since(at) < RecentFailure {
+		return "", "UDP between the gateways must pass both ways (a firewall or NAT in between?), and each must reach the other's --gateway-address",
+			fmt.Errorf("the last vWire to %s failed %v ago in the data plane: %s", domain, time.Since(at).Round(time.Second), msg)
+	}
 	if o.Gateway == nil {
 		return "no gateway in this process: see vwire_gateway_peer_last_handshake_age_seconds of the nodes' gateways", "", errSkipped
 	}

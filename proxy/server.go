@@ -66,6 +66,46 @@ type Server struct {
 	mu   sync.Mutex
 	next map[string]int // per service: where the next new connection starts looking
 	live *tally         // the live connections, as Expire's watch last saw them
+	// failed: by peer domain, the last request to it that failed in the
+	// data plane, until one succeeds (federated domains only: the peer
+	// answered first).
+	failed map[string]failure
+}
+
+type failure struct {
+	msg string
+	at  time.Time
+}
+
+// noteDataPlane remembers a cross-domain request's data-plane failure, or
+// forgets it when one to the same domain succeeds.
+func (s *Server) noteDataPlane(req *proxypb.NetworkServiceRequest, err error) {
+	name, perr := registry.ParseName(req.GetConnection().GetNetworkService())
+	if perr != nil || name.Domain == "" || name.Domain == s.Own || (err != nil && ReasonOf(err) != ReasonDataplane) {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		delete(s.failed, name.Domain)
+		return
+	}
+	if s.failed == nil {
+		s.failed = map[string]failure{}
+	}
+	s.failed[name.Domain] = failure{status.Convert(err).Message(), time.Now()}
+}
+
+// lastFailure is the last request to domain that failed in the data plane
+// since one succeeded.
+func (s *Server) lastFailure(domain string) (string, time.Time, bool) {
+	if s == nil {
+		return "", time.Time{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f, ok := s.failed[domain]
+	return f.msg, f.at, ok
 }
 
 // tally counts the live connections of each requester (for
@@ -117,6 +157,7 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	conn, err := s.request(ctx, req, &prev)
 	s.Metrics.request(begin, s.Own, prev, conn, err)
 	traceRequest(ctx, s.Own, req, conn, err)
+	s.noteDataPlane(req, err)
 	if s.Observe != nil {
 		s.Observe(ctx, req, conn, err, prev != nil)
 	}

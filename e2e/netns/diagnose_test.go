@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vwire/vwire/e2e"
 )
@@ -16,7 +17,7 @@ import (
 // and says so (exit status 1). vwire status shows the live vWire on the
 // domain's gateway.
 func TestDiagnose(t *testing.T) {
-	e2e.RequireRoot(t, "ping")
+	e2e.RequireRoot(t, "ping", "nft")
 	w := newWorld(t, vwireBin, "a.example", "b.example")
 	os.WriteFile(filepath.Join(w.dir, "svc.yaml"), []byte(ipService), 0o600)
 	w.cli("b.example", "apply", "-f", filepath.Join(w.dir, "svc.yaml"))
@@ -27,7 +28,7 @@ func TestDiagnose(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := w.cli("a.example", "diagnose", "svc@b.example")
-	for _, hop := range []string{"dns", "federation", "peer-proxy", "service", "policy", "endpoints", "mtu", "handshake"} {
+	for _, hop := range []string{"dns", "federation", "peer-proxy", "service", "policy", "endpoints", "mtu", "data-plane"} {
 		if !strings.Contains(out, "ok   "+hop) {
 			t.Errorf("hop %s did not pass:\n%s", hop, out)
 		}
@@ -38,6 +39,7 @@ func TestDiagnose(t *testing.T) {
 
 	// vwire status, on the same domain: its one etcd member leads, its
 	// peer answers, its gateway carries the one vWire.
+	b := w.domains["b.example"]
 	status := w.cli("a.example", "status")
 	hostname, _ := os.Hostname()
 	for _, want := range []*regexp.Regexp{
@@ -68,12 +70,33 @@ func TestDiagnose(t *testing.T) {
 		t.Errorf("vwire describe service svc:\n%s", desc)
 	}
 
+	// UDP from a to b blocked (DNS aside), the tunnel gone with the vWire
+	// (its grace passed): a new vWire fails at the handshake, and diagnose
+	// says so at the data-plane hop.
 	a := w.domains["a.example"]
+	c.stop()
+	for deadline := time.Now().Add(30 * time.Second); strings.Contains(run(t, "ip", "-n", a.ns, "-o", "link", "show"), ": wg"); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a's WireGuard device outlived its grace by 30 s")
+		}
+	}
+	for _, rule := range [][]string{{"add", "table", "inet", "vwtest"}, {"add", "chain", "inet", "vwtest", "out", "{ type filter hook output priority 0; }"},
+		{"add", "rule", "inet", "vwtest", "out", "ip", "daddr", b.addr, "udp", "dport", "!=", "53", "drop"}} {
+		run(t, "ip", append([]string{"netns", "exec", a.ns, "nft"}, rule...)...)
+	}
+	refused, err := inNS(a.ns, w.bin, "connect", "svc@b.example", "--once", "--netns", w.workload("c2"),
+		"--gateway", "unix://"+filepath.Join(a.data, "gateway.sock")).CombinedOutput()
+	if err == nil || !strings.Contains(string(refused), "does not answer WireGuard") {
+		t.Fatalf("a vWire with UDP to b blocked: %v\n%s", err, refused)
+	}
+	got, err := inNS(a.ns, w.bin, "diagnose", "svc@b.example", "--registry", a.addr+":7001", "--credentials", filepath.Join(a.data, "admin")).CombinedOutput()
+	if err == nil || !regexp.MustCompile(`(?m)^FAIL data-plane\s+the last vWire to b\.example failed \S+ ago in the data plane: .*does not answer WireGuard`).Match(got) {
+		t.Errorf("diagnose with UDP to b blocked: %v\n%s", err, got)
+	}
+
 	run(t, "ip", "-n", a.ns, "link", "set", "eth0", "mtu", "1300")
 	w.restart(a)
-	h := w.domains["a.example"]
-	cmd := inNS(h.ns, w.bin, "diagnose", "svc@b.example", "--registry", h.addr+":7001", "--credentials", filepath.Join(h.data, "admin"))
-	got, err := cmd.CombinedOutput()
+	got, err = inNS(a.ns, w.bin, "diagnose", "svc@b.example", "--registry", a.addr+":7001", "--credentials", filepath.Join(a.data, "admin")).CombinedOutput()
 	if err == nil || !strings.Contains(string(got), "FAIL mtu") || !strings.Contains(string(got), "a 1300-byte outer MTU leaves 1240 bytes inside the tunnels") {
 		t.Errorf("diagnose on a 1300-byte link: %v\n%s", err, got)
 	}
