@@ -117,7 +117,7 @@ func dialEtcd(ctx context.Context, endpoints []string, caFile, certFile, keyFile
 	if err != nil {
 		return nil, fmt.Errorf("etcd %v: %w", endpoints, err)
 	}
-	cli.KV = leaderKV{cli.KV}
+	cli.KV, cli.Lease = leaderKV{cli.KV}, leaderLease{cli.Lease}
 	// clientv3.New does not wait for a server: prove one answers.
 	probe, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -173,6 +173,25 @@ func (t leaderTxn) Then(ops ...clientv3.Op) clientv3.Txn { return leaderTxn{t.Tx
 func (t leaderTxn) Else(ops ...clientv3.Op) clientv3.Txn { return leaderTxn{t.Txn.Else(ops...)} }
 func (t leaderTxn) Commit() (*clientv3.TxnResponse, error) {
 	r, err := t.Txn.Commit()
+	return r, quorum(err)
+}
+
+// leaderLease is leaderKV for leases: a registration's Grant must fail
+// as fast as its writes when the member reached has no leader.
+type leaderLease struct{ clientv3.Lease }
+
+func (l leaderLease) Grant(ctx context.Context, ttl int64) (*clientv3.LeaseGrantResponse, error) {
+	r, err := l.Lease.Grant(clientv3.WithRequireLeader(ctx), ttl)
+	return r, quorum(err)
+}
+
+func (l leaderLease) Revoke(ctx context.Context, id clientv3.LeaseID) (*clientv3.LeaseRevokeResponse, error) {
+	r, err := l.Lease.Revoke(clientv3.WithRequireLeader(ctx), id)
+	return r, quorum(err)
+}
+
+func (l leaderLease) KeepAliveOnce(ctx context.Context, id clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, error) {
+	r, err := l.Lease.KeepAliveOnce(clientv3.WithRequireLeader(ctx), id)
 	return r, quorum(err)
 }
 
