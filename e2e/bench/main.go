@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
@@ -178,6 +179,12 @@ func main() {
 		args := []string{"test", "-run", "^$", "-bench", pattern, "-benchtime", bt, "-count", strconv.Itoa(*count), r.pkg}
 		fmt.Fprintf(os.Stderr, "go %s\n", strings.Join(args, " "))
 		cmd := exec.Command("go", args...)
+		if !*quick && r.pkg == "./e2e/netns/" {
+			// CPU and allocation profiles of the set-up path under load,
+			// kept with the numbers.
+			dir, _ := filepath.Abs(filepath.Join(filepath.Dir(*out), "profiles"))
+			cmd.Env = append(os.Environ(), "VWIRE_PROFILES="+dir)
+		}
 		cmd.Stdout = io.MultiWriter(&raw, os.Stderr)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {

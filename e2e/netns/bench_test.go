@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -81,17 +82,67 @@ func BenchmarkNetnsSetup(b *testing.B) {
 	if quick() {
 		n = 20
 	}
+	profiles := os.Getenv("VWIRE_PROFILES")
+	if profiles != "" {
+		for _, h := range []*host{w.domains["a.example"], w.domains["b.example"]} {
+			w.restart(h, "--debug-listen", h.addr+":6060")
+		}
+	}
 	for k, tc := range []struct {
 		name, service string
 		clients       int
 	}{{"cross-domain", "svc@b.example", 1}, {"local", "svc", 1}, {"cross-domain/clients=8", "svc@b.example", 8}} {
 		b.Run(tc.name, func(b *testing.B) {
+			if profiles != "" && tc.clients == 8 {
+				done := profileDomains(b, w, profiles, "setup-8-clients")
+				defer done()
+			}
 			times, wall := setups(b, w.gatewayClient("a.example"), tc.service, w.fresh(fmt.Sprintf("s%d", k)), "vb", n, tc.clients)
 			b.ReportMetric(ms(times[len(times)/2]), "p50-ms")
 			b.ReportMetric(ms(times[len(times)*99/100]), "p99-ms")
 			b.ReportMetric(float64(len(times))/wall.Seconds(), "setups/s")
 			b.ReportMetric(float64(len(times)), "requests")
 		})
+	}
+}
+
+// profileDomains takes a CPU profile of both domains' processes (3 s, from
+// their --debug-listen) while the caller loads them, and once done is
+// called their allocations since start, and writes each as the top of
+// `go tool pprof` into dir as NAME-DOMAIN-{cpu,allocs}.txt: the profiles
+// kept with the bench numbers.
+func profileDomains(b *testing.B, w *world, dir, name string) (done func()) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	fetch := func(h *host, path, kind string) {
+		raw := filepath.Join(b.TempDir(), kind+".pb.gz")
+		resp, err := clientIn(h.ns).Get("http://" + h.addr + ":6060" + path)
+		if err != nil {
+			b.Errorf("profile of %s: %v", h.name, err)
+			return
+		}
+		defer resp.Body.Close()
+		f, _ := os.Create(raw)
+		io.Copy(f, resp.Body)
+		f.Close()
+		top, err := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount", "60", raw).CombinedOutput()
+		if err != nil {
+			b.Errorf("go tool pprof on %s's %s profile: %v\n%s", h.name, kind, err, top)
+			return
+		}
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%s-%s.txt", name, h.name, kind)), top, 0o644)
+	}
+	var wg sync.WaitGroup
+	hosts := []*host{w.domains["a.example"], w.domains["b.example"]}
+	for _, h := range hosts {
+		wg.Go(func() { fetch(h, "/debug/pprof/profile?seconds=3", "cpu") })
+	}
+	return func() {
+		wg.Wait()
+		for _, h := range hosts {
+			fetch(h, "/debug/pprof/allocs", "allocs")
+		}
 	}
 }
 
