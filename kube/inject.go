@@ -209,7 +209,11 @@ type Injector struct {
 	SocketDir string
 	// StartupTimeout bounds how long a pod's app waits for its vWires.
 	StartupTimeout time.Duration
-	Log            *slog.Logger
+	// OTLPEndpoint, when set, is where the sidecars send their traces
+	// (VWIRE_OTLP_ENDPOINT): a pod's request is then one trace from its
+	// sidecar on.
+	OTLPEndpoint string
+	Log          *slog.Logger
 }
 
 // pod is the part of a Pod the injector reads.
@@ -328,16 +332,20 @@ func (in *Injector) Patch(raw []byte) ([]map[string]any, error) {
 func (in *Injector) sidecar(name string, args []string, ready string) map[string]any {
 	period := 1
 	threshold := max(int(in.StartupTimeout/time.Second), 1)
+	env := []map[string]any{
+		{"name": "POD_NAME", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.name"}}},
+		{"name": "POD_NAMESPACE", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.namespace"}}},
+	}
+	if in.OTLPEndpoint != "" {
+		env = append(env, map[string]any{"name": "VWIRE_OTLP_ENDPOINT", "value": in.OTLPEndpoint})
+	}
 	return map[string]any{
 		"name":            name,
 		"image":           in.Image,
 		"imagePullPolicy": in.PullPolicy,
 		"args":            args,
 		"restartPolicy":   "Always",
-		"env": []map[string]any{
-			{"name": "POD_NAME", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.name"}}},
-			{"name": "POD_NAMESPACE", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.namespace"}}},
-		},
+		"env":             env,
 		"startupProbe": map[string]any{
 			"exec":             map[string]any{"command": []string{"/vwire", "ready", ready}},
 			"periodSeconds":    period,

@@ -125,6 +125,22 @@ func TestInjectorPatch(t *testing.T) {
 	if !reflect.DeepEqual(vols, []string{"vwire-gateway", "vwire-ready"}) {
 		t.Errorf("volumes %v", vols)
 	}
+	for _, e := range cs[0]["env"].([]map[string]any) {
+		if e["name"] == "VWIRE_OTLP_ENDPOINT" {
+			t.Errorf("a sidecar sends traces with no endpoint given: %v", e)
+		}
+	}
+	// With an OTLP endpoint, the sidecars trace to it.
+	traced := *injector
+	traced.OTLPEndpoint = "otel-collector.monitoring:4317"
+	patch, err := traced.Patch([]byte(`{"metadata":{"name":"p","annotations":{"vwire.io/connect":"svc@b.example"}},"spec":{"containers":[{"name":"c"}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := patch[len(patch)-1]["value"].([]map[string]any)[0]["env"].([]map[string]any)
+	if last := env[len(env)-1]; last["name"] != "VWIRE_OTLP_ENDPOINT" || last["value"] != "otel-collector.monitoring:4317" {
+		t.Errorf("a traced sidecar's environment: %v", env)
+	}
 	// An endpoint pod registers with its labels.
 	cs, _ = patched(t, `{"metadata":{"name":"p","labels":{"app":"vpn"},"annotations":{"vwire.io/endpoint":"vpn-gw?cidr=172.16.0.0/24"}},"spec":{"containers":[{"name":"c"}],"volumes":[{"name":"data"}]}}`)
 	if len(cs) != 1 || !strings.Contains(strings.Join(cs[0]["args"].([]string), " "), "endpoint --service vpn-gw --name vpn-gw-$(POD_NAME).$(POD_NAMESPACE) --cidr 172.16.0.0/24 --payload IP") ||
@@ -133,7 +149,7 @@ func TestInjectorPatch(t *testing.T) {
 	}
 	// The pod's own init containers run after the sidecars (they may need
 	// the vWires), and a pod patched already is left alone.
-	patch, _ := injector.Patch([]byte(`{"metadata":{"name":"p","annotations":{"vwire.io/connect":"a,b"}},"spec":{"initContainers":[{"name":"setup"}],"containers":[{"name":"c"}]}}`))
+	patch, _ = injector.Patch([]byte(`{"metadata":{"name":"p","annotations":{"vwire.io/connect":"a,b"}},"spec":{"initContainers":[{"name":"setup"}],"containers":[{"name":"c"}]}}`))
 	var order []string
 	for _, op := range patch {
 		if op["path"] == "/spec/initContainers/0" {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/vwire/vwire/domain"
 	"github.com/vwire/vwire/federation"
+	"github.com/vwire/vwire/internal/tracing"
 	"github.com/vwire/vwire/kube"
 )
 
@@ -38,6 +39,7 @@ type kubeFlags struct {
 	webhookListen, webhookHost, webhookConfig string
 	webhookCASecret                           string
 	sidecarImage, sidecarPull, socketDir      string
+	sidecarOTLP                               string
 	sidecarTimeout                            time.Duration
 
 	client dynamic.Interface
@@ -62,6 +64,7 @@ func (k *kubeFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&k.sidecarImage, "sidecar-image", "", "with --webhook-listen: the image the sidecars run (vwire's)")
 	fs.StringVar(&k.sidecarPull, "sidecar-pull-policy", "IfNotPresent", "with --webhook-listen: the sidecars' imagePullPolicy")
 	fs.StringVar(&k.socketDir, "gateway-socket-dir", "/run/vwire", "with --webhook-listen: the host directory of the node gateways' socket (gateway.sock)")
+	fs.StringVar(&k.sidecarOTLP, "sidecar-otlp-endpoint", "", "with --webhook-listen: where the sidecars send their traces (OTLP/gRPC, as --otlp-endpoint; default: none)")
 	fs.DurationVar(&k.sidecarTimeout, "sidecar-startup-timeout", 2*time.Minute, "with --webhook-listen: how long a pod's app waits for its vWires before the pod reports the failure")
 }
 
@@ -88,6 +91,8 @@ func (k *kubeFlags) configure(ctx context.Context, cfg *domain.Config) error {
 			return usagef("--webhook-listen needs --webhook-host (SERVICE.NAMESPACE.svc) and --sidecar-image")
 		case k.sidecarTimeout < time.Second:
 			return usagef("--sidecar-startup-timeout %v: at least 1s", k.sidecarTimeout)
+		case k.sidecarOTLP != "" && tracing.CheckEndpoint(k.sidecarOTLP) != nil:
+			return usagef("--sidecar-%v", strings.TrimPrefix(tracing.CheckEndpoint(k.sidecarOTLP).Error(), "--"))
 		}
 	}
 	if k.attestListen != "" {
@@ -177,7 +182,7 @@ func (k *kubeFlags) start(ctx context.Context, d *domain.Domain, log *slog.Logge
 			ca = k.webhookCA
 		}
 		w := &kube.Webhook{Client: k.client, CA: ca, Host: k.webhookHost, Configuration: k.webhookConfig, Log: log,
-			Injector: &kube.Injector{Image: k.sidecarImage, PullPolicy: k.sidecarPull, SocketDir: k.socketDir, StartupTimeout: k.sidecarTimeout, Log: log}}
+			Injector: &kube.Injector{Image: k.sidecarImage, PullPolicy: k.sidecarPull, SocketDir: k.socketDir, StartupTimeout: k.sidecarTimeout, OTLPEndpoint: k.sidecarOTLP, Log: log}}
 		go func() {
 			if err := w.Serve(ctx, lis); err != nil {
 				log.Error("the admission webhook stopped", "err", err)

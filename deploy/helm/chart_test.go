@@ -70,6 +70,11 @@ func TestChartRenders(t *testing.T) {
 			if !strings.Contains(manifest, "add: [NET_ADMIN, SYS_ADMIN, NET_RAW]") {
 				t.Error("the gateway lacks its explicit capabilities")
 			}
+			// Traces go to the collector from the proxies, the gateways
+			// and the sidecars the webhook adds.
+			if strings.Contains(name, "traces") && (strings.Count(manifest, "otel-collector.monitoring:4317") != 3 || !strings.Contains(manifest, "--sidecar-otlp-endpoint=otel-collector.monitoring:4317")) {
+				t.Error("the OTLP endpoint does not reach the proxies, the gateways and the sidecars")
+			}
 			// With SPIRE the webhook's certificate has a CA of its own.
 			if strings.Contains(manifest, "--spiffe-socket=") && strings.Contains(manifest, "--webhook-listen=") && !strings.Contains(manifest, "--webhook-ca-secret=r-vwire-webhook-ca") {
 				t.Error("a SPIRE domain's webhook has no CA for its certificate")
