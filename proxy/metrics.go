@@ -9,6 +9,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -97,10 +98,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// request counts a request's outcome: a new connection's set-up time, a
-// refresh of prev (and a heal, when its endpoint changed), or why it was
-// refused.
-func (m *Metrics) request(begin time.Time, own string, prev, conn *proxypb.Connection, err error) {
+// request counts a request's outcome: a new connection's set-up time
+// (crossDomain: to or from another domain), a refresh of prev (and a
+// heal, when its endpoint changed), or why it was refused.
+func (m *Metrics) request(begin time.Time, crossDomain bool, prev, conn *proxypb.Connection, err error) {
 	switch {
 	case m == nil:
 	case err != nil:
@@ -112,7 +113,7 @@ func (m *Metrics) request(begin time.Time, own string, prev, conn *proxypb.Conne
 		}
 	default:
 		scope := scopeLocal
-		if keyOf(conn, own).remote != own {
+		if crossDomain {
 			scope = scopeRemote
 		}
 		m.setup.WithLabelValues(scope).Observe(time.Since(begin).Seconds())
@@ -155,10 +156,11 @@ func lookupResult(qtype uint16, c cached, err error, asked, stale bool) string {
 // connKey is a connection's labels on vwire_proxy_connections.
 type connKey struct{ service, remote, state string }
 
-// keyOf labels a stored connection: its service, the other domain (the
-// service's, the endpoint's or the requester's trust domain; own for one
-// within this domain) and its state.
-func keyOf(c *proxypb.Connection, own string) connKey {
+// keyOf labels a stored connection of domain own (of trust domain td):
+// its service, the other domain (the service's, the endpoint's, or the
+// requester's trust domain when it is not td; own for one within this
+// domain) and its state.
+func keyOf(c *proxypb.Connection, own string, td spiffeid.TrustDomain) connKey {
 	k := connKey{remote: own, state: strings.ToLower(c.GetState().String())}
 	name, err := registry.ParseName(c.GetNetworkService())
 	if err == nil {
@@ -170,10 +172,8 @@ func keyOf(c *proxypb.Connection, own string) connKey {
 	if _, d, ok := strings.Cut(c.GetNetworkServiceEndpointName(), "@"); ok && k.remote == own && d != own {
 		k.remote = d
 	}
-	if td, ok := strings.CutPrefix(c.GetRequester(), "spiffe://"); ok && k.remote == own {
-		if td, _, _ = strings.Cut(td, "/"); td != own {
-			k.remote = td
-		}
+	if id, err := spiffeid.FromString(c.GetRequester()); err == nil && k.remote == own && !id.MemberOf(td) {
+		k.remote = id.TrustDomain().Name()
 	}
 	return k
 }

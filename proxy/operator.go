@@ -341,7 +341,7 @@ func (o *Operator) dataPlane(ctx context.Context, domain string) (string, string
 	checked := 0
 	for _, c := range conns {
 		wg := c.GetMechanism().GetWireguard()
-		if wg == nil || keyOf(c, o.Own).remote != domain {
+		if wg == nil || keyOf(c, o.Own, o.TD).remote != domain {
 			continue
 		}
 		tun, ok := o.Gateway.Tunnel(wg.GetDstPublicKey())

@@ -126,8 +126,8 @@ func newTally() *tally {
 }
 
 // add counts c and returns its labels.
-func (t *tally) add(c *proxypb.Connection, own string) connKey {
-	lc := liveConn{requester: c.GetRequester(), key: keyOf(c, own)}
+func (t *tally) add(c *proxypb.Connection, own string, td spiffeid.TrustDomain) connKey {
+	lc := liveConn{requester: c.GetRequester(), key: keyOf(c, own, td)}
 	t.of[c.GetId()] = lc
 	t.held[lc.requester]++
 	t.byKey[lc.key]++
@@ -155,8 +155,12 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	var prev *proxypb.Connection
 	begin := time.Now()
 	conn, err := s.request(ctx, req, &prev)
-	s.Metrics.request(begin, s.Own, prev, conn, err)
-	traceRequest(ctx, s.Own, req, conn, err)
+	remote := ""
+	if err == nil {
+		remote = keyOf(conn, s.Own, s.TD).remote
+	}
+	s.Metrics.request(begin, remote != s.Own, prev, conn, err)
+	traceRequest(ctx, s.Own, remote, req, conn, err)
 	s.noteDataPlane(req, err)
 	if s.Observe != nil {
 		s.Observe(ctx, req, conn, err, prev != nil)
@@ -627,7 +631,7 @@ func (s *Server) countAll(conns []*proxypb.Connection) {
 	defer s.mu.Unlock()
 	s.live = newTally()
 	for _, c := range conns {
-		s.live.add(c, s.Own)
+		s.live.add(c, s.Own, s.TD)
 	}
 	s.Metrics.allConnections(s.live.byKey)
 }
@@ -644,7 +648,7 @@ func (s *Server) count(c *proxypb.Connection, deleted bool) {
 		s.Metrics.connection(k, s.live.byKey[k])
 	}
 	if !deleted {
-		k := s.live.add(c, s.Own)
+		k := s.live.add(c, s.Own, s.TD)
 		s.Metrics.connection(k, s.live.byKey[k])
 	}
 }

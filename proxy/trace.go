@@ -14,7 +14,7 @@ import (
 // traceRequest puts on the request's span (otelgrpc's, when tracing is on)
 // what an operator looks for: the service and domains, and the selected
 // endpoint, tunnel and MTU, or why the request was refused.
-func traceRequest(ctx context.Context, own string, req *proxypb.NetworkServiceRequest, conn *proxypb.Connection, err error) {
+func traceRequest(ctx context.Context, own, remote string, req *proxypb.NetworkServiceRequest, conn *proxypb.Connection, err error) {
 	span := trace.SpanFromContext(ctx)
 	if !span.IsRecording() {
 		return
@@ -28,7 +28,7 @@ func traceRequest(ctx context.Context, own string, req *proxypb.NetworkServiceRe
 		span.SetStatus(codes.Error, reason+": "+status.Convert(err).Message())
 		return
 	}
-	span.SetAttributes(attribute.String("vwire.remote_domain", keyOf(conn, own).remote),
+	span.SetAttributes(attribute.String("vwire.remote_domain", remote),
 		attribute.String("vwire.endpoint", conn.GetNetworkServiceEndpointName()),
 		attribute.String("vwire.tunnel", Tunnel(conn.GetMechanism())), attribute.Int("vwire.mtu", int(conn.GetMtu())))
 }
