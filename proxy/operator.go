@@ -339,13 +339,23 @@ func (o *Operator) dataPlane(ctx context.Context, domain string) (string, string
 		return "", "", err
 	}
 	checked := 0
+	type tunnel struct {
+		TunnelStats
+		here bool
+	}
+	tunnels := map[string]tunnel{} // by peer key: each device is asked once
 	for _, c := range conns {
 		wg := c.GetMechanism().GetWireguard()
 		if wg == nil || keyOf(c, o.Own, o.TD).remote != domain {
 			continue
 		}
-		tun, ok := o.Gateway.Tunnel(wg.GetDstPublicKey())
-		if !ok {
+		key := string(wg.GetDstPublicKey())
+		tun, asked := tunnels[key]
+		if !asked {
+			tun.TunnelStats, tun.here = o.Gateway.Tunnel(wg.GetDstPublicKey())
+			tunnels[key] = tun
+		}
+		if !tun.here {
 			continue // through another node's gateway
 		}
 		at := tun.LastHandshake

@@ -29,14 +29,32 @@ func (t *Tunnels) Stats() []PeerStats {
 	// answers nothing and is left out.
 	out := make([]PeerStats, 0, len(devs))
 	for key, dev := range devs {
-		p, err := dev.Peer(key)
-		if err != nil {
-			continue
+		if st, ok := stat(key, dev); ok {
+			out = append(out, st)
 		}
-		out = append(out, PeerStats{Key: key, Device: dev.Name, LastHandshake: p.LastHandshakeTime, Received: p.ReceiveBytes, Sent: p.TransmitBytes})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Device < out[j].Device })
 	return out
+}
+
+// Stat reports the tunnel to the peer gateway with key peer (ok false:
+// none), asking its device only.
+func (t *Tunnels) Stat(peer wgtypes.Key) (PeerStats, bool) {
+	t.mu.Lock()
+	tun := t.peers[peer]
+	t.mu.Unlock()
+	if tun == nil {
+		return PeerStats{}, false
+	}
+	return stat(peer, tun.dev)
+}
+
+func stat(key wgtypes.Key, dev *WireGuard) (PeerStats, bool) {
+	p, err := dev.Peer(key)
+	if err != nil {
+		return PeerStats{}, false
+	}
+	return PeerStats{Key: key, Device: dev.Name, LastHandshake: p.LastHandshakeTime, Received: p.ReceiveBytes, Sent: p.TransmitBytes}, true
 }
 
 // InterfaceStats is what the vWires' interfaces carried, summed over

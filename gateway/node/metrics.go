@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/vwire/vwire/internal/metrics"
 	"github.com/vwire/vwire/proxy"
@@ -68,12 +69,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 // Tunnel is the WireGuard tunnel to the peer gateway with public key key
 // (ok false: none).
 func (n *Node) Tunnel(key []byte) (proxy.TunnelStats, bool) {
-	for _, p := range n.tunnels.Stats() {
-		if string(p.Key[:]) == string(key) {
-			return proxy.TunnelStats{LastHandshake: p.LastHandshake, Sent: p.Sent, Received: p.Received}, true
-		}
+	k, err := wgtypes.NewKey(key)
+	if err != nil {
+		return proxy.TunnelStats{}, false
 	}
-	return proxy.TunnelStats{}, false
+	p, ok := n.tunnels.Stat(k)
+	return proxy.TunnelStats{LastHandshake: p.LastHandshake, Sent: p.Sent, Received: p.Received}, ok
 }
 
 // EndCounters are the counters of end id's interface on this gateway (ok
