@@ -33,9 +33,14 @@ type Service struct {
 }
 
 func (s *Service) admin(ctx context.Context) error {
-	id, ok := PeerID(ctx)
-	if !ok || id != AdminID(s.Own) {
-		return status.Errorf(codes.PermissionDenied, "only %s may change federation", AdminID(s.Own))
+	return RequireAdmin(ctx, s.Own, "change federation")
+}
+
+// RequireAdmin refuses a call to a domain of trust domain td from anyone
+// but its admin: "only spiffe://TD/vwire/admin may " + do.
+func RequireAdmin(ctx context.Context, td spiffeid.TrustDomain, do string) error {
+	if id, ok := PeerID(ctx); !ok || id != AdminID(td) {
+		return status.Errorf(codes.PermissionDenied, "only %s may %s", AdminID(td), do)
 	}
 	return nil
 }

@@ -58,10 +58,7 @@ func (o *Operator) Status(ctx context.Context, _ *proxypb.StatusRequest) (*proxy
 
 // admin refuses anyone but the domain's admin, who may do.
 func (o *Operator) admin(ctx context.Context, do string) error {
-	if id, ok := federation.PeerID(ctx); !ok || id != federation.AdminID(o.TD) {
-		return status.Errorf(codes.PermissionDenied, "only %s may %s", federation.AdminID(o.TD), do)
-	}
-	return nil
+	return federation.RequireAdmin(ctx, o.TD, do)
 }
 
 // etcdMembers lists the cluster's members, and which answer (asked at
