@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -65,11 +66,21 @@ type Operator struct {
 // WireGuard shakes hands every two minutes while packets flow.
 const StaleHandshake = 3 * time.Minute
 
-// step is one hop's check: it returns what it found, or an error and
-// what to do about it.
-type step struct {
-	hop   string
-	check func() (detail string, advice string, err error)
+// diagnosis is one walk of Diagnose: what a request for name from client
+// would meet, hop by hop, and the steps so far.
+type diagnosis struct {
+	o      *Operator
+	ctx    context.Context
+	name   registry.Name
+	labels map[string]string // the client's, with those its domain adds
+	client spiffeid.ID
+	// What the service's domain selects for the client, asked once for
+	// the peer-proxy, service, policy and endpoints hops.
+	eps     []*registrypb.Endpoint
+	findErr error
+
+	steps  []*proxypb.DiagnoseStep
+	failed bool
 }
 
 // Diagnose implements proxypb.OperatorServer.
@@ -90,173 +101,153 @@ func (o *Operator) Diagnose(ctx context.Context, req *proxypb.DiagnoseRequest) (
 			return nil, status.Errorf(codes.InvalidArgument, "client ID %q: %v", req.GetClientId(), err)
 		}
 	}
+	d := &diagnosis{o: o, ctx: ctx, name: name, labels: ClientLabels(req.GetLabels(), o.Own), client: client}
 	remote := name.Domain != "" && name.Domain != o.Own
-	var steps []step
 	if remote {
-		steps = append(steps, o.dnsStep(ctx, name.Domain), o.federationStep(name.Domain))
+		d.hop("dns", d.dns)
+		d.hop("federation", d.federation)
 	}
-	f := &find{o: o, ctx: ctx, name: name, labels: req.GetLabels(), client: client, remote: remote}
+	if !d.failed {
+		d.eps, d.findErr = d.find()
+	}
 	if remote {
-		steps = append(steps, step{"peer-proxy", f.peerProxy})
+		d.hop("peer-proxy", d.peerProxy)
 	}
-	steps = append(steps, step{"service", f.service}, step{"policy", f.policy}, step{"endpoints", f.endpoints}, step{"mtu", o.mtu})
+	d.hop("service", d.service)
+	d.hop("policy", d.policy)
+	d.hop("endpoints", d.endpoints)
+	d.hop("mtu", o.mtu)
 	if remote {
-		steps = append(steps, step{"data-plane", func() (string, string, error) { return o.dataPlane(ctx, name.Domain) }})
+		d.hop("data-plane", func() (string, string, error) { return o.dataPlane(ctx, name.Domain) })
 	}
-	resp := &proxypb.DiagnoseResponse{}
-	failed := false
-	for _, s := range steps {
-		out := &proxypb.DiagnoseStep{Hop: s.hop, Result: proxypb.DiagnoseStep_SKIPPED, Detail: "an earlier hop failed"}
-		if !failed {
-			detail, advice, err := s.check()
-			switch {
-			case errors.Is(err, errSkipped):
-				out.Detail = detail
-			case err != nil:
-				out.Result, out.Detail, out.Advice, failed = proxypb.DiagnoseStep_FAILED, err.Error(), advice, true
-			default:
-				out.Result, out.Detail = proxypb.DiagnoseStep_OK, detail
-			}
-		}
-		resp.Steps = append(resp.Steps, out)
+	return &proxypb.DiagnoseResponse{Steps: d.steps}, nil
+}
+
+// hop checks one hop, unless an earlier one failed: check says what it
+// found, or why it fails and what to do (errSkipped: nothing to check).
+func (d *diagnosis) hop(name string, check func() (detail, advice string, err error)) {
+	out := &proxypb.DiagnoseStep{Hop: name, Result: proxypb.DiagnoseStep_SKIPPED, Detail: "an earlier hop failed"}
+	d.steps = append(d.steps, out)
+	if d.failed {
+		return
 	}
-	return resp, nil
+	detail, advice, err := check()
+	switch {
+	case errors.Is(err, errSkipped):
+		out.Detail = detail
+	case err != nil:
+		out.Result, out.Detail, out.Advice, d.failed = proxypb.DiagnoseStep_FAILED, err.Error(), advice, true
+	default:
+		out.Result, out.Detail = proxypb.DiagnoseStep_OK, detail
+	}
 }
 
 // errSkipped: a hop with nothing to check (its detail says why).
 var errSkipped = errors.New("skipped")
 
-// dnsStep looks the domain's proxies up as a request would.
-func (o *Operator) dnsStep(ctx context.Context, domain string) step {
-	return step{"dns", func() (string, string, error) {
-		server, _ := o.Resolver.server()
-		targets, err := o.Resolver.Lookup(ctx, domain)
-		switch {
-		case errors.Is(err, ErrUnknownDomain):
-			return "", fmt.Sprintf("publish SRV records %s.%s for its proxies in its zone, or point --dns-server at a DNS server that has them", ProxyService, domain),
-				fmt.Errorf("%v (asked the DNS server %s)", err, server)
-		case err != nil:
-			return "", fmt.Sprintf("check that the DNS server %s answers this host (--dns-server)", server), err
-		}
-		var addrs []string
-		for _, t := range targets {
-			addrs = append(addrs, fmt.Sprintf("%s:%d %v", t.Host, t.Port, t.Addrs))
-		}
-		return fmt.Sprintf("%s.%s: %s (from %s)", ProxyService, domain, strings.Join(addrs, ", "), server), "", nil
-	}}
-}
-
-// federationStep checks the peer is federated and its bundle trusted.
-func (o *Operator) federationStep(domain string) step {
-	return step{"federation", func() (string, string, error) {
-		for _, st := range o.Peers.List() {
-			if st.Domain != domain {
-				continue
-			}
-			switch {
-			case st.Source == "":
-				return "", "vwire federation list shows why its bundle cannot be fetched; check its bundle endpoint (vwire federation add again with the right --bundle-endpoint)",
-					fmt.Errorf("no bundle of %s's trust domain %q is trusted here: %s", domain, st.TrustDomain.Name(), st.LastError)
-			case time.Now().After(st.Expires):
-				return "", fmt.Sprintf("fetch its bundle again: check that %s answers (vwire federation list)", st.BundleEndpointURL),
-					fmt.Errorf("%s's bundle expired at %s; the last fetch: %s", domain, st.Expires.UTC().Format(time.RFC3339), cmpOr(st.LastError, "succeeded"))
-			}
-			detail := fmt.Sprintf("trust domain %q, %d authorities from %s, expiring %s", st.TrustDomain.Name(), st.Authorities, st.Source, st.Expires.UTC().Format(time.RFC3339))
-			if st.LastError != "" {
-				detail += "; the last refresh failed: " + st.LastError
-			}
-			return detail, "", nil
-		}
-		return "", fmt.Sprintf("vwire federation add %s --bundle-endpoint URL --bundle FILE", domain),
-			fmt.Errorf("%s is not federated with %s", domain, o.Own)
-	}}
-}
-
-func cmpOr(s, otherwise string) string {
-	if s == "" {
-		return otherwise
+// dns looks the domain's proxies up as a request would.
+func (d *diagnosis) dns() (string, string, error) {
+	domain := d.name.Domain
+	server, _ := d.o.Resolver.server()
+	targets, err := d.o.Resolver.Lookup(d.ctx, domain)
+	switch {
+	case errors.Is(err, ErrUnknownDomain):
+		return "", fmt.Sprintf("publish SRV records %s.%s for its proxies in its zone, or point --dns-server at a DNS server that has them", ProxyService, domain),
+			fmt.Errorf("%v (asked the DNS server %s)", err, server)
+	case err != nil:
+		return "", fmt.Sprintf("check that the DNS server %s answers this host (--dns-server)", server), err
 	}
-	return s
+	var addrs []string
+	for _, t := range targets {
+		addrs = append(addrs, fmt.Sprintf("%s:%d %v", t.Host, t.Port, t.Addrs))
+	}
+	return fmt.Sprintf("%s.%s: %s (from %s)", ProxyService, domain, strings.Join(addrs, ", "), server), "", nil
+}
+
+// federation checks the peer is federated and its bundle trusted.
+func (d *diagnosis) federation() (string, string, error) {
+	domain := d.name.Domain
+	for _, st := range d.o.Peers.List() {
+		if st.Domain != domain {
+			continue
+		}
+		switch {
+		case st.Source == "":
+			return "", "vwire federation list shows why its bundle cannot be fetched; check its bundle endpoint (vwire federation add again with the right --bundle-endpoint)",
+				fmt.Errorf("no bundle of %s's trust domain %q is trusted here: %s", domain, st.TrustDomain.Name(), st.LastError)
+		case time.Now().After(st.Expires):
+			return "", fmt.Sprintf("fetch its bundle again: check that %s answers (vwire federation list)", st.BundleEndpointURL),
+				fmt.Errorf("%s's bundle expired at %s; the last fetch: %s", domain, st.Expires.UTC().Format(time.RFC3339), cmp.Or(st.LastError, "succeeded"))
+		}
+		detail := fmt.Sprintf("trust domain %q, %d authorities from %s, expiring %s", st.TrustDomain.Name(), st.Authorities, st.Source, st.Expires.UTC().Format(time.RFC3339))
+		if st.LastError != "" {
+			detail += "; the last refresh failed: " + st.LastError
+		}
+		return detail, "", nil
+	}
+	return "", fmt.Sprintf("vwire federation add %s --bundle-endpoint URL --bundle FILE", domain),
+		fmt.Errorf("%s is not federated with %s", domain, d.o.Own)
 }
 
 // find asks the service's domain which endpoints its rules select for the
-// client, as a request would, once; the steps read its answer.
-type find struct {
-	o      *Operator
-	ctx    context.Context
-	name   registry.Name
-	labels map[string]string
-	client spiffeid.ID
-	remote bool
-
-	done bool
-	eps  []*registrypb.Endpoint
-	err  error
-}
-
-func (f *find) run() {
-	if f.done {
-		return
-	}
-	f.done = true
-	labels := ClientLabels(f.labels, f.o.Own)
-	if !f.remote {
-		svc, err := f.o.Store.GetService(f.ctx, f.name.Service)
+// client, as a request would.
+func (d *diagnosis) find() ([]*registrypb.Endpoint, error) {
+	o := d.o
+	if d.name.Domain == "" || d.name.Domain == o.Own {
+		svc, err := o.Store.GetService(d.ctx, d.name.Service)
 		if err == nil {
-			err = registry.Authorize(svc, f.client, f.o.TD, f.o.Peers)
+			err = registry.Authorize(svc, d.client, o.TD, o.Peers)
 		}
+		var eps []*registrypb.Endpoint
 		if err == nil {
-			f.eps, err = f.o.Store.Find(f.ctx, f.name.Service, labels)
+			eps, err = o.Store.Find(d.ctx, d.name.Service, d.labels)
 		}
-		f.err = registry.ToStatus(err)
-		return
+		return eps, registry.ToStatus(err)
 	}
-	pc, err := f.o.Pool.Conn(f.ctx, f.name.Domain)
+	pc, err := o.Pool.Conn(d.ctx, d.name.Domain)
 	if err != nil {
-		f.err = toStatus(f.name.Domain, err)
-		return
+		return nil, toStatus(d.name.Domain, err)
 	}
-	ctx := metadata.NewOutgoingContext(f.ctx, metadata.Pairs(registry.ClientHeader, f.client.String()))
-	stream, err := registrypb.NewRegistryClient(pc).Find(ctx, &registrypb.FindRequest{Service: f.name.Service, SourceLabels: labels})
+	ctx := metadata.NewOutgoingContext(d.ctx, metadata.Pairs(registry.ClientHeader, d.client.String()))
+	stream, err := registrypb.NewRegistryClient(pc).Find(ctx, &registrypb.FindRequest{Service: d.name.Service, SourceLabels: d.labels})
 	if err != nil {
-		f.err = err
-		return
+		return nil, err
 	}
 	resp, err := stream.Recv()
 	if errors.Is(err, io.EOF) {
 		err = status.Error(codes.Unavailable, "the peer's proxy closed the look-up without an answer")
 	}
-	f.eps, f.err = resp.GetSnapshot().GetEndpoints(), err
+	return resp.GetSnapshot().GetEndpoints(), err
 }
 
 // peerProxy: the peer's proxy answers this domain's proxy over mTLS.
-func (f *find) peerProxy() (string, string, error) {
-	f.run()
-	st := status.Convert(f.err)
+func (d *diagnosis) peerProxy() (string, string, error) {
+	o, domain := d.o, d.name.Domain
+	st := status.Convert(d.findErr)
 	reason, _ := reasonGiven(st)
 	switch {
-	case f.err == nil, st.Code() == codes.NotFound, reason == ReasonPolicy:
-		return fmt.Sprintf("%s's proxy answered %s (as %s)", f.name.Domain, f.o.Own, federation.ProxyID(f.o.TD)), "", nil
+	case d.findErr == nil, st.Code() == codes.NotFound, reason == ReasonPolicy:
+		return fmt.Sprintf("%s's proxy answered %s (as %s)", domain, o.Own, federation.ProxyID(o.TD)), "", nil
 	case st.Code() == codes.PermissionDenied:
-		return "", fmt.Sprintf("on %s: vwire federation add %s, with this domain's bundle (vwire federation bundle)", f.name.Domain, f.o.Own),
-			fmt.Errorf("%s's proxy refuses this domain's proxy: %s", f.name.Domain, st.Message())
+		return "", fmt.Sprintf("on %s: vwire federation add %s, with this domain's bundle (vwire federation bundle)", domain, o.Own),
+			fmt.Errorf("%s's proxy refuses this domain's proxy: %s", domain, st.Message())
 	}
 	// Why the call failed, from a handshake of our own: the gRPC error
 	// of a refused TLS 1.3 client certificate is a broken pipe.
-	err := f.o.probe(f.ctx, f.name.Domain)
+	err := o.probe(d.ctx, domain)
 	switch {
 	case errors.Is(err, federation.ErrPeerRefusesUs):
-		return "", fmt.Sprintf("%s must federate with %s and trust its current bundle (on %s: vwire federation add %s, vwire federation list)", f.name.Domain, f.o.Own, f.name.Domain, f.o.Own),
-			fmt.Errorf("%s's proxy refuses this domain's ID (%s): %v", f.name.Domain, federation.ProxyID(f.o.TD), err)
+		return "", fmt.Sprintf("%s must federate with %s and trust its current bundle (on %s: vwire federation add %s, vwire federation list)", domain, o.Own, domain, o.Own),
+			fmt.Errorf("%s's proxy refuses this domain's ID (%s): %v", domain, federation.ProxyID(o.TD), err)
 	case errors.Is(err, federation.ErrPeerUntrusted):
-		return "", fmt.Sprintf("check the trust domain and endpoint ID this domain has for %s, and that its bundle is current (vwire federation list)", f.name.Domain),
-			fmt.Errorf("%s's proxy does not prove it is %s's: %v", f.name.Domain, f.name.Domain, err)
+		return "", fmt.Sprintf("check the trust domain and endpoint ID this domain has for %s, and that its bundle is current (vwire federation list)", domain),
+			fmt.Errorf("%s's proxy does not prove it is %s's: %v", domain, domain, err)
 	case err != nil:
-		return "", fmt.Sprintf("check that %s's proxies (the dns hop) are reachable on TCP from here", f.name.Domain),
-			fmt.Errorf("%s's proxy did not answer: %v", f.name.Domain, err)
+		return "", fmt.Sprintf("check that %s's proxies (the dns hop) are reachable on TCP from here", domain),
+			fmt.Errorf("%s's proxy did not answer: %v", domain, err)
 	}
-	return "", fmt.Sprintf("check that %s's proxies (the dns hop) are reachable and up", f.name.Domain),
-		fmt.Errorf("%s's proxy did not answer: %s", f.name.Domain, st.Message())
+	return "", fmt.Sprintf("check that %s's proxies (the dns hop) are reachable and up", domain),
+		fmt.Errorf("%s's proxy did not answer: %s", domain, st.Message())
 }
 
 // probe handshakes with the first of domain's proxies as a request would.
@@ -272,36 +263,33 @@ func (o *Operator) probe(ctx context.Context, domain string) error {
 	return federation.ProbePeer(ctx, targets[0].Addresses()[0], o.Source, peer)
 }
 
-func (f *find) service() (string, string, error) {
-	f.run()
-	if st := status.Convert(f.err); st.Code() == codes.NotFound {
-		return "", fmt.Sprintf("%s's administrator defines %s (vwire apply), or ask for a service it has (vwire get services there)", cmpOr(f.name.Domain, f.o.Own), f.name.Service),
+func (d *diagnosis) service() (string, string, error) {
+	if st := status.Convert(d.findErr); st.Code() == codes.NotFound {
+		return "", fmt.Sprintf("%s's administrator defines %s (vwire apply), or ask for a service it has (vwire get services there)", cmp.Or(d.name.Domain, d.o.Own), d.name.Service),
 			errors.New(st.Message())
 	}
-	return fmt.Sprintf("network service %q is defined", f.name.Service), "", nil
+	return fmt.Sprintf("network service %q is defined", d.name.Service), "", nil
 }
 
-func (f *find) policy() (string, string, error) {
-	f.run()
-	st := status.Convert(f.err)
+func (d *diagnosis) policy() (string, string, error) {
+	st := status.Convert(d.findErr)
 	if reason, _ := reasonGiven(st); reason == ReasonPolicy {
-		return "", fmt.Sprintf("the service's allowedSpiffeIDs must admit %s (or diagnose as a client it admits: --client-id)", f.client),
+		return "", fmt.Sprintf("the service's allowedSpiffeIDs must admit %s (or diagnose as a client it admits: --client-id)", d.client),
 			errors.New(st.Message())
 	}
-	if f.err != nil {
-		return "", "", f.err
+	if d.findErr != nil {
+		return "", "", d.findErr
 	}
-	return fmt.Sprintf("its policy admits %s", f.client), "", nil
+	return fmt.Sprintf("its policy admits %s", d.client), "", nil
 }
 
-func (f *find) endpoints() (string, string, error) {
-	f.run()
-	if len(f.eps) == 0 {
+func (d *diagnosis) endpoints() (string, string, error) {
+	if len(d.eps) == 0 {
 		return "", "register an endpoint of the service whose labels its match rules select for these, or connect with other --labels (vwire get endpoints --service ... --source-labels ...)",
-			fmt.Errorf("no endpoint of %q matches labels %v", f.name.Service, ClientLabels(f.labels, f.o.Own))
+			fmt.Errorf("no endpoint of %q matches labels %v", d.name.Service, d.labels)
 	}
 	var names []string
-	for _, ep := range f.eps {
+	for _, ep := range d.eps {
 		names = append(names, ep.GetName())
 	}
 	return "selected: " + strings.Join(names, ", "), "", nil
