@@ -100,12 +100,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 // request counts a request's outcome: a new connection's set-up time
 // (crossDomain: to or from another domain), a refresh of prev (and a
-// heal, when its endpoint changed), or why it was refused.
-func (m *Metrics) request(begin time.Time, crossDomain bool, prev, conn *proxypb.Connection, err error) {
+// heal, when its endpoint changed), or why it was refused (reason, "" for
+// an answer).
+func (m *Metrics) request(begin time.Time, crossDomain bool, prev, conn *proxypb.Connection, reason string) {
 	switch {
 	case m == nil:
-	case err != nil:
-		m.refusals.WithLabelValues(ReasonOf(err)).Inc()
+	case reason != "":
+		m.refusals.WithLabelValues(reason).Inc()
 	case prev != nil:
 		m.refreshes.Inc()
 		if prev.GetNetworkServiceEndpointName() != conn.GetNetworkServiceEndpointName() {

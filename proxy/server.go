@@ -78,10 +78,10 @@ type failure struct {
 }
 
 // noteDataPlane remembers a cross-domain request's data-plane failure, or
-// forgets it when one to the same domain succeeds.
-func (s *Server) noteDataPlane(req *proxypb.NetworkServiceRequest, err error) {
+// forgets it when one to the same domain succeeds (err nil).
+func (s *Server) noteDataPlane(req *proxypb.NetworkServiceRequest, reason string, err error) {
 	name, perr := registry.ParseName(req.GetConnection().GetNetworkService())
-	if perr != nil || name.Domain == "" || name.Domain == s.Own || (err != nil && ReasonOf(err) != ReasonDataplane) {
+	if perr != nil || name.Domain == "" || name.Domain == s.Own || (err != nil && reason != ReasonDataplane) {
 		return
 	}
 	s.mu.Lock()
@@ -155,13 +155,17 @@ func (s *Server) Request(ctx context.Context, req *proxypb.NetworkServiceRequest
 	var prev *proxypb.Connection
 	begin := time.Now()
 	conn, err := s.request(ctx, req, &prev)
-	remote := ""
+	// What the counters, the span and diagnose say of it: the other
+	// domain of a connection, the reason of a refusal.
+	remote, reason := "", ""
 	if err == nil {
 		remote = keyOf(conn, s.Own, s.TD).remote
+	} else {
+		reason = ReasonOf(err)
 	}
-	s.Metrics.request(begin, remote != s.Own, prev, conn, err)
-	traceRequest(ctx, s.Own, remote, req, conn, err)
-	s.noteDataPlane(req, err)
+	s.Metrics.request(begin, remote != s.Own, prev, conn, reason)
+	traceRequest(ctx, s.Own, remote, req, conn, reason, err)
+	s.noteDataPlane(req, reason, err)
 	if s.Observe != nil {
 		s.Observe(ctx, req, conn, err, prev != nil)
 	}

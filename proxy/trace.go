@@ -14,7 +14,7 @@ import (
 // traceRequest puts on the request's span (otelgrpc's, when tracing is on)
 // what an operator looks for: the service and domains, and the selected
 // endpoint, tunnel and MTU, or why the request was refused.
-func traceRequest(ctx context.Context, own, remote string, req *proxypb.NetworkServiceRequest, conn *proxypb.Connection, err error) {
+func traceRequest(ctx context.Context, own, remote string, req *proxypb.NetworkServiceRequest, conn *proxypb.Connection, reason string, err error) {
 	span := trace.SpanFromContext(ctx)
 	if !span.IsRecording() {
 		return
@@ -23,7 +23,6 @@ func traceRequest(ctx context.Context, own, remote string, req *proxypb.NetworkS
 	if err != nil {
 		// (gRPC's spans mark only a server's own failures as errors; a
 		// refusal is one an operator looks for.)
-		reason := ReasonOf(err)
 		span.SetAttributes(attribute.String("vwire.refusal", reason))
 		span.SetStatus(codes.Error, reason+": "+status.Convert(err).Message())
 		return
