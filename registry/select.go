@@ -37,8 +37,7 @@ const (
 // are its service labels for svc over its own, over implicit (the labels
 // every endpoint of the domain has). eps is not modified.
 func Select(svc *registrypb.NetworkService, client map[string]string, eps []*registrypb.Endpoint, implicit map[string]string) []*registrypb.Endpoint {
-	sorted := append([]*registrypb.Endpoint(nil), eps...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].GetName() < sorted[j].GetName() })
+	sorted := byName(eps)
 	if len(svc.GetMatches()) == 0 {
 		return sorted
 	}
@@ -99,8 +98,7 @@ type RouteSelection struct {
 // Selections is, for each match of svc, what each of its routes selects
 // among eps now (see Select).
 func Selections(svc *registrypb.NetworkService, eps []*registrypb.Endpoint, implicit map[string]string) []MatchSelection {
-	sorted := append([]*registrypb.Endpoint(nil), eps...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].GetName() < sorted[j].GetName() })
+	sorted := byName(eps)
 	var out []MatchSelection
 	for _, m := range svc.GetMatches() {
 		ms := MatchSelection{Source: m.GetSourceSelector(), Fallthrough: m.GetFallthrough(), AllEndpoints: m.GetMetadata() != nil && len(m.GetRoutes()) == 0}
@@ -119,6 +117,13 @@ func Selections(svc *registrypb.NetworkService, eps []*registrypb.Endpoint, impl
 		out = append(out, ms)
 	}
 	return out
+}
+
+// byName is a copy of eps in name order.
+func byName(eps []*registrypb.Endpoint) []*registrypb.Endpoint {
+	sorted := append([]*registrypb.Endpoint(nil), eps...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].GetName() < sorted[j].GetName() })
+	return sorted
 }
 
 // includes reports whether labels (or, for a key it lacks, implicit) has
