@@ -16,6 +16,7 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -448,10 +449,11 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 	d.Limiter = federation.NewLimiter(cfg.PeerLimits, log)
 	limitUnary, limitStream := d.Limiter.Interceptors()
 	errUnary, errStream := registry.ErrorInterceptors()
-	d.srv = grpc.NewServer(append(append(append(federation.ServerOptions(d.Identity, federation.DomainAuthorizer(td, d.Peers), log), m.ServerOptions()...), d.tracing.ServerOptions("proxy")...),
-		grpc.ChainUnaryInterceptor(bindUnary, limitUnary, audit.Interceptor(td, log), errUnary),
-		grpc.ChainStreamInterceptor(bindStream, limitStream, errStream),
-	)...)
+	d.srv = grpc.NewServer(slices.Concat(federation.ServerOptions(d.Identity, federation.DomainAuthorizer(td, d.Peers), log),
+		m.ServerOptions(), d.tracing.ServerOptions("proxy"), []grpc.ServerOption{
+			grpc.ChainUnaryInterceptor(bindUnary, limitUnary, audit.Interceptor(td, log), errUnary),
+			grpc.ChainStreamInterceptor(bindStream, limitStream, errStream),
+		})...)
 	d.pool = proxy.NewPool(resolver, d.Identity, cfg.Name, d.Peers)
 	d.pool.Timeout, d.pool.DialOptions = cfg.PeerTimeout, append(m.DialOptions(), d.tracing.DialOptions("proxy")...)
 	var regOpts []registry.ServerOption

@@ -190,14 +190,13 @@ func (r *Reconciler) Desired() []dataplane.End {
 func (r *Reconciler) fail(id string, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	switch {
-	case err == nil:
+	if err == nil {
 		delete(r.errs, id)
-	case id != "":
+		return
+	}
+	r.failed++
+	if id != "" {
 		r.errs[id] = err
-		fallthrough
-	default:
-		r.failed++
 	}
 }
 

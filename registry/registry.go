@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -146,10 +147,11 @@ func Start(ctx context.Context, cfg *Config) (r *Registry, err error) {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
 	unary, stream := ErrorInterceptors()
-	r.srv = grpc.NewServer(append(append(append(federation.ServerOptions(r.identity, federation.AuthorizeMember(td), log), m.ServerOptions()...), r.tracing.ServerOptions("registry")...),
-		grpc.ChainUnaryInterceptor(audit.Interceptor(td, log), unary),
-		grpc.ChainStreamInterceptor(stream),
-	)...)
+	r.srv = grpc.NewServer(slices.Concat(federation.ServerOptions(r.identity, federation.AuthorizeMember(td), log),
+		m.ServerOptions(), r.tracing.ServerOptions("registry"), []grpc.ServerOption{
+			grpc.ChainUnaryInterceptor(audit.Interceptor(td, log), unary),
+			grpc.ChainStreamInterceptor(stream),
+		})...)
 	registrypb.RegisterRegistryServer(r.srv, NewServer(r.Store, td, cfg.EndpointLifetime, nil, log))
 	m.Registered(r.srv)
 	go func() {
