@@ -116,7 +116,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.OTLPEndpoint != "" {
-		if err := tracing.CheckEndpoint(c.OTLPEndpoint); err != nil {
+		if err := tracing.CheckEndpoint("--otlp-endpoint", c.OTLPEndpoint); err != nil {
 			return err
 		}
 	}

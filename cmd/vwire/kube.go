@@ -91,8 +91,11 @@ func (k *kubeFlags) configure(ctx context.Context, cfg *domain.Config) error {
 			return usagef("--webhook-listen needs --webhook-host (SERVICE.NAMESPACE.svc) and --sidecar-image")
 		case k.sidecarTimeout < time.Second:
 			return usagef("--sidecar-startup-timeout %v: at least 1s", k.sidecarTimeout)
-		case k.sidecarOTLP != "" && tracing.CheckEndpoint(k.sidecarOTLP) != nil:
-			return usagef("--sidecar-%v", strings.TrimPrefix(tracing.CheckEndpoint(k.sidecarOTLP).Error(), "--"))
+		}
+		if k.sidecarOTLP != "" {
+			if err := tracing.CheckEndpoint("--sidecar-otlp-endpoint", k.sidecarOTLP); err != nil {
+				return usagef("%v", err)
+			}
 		}
 	}
 	if k.attestListen != "" {

@@ -172,6 +172,8 @@ func TestBadSettings(t *testing.T) {
 		{nil, []string{"gateway", "--registry", "127.0.0.1:1", "--credentials", dir, "--metrics-listen", "nowhere"}, `--metrics-listen "nowhere": address nowhere: missing port`},
 		{nil, []string{"domain", "--name", "a.example", "--otlp-endpoint", "nowhere"}, `--otlp-endpoint "nowhere": want host:port, or an http:// or https:// URL`},
 		{nil, []string{"connect", "svc", "--otlp-endpoint", "https://"}, `--otlp-endpoint "https://": no host`},
+		{nil, []string{"proxy", "--name", "a.example", "--etcd-endpoints", "http://127.0.0.1:1", "--kubernetes", "--kubeconfig", filepath.Join(dir, "none"), "--ca-secret", "x",
+			"--webhook-listen", "127.0.0.1:0", "--webhook-host", "a.b.svc", "--sidecar-image", "vwire:dev", "--sidecar-otlp-endpoint", "collector"}, `--sidecar-otlp-endpoint "collector": want host:port`},
 		{nil, []string{"get", "pods"}, `unknown resource "pods" (want services, endpoints or connections)`},
 		{nil, []string{"get", "endpoints", "--source-labels", "app=x"}, "--source-labels needs --service"},
 		{nil, []string{"get", "services", "--credentials", filepath.Join(dir, "none")}, "credentials " + filepath.Join(dir, "none")},

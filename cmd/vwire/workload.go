@@ -59,8 +59,10 @@ func (o *otlpFlag) add(fs *pflag.FlagSet) {
 
 // start traces as service (nil: off); Close flushes.
 func (o otlpFlag) start(service string) (*tracing.Tracing, error) {
-	if err := tracing.CheckEndpoint(string(o)); o != "" && err != nil {
-		return nil, usagef("%v", err)
+	if o != "" {
+		if err := tracing.CheckEndpoint("--otlp-endpoint", string(o)); err != nil {
+			return nil, usagef("%v", err)
+		}
 	}
 	return tracing.Start(string(o), service)
 }

@@ -36,18 +36,18 @@ type Tracing struct {
 // propagator is the W3C trace context: traceparent and tracestate.
 var propagator = propagation.TraceContext{}
 
-// CheckEndpoint says what is wrong with an --otlp-endpoint: host:port
-// (plain gRPC, as to a collector beside the process), or an http:// or
-// https:// URL.
-func CheckEndpoint(endpoint string) error {
+// CheckEndpoint says what is wrong with the OTLP endpoint that flag
+// gives: host:port (plain gRPC, as to a collector beside the process), or
+// an http:// or https:// URL.
+func CheckEndpoint(flag, endpoint string) error {
 	if u, err := url.Parse(endpoint); err == nil && (u.Scheme == "http" || u.Scheme == "https") {
 		if u.Host == "" {
-			return fmt.Errorf("--otlp-endpoint %q: no host", endpoint)
+			return fmt.Errorf("%s %q: no host", flag, endpoint)
 		}
 		return nil
 	}
 	if _, _, err := net.SplitHostPort(endpoint); err != nil {
-		return fmt.Errorf("--otlp-endpoint %q: want host:port, or an http:// or https:// URL (%v)", endpoint, err)
+		return fmt.Errorf("%s %q: want host:port, or an http:// or https:// URL (%v)", flag, endpoint, err)
 	}
 	return nil
 }
@@ -59,7 +59,7 @@ func Start(endpoint, service string, attrs ...attribute.KeyValue) (*Tracing, err
 	if endpoint == "" {
 		return nil, nil
 	}
-	if err := CheckEndpoint(endpoint); err != nil {
+	if err := CheckEndpoint("--otlp-endpoint", endpoint); err != nil {
 		return nil, err
 	}
 	if !strings.HasPrefix(endpoint, "http://") && !strings.HasPrefix(endpoint, "https://") {
