@@ -72,6 +72,9 @@ type Server struct {
 	failed map[string]failure
 }
 
+// maxFailureMessage bounds the message of a failure kept for diagnose.
+const maxFailureMessage = 1024
+
 type failure struct {
 	msg string
 	at  time.Time
@@ -93,7 +96,12 @@ func (s *Server) noteDataPlane(req *proxypb.NetworkServiceRequest, reason string
 	if s.failed == nil {
 		s.failed = map[string]failure{}
 	}
-	s.failed[name.Domain] = failure{status.Convert(err).Message(), time.Now()}
+	// (The message may be a peer's: kept, it is bounded.)
+	msg := status.Convert(err).Message()
+	if len(msg) > maxFailureMessage {
+		msg = strings.ToValidUTF8(msg[:maxFailureMessage], "") + "…"
+	}
+	s.failed[name.Domain] = failure{msg, time.Now()}
 }
 
 // lastFailure is the last request to domain that failed in the data plane
