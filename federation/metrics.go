@@ -9,14 +9,10 @@ import (
 )
 
 var (
-	bundleAgeDesc = prometheus.NewDesc(prometheus.BuildFQName(metrics.Namespace, "federation", "bundle_age_seconds"),
-		"Time since the peer's bundle last arrived from its bundle endpoint (absent while only its bootstrap bundle is trusted).", []string{"peer"}, nil)
-	bundleExpiryDesc = prometheus.NewDesc(prometheus.BuildFQName(metrics.Namespace, "federation", "bundle_expiry_timestamp_seconds"),
-		"When the bundle trusted for the peer stops verifying anything: the latest expiry of its authorities, in Unix seconds.", []string{"peer"}, nil)
-	refreshFailuresDesc = prometheus.NewDesc(prometheus.BuildFQName(metrics.Namespace, "federation", "bundle_refresh_failures_total"),
-		"Fetches of the peer's bundle that failed or were refused since the process started.", []string{"peer"}, nil)
-	peerUpDesc = prometheus.NewDesc(prometheus.BuildFQName(metrics.Namespace, "federation", "peer_bundle_trusted"),
-		"1 when a bundle of the peer's trust domain is trusted here, else 0.", []string{"peer"}, nil)
+	bundleAgeDesc       = metrics.Desc("federation", "bundle_age_seconds", "Time since the peer's bundle last arrived from its bundle endpoint (absent while only its bootstrap bundle is trusted).", "peer")
+	bundleExpiryDesc    = metrics.Desc("federation", "bundle_expiry_timestamp_seconds", "When the bundle trusted for the peer stops verifying anything: the latest expiry of its authorities, in Unix seconds.", "peer")
+	refreshFailuresDesc = metrics.Desc("federation", "bundle_refresh_failures_total", "Fetches of the peer's bundle that failed or were refused since the process started.", "peer")
+	peerUpDesc          = metrics.Desc("federation", "peer_bundle_trusted", "1 when a bundle of the peer's trust domain is trusted here, else 0.", "peer")
 )
 
 // peersCollector reports each federated peer's bundle at a scrape.

@@ -12,12 +12,9 @@ import (
 )
 
 var (
-	servicesDesc = prometheus.NewDesc(prometheus.BuildFQName(metrics.Namespace, "registry", "services"),
-		"Network services defined in this domain.", nil, nil)
-	endpointsDesc = prometheus.NewDesc(prometheus.BuildFQName(metrics.Namespace, "registry", "endpoints"),
-		"Endpoints registered in this domain (static ones and those whose lease is live).", nil, nil)
-	lapsedDesc = prometheus.NewDesc(prometheus.BuildFQName(metrics.Namespace, "registry", "lease_expiries_total"),
-		"Endpoint registrations removed because their lease lapsed (not refreshed in time), as this process saw them.", nil, nil)
+	servicesDesc  = metrics.Desc("registry", "services", "Network services defined in this domain.")
+	endpointsDesc = metrics.Desc("registry", "endpoints", "Endpoints registered in this domain (static ones and those whose lease is live).")
+	lapsedDesc    = metrics.Desc("registry", "lease_expiries_total", "Endpoint registrations removed because their lease lapsed (not refreshed in time), as this process saw them.")
 )
 
 // storeCollector reports the store's services and endpoints at a scrape,

@@ -12,7 +12,7 @@ import (
 )
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
-	return prometheus.NewDesc(prometheus.BuildFQName(metrics.Namespace, "gateway", name), help, labels, nil)
+	return metrics.Desc("gateway", name, help, labels...)
 }
 
 var (

@@ -26,6 +26,12 @@ const Namespace = "vwire"
 // timeout (tens of seconds).
 var LatencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 
+// Desc describes a metric of vwire's that a collector makes at a scrape:
+// vwire_SUBSYSTEM_NAME with labels.
+func Desc(subsystem, name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(prometheus.BuildFQName(Namespace, subsystem, name), help, labels, nil)
+}
+
 // Metrics is one process's registry and the gRPC metrics on it. A nil
 // *Metrics counts nothing and adds no option: metrics are off.
 type Metrics struct {
