@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -156,15 +155,26 @@ func ProbePeer(ctx context.Context, addr string, src Source, peer Peer) error {
 	cfg.NextProtos = []string{"h2"}
 	conn := tls.Client(raw, cfg)
 	if err := conn.HandshakeContext(ctx); err != nil {
-		if strings.Contains(err.Error(), "remote error") {
+		if alerted(err) {
 			return fmt.Errorf("%w: %v", ErrPeerRefusesUs, err)
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("%w: the TLS handshake with %s: %v", ErrPeerUnreachable, addr, err)
 		}
 		return fmt.Errorf("%w: %v", ErrPeerUntrusted, err)
 	}
 	deadline, _ := ctx.Deadline()
 	conn.SetReadDeadline(deadline)
-	if _, err := conn.Read(make([]byte, 1)); err != nil && strings.Contains(err.Error(), "remote error") {
+	if _, err := conn.Read(make([]byte, 1)); alerted(err) {
 		return fmt.Errorf("%w: %v", ErrPeerRefusesUs, err)
 	}
 	return nil
+}
+
+// alerted says whether err is a TLS alert the other side sent: crypto/tls
+// reports one as a net.OpError of Op "remote error".
+func alerted(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error"
 }
