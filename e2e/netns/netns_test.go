@@ -260,6 +260,8 @@ func TestIPvWireAcrossDomains(t *testing.T) {
 	// routes in place (its embedded WireGuard device ends with it), and
 	// takes them up again when it starts.
 	t.Run("SIGTERM with --keep-dataplane keeps the vWire", func(t *testing.T) {
+		// A heal of the subtest before is not this restart's.
+		c.drain()
 		w.restart(a, "--keep-dataplane") // a plain SIGTERM first: the client re-requests
 		c.wait(t, "healed", 30*time.Second)
 		if err := a.proc.Signal(syscall.SIGTERM); err != nil {

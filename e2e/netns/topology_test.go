@@ -256,6 +256,18 @@ func (w *world) run(cmd *exec.Cmd, service string) *connection {
 	return c
 }
 
+// drain drops the events seen so far: a wait after it sees only what
+// comes next.
+func (c *connection) drain() {
+	for {
+		select {
+		case <-c.events:
+		default:
+			return
+		}
+	}
+}
+
 // wait waits for an event of kind.
 func (c *connection) wait(t *testing.T, kind string, within time.Duration) event {
 	t.Helper()
