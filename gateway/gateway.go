@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -81,7 +80,7 @@ type Gateway struct {
 	backend    dataplane.Backend
 	tunneler   dataplane.Tunneler
 	reconciler *Reconciler
-	file       *atomicfile.Batch // records, written for the changes of a moment at once
+	file       *atomicfile.Journal // records, a change a line
 	log        *slog.Logger
 	nses       conncache.Cache // by endpoint URL
 
@@ -128,34 +127,41 @@ func Open(node string, backend dataplane.Backend, dir string, log *slog.Logger) 
 	file := filepath.Join(dir, "vwires.json")
 	g := &Gateway{Node: node, backend: backend, tunneler: tun, reconciler: r, log: log,
 		records: map[string]*record{}, waiting: map[string]*proxypb.KernelInterface{}}
-	g.file = atomicfile.NewBatch(file, 0o600, func() ([]byte, error) {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		return json.Marshal(g.records)
-	})
-	b, err := os.ReadFile(file)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	j, values, err := atomicfile.OpenJournal(file, 0o600, legacyRecords)
+	if err != nil {
 		return nil, fmt.Errorf("gateway state: %w", err)
 	}
-	if err == nil {
-		if err := json.Unmarshal(b, &g.records); err != nil {
-			return nil, fmt.Errorf("gateway state %s: %w", file, err)
+	g.file = j
+	for id, v := range values {
+		var rec record
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return nil, fmt.Errorf("gateway state %s: vWire end %q: %w", file, id, err)
 		}
+		g.records[id] = &rec
 	}
 	// A record with no end is a vWire a crash left half made or half
 	// removed: it goes, and Run tells its endpoint.
+	var n uint64
 	for id, rec := range g.records {
 		if _, ok := r.Get(id); !ok {
 			g.orphans = append(g.orphans, orphan{id, rec.EndpointURL})
 			delete(g.records, id)
+			n = g.file.Delete(id)
 		}
 	}
-	if len(g.orphans) > 0 {
-		if err := g.file.Save(g.file.Changed()); err != nil {
+	if n > 0 {
+		if err := g.file.Save(n); err != nil {
 			return nil, fmt.Errorf("gateway state: %w", err)
 		}
 	}
 	return g, nil
+}
+
+// legacyRecords reads the records as they were kept before their
+// journal: a JSON object of them by end id.
+func legacyRecords(b []byte) (map[string]json.RawMessage, error) {
+	var out map[string]json.RawMessage
+	return out, json.Unmarshal(b, &out)
 }
 
 // orphan is a record a crash left without its end.
@@ -658,8 +664,11 @@ func (g *Gateway) set(ctx context.Context, id string, end dataplane.End, rec *re
 		!slices.Equal(old.Src, rec.Src) || !slices.Equal(old.Dst, rec.Dst) // a refresh writes nothing
 	var n uint64
 	if changed {
+		if n, err = g.file.Put(id, rec); err != nil {
+			g.mu.Unlock()
+			return err
+		}
 		g.records[id] = rec
-		n = g.file.Changed()
 	}
 	g.mu.Unlock()
 	err = g.reconciler.SetAfter(ctx, end, func() error {
@@ -692,12 +701,14 @@ func (g *Gateway) restore(id string, rec, old *record) {
 		g.mu.Unlock()
 		return
 	}
+	var n uint64
 	if old == nil {
 		delete(g.records, id)
+		n = g.file.Delete(id)
 	} else {
 		g.records[id] = old
+		n, _ = g.file.Put(id, old)
 	}
-	n := g.file.Changed()
 	g.mu.Unlock()
 	_ = g.file.Save(n)
 }
@@ -758,7 +769,7 @@ func (g *Gateway) Remove(ctx context.Context, side proxy.Side, conn *proxypb.Con
 	}
 	g.mu.Lock()
 	delete(g.records, id)
-	n := g.file.Changed()
+	n := g.file.Delete(id)
 	g.mu.Unlock()
 	return g.file.Save(n)
 }

@@ -3,12 +3,9 @@ package gateway
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"time"
@@ -33,9 +30,9 @@ type Reconciler struct {
 
 	mu      sync.Mutex
 	desired map[string]dataplane.End
-	file    *atomicfile.Batch // desired, written for changes of a moment at once
-	errs    map[string]error  // the last failure of each end, until it succeeds
-	failed  int64             // backend calls that failed, since the start
+	file    *atomicfile.Journal // desired, a change a line
+	errs    map[string]error    // the last failure of each end, until it succeeds
+	failed  int64               // backend calls that failed, since the start
 	kick    chan struct{}
 }
 
@@ -43,27 +40,37 @@ type Reconciler struct {
 func NewReconciler(backend dataplane.Backend, file string, log *slog.Logger) (*Reconciler, error) {
 	r := &Reconciler{backend: backend, log: log, Resync: 30 * time.Second,
 		desired: map[string]dataplane.End{}, errs: map[string]error{}, kick: make(chan struct{}, 1)}
-	r.file = atomicfile.NewBatch(file, 0o600, func() ([]byte, error) {
-		if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
-			return nil, err
-		}
-		return json.Marshal(r.Desired())
-	})
-	b, err := os.ReadFile(file)
-	if errors.Is(err, os.ErrNotExist) {
-		return r, nil
-	}
+	j, values, err := atomicfile.OpenJournal(file, 0o600, legacyEnds)
 	if err != nil {
 		return nil, fmt.Errorf("desired state: %w", err)
 	}
-	var ends []dataplane.End
-	if err := json.Unmarshal(b, &ends); err != nil {
-		return nil, fmt.Errorf("desired state %s: %w", file, err)
-	}
-	for _, e := range ends {
-		r.desired[e.ID] = e
+	r.file = j
+	for id, v := range values {
+		var e dataplane.End
+		if err := json.Unmarshal(v, &e); err != nil || e.ID != id {
+			return nil, fmt.Errorf("desired state %s: end %q: not an end (%v)", file, id, err)
+		}
+		r.desired[id] = e
 	}
 	return r, nil
+}
+
+// legacyEnds reads the desired state as it was kept before its journal:
+// a JSON list of the ends.
+func legacyEnds(b []byte) (map[string]json.RawMessage, error) {
+	var ends []json.RawMessage
+	if err := json.Unmarshal(b, &ends); err != nil {
+		return nil, err
+	}
+	out := map[string]json.RawMessage{}
+	for _, raw := range ends {
+		var e struct{ ID string }
+		if err := json.Unmarshal(raw, &e); err != nil || e.ID == "" {
+			return nil, fmt.Errorf("an end without an id: %s", raw)
+		}
+		out[e.ID] = raw
+	}
+	return out, nil
 }
 
 // Set makes e desired and reconciles at once; it returns the backend's
@@ -119,17 +126,24 @@ func (r *Reconciler) Remember(e dataplane.End) error {
 func (r *Reconciler) change(id string, e *dataplane.End) error {
 	r.mu.Lock()
 	old, ok := r.desired[id]
+	var n uint64
+	var err error
 	switch {
 	case e == nil && !ok, e != nil && ok && old.String() == e.String(): // a refresh writes nothing
 		r.mu.Unlock()
 		return nil
 	case e == nil:
 		delete(r.desired, id)
+		n = r.file.Delete(id)
 	default:
-		r.desired[id] = *e
+		if n, err = r.file.Put(id, e); err == nil {
+			r.desired[id] = *e
+		}
 	}
-	n := r.file.Changed()
 	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	return r.file.Save(n)
 }
 
@@ -143,9 +157,14 @@ func (r *Reconciler) Record(old, e dataplane.End) (bool, error) {
 		r.mu.Unlock()
 		return false, nil
 	}
-	r.desired[e.ID] = e
-	n := r.file.Changed()
+	n, err := r.file.Put(e.ID, e)
+	if err == nil {
+		r.desired[e.ID] = e
+	}
 	r.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
 	return true, r.file.Save(n)
 }
 

@@ -2,10 +2,13 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -171,5 +174,38 @@ func TestSetAfterFailedWrite(t *testing.T) {
 	}
 	if n := r.Reconcile(ctx); n != 0 || backend.String() != old.String() {
 		t.Errorf("after a pass (%d failed): %s, want %s", n, backend.String(), old)
+	}
+}
+
+// A gateway upgraded from a version that kept its desired ends as one JSON
+// list reprograms them, and keeps them in its journal from then on.
+func TestReconcilerReadsStateOfBefore(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "ends.json")
+	before, _ := json.Marshal([]dataplane.End{end("c1", "172.31.0.1/32"), end("c2", "172.31.0.2/32")})
+	if err := os.WriteFile(file, before, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	backend := dataplane.NewFake()
+	r, err := NewReconciler(backend, file, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := r.Reconcile(ctx); n != 0 || strings.Count(backend.String(), "ns-c") != 2 {
+		t.Fatalf("the ends of before: %d failed, programmed %s", n, backend)
+	}
+	if err := r.Delete(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := NewReconciler(dataplane.NewFake(), file, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r2.Desired(); len(got) != 1 || got[0].String() != end("c2", "172.31.0.2/32").String() {
+		t.Errorf("after a change and a restart: %v", got)
+	}
+	os.WriteFile(file, []byte(`[{"NetNS":"x"}]`), 0o600)
+	if _, err := NewReconciler(dataplane.NewFake(), file, slog.Default()); err == nil || !strings.Contains(err.Error(), "without an id") {
+		t.Errorf("a list of before with an end without id: %v", err)
 	}
 }
