@@ -870,10 +870,11 @@ func (g *Gateway) RemoveAll(ctx context.Context) {
 	}
 }
 
-// Close closes the gateway's connections to endpoints (not the ends).
+// Close closes the gateway's connections to endpoints and its state files
+// (not the ends).
 func (g *Gateway) Close() error {
 	g.nses.Close()
-	return nil
+	return errors.Join(g.file.Close(), g.reconciler.file.Close())
 }
 
 func sourceOf(m *proxypb.Mechanism) netip.Addr {
