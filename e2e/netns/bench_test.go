@@ -94,7 +94,7 @@ func BenchmarkNetnsSetup(b *testing.B) {
 	}{{"cross-domain", "svc@b.example", 1}, {"local", "svc", 1}, {"cross-domain/clients=8", "svc@b.example", 8}} {
 		b.Run(tc.name, func(b *testing.B) {
 			if profiles != "" && tc.clients == 8 {
-				done := profileDomains(b, w, profiles, "setup-8-clients")
+				done := profileDomains(b, profiles, "setup-8-clients", w.domains["a.example"], w.domains["b.example"])
 				defer done()
 			}
 			times, wall := setups(b, w.gatewayClient("a.example"), tc.service, w.fresh(fmt.Sprintf("s%d", k)), "vb", n, tc.clients)
@@ -106,12 +106,12 @@ func BenchmarkNetnsSetup(b *testing.B) {
 	}
 }
 
-// profileDomains takes a CPU profile of both domains' processes (3 s, from
-// their --debug-listen) while the caller loads them, and once done is
+// profileDomains takes a CPU profile of the hosts' domain processes (3 s,
+// from their --debug-listen) while the caller loads them, and once done is
 // called their allocations since start, and writes each as the top of
 // `go tool pprof` into dir as NAME-DOMAIN-{cpu,allocs}.txt: the profiles
 // kept with the bench numbers.
-func profileDomains(b *testing.B, w *world, dir, name string) (done func()) {
+func profileDomains(b *testing.B, dir, name string, hosts ...*host) (done func()) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
@@ -134,7 +134,6 @@ func profileDomains(b *testing.B, w *world, dir, name string) (done func()) {
 		os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%s-%s.txt", name, h.name, kind)), top, 0o644)
 	}
 	var wg sync.WaitGroup
-	hosts := []*host{w.domains["a.example"], w.domains["b.example"]}
 	for _, h := range hosts {
 		wg.Go(func() { fetch(h, "/debug/pprof/profile?seconds=3", "cpu") })
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,9 +29,14 @@ func BenchmarkNetnsScale(b *testing.B) {
 		n = 100
 	}
 	a, bh := w.domains["a.example"], w.domains["b.example"]
+	profiles := os.Getenv("VWIRE_PROFILES") // see BenchmarkNetnsSetup
 	// Nobody refreshes these connections: they must outlive the run.
 	for _, h := range []*host{a, bh} {
-		w.restart(h, "--connection-lifetime", "1h")
+		extra := []string{"--connection-lifetime", "1h"}
+		if profiles != "" {
+			extra = append(extra, "--debug-listen", h.addr+":6060")
+		}
+		w.restart(h, extra...)
 	}
 	nsc := w.gatewayClient("a.example")
 	ns := w.fresh("k")
@@ -84,6 +90,10 @@ func BenchmarkNetnsScale(b *testing.B) {
 	a.proc.Signal(syscall.SIGKILL)
 	w.start(a)
 	restart := time.Since(killed)
+	profiled := func() {}
+	if profiles != "" {
+		profiled = profileDomains(b, profiles, fmt.Sprintf("restart-%d-live", n), a)
+	}
 	if err := pingAll(ns, conns, time.Minute); err != nil {
 		b.Fatalf("after the client's domain restarted: %v", err)
 	}
@@ -94,10 +104,14 @@ func BenchmarkNetnsScale(b *testing.B) {
 	if again, ok := objectsBecome(b, 10*time.Second, []map[string]int{live}, a.ns); !ok {
 		b.Errorf("the restarted gateway's namespace: %v, before the kill %v", again, live)
 	}
+	profiled()
 
 	// Closing them all, 8 at a time, until both hosts are as before (the
 	// tunnel's grace passed).
 	nsc = w.gatewayClient("a.example") // the restarted gateway's socket
+	if profiles != "" {
+		defer profileDomains(b, profiles, fmt.Sprintf("close-%d", n), a, bh)()
+	}
 	begin = time.Now()
 	parallel(8, n, func(i int) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
