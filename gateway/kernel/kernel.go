@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -427,11 +428,16 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 		return err
 	}
 	defer nsh.Close()
-	inNS, err := strict(netlink.NewHandleAt(nsh)) // (no rule or neighbour dumps in it)
+	inNS, err := strict(netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)) // (no rule or neighbour dumps in it)
 	if err != nil {
 		return fmt.Errorf("network namespace %q: %w", e.NetNS, err)
 	}
 	defer inNS.Close()
+	addrs, err := addrSocket(nsh)
+	if err != nil {
+		return fmt.Errorf("network namespace %q: %w", e.NetNS, err)
+	}
+	defer addrs.Close()
 	host, err := b.host.LinkByName(hostName(e.ID))
 	mine := err == nil && host.Attrs().Alias == hostAlias(e)
 	var werr error
@@ -441,7 +447,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	// An end that holds what it asks for already was checked when it took
 	// it (a gateway restarted under a thousand ends reprograms each, and
 	// the check reads every address and route of both namespaces).
-	if !mine || werr != nil || !holdsAlready(inNS, e) {
+	if !mine || werr != nil || !holdsAlready(inNS, addrs, e) {
 		if err := b.checkOverlap(inNS, e); err != nil {
 			return err
 		}
@@ -464,12 +470,12 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	} else if host.Attrs().Alias != hostAlias(e) {
 		return fmt.Errorf("%s exists but belongs to %q, not to end %q in %q", hostName(e.ID), host.Attrs().Alias, e.ID, e.NetNS)
 	}
-	return b.configure(inNS, host, e)
+	return b.configure(inNS, addrs, host, e)
 }
 
 // holdsAlready says whether the workload's half of IP end e has e's
 // addresses and routes, and no others of vwire's, as they are programmed.
-func holdsAlready(inNS *netlink.Handle, e dataplane.End) bool {
+func holdsAlready(inNS *netlink.Handle, addrSock *nl.SocketHandle, e dataplane.End) bool {
 	if e.VXLAN != nil {
 		return false // (its inner address is checked too)
 	}
@@ -477,13 +483,13 @@ func holdsAlready(inNS *netlink.Handle, e dataplane.End) bool {
 	if err != nil {
 		return false
 	}
-	addrs, err := dump(func() ([]netlink.Addr, error) { return inNS.AddrList(link, netlink.FAMILY_ALL) })
+	addrs, err := linkAddrs(addrSock, link.Attrs().Index)
 	if err != nil {
 		return false
 	}
 	var have []string
-	for _, a := range addrs {
-		if p := prefix(a.IPNet); !p.Addr().IsLinkLocalUnicast() {
+	for _, p := range addrs {
+		if !p.Addr().IsLinkLocalUnicast() {
 			have = append(have, p.String())
 		}
 	}
@@ -607,7 +613,7 @@ func (b *Backend) createVXLAN(inNS *netlink.Handle, nsh netns.NsHandle, e datapl
 func isTag(host netlink.Link) bool { return host.Type() == "bridge" }
 
 // configure brings both halves to the end's MTU, addresses and routes.
-func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane.End) error {
+func (b *Backend) configure(inNS *netlink.Handle, addrSock *nl.SocketHandle, host netlink.Link, e dataplane.End) error {
 	link, err := workloadLink(inNS, e.ID, e.Interface)
 	if err != nil {
 		return err
@@ -620,7 +626,7 @@ func (b *Backend) configure(inNS *netlink.Handle, host netlink.Link, e dataplane
 			return fmt.Errorf("MTU %d on %s: %w", e.MTU, e.Interface, err)
 		}
 	}
-	if err := setAddrs(inNS, link, e.Addrs); err != nil {
+	if err := setAddrs(inNS, addrSock, link, e.Addrs); err != nil {
 		return fmt.Errorf("addresses of %s in %q: %w", e.Interface, e.NetNS, err)
 	}
 	if err := inNS.LinkSetUp(link); err != nil {
@@ -978,8 +984,8 @@ func workloadLink(inNS *netlink.Handle, id, name string) (netlink.Link, error) {
 	return nil, fmt.Errorf("end %q has no interface in its namespace (it was moved or deleted)", id)
 }
 
-func setAddrs(h *netlink.Handle, link netlink.Link, want []netip.Prefix) error {
-	have, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_ALL) })
+func setAddrs(h *netlink.Handle, addrSock *nl.SocketHandle, link netlink.Link, want []netip.Prefix) error {
+	have, err := linkAddrs(addrSock, link.Attrs().Index)
 	if err != nil {
 		return err
 	}
@@ -990,10 +996,9 @@ func setAddrs(h *netlink.Handle, link netlink.Link, want []netip.Prefix) error {
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
-	for _, a := range have {
-		p := prefix(a.IPNet)
+	for _, p := range have {
 		if !wanted[p] && !p.Addr().IsLinkLocalUnicast() {
-			if err := h.AddrDel(link, &a); err != nil {
+			if err := h.AddrDel(link, address(p)); err != nil {
 				return fmt.Errorf("removing %s: %w", p, err)
 			}
 		}
