@@ -1,13 +1,17 @@
 package kernel
 
 import (
+	"context"
 	"fmt"
+	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/gateway/dataplane"
 )
 
 // An end's addresses are read from its link alone, with their prefix
@@ -52,5 +56,36 @@ func TestLinkAddrs(t *testing.T) {
 	}
 	if got, err := linkAddrs(s, 1<<30); err == nil {
 		t.Errorf("a link that does not exist has addresses %v", got)
+	}
+}
+
+// A veth end that carries IPv4 alone has no IPv6 on either half (no
+// link-local addresses, no routes the kernel makes for them); one that
+// comes to carry IPv6 has it again.
+func TestIPv4EndsHaveNoIPv6(t *testing.T) {
+	e2e.RequireRoot(t)
+	ns := namespace(t)
+	b, gw := backend(t)
+	end := dataplane.End{ID: "v4", NetNS: ns, Interface: "nsm0", MTU: 1420,
+		Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.0.1/32")}}
+	if err := b.Apply(context.Background(), end); err != nil {
+		t.Fatal(err)
+	}
+	host := hostName(end.ID)
+	if out := ip(t, "-n", ns, "-6", "addr", "show", "dev", "nsm0"); out != "" {
+		t.Errorf("IPv6 on the workload's half of an IPv4 end:\n%s", out)
+	}
+	if out := ip(t, "-n", gw, "-6", "route", "show", "table", "all", "dev", host); out != "" {
+		t.Errorf("IPv6 routes of the gateway's half of an IPv4 end:\n%s", out)
+	}
+	end.Addrs = append(end.Addrs, netip.MustParsePrefix("fd00:31::1/128"))
+	if err := b.Apply(context.Background(), end); err != nil {
+		t.Fatal(err)
+	}
+	if out := ip(t, "-n", ns, "-6", "addr", "show", "dev", "nsm0"); !strings.Contains(out, "fd00:31::1/128") {
+		t.Errorf("the end's IPv6 address after it came to carry IPv6:\n%s", out)
+	}
+	if err := b.Remove(context.Background(), end.ID); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -470,7 +470,61 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	} else if host.Attrs().Alias != hostAlias(e) {
 		return fmt.Errorf("%s exists but belongs to %q, not to end %q in %q", hostName(e.ID), host.Attrs().Alias, e.ID, e.NetNS)
 	}
+	if err := b.setIPv6(nsh, e); err != nil {
+		return err
+	}
 	return b.configure(inNS, addrs, host, e)
+}
+
+// needsIPv6 says whether routed end e carries IPv6: its addresses, the
+// far side's, or a route it is given.
+func needsIPv6(e dataplane.End) bool {
+	if len(gateways(e)) > 1 {
+		return true
+	}
+	for _, r := range e.Routes {
+		if r.Prefix.Addr().Is6() {
+			return true
+		}
+	}
+	return slices.ContainsFunc(e.Accept, func(p netip.Prefix) bool { return p.Addr().Is6() })
+}
+
+// setIPv6 turns IPv6 off on both halves of a veth end that carries IPv4
+// alone (on again if it comes to carry IPv6). The kernel gives every
+// link with IPv6 a link-local address and routes (three of a vWire's six
+// in the gateway's namespace, as many in the workload's), and walks them
+// on every route dump and insert in that namespace: at 1,000 vWires half
+// of what a restarted gateway read was other ends' IPv6 routes. Halves
+// whose links are down when it is set never get them. Ethernet ends
+// (VXLAN, bridged) carry whatever their workloads send and keep IPv6.
+func (b *Backend) setIPv6(nsh netns.NsHandle, e dataplane.End) error {
+	if e.VXLAN != nil || e.Bridge != "" {
+		return nil
+	}
+	value := "1"
+	if needsIPv6(e) {
+		value = "0"
+	}
+	set := func(name string) func() error {
+		return func() error {
+			err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte(value), 0)
+			if errors.Is(err, os.ErrNotExist) && value == "1" {
+				return nil // a kernel without IPv6
+			}
+			if err != nil {
+				return fmt.Errorf("IPv6 %s on %s: %w", map[string]string{"0": "on", "1": "off"}[value], name, err)
+			}
+			return nil
+		}
+	}
+	if err := doIn(nsh, e.NetNS, set(e.Interface)); err != nil {
+		return err
+	}
+	if b.nsFD >= 0 {
+		return doIn(netns.NsHandle(b.nsFD), "of the gateway", set(hostName(e.ID)))
+	}
+	return set(hostName(e.ID))()
 }
 
 // holdsAlready says whether the workload's half of IP end e has e's
