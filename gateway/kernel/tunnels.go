@@ -45,6 +45,7 @@ type tunnel struct {
 	users    map[string][]netip.Prefix // vWire id → its far addresses
 	idle     *time.Timer               // while no vWire uses it: removes it when it fires
 	since    time.Time                 // when it went idle
+	port     int                       // the device's UDP port, as it was made (read once: reading it lists every peer's allowed IPs)
 }
 
 // configured is the endpoint to configure the peer with: what the peer
@@ -152,11 +153,12 @@ func (t *Tunnels) Use(id string, peer wgtypes.Key, endpoint netip.AddrPort, lear
 		t.dropIfUnused(peer, tun)
 		return "", 0, err
 	}
-	port, err = tun.dev.Port()
-	if err != nil {
-		return "", 0, fmt.Errorf("port of %s: %w", tun.dev.Name, err)
+	if tun.port == 0 {
+		if tun.port, err = tun.dev.Port(); err != nil {
+			return "", 0, fmt.Errorf("port of %s: %w", tun.dev.Name, err)
+		}
 	}
-	return tun.dev.Name, port, nil
+	return tun.dev.Name, tun.port, nil
 }
 
 // carrierLocked is the peer key and the tunnel that carry vWire id (nil:
@@ -186,8 +188,10 @@ func (t *Tunnels) ListenPort(id string) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, tun := t.carrierLocked(id); tun != nil {
-		port, _ := tun.dev.Port()
-		return port
+		if tun.port == 0 {
+			tun.port, _ = tun.dev.Port()
+		}
+		return tun.port
 	}
 	return 0
 }
