@@ -16,6 +16,7 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -539,6 +540,10 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 		if err != nil {
 			return fmt.Errorf("--debug-listen: %w", err)
 		}
+		// Where goroutines wait for each other too: contended locks, and
+		// blocking of a millisecond and longer (sampled).
+		runtime.SetMutexProfileFraction(100)
+		runtime.SetBlockProfileRate(int(time.Millisecond))
 		mux := http.NewServeMux()
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
