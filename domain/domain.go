@@ -540,10 +540,9 @@ func (d *Domain) start(ctx context.Context, cfg *Config) (err error) {
 		if err != nil {
 			return fmt.Errorf("--debug-listen: %w", err)
 		}
-		// Where goroutines wait for each other too: contended locks, and
-		// blocking of a millisecond and longer (sampled).
+		// Where goroutines wait for each other too: contended locks,
+		// sampled (cheap; the block profile is not, and is left off).
 		runtime.SetMutexProfileFraction(100)
-		runtime.SetBlockProfileRate(int(time.Millisecond))
 		mux := http.NewServeMux()
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

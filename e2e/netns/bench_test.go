@@ -108,10 +108,10 @@ func BenchmarkNetnsSetup(b *testing.B) {
 
 // profileDomains takes a CPU profile of the hosts' domain processes (3 s,
 // from their --debug-listen) while the caller loads them, with where their
-// goroutines waited on contended locks or blocked in those 3 s, and once
-// done is called their allocations since start, and writes each as the
-// top of `go tool pprof` into dir as NAME-DOMAIN-{cpu,mutex,block,allocs}.txt:
-// the profiles kept with the bench numbers.
+// goroutines waited on contended locks in those 3 s, and once done is
+// called their allocations since start, and writes each as the top of
+// `go tool pprof` into dir as NAME-DOMAIN-{cpu,mutex,allocs}.txt: the
+// profiles kept with the bench numbers.
 func profileDomains(b *testing.B, dir, name string, hosts ...*host) (done func()) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
@@ -138,7 +138,6 @@ func profileDomains(b *testing.B, dir, name string, hosts ...*host) (done func()
 	for _, h := range hosts {
 		wg.Go(func() { fetch(h, "/debug/pprof/profile?seconds=3", "cpu") })
 		wg.Go(func() { fetch(h, "/debug/pprof/mutex?seconds=3", "mutex") })
-		wg.Go(func() { fetch(h, "/debug/pprof/block?seconds=3", "block") })
 	}
 	return func() {
 		wg.Wait()
