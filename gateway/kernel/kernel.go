@@ -498,6 +498,8 @@ func needsIPv6(e dataplane.End) bool {
 // of what a restarted gateway read was other ends' IPv6 routes. Halves
 // whose links are down when it is set never get them. Ethernet ends
 // (VXLAN, bridged) carry whatever their workloads send and keep IPv6.
+// (Through /proc/sys: the kernel takes disable_ipv6 by no netlink
+// request.)
 func (b *Backend) setIPv6(nsh netns.NsHandle, e dataplane.End) error {
 	if e.VXLAN != nil || e.Bridge != "" {
 		return nil
@@ -508,13 +510,22 @@ func (b *Backend) setIPv6(nsh netns.NsHandle, e dataplane.End) error {
 	}
 	set := func(name string) func() error {
 		return func() error {
-			err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte(value), 0)
-			if errors.Is(err, os.ErrNotExist) && value == "1" {
-				return nil // a kernel without IPv6
+			path := "/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6"
+			if value == "0" {
+				// On already (as every link starts): nothing to write, which
+				// a container's read-only /proc/sys would refuse.
+				if cur, err := os.ReadFile(path); err != nil || strings.TrimSpace(string(cur)) == "0" {
+					return nil
+				}
+				if err := os.WriteFile(path, []byte(value), 0); err != nil {
+					return fmt.Errorf("IPv6 on %s, which the end carries: %w", name, err)
+				}
+				return nil
 			}
-			if err != nil {
-				return fmt.Errorf("IPv6 %s on %s: %w", map[string]string{"0": "on", "1": "off"}[value], name, err)
-			}
+			// Off is a saving, not a need: where /proc/sys is read-only (a
+			// gateway in a container) or the kernel has no IPv6, the
+			// halves stay as they are.
+			_ = os.WriteFile(path, []byte(value), 0)
 			return nil
 		}
 	}
