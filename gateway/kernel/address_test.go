@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -77,6 +78,16 @@ func TestIPv4EndsHaveNoIPv6(t *testing.T) {
 	}
 	if out := ip(t, "-n", gw, "-6", "route", "show", "table", "all", "dev", host); out != "" {
 		t.Errorf("IPv6 routes of the gateway's half of an IPv4 end:\n%s", out)
+	}
+	// A request that renames the end is refused before anything is
+	// written: "all" would be the namespace's every link in /proc/sys.
+	renamed := end
+	renamed.Interface = "all"
+	if err := b.Apply(context.Background(), renamed); err == nil || !strings.Contains(err.Error(), "cannot be renamed") {
+		t.Errorf("an end renamed to all: %v", err)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6").Output(); err != nil || strings.TrimSpace(string(out)) != "0" {
+		t.Errorf("the workload's namespace-wide disable_ipv6 after a refused rename: %q, %v", out, err)
 	}
 	end.Addrs = append(end.Addrs, netip.MustParsePrefix("fd00:31::1/128"))
 	if err := b.Apply(context.Background(), end); err != nil {

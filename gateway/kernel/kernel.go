@@ -418,8 +418,8 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	if e.Interface == "" {
 		e.Interface = dataplane.DefaultInterface
 	}
-	if len(e.Interface) > 15 {
-		return fmt.Errorf("interface name %q is longer than 15 characters", e.Interface)
+	if err := checkIfName(e.Interface); err != nil {
+		return err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -470,10 +470,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	} else if host.Attrs().Alias != hostAlias(e) {
 		return fmt.Errorf("%s exists but belongs to %q, not to end %q in %q", hostName(e.ID), host.Attrs().Alias, e.ID, e.NetNS)
 	}
-	if err := b.setIPv6(nsh, e); err != nil {
-		return err
-	}
-	return b.configure(inNS, addrs, host, e)
+	return b.configure(inNS, nsh, addrs, host, e)
 }
 
 // needsIPv6 says whether routed end e carries IPv6: its addresses, the
@@ -496,12 +493,13 @@ func needsIPv6(e dataplane.End) bool {
 // in the gateway's namespace, as many in the workload's), and walks them
 // on every route dump and insert in that namespace: at 1,000 vWires half
 // of what a restarted gateway read was other ends' IPv6 routes. Halves
-// whose links are down when it is set never get them. Ethernet ends
-// (VXLAN, bridged) carry whatever their workloads send and keep IPv6.
-// (Through /proc/sys: the kernel takes disable_ipv6 by no netlink
-// request.)
-func (b *Backend) setIPv6(nsh netns.NsHandle, e dataplane.End) error {
-	if e.VXLAN != nil || e.Bridge != "" {
+// whose links are down when it is set never get them. Bridged ends carry
+// whatever their workloads send and keep IPv6 (VXLAN ends are not veths).
+// It goes through /proc/sys (no netlink request sets disable_ipv6), by
+// the names of the links configure found and checked (link in namespace
+// nsh, host in the gateway's), never by a name from the request.
+func (b *Backend) setIPv6(nsh netns.NsHandle, link, host netlink.Link, e dataplane.End) error {
+	if e.Bridge != "" {
 		return nil
 	}
 	value := "1"
@@ -529,13 +527,13 @@ func (b *Backend) setIPv6(nsh netns.NsHandle, e dataplane.End) error {
 			return nil
 		}
 	}
-	if err := doIn(nsh, e.NetNS, set(e.Interface)); err != nil {
+	if err := doIn(nsh, e.NetNS, set(link.Attrs().Name)); err != nil {
 		return err
 	}
 	if b.nsFD >= 0 {
-		return doIn(netns.NsHandle(b.nsFD), "of the gateway", set(hostName(e.ID)))
+		return doIn(netns.NsHandle(b.nsFD), "of the gateway", set(host.Attrs().Name))
 	}
-	return set(hostName(e.ID))()
+	return set(host.Attrs().Name)()
 }
 
 // holdsAlready says whether the workload's half of IP end e has e's
@@ -678,13 +676,18 @@ func (b *Backend) createVXLAN(inNS *netlink.Handle, nsh netns.NsHandle, e datapl
 func isTag(host netlink.Link) bool { return host.Type() == "bridge" }
 
 // configure brings both halves to the end's MTU, addresses and routes.
-func (b *Backend) configure(inNS *netlink.Handle, addrSock *nl.SocketHandle, host netlink.Link, e dataplane.End) error {
+func (b *Backend) configure(inNS *netlink.Handle, nsh netns.NsHandle, addrSock *nl.SocketHandle, host netlink.Link, e dataplane.End) error {
 	link, err := workloadLink(inNS, e.ID, e.Interface)
 	if err != nil {
 		return err
 	}
 	if link.Attrs().Name != e.Interface {
 		return fmt.Errorf("end %q is %s in %q; it cannot be renamed to %s (close and request again)", e.ID, link.Attrs().Name, e.NetNS, e.Interface)
+	}
+	if !isTag(host) { // (a VXLAN end carries what its workload sends)
+		if err := b.setIPv6(nsh, link, host, e); err != nil {
+			return err
+		}
 	}
 	if e.MTU > 0 {
 		if err := inNS.LinkSetMTU(link, e.MTU); err != nil {
@@ -1390,12 +1393,21 @@ func CheckNamespace(ns string) error {
 	return nil
 }
 
+// checkIfName says why iface cannot name a workload's interface (as the
+// kernel would refuse it, and as a path it must not become).
+func checkIfName(iface string) error {
+	if len(iface) > 15 || strings.ContainsAny(iface, "/: \t\n") || iface == "." || iface == ".." {
+		return fmt.Errorf("interface name %q: at most 15 characters, not \".\" or \"..\", without '/', ':' or spaces", iface)
+	}
+	return nil
+}
+
 // CheckWorkload says why an end's interface cannot be made in a workload's
 // namespace: the namespace does not exist, the name is not a valid
 // interface name, or an interface has it already.
 func CheckWorkload(ns, iface string) error {
-	if len(iface) > 15 || strings.ContainsAny(iface, "/: ") {
-		return fmt.Errorf("interface name %q: at most 15 characters, without '/', ':' or spaces", iface)
+	if err := checkIfName(iface); err != nil {
+		return err
 	}
 	h, err := handleIn(ns)
 	if err != nil {

@@ -163,7 +163,9 @@ func TestApplyRefusals(t *testing.T) {
 	}{
 		{dataplane.End{ID: "c1", NetNS: "vwt-does-not-exist"}, `network namespace "vwt-does-not-exist"`},
 		{dataplane.End{ID: "c2", NetNS: ns, Interface: "nsm0"}, `interface "nsm0" already exists in network namespace`},
-		{dataplane.End{ID: "c3", NetNS: ns, Interface: "an-interface-name-too-long"}, "longer than 15"},
+		{dataplane.End{ID: "c3", NetNS: ns, Interface: "an-interface-name-too-long"}, "at most 15 characters"},
+		{dataplane.End{ID: "c5", NetNS: ns, Interface: "a/b"}, "without '/'"},
+		{dataplane.End{ID: "c6", NetNS: ns, Interface: ".."}, `not "." or ".."`},
 		{dataplane.End{ID: "c4", NetNS: ns, Interface: "nsm1", Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.255.1/31")},
 			Routes: []dataplane.Route{{Prefix: netip.MustParsePrefix("172.31.254.0/24"), Via: netip.MustParseAddr("192.0.2.1")}}}, "routes of nsm1"},
 	} {
