@@ -874,7 +874,7 @@ func (g *Gateway) RemoveAll(ctx context.Context) {
 // (not the ends).
 func (g *Gateway) Close() error {
 	g.nses.Close()
-	return errors.Join(g.file.Close(), g.reconciler.file.Close())
+	return errors.Join(g.file.Close(), g.reconciler.Close())
 }
 
 func sourceOf(m *proxypb.Mechanism) netip.Addr {

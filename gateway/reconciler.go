@@ -73,6 +73,9 @@ func legacyEnds(b []byte) (map[string]json.RawMessage, error) {
 	return out, nil
 }
 
+// Close closes the desired state's file; what was saved stays.
+func (r *Reconciler) Close() error { return r.file.Close() }
+
 // Set makes e desired and reconciles at once; it returns the backend's
 // error for e (the reconciler keeps retrying in the background).
 func (r *Reconciler) Set(ctx context.Context, e dataplane.End) error {

@@ -1,12 +1,10 @@
 package atomicfile
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -24,8 +22,7 @@ const compactAfter = 1024
 
 // Journal keeps a map of JSON values by key durable in a file of lines,
 // one a change: a change costs a line appended and one fdatasync (shared
-// by the changes of the same moment, as Batch's writes are), not the whole
-// state rewritten. Once the lines far outnumber the keys, the next write
+// by the changes of the same moment), not the whole state rewritten. Once the lines far outnumber the keys, the next write
 // rewrites the file with a line per key, through a rename (a crash leaves
 // the old file or the new).
 type Journal struct {
@@ -77,24 +74,24 @@ func OpenJournal(path string, mode os.FileMode, legacy func([]byte) (map[string]
 		}
 		return j, values, nil // rewritten as a journal by the first write
 	}
-	r := bufio.NewReader(bytes.NewReader(b[len(journalHeader)+1:]))
+	rest := b[len(journalHeader)+1:]
 	for n := 2; ; n++ {
-		line, err := r.ReadBytes('\n')
-		if err == io.EOF { // (a line cut short was never acknowledged)
+		line, after, whole := bytes.Cut(rest, []byte("\n"))
+		if !whole { // (a line cut short was never acknowledged)
 			break
 		}
+		rest = after
 		var l journalLine
 		if err := json.Unmarshal(line, &l); err != nil || l.Key == "" || (l.Gone == (l.Value != nil)) {
-			return nil, nil, fmt.Errorf("%s line %d: not a journal line (%q)", path, n, bytes.TrimSpace(line))
+			return nil, nil, fmt.Errorf("%s line %d: not a journal line (%q)", path, n, line)
 		}
 		if l.Gone {
 			delete(values, l.Key)
 			delete(j.live, l.Key)
 		} else {
 			values[l.Key] = l.Value
-			j.live[l.Key] = bytes.TrimSuffix(line, []byte("\n"))
+			j.live[l.Key] = line
 		}
-		j.lines++
 	}
 	return j, values, nil
 }
