@@ -37,7 +37,10 @@ func TestLinkAddrs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	h, _ := netlink.NewHandleAt(nsh)
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer h.Close()
 	va, err := h.LinkByName("va")
 	if err != nil {
