@@ -32,7 +32,7 @@ func TestLinkAddrs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nsh.Close()
-	s, err := addrSocket(nsh)
+	s, err := dumpSocket(nsh)
 	if err != nil {
 		t.Fatal(err)
 	}

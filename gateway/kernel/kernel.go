@@ -47,7 +47,8 @@ type Backend struct {
 	// routes reads the gateway's routes (see strict), host the rest:
 	// the kernel refuses rule and neighbour dumps on a strict socket.
 	routes  *netlink.Handle
-	tunnels *Tunnels // the WireGuard devices of ends that name a Peer
+	dumps   *nl.SocketHandle // addresses and routes, read lean (dumpSocket)
+	tunnels *Tunnels         // the WireGuard devices of ends that name a Peer
 	// forwarding turns on IPv4 forwarding in the gateway's namespace
 	// before the first routed end, and forwarding6 IPv6's before the first
 	// with IPv6 addresses (nil for NewAt: a test's namespace).
@@ -77,7 +78,13 @@ func New() (*Backend, error) {
 		h.Close()
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	return &Backend{host: h, routes: routes, forwarding: enable("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+	dumps, err := dumpSocket(netns.None())
+	if err != nil {
+		h.Close()
+		routes.Close()
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	return &Backend{host: h, routes: routes, dumps: dumps, forwarding: enable("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
 		forwarding6: enable("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"), nsFD: -1}, nil
 }
 
@@ -188,7 +195,14 @@ func NewAt(ns string) (*Backend, error) {
 		nsh.Close()
 		return nil, fmt.Errorf("netlink in network namespace %q: %w", ns, err)
 	}
-	return &Backend{host: h, routes: routes, nsFD: int(nsh)}, nil
+	dumps, err := dumpSocket(nsh)
+	if err != nil {
+		h.Close()
+		routes.Close()
+		nsh.Close()
+		return nil, fmt.Errorf("netlink in network namespace %q: %w", ns, err)
+	}
+	return &Backend{host: h, routes: routes, dumps: dumps, nsFD: int(nsh)}, nil
 }
 
 // strict has the kernel filter h's route and address dumps by what they
@@ -433,11 +447,11 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 		return fmt.Errorf("network namespace %q: %w", e.NetNS, err)
 	}
 	defer inNS.Close()
-	addrs, err := addrSocket(nsh)
+	dumps, err := dumpSocket(nsh)
 	if err != nil {
 		return fmt.Errorf("network namespace %q: %w", e.NetNS, err)
 	}
-	defer addrs.Close()
+	defer dumps.Close()
 	host, err := b.host.LinkByName(hostName(e.ID))
 	mine := err == nil && host.Attrs().Alias == hostAlias(e)
 	var werr error
@@ -447,8 +461,8 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	// An end that holds what it asks for already was checked when it took
 	// it (a gateway restarted under a thousand ends reprograms each, and
 	// the check reads every address and route of both namespaces).
-	if !mine || werr != nil || !holdsAlready(inNS, addrs, e) {
-		if err := b.checkOverlap(inNS, e); err != nil {
+	if !mine || werr != nil || !holdsAlready(inNS, dumps, e) {
+		if err := b.checkOverlap(inNS, dumps, e); err != nil {
 			return err
 		}
 	}
@@ -470,7 +484,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	} else if host.Attrs().Alias != hostAlias(e) {
 		return fmt.Errorf("%s exists but belongs to %q, not to end %q in %q", hostName(e.ID), host.Attrs().Alias, e.ID, e.NetNS)
 	}
-	return b.configure(inNS, nsh, addrs, host, e)
+	return b.configure(inNS, nsh, dumps, host, e)
 }
 
 // needsIPv6 says whether routed end e carries IPv6: its addresses, the
@@ -538,7 +552,7 @@ func (b *Backend) setIPv6(nsh netns.NsHandle, link, host netlink.Link, e datapla
 
 // holdsAlready says whether the workload's half of IP end e has e's
 // addresses and routes, and no others of vwire's, as they are programmed.
-func holdsAlready(inNS *netlink.Handle, addrSock *nl.SocketHandle, e dataplane.End) bool {
+func holdsAlready(inNS *netlink.Handle, dumps *nl.SocketHandle, e dataplane.End) bool {
 	if e.VXLAN != nil {
 		return false // (its inner address is checked too)
 	}
@@ -546,7 +560,7 @@ func holdsAlready(inNS *netlink.Handle, addrSock *nl.SocketHandle, e dataplane.E
 	if err != nil {
 		return false
 	}
-	addrs, err := linkAddrs(addrSock, link.Attrs().Index)
+	addrs, err := linkAddrs(dumps, link.Attrs().Index)
 	if err != nil {
 		return false
 	}
@@ -676,7 +690,7 @@ func (b *Backend) createVXLAN(inNS *netlink.Handle, nsh netns.NsHandle, e datapl
 func isTag(host netlink.Link) bool { return host.Type() == "bridge" }
 
 // configure brings both halves to the end's MTU, addresses and routes.
-func (b *Backend) configure(inNS *netlink.Handle, nsh netns.NsHandle, addrSock *nl.SocketHandle, host netlink.Link, e dataplane.End) error {
+func (b *Backend) configure(inNS *netlink.Handle, nsh netns.NsHandle, dumps *nl.SocketHandle, host netlink.Link, e dataplane.End) error {
 	link, err := workloadLink(inNS, e.ID, e.Interface)
 	if err != nil {
 		return err
@@ -694,7 +708,7 @@ func (b *Backend) configure(inNS *netlink.Handle, nsh netns.NsHandle, addrSock *
 			return fmt.Errorf("MTU %d on %s: %w", e.MTU, e.Interface, err)
 		}
 	}
-	if err := setAddrs(inNS, addrSock, link, e.Addrs); err != nil {
+	if err := setAddrs(inNS, dumps, link, e.Addrs); err != nil {
 		return fmt.Errorf("addresses of %s in %q: %w", e.Interface, e.NetNS, err)
 	}
 	if err := inNS.LinkSetUp(link); err != nil {
@@ -1052,8 +1066,8 @@ func workloadLink(inNS *netlink.Handle, id, name string) (netlink.Link, error) {
 	return nil, fmt.Errorf("end %q has no interface in its namespace (it was moved or deleted)", id)
 }
 
-func setAddrs(h *netlink.Handle, addrSock *nl.SocketHandle, link netlink.Link, want []netip.Prefix) error {
-	have, err := linkAddrs(addrSock, link.Attrs().Index)
+func setAddrs(h *netlink.Handle, dumps *nl.SocketHandle, link netlink.Link, want []netip.Prefix) error {
+	have, err := linkAddrs(dumps, link.Attrs().Index)
 	if err != nil {
 		return err
 	}
@@ -1366,6 +1380,7 @@ func (b *Backend) Close() error {
 	}
 	b.host.Close()
 	b.routes.Close()
+	b.dumps.Close()
 	return nil
 }
 

@@ -6,7 +6,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
+	"github.com/vishvananda/netlink/nl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/vwire/vwire/gateway/dataplane"
@@ -14,10 +14,13 @@ import (
 )
 
 // held is an address or route a namespace has, as a prefix, and what it
-// is, for errors: what, on the link with index link (0: none).
+// is, for errors: the kind ("address", "route") as, on the link with
+// index link (0: none). (Strings are made only for an error: a namespace
+// with a thousand ends holds thousands.)
 type held struct {
 	p    netip.Prefix
-	what string
+	kind string
+	as   netip.Prefix
 	link int
 }
 
@@ -32,8 +35,8 @@ type held struct {
 // may: the host routes to the end's addresses are the gateway's to keep.
 // Default routes, link-local and loopback addresses, and the end's own
 // links do not count.
-func (b *Backend) checkOverlap(inNS *netlink.Handle, e dataplane.End) error {
-	inWorkload, err := holding(inNS, aliasPrefix+e.ID, e.Interface)
+func (b *Backend) checkOverlap(inNS *netlink.Handle, dumps *nl.SocketHandle, e dataplane.End) error {
+	inWorkload, err := holding(inNS, dumps, aliasPrefix+e.ID, e.Interface)
 	if err != nil {
 		return fmt.Errorf("reading network namespace %q: %w", e.NetNS, err)
 	}
@@ -54,7 +57,7 @@ func (b *Backend) checkOverlap(inNS *netlink.Handle, e dataplane.End) error {
 	if e.WireGuard == nil && len(e.Routed) == 0 {
 		return nil // the gateway routes nothing to the end's addresses
 	}
-	onHost, err := holding(b.routes, "", hostName(e.ID))
+	onHost, err := holding(b.routes, b.dumps, "", hostName(e.ID))
 	if err != nil {
 		return fmt.Errorf("reading the gateway's network namespace: %w", err)
 	}
@@ -83,7 +86,7 @@ func (b *Backend) checkInner(e dataplane.End) error {
 	device := b.tunnels.deviceName(key)
 	// (The tunnel's own routes are on it or on its Ethernet TUN, which an
 	// idle tunnel keeps.)
-	onHost, err := holding(b.routes, "", device, ethernetName(device))
+	onHost, err := holding(b.routes, b.dumps, "", device, ethernetName(device))
 	if err != nil {
 		return fmt.Errorf("reading the gateway's network namespace: %w", err)
 	}
@@ -117,26 +120,28 @@ func clash(what string, p netip.Prefix, h *netlink.Handle, held []held, accept [
 // describe says what o is and on which link, named as the kernel and
 // vwire know it.
 func (o held) describe(h *netlink.Handle) string {
+	what := o.kind + " " + o.as.String()
 	if o.link == 0 {
-		return o.what
+		return what
 	}
 	l, err := h.LinkByIndex(o.link)
 	if err != nil {
-		return o.what
+		return what
 	}
 	a := l.Attrs()
 	if id, ok := strings.CutPrefix(a.Alias, aliasPrefix); ok {
 		id, _, _ = strings.Cut(id, ":")
-		return fmt.Sprintf("%s on %s (vWire end %s)", o.what, a.Name, id)
+		return fmt.Sprintf("%s on %s (vWire end %s)", what, a.Name, id)
 	}
-	return o.what + " on " + a.Name
+	return what + " on " + a.Name
 }
 
 // holding lists the addresses (as their subnets) and main-table routes of
-// a namespace, but those of the end's own links: the ones named own (with
-// alias, if alias is not ""). Links are named only for an error: listing
-// them all costs more than the rest at a thousand vWires.
-func holding(h *netlink.Handle, alias string, own ...string) ([]held, error) {
+// a namespace (h, and its dumpSocket s), but those of the end's own links:
+// the ones named own (with alias, if alias is not ""). Links are named
+// only for an error: listing them all costs more than the rest at a
+// thousand vWires.
+func holding(h *netlink.Handle, s *nl.SocketHandle, alias string, own ...string) ([]held, error) {
 	skip := map[int]bool{}
 	for _, name := range own {
 		if l, err := h.LinkByName(name); err == nil && (alias == "" || l.Attrs().Alias == alias) {
@@ -144,32 +149,21 @@ func holding(h *netlink.Handle, alias string, own ...string) ([]held, error) {
 		}
 	}
 	var out []held
-	addrs, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
-	if err != nil {
-		return nil, err
-	}
-	for _, a := range addrs {
-		p := prefix(a.IPNet)
-		if skip[a.LinkIndex] || ignored(p) {
-			continue
+	err := addrDump(s, 0, func(p netip.Prefix, link int) {
+		if !skip[link] && !ignored(p) {
+			out = append(out, held{p.Masked(), "address", p, link})
 		}
-		out = append(out, held{p.Masked(), "address " + p.String(), a.LinkIndex})
-	}
-	routes, err := dump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
 		return nil, err
 	}
-	for _, r := range routes {
-		if r.Dst == nil || skip[r.LinkIndex] {
-			continue
+	err = mainRoutes(s, func(p netip.Prefix, link int) {
+		if !skip[link] && p.Bits() > 0 && !ignored(p) {
+			out = append(out, held{p, "route", p, link})
 		}
-		p := prefix(r.Dst)
-		if p.Bits() == 0 || ignored(p) {
-			continue
-		}
-		out = append(out, held{p, "route " + p.String(), r.LinkIndex})
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -2,9 +2,14 @@ package kernel
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"os/exec"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/dataplane"
@@ -121,4 +126,120 @@ func TestEndCannotTakeOverRoutes(t *testing.T) {
 		t.Fatal(err)
 	}
 	unchanged("an accepted default route, removed,")
+}
+
+// holding's own reading of a namespace's addresses and routes finds what
+// netlink's decoding does: both families, a point-to-point address as its
+// own, routes on a link, multipath, unreachable and via a gateway; no
+// default route, no route of another table, nothing of the links it is
+// told to skip.
+func TestHoldingReadsWhatNetlinkDoes(t *testing.T) {
+	e2e.RequireRoot(t)
+	ns := namespace(t)
+	for _, args := range [][]string{
+		{"link", "add", "va", "type", "veth", "peer", "name", "vb"},
+		{"link", "set", "va", "up"}, {"link", "set", "vb", "up"},
+		{"addr", "add", "172.30.0.1/24", "dev", "va"},
+		{"addr", "add", "10.9.0.1", "peer", "10.9.0.2/32", "dev", "va"},
+		{"addr", "add", "fd00::1/64", "dev", "va", "nodad"},
+		{"addr", "add", "172.30.1.1/24", "dev", "vb"},
+		{"route", "add", "default", "via", "172.30.0.254"},
+		{"route", "add", "10.1.0.0/16", "via", "172.30.0.254"},
+		{"route", "add", "10.2.0.0/16", "nexthop", "via", "172.30.0.254", "nexthop", "via", "172.30.1.254"},
+		{"route", "add", "unreachable", "10.3.0.0/16"},
+		{"route", "add", "fd01::/48", "dev", "va"},
+		{"route", "add", "10.4.0.0/16", "dev", "vb"},
+		{"route", "add", "10.5.0.0/16", "dev", "va", "table", "100"},
+	} {
+		ip(t, append([]string{"-n", ns}, args...)...)
+	}
+	nsh, err := OpenNS(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	s, err := dumpSocket(nsh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+
+	var want []string
+	vb, _ := h.LinkByName("vb")
+	addrs, _ := h.AddrList(nil, netlink.FAMILY_ALL)
+	for _, a := range addrs {
+		if p := prefix(a.IPNet); a.LinkIndex != vb.Attrs().Index && !ignored(p) {
+			want = append(want, fmt.Sprintf("address %s (%s) link %d", p.Masked(), p, a.LinkIndex))
+		}
+	}
+	routes, _ := h.RouteList(nil, netlink.FAMILY_ALL)
+	for _, r := range routes {
+		if r.Dst == nil || r.LinkIndex == vb.Attrs().Index {
+			continue
+		}
+		if p := prefix(r.Dst); p.Bits() > 0 && !ignored(p) {
+			want = append(want, fmt.Sprintf("route %s (%s) link %d", p, p, r.LinkIndex))
+		}
+	}
+	held, err := holding(h, s, "", "vb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, o := range held {
+		got = append(got, fmt.Sprintf("%s %s (%s) link %d", o.kind, o.p, o.as, o.link))
+	}
+	slices.Sort(want)
+	slices.Sort(got)
+	if !slices.Equal(got, want) || len(got) < 9 {
+		t.Errorf("holding read\n%s\nnetlink's decoding\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// BenchmarkHolding reads a namespace of a thousand ends' worth of
+// addresses and routes, as checkOverlap does for every new end.
+func BenchmarkHolding(b *testing.B) {
+	ns := "vwt-bench-holding"
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		b.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	var batch strings.Builder
+	batch.WriteString("link add x0 type veth peer name x1\nlink set x0 up\nlink set x1 up\n")
+	for i := range 1000 {
+		fmt.Fprintf(&batch, "addr add 10.%d.%d.1/32 dev x0\n", 100+i/250, i%250)
+		fmt.Fprintf(&batch, "route add 10.%d.%d.2/32 dev x0\n", 100+i/250, i%250)
+		fmt.Fprintf(&batch, "route add 10.%d.%d.3/32 dev x1\n", 100+i/250, i%250)
+	}
+	cmd := exec.Command("ip", "-n", ns, "-batch", "-")
+	cmd.Stdin = strings.NewReader(batch.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("ip -batch: %v: %s", err, out)
+	}
+	nsh, err := OpenNS(ns)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	s, err := dumpSocket(nsh)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if held, err := holding(h, s, "", "x1"); err != nil || len(held) != 2000 {
+			b.Fatalf("%d held, %v", len(held), err)
+		}
+	}
 }
