@@ -216,9 +216,9 @@ func TestRefusals(t *testing.T) {
 	}
 }
 
-// A bare mTLS gRPC round trip on this machine: the yardstick of the
-// cross-domain benchmarks.
-func BenchmarkBareMTLSRoundTrip(b *testing.B) {
+// bareMTLS serves gRPC health servers over mTLS, as the proxies serve
+// their peers, and dials them: the yardsticks' parts.
+func bareMTLS(b *testing.B) (serve func(healthpb.HealthServer) string, dial func(addr string) *grpc.ClientConn) {
 	ca, err := federation.OpenCA(b.TempDir(), spiffeid.RequireTrustDomainFromString("a.example"))
 	if err != nil {
 		b.Fatal(err)
@@ -226,19 +226,34 @@ func BenchmarkBareMTLSRoundTrip(b *testing.B) {
 	td := ca.TrustDomain()
 	srvSrc, _ := ca.NewSource(federation.ProxyID(td), time.Hour, nil, slog.Default())
 	cliSrc, _ := ca.NewSource(federation.AdminID(td), time.Hour, nil, slog.Default())
-	defer srvSrc.Close()
-	defer cliSrc.Close()
-	lis, _ := net.Listen("tcp", "127.0.0.1:0")
-	srv := grpc.NewServer(grpc.Creds(federation.ServerCredentials(srvSrc, federation.AuthorizeMember(td), slog.Default())))
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	go srv.Serve(lis)
-	defer srv.Stop()
-	conn, err := federation.DialDomain(lis.Addr().String(), cliSrc)
-	if err != nil {
-		b.Fatal(err)
+	b.Cleanup(func() { srvSrc.Close(); cliSrc.Close() })
+	serve = func(h healthpb.HealthServer) string {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		srv := grpc.NewServer(grpc.Creds(federation.ServerCredentials(srvSrc, federation.AuthorizeMember(td), slog.Default())))
+		healthpb.RegisterHealthServer(srv, h)
+		go srv.Serve(lis)
+		b.Cleanup(srv.Stop)
+		return lis.Addr().String()
 	}
-	defer conn.Close()
-	c := healthpb.NewHealthClient(conn)
+	dial = func(addr string) *grpc.ClientConn {
+		conn, err := federation.DialDomain(addr, cliSrc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	return serve, dial
+}
+
+// A bare mTLS gRPC round trip on this machine: the yardstick of the
+// cross-domain benchmarks.
+func BenchmarkBareMTLSRoundTrip(b *testing.B) {
+	serve, dial := bareMTLS(b)
+	c := healthpb.NewHealthClient(dial(serve(health.NewServer())))
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -250,6 +265,63 @@ func BenchmarkBareMTLSRoundTrip(b *testing.B) {
 	}
 	b.StopTimer()
 	report(b, lat)
+}
+
+// relay passes each call on to next and its first answer back, as a
+// proxy does a look-up for another domain, and nothing else.
+type relay struct {
+	healthpb.UnimplementedHealthServer
+	next healthpb.HealthClient
+}
+
+func (r relay) Check(ctx context.Context, req *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	return r.next.Check(ctx, req)
+}
+
+func (r relay) Watch(req *healthpb.HealthCheckRequest, s grpc.ServerStreamingServer[healthpb.HealthCheckResponse]) error {
+	st, err := r.next.Watch(s.Context(), req)
+	if err != nil {
+		return err
+	}
+	m, err := st.Recv()
+	if err != nil {
+		return err
+	}
+	return s.Send(m)
+}
+
+// Two bare mTLS hops, a relay between client and server, unary and as
+// streams (to the first answer): the least a cross-domain find (client,
+// its proxy, the peer's proxy) can cost on this machine, without a
+// registry, a policy or a name.
+func BenchmarkBareMTLSRelay(b *testing.B) {
+	serve, dial := bareMTLS(b)
+	front := serve(relay{next: healthpb.NewHealthClient(dial(serve(health.NewServer())))})
+	c := healthpb.NewHealthClient(dial(front))
+	for _, mode := range []string{"unary", "stream"} {
+		b.Run(mode, func(b *testing.B) {
+			lat := make([]time.Duration, 0, b.N)
+			for i := 0; i < b.N; i++ {
+				start := time.Now()
+				var err error
+				if mode == "unary" {
+					_, err = c.Check(context.Background(), &healthpb.HealthCheckRequest{})
+				} else {
+					ctx, cancel := context.WithCancel(context.Background())
+					var st grpc.ServerStreamingClient[healthpb.HealthCheckResponse]
+					if st, err = c.Watch(ctx, &healthpb.HealthCheckRequest{}); err == nil {
+						_, err = st.Recv()
+					}
+					cancel()
+				}
+				lat = append(lat, time.Since(start))
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			report(b, lat)
+		})
+	}
 }
 
 // A look-up of svc@b from a: a's proxy, DNS (cached), the pooled
