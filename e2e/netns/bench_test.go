@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -97,8 +98,9 @@ func BenchmarkNetnsSetup(b *testing.B) {
 				done := profileDomains(b, profiles, "setup-8-clients", w.domains["a.example"], w.domains["b.example"])
 				defer done()
 			}
-			times, wall := setups(b, w.gatewayClient("a.example"), tc.service, w.fresh(fmt.Sprintf("s%d", k)), "vb", n, tc.clients)
+			times, closes, wall := setups(b, w.gatewayClient("a.example"), tc.service, w.fresh(fmt.Sprintf("s%d", k)), "vb", n, tc.clients)
 			b.ReportMetric(ms(times[len(times)/2]), "p50-ms")
+			b.ReportMetric(ms(closes[len(closes)/2]), "close-p50-ms")
 			b.ReportMetric(ms(times[len(times)*99/100]), "p99-ms")
 			b.ReportMetric(float64(len(times))/wall.Seconds(), "setups/s")
 			b.ReportMetric(float64(len(times)), "requests")
@@ -149,17 +151,24 @@ func profileDomains(b *testing.B, dir, name string, hosts ...*host) (done func()
 
 // setups asks for n vWires to service into namespace ns (interfaces
 // prefix0, prefix1, ...) from clients at once, each closed once its peer
-// answers a ping; it returns each one's time from request to reply,
-// sorted, and the time all took. A failed set-up fails b.
-func setups(b *testing.B, nsc proxypb.NetworkServiceClient, service, ns, prefix string, n, clients int) (times []time.Duration, wall time.Duration) {
+// answers a ping; it returns each one's time from request to reply and
+// each close's, sorted, and the time all took. A failed set-up or close
+// fails b.
+func setups(b *testing.B, nsc proxypb.NetworkServiceClient, service, ns, prefix string, n, clients int) (times, closes []time.Duration, wall time.Duration) {
 	var mu sync.Mutex
 	begin := time.Now()
 	parallel(clients, n, func(i int) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		conn, took, err := pingable(ctx, nsc, client.Options{Service: service, NetNS: ns, Interface: fmt.Sprintf("%s%d", prefix, i)})
+		var closing time.Duration
 		if conn != nil {
-			nsc.Close(ctx, conn)
+			t0 := time.Now()
+			_, cerr := nsc.Close(ctx, conn)
+			closing = time.Since(t0)
+			if err == nil && cerr != nil {
+				err = fmt.Errorf("close: %w", cerr)
+			}
 		}
 		if err != nil {
 			b.Errorf("request %d: %v", i, err)
@@ -167,14 +176,16 @@ func setups(b *testing.B, nsc proxypb.NetworkServiceClient, service, ns, prefix 
 		}
 		mu.Lock()
 		times = append(times, took)
+		closes = append(closes, closing)
 		mu.Unlock()
 	})
 	wall = time.Since(begin)
 	if len(times) < n {
 		b.FailNow()
 	}
-	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
-	return times, wall
+	slices.Sort(times)
+	slices.Sort(closes)
+	return times, closes, wall
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

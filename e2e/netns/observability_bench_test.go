@@ -47,7 +47,7 @@ func BenchmarkNetnsObservability(b *testing.B) {
 			}
 		}
 		rss[on] += float64(e2e.RSS(b, a.proc.Cmd.Process.Pid)) / (1 << 20) / float64(rounds)
-		t, _ := setups(b, w.gatewayClient("a.example"), "svc@b.example", w.fresh(fmt.Sprintf("o%d", run)), "vo", n, 1)
+		t, _, _ := setups(b, w.gatewayClient("a.example"), "svc@b.example", w.fresh(fmt.Sprintf("o%d", run)), "vo", n, 1)
 		times[on] = append(times[on], t...)
 		run++
 	}

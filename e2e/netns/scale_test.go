@@ -64,7 +64,7 @@ func BenchmarkNetnsScale(b *testing.B) {
 	// Set-up latency with them all live: more, one after another, each
 	// closed.
 	// (Not profiled: a profile taken meanwhile doubled their p99.)
-	times, _ := setups(b, nsc, "svc@b.example", ns, "vl", 50, 1)
+	times, _, _ := setups(b, nsc, "svc@b.example", ns, "vl", 50, 1)
 	b.ReportMetric(ms(times[len(times)/2]), "loaded-p50-ms")
 	b.ReportMetric(ms(times[len(times)*99/100]), "loaded-p99-ms")
 
