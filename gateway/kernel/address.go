@@ -78,129 +78,150 @@ func dumpSocket(nsh netns.NsHandle) (*nl.SocketHandle, error) {
 // dumpSocket.
 func linkAddrs(s *nl.SocketHandle, index int) ([]netip.Prefix, error) {
 	var out []netip.Prefix
-	err := addrDump(s, index, func(p netip.Prefix, _ int) { out = append(out, p) })
+	err := addrDump(s, index, func(k heldKey) { out = append(out, k.p) })
 	return out, err
 }
 
+// heldKey is an address (with its prefix length) or a route of the main
+// table (by its destination) and its link, with what tells apart routes
+// to one destination that the kernel holds at once.
+type heldKey struct {
+	route bool
+	p     netip.Prefix
+	link  int // 0: none, or a route's several
+	tos   uint8
+	typ   uint8
+	prio  uint32
+	gw    netip.Addr
+}
+
 // addrDump calls f with every address of the link with index (0: of
-// every link) and the index of its link, through a dumpSocket. Only the
-// address and its link are read: netlink's AddrList decodes every
-// attribute of every address into values of their own, which for the
-// thousands of a namespace with a thousand ends costs more than the
-// kernel's dump (see checkOverlap).
-func addrDump(s *nl.SocketHandle, index int, f func(p netip.Prefix, link int)) error {
-	_, err := dump(func() (struct{}, error) {
-		req := &nl.NetlinkRequest{
-			NlMsghdr: unix.NlMsghdr{Len: unix.SizeofNlMsghdr, Type: unix.RTM_GETADDR, Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP},
-			Sockets:  map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: s},
+// every link), through a dumpSocket. Only the address and its link are
+// read: netlink's AddrList decodes every attribute of every address into
+// values of their own, which for the thousands of a namespace with a
+// thousand ends costs more than the kernel's dump (see checkOverlap).
+func addrDump(s *nl.SocketHandle, index int, f func(heldKey)) error {
+	req := &nl.NetlinkRequest{
+		NlMsghdr: unix.NlMsghdr{Len: unix.SizeofNlMsghdr, Type: unix.RTM_GETADDR, Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP},
+		Sockets:  map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: s},
+	}
+	msg := nl.NewIfAddrmsg(unix.AF_UNSPEC)
+	msg.Index = uint32(index)
+	req.AddData(msg)
+	return dumpKeys(req, unix.RTM_NEWADDR, func(k heldKey) {
+		if index == 0 || k.link == index { // (a kernel that does not filter)
+			f(k)
 		}
-		msg := nl.NewIfAddrmsg(unix.AF_UNSPEC)
-		msg.Index = uint32(index)
-		req.AddData(msg)
-		var found []addrOf
+	})
+}
+
+// mainRoutes calls f with every IP route in the main table but default
+// routes, through a dumpSocket, with what addrDump says of netlink's
+// decoding.
+func mainRoutes(s *nl.SocketHandle, f func(heldKey)) error {
+	req := &nl.NetlinkRequest{
+		NlMsghdr: unix.NlMsghdr{Len: unix.SizeofNlMsghdr, Type: unix.RTM_GETROUTE, Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP},
+		Sockets:  map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: s},
+	}
+	req.AddData(&nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_UNSPEC, Table: unix.RT_TABLE_MAIN}})
+	return dumpKeys(req, unix.RTM_NEWROUTE, f)
+}
+
+// dumpKeys runs dump req, whose answers are messages of type kind, and
+// calls f with each one's key (parseHeld) once the whole dump is read:
+// one the kernel interrupts is asked again.
+func dumpKeys(req *nl.NetlinkRequest, kind uint16, f func(heldKey)) error {
+	keys, err := dump(func() ([]heldKey, error) {
+		var out []heldKey
 		var bad error
-		err := req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWADDR, func(m []byte) bool {
-			ifa := nl.DeserializeIfAddrmsg(m)
-			if index != 0 && int(ifa.Index) != index {
-				return true // (a kernel that does not filter)
-			}
-			attrs, err := nl.ParseRouteAttr(m[ifa.Len():])
+		err := req.ExecuteIter(unix.NETLINK_ROUTE, kind, func(m []byte) bool {
+			k, ok, err := parseHeld(kind, m)
 			if err != nil {
 				bad = err
 				return false
 			}
-			var ip []byte
-			for _, a := range attrs {
-				// An IPv4 address's own is IFA_LOCAL (IFA_ADDRESS is the
-				// peer's on a point-to-point link); IPv6 has IFA_ADDRESS.
-				if a.Attr.Type == unix.IFA_LOCAL || (a.Attr.Type == unix.IFA_ADDRESS && ip == nil) {
-					ip = a.Value
-				}
+			if ok {
+				out = append(out, k)
 			}
-			addr, ok := netip.AddrFromSlice(ip)
-			if !ok {
-				bad = fmt.Errorf("an address of link %d the kernel reports without its address", ifa.Index)
-				return false
-			}
-			found = append(found, addrOf{netip.PrefixFrom(addr.Unmap(), int(ifa.Prefixlen)), int(ifa.Index)})
 			return true
 		})
-		if err = errors.Join(err, bad); err == nil {
-			// Only a whole dump counts: one interrupted is asked again.
-			for _, a := range found {
-				f(a.p, a.link)
-			}
-		}
-		return struct{}{}, err
+		return out, errors.Join(err, bad)
 	})
+	for _, k := range keys {
+		f(k)
+	}
 	return err
 }
 
-// addrOf is an address or route destination and the index of its link.
-type addrOf struct {
-	p    netip.Prefix
-	link int
-}
-
-// mainRoutes calls f with the destination and output link (0: none, or
-// several) of every IP route in the main table but default routes,
-// through a dumpSocket, with what addrDump says of netlink's decoding.
-func mainRoutes(s *nl.SocketHandle, f func(dst netip.Prefix, link int)) error {
-	_, err := dump(func() (struct{}, error) {
-		req := &nl.NetlinkRequest{
-			NlMsghdr: unix.NlMsghdr{Len: unix.SizeofNlMsghdr, Type: unix.RTM_GETROUTE, Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP},
-			Sockets:  map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: s},
+// parseHeld reads the key of m, the body of a netlink message of type
+// kind (RTM_NEWADDR or RTM_DELADDR, RTM_NEWROUTE or RTM_DELROUTE): ok
+// false for a route that is not held (cached, of another table or
+// family, or a default route).
+func parseHeld(kind uint16, m []byte) (k heldKey, ok bool, err error) {
+	if kind == unix.RTM_NEWADDR || kind == unix.RTM_DELADDR {
+		if len(m) < unix.SizeofIfAddrmsg {
+			return k, false, fmt.Errorf("an address message of %d bytes", len(m))
 		}
-		req.AddData(&nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_UNSPEC, Table: unix.RT_TABLE_MAIN}})
-		var found []addrOf
-		var bad error
-		err := req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWROUTE, func(m []byte) bool {
-			rt := nl.DeserializeRtMsg(m)
-			if rt.Flags&unix.RTM_F_CLONED != 0 || (rt.Family != unix.AF_INET && rt.Family != unix.AF_INET6) {
-				return true // a cached route, not one set; multicast or MPLS
-			}
-			attrs, err := nl.ParseRouteAttr(m[rt.Len():])
-			if err != nil {
-				bad = err
-				return false
-			}
-			table := uint32(rt.Table)
-			var dst []byte
-			link := 0
-			for _, a := range attrs {
-				switch a.Attr.Type {
-				case unix.RTA_DST:
-					dst = a.Value
-				case unix.RTA_OIF:
-					if len(a.Value) == 4 {
-						link = int(nl.NativeEndian().Uint32(a.Value))
-					}
-				case unix.RTA_TABLE:
-					if len(a.Value) == 4 {
-						table = nl.NativeEndian().Uint32(a.Value)
-					}
-				}
-			}
-			if table != unix.RT_TABLE_MAIN {
-				return true // (a kernel that does not filter)
-			}
-			if dst == nil {
-				return true // a default route
-			}
-			addr, ok := netip.AddrFromSlice(dst)
-			if !ok || int(rt.Dst_len) > addr.BitLen() {
-				bad = fmt.Errorf("a route the kernel reports with destination %x/%d", dst, rt.Dst_len)
-				return false
-			}
-			found = append(found, addrOf{netip.PrefixFrom(addr.Unmap(), int(rt.Dst_len)), link})
-			return true
-		})
-		if err = errors.Join(err, bad); err == nil {
-			for _, r := range found {
-				f(r.p, r.link)
+		ifa := nl.DeserializeIfAddrmsg(m)
+		attrs, err := nl.ParseRouteAttr(m[ifa.Len():])
+		if err != nil {
+			return k, false, err
+		}
+		var ip []byte
+		for _, a := range attrs {
+			// An IPv4 address's own is IFA_LOCAL (IFA_ADDRESS is the
+			// peer's on a point-to-point link); IPv6 has IFA_ADDRESS.
+			if a.Attr.Type == unix.IFA_LOCAL || (a.Attr.Type == unix.IFA_ADDRESS && ip == nil) {
+				ip = a.Value
 			}
 		}
-		return struct{}{}, err
-	})
-	return err
+		addr, ok := netip.AddrFromSlice(ip)
+		if !ok || int(ifa.Prefixlen) > addr.Unmap().BitLen() {
+			return k, false, fmt.Errorf("an address of link %d the kernel reports as %x/%d", ifa.Index, ip, ifa.Prefixlen)
+		}
+		return heldKey{p: netip.PrefixFrom(addr.Unmap(), int(ifa.Prefixlen)), link: int(ifa.Index)}, true, nil
+	}
+	if len(m) < unix.SizeofRtMsg {
+		return k, false, fmt.Errorf("a route message of %d bytes", len(m))
+	}
+	rt := nl.DeserializeRtMsg(m)
+	if rt.Flags&unix.RTM_F_CLONED != 0 || (rt.Family != unix.AF_INET && rt.Family != unix.AF_INET6) {
+		return k, false, nil // a cached route, not one set; multicast or MPLS
+	}
+	attrs, err := nl.ParseRouteAttr(m[rt.Len():])
+	if err != nil {
+		return k, false, err
+	}
+	table := uint32(rt.Table)
+	var dst []byte
+	k = heldKey{route: true, tos: rt.Tos, typ: rt.Type}
+	for _, a := range attrs {
+		switch a.Attr.Type {
+		case unix.RTA_DST:
+			dst = a.Value
+		case unix.RTA_OIF:
+			if len(a.Value) == 4 {
+				k.link = int(nl.NativeEndian().Uint32(a.Value))
+			}
+		case unix.RTA_TABLE:
+			if len(a.Value) == 4 {
+				table = nl.NativeEndian().Uint32(a.Value)
+			}
+		case unix.RTA_PRIORITY:
+			if len(a.Value) == 4 {
+				k.prio = nl.NativeEndian().Uint32(a.Value)
+			}
+		case unix.RTA_GATEWAY:
+			k.gw, _ = netip.AddrFromSlice(a.Value)
+		}
+	}
+	if table != unix.RT_TABLE_MAIN || dst == nil { // (no destination: a default route)
+		return k, false, nil
+	}
+	addr, ok := netip.AddrFromSlice(dst)
+	if !ok || int(rt.Dst_len) > addr.BitLen() {
+		return k, false, fmt.Errorf("a route the kernel reports with destination %x/%d", dst, rt.Dst_len)
+	}
+	k.p = netip.PrefixFrom(addr.Unmap(), int(rt.Dst_len))
+	return k, true, nil
 }

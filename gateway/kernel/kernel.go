@@ -48,6 +48,7 @@ type Backend struct {
 	// the kernel refuses rule and neighbour dumps on a strict socket.
 	routes  *netlink.Handle
 	dumps   *nl.SocketHandle // addresses and routes, read lean (dumpSocket)
+	watch   *watched         // what the namespace holds, for overlap checks
 	tunnels *Tunnels         // the WireGuard devices of ends that name a Peer
 	// forwarding turns on IPv4 forwarding in the gateway's namespace
 	// before the first routed end, and forwarding6 IPv6's before the first
@@ -84,7 +85,14 @@ func New() (*Backend, error) {
 		routes.Close()
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	return &Backend{host: h, routes: routes, dumps: dumps, forwarding: enable("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+	watch, err := watch(netns.None(), dumps)
+	if err != nil {
+		h.Close()
+		routes.Close()
+		dumps.Close()
+		return nil, err
+	}
+	return &Backend{host: h, routes: routes, dumps: dumps, watch: watch, forwarding: enable("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
 		forwarding6: enable("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"), nsFD: -1}, nil
 }
 
@@ -202,7 +210,15 @@ func NewAt(ns string) (*Backend, error) {
 		nsh.Close()
 		return nil, fmt.Errorf("netlink in network namespace %q: %w", ns, err)
 	}
-	return &Backend{host: h, routes: routes, dumps: dumps, nsFD: int(nsh)}, nil
+	watch, err := watch(nsh, dumps)
+	if err != nil {
+		h.Close()
+		routes.Close()
+		dumps.Close()
+		nsh.Close()
+		return nil, err
+	}
+	return &Backend{host: h, routes: routes, dumps: dumps, watch: watch, nsFD: int(nsh)}, nil
 }
 
 // strict has the kernel filter h's route and address dumps by what they
@@ -1381,6 +1397,7 @@ func (b *Backend) Close() error {
 	b.host.Close()
 	b.routes.Close()
 	b.dumps.Close()
+	b.watch.Close()
 	return nil
 }
 

@@ -36,7 +36,7 @@ type held struct {
 // Default routes, link-local and loopback addresses, and the end's own
 // links do not count.
 func (b *Backend) checkOverlap(inNS *netlink.Handle, dumps *nl.SocketHandle, e dataplane.End) error {
-	inWorkload, err := holding(inNS, dumps, aliasPrefix+e.ID, e.Interface)
+	inWorkload, err := holding(dumps, ownLinks(inNS, aliasPrefix+e.ID, e.Interface))
 	if err != nil {
 		return fmt.Errorf("reading network namespace %q: %w", e.NetNS, err)
 	}
@@ -57,17 +57,15 @@ func (b *Backend) checkOverlap(inNS *netlink.Handle, dumps *nl.SocketHandle, e d
 	if e.WireGuard == nil && len(e.Routed) == 0 {
 		return nil // the gateway routes nothing to the end's addresses
 	}
-	onHost, err := holding(b.routes, b.dumps, "", hostName(e.ID))
-	if err != nil {
-		return fmt.Errorf("reading the gateway's network namespace: %w", err)
-	}
-	for _, p := range e.Addrs {
-		host := netip.PrefixFrom(p.Addr(), p.Addr().BitLen())
-		if err := clash("address "+p.Addr().String(), host, b.routes, onHost, nil, "on the gateway"); err != nil {
-			return err
+	return b.watch.check(ownLinks(b.routes, "", hostName(e.ID)), func(onHost []held) error {
+		for _, p := range e.Addrs {
+			host := netip.PrefixFrom(p.Addr(), p.Addr().BitLen())
+			if err := clash("address "+p.Addr().String(), host, b.routes, onHost, nil, "on the gateway"); err != nil {
+				return err
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // checkInner says why the peer gateway's inner address of a VXLAN end
@@ -83,22 +81,22 @@ func (b *Backend) checkInner(e dataplane.End) error {
 	if err != nil {
 		return fmt.Errorf("end %q: peer gateway key %q: %w", e.ID, w.Peer, err)
 	}
-	device := b.tunnels.deviceName(key)
-	// (The tunnel's own routes are on it or on its Ethernet TUN, which an
-	// idle tunnel keeps.)
-	onHost, err := holding(b.routes, b.dumps, "", device, ethernetName(device))
-	if err != nil {
-		return fmt.Errorf("reading the gateway's network namespace: %w", err)
-	}
 	for _, p := range w.Remote {
 		if p.Addr() == e.VXLAN.Local {
 			return fmt.Errorf("the peer gateway's inner address %s is this gateway's own: refused", p.Addr())
 		}
-		if err := clash("peer gateway's inner address "+p.Addr().String(), p, b.routes, onHost, nil, "on the gateway"); err != nil {
-			return err
-		}
 	}
-	return nil
+	// (The tunnel's own routes are on it or on its Ethernet TUN, which an
+	// idle tunnel keeps.)
+	device := b.tunnels.deviceName(key)
+	return b.watch.check(ownLinks(b.routes, "", device, ethernetName(device)), func(onHost []held) error {
+		for _, p := range w.Remote {
+			if err := clash("peer gateway's inner address "+p.Addr().String(), p, b.routes, onHost, nil, "on the gateway"); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // clash says why p (named what) cannot be programmed beside held (in the
@@ -136,36 +134,49 @@ func (o held) describe(h *netlink.Handle) string {
 	return what + " on " + a.Name
 }
 
-// holding lists the addresses (as their subnets) and main-table routes of
-// a namespace (h, and its dumpSocket s), but those of the end's own links:
-// the ones named own (with alias, if alias is not ""). Links are named
-// only for an error: listing them all costs more than the rest at a
-// thousand vWires.
-func holding(h *netlink.Handle, s *nl.SocketHandle, alias string, own ...string) ([]held, error) {
+// ownLinks are the indexes of the end's own links in a namespace (h): the
+// ones named own (with alias, if alias is not ""). Links are named only
+// for an error: listing them all costs more than the rest at a thousand
+// vWires.
+func ownLinks(h *netlink.Handle, alias string, own ...string) map[int]bool {
 	skip := map[int]bool{}
 	for _, name := range own {
 		if l, err := h.LinkByName(name); err == nil && (alias == "" || l.Attrs().Alias == alias) {
 			skip[l.Attrs().Index] = true
 		}
 	}
+	return skip
+}
+
+// holding lists the addresses (as their subnets) and main-table routes of
+// a namespace, read through its dumpSocket s, but those on the links in
+// skip.
+func holding(s *nl.SocketHandle, skip map[int]bool) ([]held, error) {
 	var out []held
-	err := addrDump(s, 0, func(p netip.Prefix, link int) {
-		if !skip[link] && !ignored(p) {
-			out = append(out, held{p.Masked(), "address", p, link})
+	add := func(k heldKey) {
+		if o, ok := k.held(); ok && !skip[k.link] {
+			out = append(out, o)
 		}
-	})
-	if err != nil {
+	}
+	if err := addrDump(s, 0, add); err != nil {
 		return nil, err
 	}
-	err = mainRoutes(s, func(p netip.Prefix, link int) {
-		if !skip[link] && p.Bits() > 0 && !ignored(p) {
-			out = append(out, held{p, "route", p, link})
-		}
-	})
-	if err != nil {
+	if err := mainRoutes(s, add); err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// held is what k counts as in an overlap check (ok false: nothing).
+func (k heldKey) held() (held, bool) {
+	switch {
+	case ignored(k.p):
+		return held{}, false
+	case k.route:
+		return held{k.p, "route", k.p, k.link}, k.p.Bits() > 0
+	default:
+		return held{k.p.Masked(), "address", k.p, k.link}, true
+	}
 }
 
 // ignored are addresses every link may have.

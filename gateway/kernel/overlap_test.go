@@ -186,7 +186,7 @@ func TestHoldingReadsWhatNetlinkDoes(t *testing.T) {
 			want = append(want, fmt.Sprintf("route %s (%s) link %d", p, p, r.LinkIndex))
 		}
 	}
-	held, err := holding(h, s, "", "vb")
+	held, err := holding(s, ownLinks(h, "", "vb"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +238,7 @@ func BenchmarkHolding(b *testing.B) {
 	defer s.Close()
 	b.ReportAllocs()
 	for b.Loop() {
-		if held, err := holding(h, s, "", "x1"); err != nil || len(held) != 2000 {
+		if held, err := holding(s, ownLinks(h, "", "x1")); err != nil || len(held) != 2000 {
 			b.Fatalf("%d held, %v", len(held), err)
 		}
 	}

@@ -1,0 +1,139 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/vwire/vwire/e2e"
+)
+
+// A namespace's watch holds what a full read finds, through every kind of
+// change: addresses and routes added and deleted (two routes to one
+// destination apart), a link's deletion taking its IPv4 routes without a
+// word, a link moved out, a route replaced (what it replaced may stay
+// behind: more, never less), and notifications lost to a full buffer. An
+// overlap only the watch holds is read again before it is believed.
+func TestWatchKeepsWhatTheNamespaceHolds(t *testing.T) {
+	e2e.RequireRoot(t)
+	ns, other := namespace(t), namespace(t)
+	nsh, err := OpenNS(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	dumps, err := dumpSocket(nsh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dumps.Close()
+	run := func(cmds ...string) {
+		t.Helper()
+		for _, c := range cmds {
+			ip(t, append([]string{"-n", ns}, strings.Fields(c)...)...)
+		}
+	}
+	run("link add va type veth peer name vb", "link set va up", "link set vb up", "addr add 172.30.0.1/24 dev va")
+	w, err := watch(nsh, dumps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	names := func(hs []held) []string {
+		var out []string
+		for _, h := range hs {
+			out = append(out, fmt.Sprintf("%s %s link %d", h.kind, h.as, h.link))
+		}
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+	// same says whether the watch holds what a full read finds (exact:
+	// nothing more either).
+	same := func(step string, exact bool) {
+		t.Helper()
+		if err := w.sync(); err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		full, err := holding(dumps, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, want := names(w.held(nil)), names(full)
+		missing := slices.DeleteFunc(slices.Clone(want), func(s string) bool { return slices.Contains(got, s) })
+		if len(missing) > 0 || (exact && !slices.Equal(got, want)) {
+			t.Errorf("%s: the watch holds\n%s\na full read finds\n%s", step, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
+	same("first read", true)
+	run("addr add 10.9.0.1 peer 10.9.0.2/32 dev va", "addr add fd00::1/64 dev va nodad",
+		"route add 10.1.0.0/16 via 172.30.0.254", "route add 10.1.0.0/16 via 172.30.0.253 metric 10",
+		"route add 10.2.0.0/16 nexthop via 172.30.0.254 nexthop via 172.30.0.253", "route add unreachable 10.3.0.0/16",
+		"route add fd01::/48 dev va", "route add fd01::/48 dev vb metric 7", "addr add 172.30.1.1/24 dev vb", "route add 10.4.0.0/16 dev vb")
+	same("added", true)
+	run("route del 10.1.0.0/16 via 172.30.0.254", "route del fd01::/48 dev va", "addr del 10.9.0.1 peer 10.9.0.2/32 dev va")
+	same("deleted, one of two routes to a destination each", true)
+	run("link add vc type veth peer name vd", "link set vc up", "addr add 172.30.2.1/24 dev vc", "route add 10.5.0.0/16 dev vc",
+		"link del vc", "link set vb netns "+other)
+	same("a link deleted, one moved out", true)
+	run("route replace 10.4.0.0/16 dev va")
+	same("a route replaced", false)
+	if w.reads != 1 {
+		t.Fatalf("%d full reads: the changes were not followed one by one", w.reads)
+	}
+
+	// Notifications lost: the watch reads everything again.
+	if err := unix.SetsockoptInt(w.sub.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4096); err != nil {
+		t.Fatal(err)
+	}
+	reads := w.reads
+	var batch []string
+	for i := range 200 {
+		batch = append(batch, fmt.Sprintf("route add 10.6.%d.0/24 dev va", i))
+	}
+	run(batch...)
+	same("200 routes past a full buffer", false)
+	if w.reads != reads+1 {
+		t.Errorf("%d full reads after notifications were lost, want 1", w.reads-reads)
+	}
+	if full, _ := holding(dumps, nil); len(w.held(nil)) < 200 || len(full) < 200 {
+		t.Fatalf("the watch holds %d, a full read %d", len(w.held(nil)), len(full))
+	}
+
+	// What only the watch holds is read again before it counts; what the
+	// namespace holds counts.
+	stale := heldKey{route: true, p: netip.MustParsePrefix("10.7.0.0/16"), link: 1}
+	w.have[stale] = true
+	overlaps := func(p netip.Prefix) func([]held) error {
+		return func(hs []held) error {
+			for _, h := range hs {
+				if h.p.Overlaps(p) {
+					return errors.New("overlaps " + h.as.String())
+				}
+			}
+			return nil
+		}
+	}
+	if err := w.check(nil, overlaps(netip.MustParsePrefix("10.7.1.1/32"))); err != nil {
+		t.Errorf("a route the namespace does not hold: %v", err)
+	}
+	if w.have[stale] {
+		t.Error("the stale route outlived a full read")
+	}
+	if err := w.check(nil, overlaps(netip.MustParsePrefix("10.6.1.1/32"))); err == nil || !strings.Contains(err.Error(), "10.6.1.0/24") {
+		t.Errorf("a route the namespace holds: %v", err)
+	}
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := w.check(ownLinks(h, "", "va"), overlaps(netip.MustParsePrefix("10.6.1.1/32"))); err != nil {
+		t.Errorf("a route on a link skipped: %v", err)
+	}
+}
