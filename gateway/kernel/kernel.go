@@ -70,30 +70,53 @@ var _ dataplane.Backend = (*Backend)(nil)
 
 // New returns a backend for the current network namespace.
 func New() (*Backend, error) {
-	h, err := netlink.NewHandle()
+	b, err := open(netns.None())
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	routes, err := strict(netlink.NewHandle())
-	if err != nil {
-		h.Close()
-		return nil, fmt.Errorf("netlink: %w", err)
-	}
-	dumps, err := dumpSocket(netns.None())
-	if err != nil {
-		h.Close()
-		routes.Close()
-		return nil, fmt.Errorf("netlink: %w", err)
-	}
-	watch, err := watch(netns.None(), dumps)
-	if err != nil {
-		h.Close()
-		routes.Close()
-		dumps.Close()
+	b.forwarding = enable("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward")
+	b.forwarding6 = enable("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding")
+	return b, nil
+}
+
+// open returns a backend with its netlink sockets in namespace nsh
+// (netns.None(): the thread's own).
+func open(nsh netns.NsHandle) (b *Backend, err error) {
+	b = &Backend{nsFD: -1}
+	defer func() {
+		if err != nil {
+			b.closeSockets()
+		}
+	}()
+	if b.host, err = netlink.NewHandleAt(nsh); err != nil {
 		return nil, err
 	}
-	return &Backend{host: h, routes: routes, dumps: dumps, watch: watch, forwarding: enable("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
-		forwarding6: enable("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"), nsFD: -1}, nil
+	if b.routes, err = strict(netlink.NewHandleAt(nsh)); err != nil {
+		return nil, err
+	}
+	if b.dumps, err = dumpSocket(nsh); err != nil {
+		return nil, err
+	}
+	if b.watch, err = watch(nsh, b.dumps); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// closeSockets closes the netlink sockets of b that are open.
+func (b *Backend) closeSockets() {
+	if b.host != nil {
+		b.host.Close()
+	}
+	if b.routes != nil {
+		b.routes.Close()
+	}
+	if b.dumps != nil {
+		b.dumps.Close()
+	}
+	if b.watch != nil {
+		b.watch.Close()
+	}
 }
 
 // enable sets sysctl key (at path) to 1, once, unless it is 1 already: in
@@ -192,33 +215,13 @@ func NewAt(ns string) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := netlink.NewHandleAt(nsh)
+	b, err := open(nsh)
 	if err != nil {
 		nsh.Close()
 		return nil, fmt.Errorf("netlink in network namespace %q: %w", ns, err)
 	}
-	routes, err := strict(netlink.NewHandleAt(nsh))
-	if err != nil {
-		h.Close()
-		nsh.Close()
-		return nil, fmt.Errorf("netlink in network namespace %q: %w", ns, err)
-	}
-	dumps, err := dumpSocket(nsh)
-	if err != nil {
-		h.Close()
-		routes.Close()
-		nsh.Close()
-		return nil, fmt.Errorf("netlink in network namespace %q: %w", ns, err)
-	}
-	watch, err := watch(nsh, dumps)
-	if err != nil {
-		h.Close()
-		routes.Close()
-		dumps.Close()
-		nsh.Close()
-		return nil, err
-	}
-	return &Backend{host: h, routes: routes, dumps: dumps, watch: watch, nsFD: int(nsh)}, nil
+	b.nsFD = int(nsh)
+	return b, nil
 }
 
 // strict has the kernel filter h's route and address dumps by what they
@@ -1394,10 +1397,7 @@ func (b *Backend) Close() error {
 	if b.nsFD >= 0 {
 		unix.Close(b.nsFD)
 	}
-	b.host.Close()
-	b.routes.Close()
-	b.dumps.Close()
-	b.watch.Close()
+	b.closeSockets()
 	return nil
 }
 
