@@ -71,11 +71,16 @@ func (w *watched) check(skip map[int]bool, f func([]held) error) error {
 	return f(w.held(skip))
 }
 
+// held lists what the namespace holds but on the links in skip: its
+// addresses first, as a full read does (an error names the first overlap
+// it meets).
 func (w *watched) held(skip map[int]bool) []held {
 	out := make([]held, 0, len(w.have))
-	for k := range w.have {
-		if o, ok := k.held(); ok && !skip[k.link] {
-			out = append(out, o)
+	for _, routes := range []bool{false, true} {
+		for k := range w.have {
+			if o, ok := k.held(); ok && k.route == routes && !skip[k.link] {
+				out = append(out, o)
+			}
 		}
 	}
 	return out
