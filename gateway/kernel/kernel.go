@@ -64,6 +64,11 @@ type Backend struct {
 	// yet): a thousand ends' rules are not listed for each change.
 	tables map[string]int
 	nsFD   int // the gateway's namespace for nftables; -1: the process's
+	// removing has the ends whose links the kernel is deleting in the
+	// background (Remove), each closed when they are gone; pending counts
+	// them for Close.
+	removing map[string]chan struct{}
+	pending  sync.WaitGroup
 }
 
 var _ dataplane.Backend = (*Backend)(nil)
@@ -82,7 +87,7 @@ func New() (*Backend, error) {
 // open returns a backend with its netlink sockets in namespace nsh
 // (netns.None(): the thread's own).
 func open(nsh netns.NsHandle) (b *Backend, err error) {
-	b = &Backend{nsFD: -1}
+	b = &Backend{nsFD: -1, removing: map[string]chan struct{}{}}
 	defer func() {
 		if err != nil {
 			b.closeSockets()
@@ -455,6 +460,11 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 		return err
 	}
 	b.mu.Lock()
+	for done := b.removing[e.ID]; done != nil; done = b.removing[e.ID] {
+		b.mu.Unlock() // an end of this id is still going: its names are taken
+		<-done
+		b.mu.Lock()
+	}
 	defer b.mu.Unlock()
 	nsh, err := OpenNS(e.NetNS)
 	if err != nil {
@@ -1159,14 +1169,96 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 		b.mu.Unlock()
 		return fmt.Errorf("%s belongs to %q, not to end %q", host.Attrs().Name, host.Attrs().Alias, id)
 	}
+	if b.removing[id] != nil {
+		b.mu.Unlock()
+		return nil // going already
+	}
 	b.detachLocked(id)
+	// The kernel answers a link's deletion only after RCU grace periods,
+	// some 20 ms for a veth: a close waited for two (one per side) and
+	// was four times as long as a set-up. A veth end's workload half
+	// leaves its namespace at once, and the pair goes in the background.
+	if !isTag(host) {
+		err := b.evacuate(host, id, ns)
+		if err == nil {
+			done := make(chan struct{})
+			b.removing[id] = done
+			b.pending.Add(1)
+			b.mu.Unlock()
+			go func() {
+				defer b.pending.Done()
+				if err := b.unlink(host, id, ns); err != nil {
+					slog.Warn("removing a closed vWire's links failed; the reconciler tries again", "id", id, "err", err)
+				}
+				b.mu.Lock()
+				delete(b.removing, id)
+				b.mu.Unlock()
+				close(done)
+			}()
+			return nil
+		}
+		slog.Debug("the workload's half stays until the pair is removed", "id", id, "err", err)
+	}
 	b.mu.Unlock()
 	// The links go outside the lock (the caller keeps other changes to
-	// this end away): the kernel answers a link's deletion only after RCU
-	// grace periods, some 20 ms for a veth, while the other ends' changes
-	// go on.
+	// this end away), while the other ends' changes go on.
 	return b.unlink(host, id, ns)
 }
+
+// evacuate moves the workload's half of veth end id (whose gateway half
+// is host) out of the workload's namespace ns into the gateway's, renamed
+// (evacuated), in one request: its addresses, routes and name go with it
+// at once, and a new end may have them while the kernel deletes the pair.
+// A half that is not the end's (by its alias) or not in another
+// namespace (moved before a crash) stays where it is.
+func (b *Backend) evacuate(host netlink.Link, id, ns string) error {
+	peer := host.Attrs().ParentIndex
+	if peer == 0 || host.Attrs().NetNsID < 0 {
+		return errors.New("the workload's half is not in another namespace")
+	}
+	gw := processNS
+	if b.nsFD >= 0 {
+		gw = netns.NsHandle(b.nsFD)
+	} else if processNSErr != nil {
+		return processNSErr
+	}
+	nsh, err := OpenNS(ns)
+	if err != nil {
+		return err
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	if l, err := h.LinkByIndex(peer); err != nil || l.Attrs().Alias != aliasPrefix+id {
+		return fmt.Errorf("link %d in %q is not end %q's (%v)", peer, ns, id, err)
+	}
+	s, err := dumpSocket(nsh)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	req := &nl.NetlinkRequest{
+		NlMsghdr: unix.NlMsghdr{Len: unix.SizeofNlMsghdr, Type: unix.RTM_SETLINK, Flags: unix.NLM_F_REQUEST | unix.NLM_F_ACK},
+		Sockets:  map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: s},
+	}
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(peer)
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(gw))))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(evacuated(id))))
+	_, err = req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// settle waits until the links of the ends removed so far are gone.
+func (b *Backend) settle() { b.pending.Wait() }
+
+// evacuated is the name of end id's workload half once it left the
+// workload's namespace to be deleted.
+func evacuated(id string) string { return "vd" + digest(id) }
 
 // removeLocked removes end id's halves: host, the gateway's (a veth,
 // whose workload half goes with it, or a VXLAN end's tag, whose VXLAN
@@ -1256,7 +1348,7 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 	var out []dataplane.End
 	for _, l := range links {
 		id, ns, ok := parseHostAlias(l.Attrs().Alias)
-		if !ok {
+		if !ok || b.removing[id] != nil {
 			continue
 		}
 		e := dataplane.End{ID: id, NetNS: ns, MTU: l.Attrs().MTU}
@@ -1391,6 +1483,7 @@ func (v *nsView) workloadSide(e *dataplane.End) error {
 // The MSS clamping table stays only with ends (a shutdown that keeps the
 // data plane).
 func (b *Backend) Close() error {
+	b.settle()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.unclamp()

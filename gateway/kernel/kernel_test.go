@@ -140,6 +140,10 @@ func TestInjectConfigureRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := b.Remove(context.Background(), end.ID); err != nil {
+		t.Errorf("removing an end that is going: %v", err)
+	}
+	b.settle()
+	if err := b.Remove(context.Background(), end.ID); err != nil {
 		t.Errorf("removing a missing end: %v", err)
 	}
 	if after := hostLinks(t, gw); !slices.Equal(before, after) {
@@ -219,6 +223,68 @@ func TestApplyRepairsAVanishedHalf(t *testing.T) {
 	}
 	repaired("after the pair died")
 	b.Remove(context.Background(), end.ID)
+}
+
+// Remove takes an end's interface, addresses and routes out of the
+// workload's namespace before it returns, though the kernel deletes the
+// veth pair after: a new end may have the same interface name and
+// addresses at once, one with the same id waits for the old to go, and
+// the gateway's namespace is as before once it has. A pair whose workload
+// half is in the gateway's namespace already (a gateway killed while it
+// went) is removed by a restarted gateway.
+func TestRemoveEvacuatesTheWorkload(t *testing.T) {
+	e2e.RequireRoot(t)
+	ns := namespace(t)
+	b, gw := backend(t)
+	before := hostLinks(t, gw)
+	end := dataplane.End{ID: "ev-1", NetNS: ns, Interface: "nsm0", Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.250.1/31")}}
+	other := end
+	other.ID = "ev-2"
+	for _, e := range []dataplane.End{end, other} {
+		if err := b.Apply(context.Background(), end); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Remove(context.Background(), end.ID); err != nil {
+			t.Fatal(err)
+		}
+		if out, _ := exec.Command("ip", "-n", ns, "addr", "show").CombinedOutput(); strings.Contains(string(out), "nsm0") || strings.Contains(string(out), "172.31.250.1") {
+			t.Fatalf("after Remove returned, the workload's namespace still has:\n%s", out)
+		}
+		if err := b.Apply(context.Background(), e); err != nil { // same name and addresses, at once
+			t.Fatalf("applying %s right after: %v", e.ID, err)
+		}
+		if err := b.Remove(context.Background(), e.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.settle()
+	if after := hostLinks(t, gw); !slices.Equal(before, after) {
+		t.Errorf("links before %v, after %v", before, after)
+	}
+
+	// A gateway killed between the two steps: the workload's half is in
+	// the gateway's namespace, the pair still there.
+	if err := b.Apply(context.Background(), end); err != nil {
+		t.Fatal(err)
+	}
+	host, err := b.host.LinkByName(hostName(end.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.evacuate(host, end.ID, ns); err != nil {
+		t.Fatal(err)
+	}
+	again := backendAt(t, gw)
+	if listed, err := again.List(context.Background()); err != nil || len(listed) != 1 {
+		t.Fatalf("a restarted gateway lists %v, %v", listed, err)
+	}
+	if err := again.Remove(context.Background(), end.ID); err != nil {
+		t.Fatal(err)
+	}
+	again.settle()
+	if after := hostLinks(t, gw); !slices.Equal(before, after) {
+		t.Errorf("links before %v, after the restarted gateway's Remove %v", before, after)
+	}
 }
 
 // An Ethernet vWire: two gateways (each in its namespace, joined by a
@@ -320,6 +386,7 @@ func TestVXLANEndIsTheDevice(t *testing.T) {
 	if err := b.Remove(ctx, "l2"); err != nil {
 		t.Fatal(err)
 	}
+	b.settle()
 	if got := hostLinks(t, gw); !slices.Equal(got, before) {
 		t.Errorf("after Remove: %v, before: %v", got, before)
 	}

@@ -125,6 +125,7 @@ func TestEndCannotTakeOverRoutes(t *testing.T) {
 	if err := b.Remove(context.Background(), "ok1"); err != nil {
 		t.Fatal(err)
 	}
+	b.settle()
 	unchanged("an accepted default route, removed,")
 }
 
