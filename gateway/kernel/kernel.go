@@ -65,9 +65,8 @@ type Backend struct {
 	tables map[string]int
 	nsFD   int // the gateway's namespace for nftables; -1: the process's
 	// removing has the ends whose links the kernel is deleting in the
-	// background (Remove), each closed when they are gone; pending counts
-	// them for Close.
-	removing map[string]chan struct{}
+	// background (Remove), by id; pending counts them for Close.
+	removing map[string]*removal
 	pending  sync.WaitGroup
 }
 
@@ -87,7 +86,7 @@ func New() (*Backend, error) {
 // open returns a backend with its netlink sockets in namespace nsh
 // (netns.None(): the thread's own).
 func open(nsh netns.NsHandle) (b *Backend, err error) {
-	b = &Backend{nsFD: -1, removing: map[string]chan struct{}{}}
+	b = &Backend{nsFD: -1, removing: map[string]*removal{}}
 	defer func() {
 		if err != nil {
 			b.closeSockets()
@@ -460,9 +459,9 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 		return err
 	}
 	b.mu.Lock()
-	for done := b.removing[e.ID]; done != nil; done = b.removing[e.ID] {
-		b.mu.Unlock() // an end of this id is still going: its names are taken
-		<-done
+	for r := b.blocking(e); r != nil; r = b.blocking(e) {
+		b.mu.Unlock()
+		<-r.done
 		b.mu.Lock()
 	}
 	defer b.mu.Unlock()
@@ -1176,13 +1175,13 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 	b.detachLocked(id)
 	// The kernel answers a link's deletion only after RCU grace periods,
 	// some 20 ms for a veth: a close waited for two (one per side) and
-	// was four times as long as a set-up. A veth end's workload half
-	// leaves its namespace at once, and the pair goes in the background.
+	// was four times as long as a set-up. A veth end's pair goes in the
+	// background; what a new end could want of it (its id, its
+	// workload's interface name and addresses) waits for it.
 	if !isTag(host) {
-		err := b.evacuate(host, id, ns)
+		r, err := b.removalOf(host, id, ns)
 		if err == nil {
-			done := make(chan struct{})
-			b.removing[id] = done
+			b.removing[id] = r
 			b.pending.Add(1)
 			b.mu.Unlock()
 			go func() {
@@ -1193,11 +1192,11 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 				b.mu.Lock()
 				delete(b.removing, id)
 				b.mu.Unlock()
-				close(done)
+				close(r.done)
 			}()
 			return nil
 		}
-		slog.Debug("the workload's half stays until the pair is removed", "id", id, "err", err)
+		slog.Debug("removing a vWire's links while its close waits", "id", id, "err", err)
 	}
 	b.mu.Unlock()
 	// The links go outside the lock (the caller keeps other changes to
@@ -1205,60 +1204,71 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 	return b.unlink(host, id, ns)
 }
 
-// evacuate moves the workload's half of veth end id (whose gateway half
-// is host) out of the workload's namespace ns into the gateway's, renamed
-// (evacuated), in one request: its addresses, routes and name go with it
-// at once, and a new end may have them while the kernel deletes the pair.
-// A half that is not the end's (by its alias) or not in another
-// namespace (moved before a crash) stays where it is.
-func (b *Backend) evacuate(host netlink.Link, id, ns string) error {
+// removal is a veth end whose links the kernel is deleting in the
+// background: its workload half's namespace, name and addresses, which a
+// new end may not have until done is closed.
+type removal struct {
+	done     chan struct{}
+	ns, name string
+	addrs    []netip.Prefix
+}
+
+// removalOf reads what veth end id (whose gateway half is host) holds in
+// its workload's namespace ns.
+func (b *Backend) removalOf(host netlink.Link, id, ns string) (*removal, error) {
 	peer := host.Attrs().ParentIndex
 	if peer == 0 || host.Attrs().NetNsID < 0 {
-		return errors.New("the workload's half is not in another namespace")
-	}
-	gw := processNS
-	if b.nsFD >= 0 {
-		gw = netns.NsHandle(b.nsFD)
-	} else if processNSErr != nil {
-		return processNSErr
+		return nil, errors.New("the workload's half is not in another namespace")
 	}
 	nsh, err := OpenNS(ns)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	if l, err := h.LinkByIndex(peer); err != nil || l.Attrs().Alias != aliasPrefix+id {
-		return fmt.Errorf("link %d in %q is not end %q's (%v)", peer, ns, id, err)
-	}
 	s, err := dumpSocket(nsh)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer s.Close()
-	req := &nl.NetlinkRequest{
-		NlMsghdr: unix.NlMsghdr{Len: unix.SizeofNlMsghdr, Type: unix.RTM_SETLINK, Flags: unix.NLM_F_REQUEST | unix.NLM_F_ACK},
-		Sockets:  map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: s},
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return nil, err
 	}
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(peer)
-	req.AddData(msg)
-	req.AddData(nl.NewRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(gw))))
-	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(evacuated(id))))
-	_, err = req.Execute(unix.NETLINK_ROUTE, 0)
-	return err
+	defer h.Close()
+	l, err := h.LinkByIndex(peer)
+	if err != nil || l.Attrs().Alias != aliasPrefix+id {
+		return nil, fmt.Errorf("link %d in %q is not end %q's (%v)", peer, ns, id, err)
+	}
+	addrs, err := linkAddrs(s, peer)
+	if err != nil {
+		return nil, err
+	}
+	return &removal{done: make(chan struct{}), ns: ns, name: l.Attrs().Name, addrs: addrs}, nil
+}
+
+// blocking is a removal that end e must wait for (nil: none): of the same
+// id, of the same interface in the same namespace, or holding addresses
+// that overlap e's; b.mu is held.
+func (b *Backend) blocking(e dataplane.End) *removal {
+	if r := b.removing[e.ID]; r != nil {
+		return r
+	}
+	for _, r := range b.removing {
+		if r.ns == e.NetNS && r.name == e.Interface {
+			return r
+		}
+		for _, p := range e.Addrs {
+			if slices.ContainsFunc(r.addrs, p.Overlaps) {
+				return r
+			}
+		}
+	}
+	return nil
 }
 
 // settle waits until the links of the ends removed so far are gone.
 func (b *Backend) settle() { b.pending.Wait() }
 
-// evacuated is the name of end id's workload half once it left the
-// workload's namespace to be deleted.
-func evacuated(id string) string { return "vd" + digest(id) }
 
 // removeLocked removes end id's halves: host, the gateway's (a veth,
 // whose workload half goes with it, or a VXLAN end's tag, whose VXLAN
