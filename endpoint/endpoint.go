@@ -33,6 +33,7 @@ type Endpoint struct {
 	mu    sync.Mutex
 	byID  map[string]int // connection id → pair
 	taken map[int]string
+	next  int // the pair to try first (0: the first)
 }
 
 // New returns an endpoint handing out pairs from cidr in network namespace
@@ -101,9 +102,15 @@ func (e *Endpoint) Request(_ context.Context, req *proxypb.NetworkServiceRequest
 		i = e.hinted(conn.GetIpContext())
 	}
 	if i == 0 {
-		for j := 1; j < e.pairs; j++ {
+		// The first free pair after the last handed out, not the lowest:
+		// a pair just freed comes back only once the others are in use,
+		// as its vWire's links may still be going (a gateway makes a new
+		// end that wants its addresses wait for them).
+		for k := range e.pairs - 1 {
+			j := (e.next+k)%(e.pairs-1) + 1
 			if _, used := e.taken[j]; !used {
 				i = j
+				e.next = j % (e.pairs - 1)
 				break
 			}
 		}

@@ -2,6 +2,7 @@ package endpoint
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -16,7 +17,8 @@ func request(t *testing.T, e *Endpoint, id string, ipc *proxypb.IPContext) (*pro
 }
 
 // Each connection gets its own pair; a closed one's pair is handed out
-// again; a full prefix says so; a refresh keeps the pair.
+// again, but only once the others are taken; a full prefix says so; a
+// refresh keeps the pair.
 func TestPairs(t *testing.T) {
 	e, err := New("10.0.0.0/29", "ns1", "IP")
 	if err != nil {
@@ -49,6 +51,29 @@ func TestPairs(t *testing.T) {
 	c4, err := request(t, e, "c4", nil)
 	if err != nil || c4.GetIpContext().GetSrcIpAddrs()[0] != "10.0.0.4/32" {
 		t.Errorf("after closing c2, c4 got %v, %v", c4.GetIpContext(), err)
+	}
+	// With room to spare, the pair just freed waits its turn.
+	e, _ = New("10.0.0.0/28", "ns1", "IP")
+	src := func(id string) string {
+		c, err := request(t, e, id, nil)
+		if err != nil {
+			return err.Error()
+		}
+		return c.GetIpContext().GetSrcIpAddrs()[0]
+	}
+	for _, id := range []string{"c1", "c2", "c3"} {
+		src(id)
+	}
+	e.Close(context.Background(), &proxypb.Connection{Id: "c1"})
+	var got []string
+	for _, id := range []string{"c4", "c5", "c6", "c7", "c8"} {
+		got = append(got, src(id))
+	}
+	if want := []string{"10.0.0.8/32", "10.0.0.10/32", "10.0.0.12/32", "10.0.0.14/32", "10.0.0.2/32"}; !slices.Equal(got, want) {
+		t.Errorf("after closing c1: %v, want %v", got, want)
+	}
+	if _, err := request(t, e, "c9", nil); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("an eighth pair from a /28: %v", err)
 	}
 }
 
