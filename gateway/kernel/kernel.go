@@ -1172,30 +1172,37 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 		b.mu.Unlock()
 		return nil // going already
 	}
-	b.detachLocked(id)
+	b.mu.Unlock()
 	// The kernel answers a link's deletion only after RCU grace periods,
 	// some 20 ms for a veth: a close waited for two (one per side) and
 	// was four times as long as a set-up. A veth end's pair goes in the
 	// background; what a new end could want of it (its id, its
-	// workload's interface name and addresses) waits for it.
+	// workload's interface name and addresses) waits for it. What it
+	// holds is read outside the lock (the caller keeps other changes to
+	// this end away).
+	var r *removal
 	if !isTag(host) {
-		r, err := b.removalOf(host, id, ns)
-		if err == nil {
-			b.removing[id] = r
-			b.pending.Add(1)
+		r, err = b.removalOf(host, id, ns)
+	}
+	b.mu.Lock()
+	b.detachLocked(id)
+	if r != nil {
+		b.removing[id] = r
+		b.pending.Add(1)
+		b.mu.Unlock()
+		go func() {
+			defer b.pending.Done()
+			if err := b.unlink(host, id, ns); err != nil {
+				slog.Warn("removing a closed vWire's links failed; the reconciler tries again", "id", id, "err", err)
+			}
+			b.mu.Lock()
+			delete(b.removing, id)
 			b.mu.Unlock()
-			go func() {
-				defer b.pending.Done()
-				if err := b.unlink(host, id, ns); err != nil {
-					slog.Warn("removing a closed vWire's links failed; the reconciler tries again", "id", id, "err", err)
-				}
-				b.mu.Lock()
-				delete(b.removing, id)
-				b.mu.Unlock()
-				close(r.done)
-			}()
-			return nil
-		}
+			close(r.done)
+		}()
+		return nil
+	}
+	if err != nil {
 		slog.Debug("removing a vWire's links while its close waits", "id", id, "err", err)
 	}
 	b.mu.Unlock()
