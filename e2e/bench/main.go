@@ -98,7 +98,7 @@ var rows = []row{
 	{"cross-domain set-ups per second (netns, 8 clients)", "NetnsSetup/cross-domain/clients=8", "setups/s", "NetnsSetup/cross-domain", "setups/s", "≥ 200",
 		func(v, _ float64) bool { return v >= 200 }, "eight clients in one namespace, request to pingable and close, 200 in all; yardstick: one client"},
 	{"cross-domain vWire close p50 (netns, 8 clients)", "NetnsSetup/cross-domain/clients=8", "close-p50-ms", "NetnsSetup/cross-domain", "close-p50-ms", "", nil,
-		"the closes of the row above, each through both gateways (the client's side first, then the endpoint's: two veth removals one after the other); yardstick: one client"},
+		"the closes of the row above, each through both gateways, the client's side first, then the endpoint's (their veths go in the background); yardstick: one client"},
 	{"cross-domain vWire set-up p50, 1,000 vWires live (netns)", "NetnsScale", "loaded-p50-ms", "NetnsSetup/cross-domain", "p50-ms", "≤ 15 ms",
 		func(v, _ float64) bool { return v <= 15 }, "50 set-ups one after another, each closed, while 1,000 vWires between the same gateways are live; yardstick: the idle row"},
 	{"cross-domain vWire set-up p99, 1,000 vWires live (netns)", "NetnsScale", "loaded-p99-ms", "NetnsSetup/cross-domain", "p99-ms", "≤ 50 ms",
