@@ -1276,7 +1276,6 @@ func (b *Backend) blocking(e dataplane.End) *removal {
 // settle waits until the links of the ends removed so far are gone.
 func (b *Backend) settle() { b.pending.Wait() }
 
-
 // removeLocked removes end id's halves: host, the gateway's (a veth,
 // whose workload half goes with it, or a VXLAN end's tag, whose VXLAN
 // device in namespace ns is removed by name), and what routes or bridges
