@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/dataplane"
 )
@@ -27,21 +25,7 @@ func TestLinkAddrs(t *testing.T) {
 	ip(t, "-n", ns, "addr", "add", "10.9.0.1", "peer", "10.9.0.2/32", "dev", "va")
 	ip(t, "-n", ns, "addr", "add", "fd00::1/64", "dev", "va", "nodad")
 	ip(t, "-n", ns, "addr", "add", "172.30.1.1/24", "dev", "vb")
-	nsh, err := OpenNS(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsh.Close()
-	s, err := dumpSocket(nsh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	_, s, h := sockets(t, ns)
 	va, err := h.LinkByName("va")
 	if err != nil {
 		t.Fatal(err)

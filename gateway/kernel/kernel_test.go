@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 
 	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/dataplane"
@@ -52,6 +54,28 @@ func hostLinks(t *testing.T, gw string) []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// sockets opens network namespace ns, a dumpSocket and a netlink handle
+// in it, all closed when tb ends.
+func sockets(tb testing.TB, ns string) (netns.NsHandle, *nl.SocketHandle, *netlink.Handle) {
+	tb.Helper()
+	nsh, err := OpenNS(ns)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { nsh.Close() })
+	s, err := dumpSocket(nsh)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(s.Close)
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(h.Close)
+	return nsh, s, h
 }
 
 // backend is a gateway's backend in a namespace of its own (so that tests

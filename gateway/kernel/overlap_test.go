@@ -154,21 +154,7 @@ func TestHoldingReadsWhatNetlinkDoes(t *testing.T) {
 	} {
 		ip(t, append([]string{"-n", ns}, args...)...)
 	}
-	nsh, err := OpenNS(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsh.Close()
-	s, err := dumpSocket(nsh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	_, s, h := sockets(t, ns)
 
 	var want []string
 	vb, _ := h.LinkByName("vb")
@@ -222,21 +208,7 @@ func BenchmarkHolding(b *testing.B) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("ip -batch: %v: %s", err, out)
 	}
-	nsh, err := OpenNS(ns)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer h.Close()
-	s, err := dumpSocket(nsh)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	_, s, h := sockets(b, ns)
 	b.ReportAllocs()
 	for b.Loop() {
 		if held, err := holding(s, ownLinks(h, "", "x1")); err != nil || len(held) != 2000 {

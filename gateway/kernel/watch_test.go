@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/vwire/vwire/e2e"
@@ -23,16 +22,7 @@ import (
 func TestWatchKeepsWhatTheNamespaceHolds(t *testing.T) {
 	e2e.RequireRoot(t)
 	ns, other := namespace(t), namespace(t)
-	nsh, err := OpenNS(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsh.Close()
-	dumps, err := dumpSocket(nsh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dumps.Close()
+	nsh, dumps, h := sockets(t, ns)
 	run := func(cmds ...string) {
 		t.Helper()
 		for _, c := range cmds {
@@ -128,11 +118,6 @@ func TestWatchKeepsWhatTheNamespaceHolds(t *testing.T) {
 	if err := w.check(nil, overlaps(netip.MustParsePrefix("10.6.1.1/32"))); err == nil || !strings.Contains(err.Error(), "10.6.1.0/24") {
 		t.Errorf("a route the namespace holds: %v", err)
 	}
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
 	if err := w.check(ownLinks(h, "", "va"), overlaps(netip.MustParsePrefix("10.6.1.1/32"))); err != nil {
 		t.Errorf("a route on a link skipped: %v", err)
 	}
