@@ -116,15 +116,22 @@ func addrDump(s *nl.SocketHandle, index int, f func(heldKey)) error {
 }
 
 // mainRoutes calls f with every IP route in the main table but default
-// routes, through a dumpSocket, with what addrDump says of netlink's
-// decoding.
-func mainRoutes(s *nl.SocketHandle, f func(heldKey)) error {
+// routes, of the link with index oif (0: of every link), through a
+// dumpSocket, with what addrDump says of netlink's decoding.
+func mainRoutes(s *nl.SocketHandle, oif int, f func(heldKey)) error {
 	req := &nl.NetlinkRequest{
 		NlMsghdr: unix.NlMsghdr{Len: unix.SizeofNlMsghdr, Type: unix.RTM_GETROUTE, Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP},
 		Sockets:  map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: s},
 	}
 	req.AddData(&nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_UNSPEC, Table: unix.RT_TABLE_MAIN}})
-	return dumpKeys(req, unix.RTM_NEWROUTE, f)
+	if oif != 0 {
+		req.AddData(nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(oif))))
+	}
+	return dumpKeys(req, unix.RTM_NEWROUTE, func(k heldKey) {
+		if oif == 0 || k.link == oif { // (a kernel that does not filter)
+			f(k)
+		}
+	})
 }
 
 // dumpKeys runs dump req, whose answers are messages of type kind, and

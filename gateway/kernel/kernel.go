@@ -1212,12 +1212,13 @@ func (b *Backend) Remove(_ context.Context, id string) error {
 }
 
 // removal is a veth end whose links the kernel is deleting in the
-// background: its workload half's namespace, name and addresses, which a
-// new end may not have until done is closed.
+// background: its workload half's namespace and name, and what it holds
+// there (its addresses, the destinations of its routes), which a new end
+// may not have until done is closed.
 type removal struct {
-	done     chan struct{}
-	ns, name string
-	addrs    []netip.Prefix
+	done          chan struct{}
+	ns, name      string
+	addrs, routes []netip.Prefix
 }
 
 // removalOf reads what veth end id (whose gateway half is host) holds in
@@ -1246,28 +1247,37 @@ func (b *Backend) removalOf(host netlink.Link, id, ns string) (*removal, error) 
 	if err != nil || l.Attrs().Alias != aliasPrefix+id {
 		return nil, fmt.Errorf("link %d in %q is not end %q's (%v)", peer, ns, id, err)
 	}
-	addrs, err := linkAddrs(s, peer)
-	if err != nil {
+	r := &removal{done: make(chan struct{}), ns: ns, name: l.Attrs().Name}
+	if r.addrs, err = linkAddrs(s, peer); err != nil {
 		return nil, err
 	}
-	return &removal{done: make(chan struct{}), ns: ns, name: l.Attrs().Name, addrs: addrs}, nil
+	if err := mainRoutes(s, peer, func(k heldKey) { r.routes = append(r.routes, k.p) }); err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 // blocking is a removal that end e must wait for (nil: none): of the same
-// id, of the same interface in the same namespace, or holding addresses
-// that overlap e's; b.mu is held.
+// id; holding an address that overlaps e's (the gateway's routes to them
+// are shared); in e's namespace, of the same interface, or holding an
+// address or route that overlaps e's addresses or routes. b.mu is held.
 func (b *Backend) blocking(e dataplane.End) *removal {
-	if r := b.removing[e.ID]; r != nil {
+	if r := b.removing[e.ID]; r != nil || len(b.removing) == 0 {
 		return r
 	}
+	wants := slices.Clone(e.Addrs)
+	for _, r := range workloadRoutes(e) {
+		wants = append(wants, r.Prefix)
+	}
+	overlaps := func(ps, qs []netip.Prefix) bool {
+		return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return slices.ContainsFunc(qs, p.Overlaps) })
+	}
 	for _, r := range b.removing {
-		if r.ns == e.NetNS && r.name == e.Interface {
+		if overlaps(e.Addrs, r.addrs) {
 			return r
 		}
-		for _, p := range e.Addrs {
-			if slices.ContainsFunc(r.addrs, p.Overlaps) {
-				return r
-			}
+		if r.ns == e.NetNS && (r.name == e.Interface || overlaps(wants, r.addrs) || overlaps(wants, r.routes)) {
+			return r
 		}
 	}
 	return nil

@@ -250,19 +250,22 @@ func TestApplyRepairsAVanishedHalf(t *testing.T) {
 }
 
 // Remove leaves a veth end's links to the kernel to delete in the
-// background: a new end that wants what they hold (the same id, or the
-// same interface name and addresses in the same namespace) waits for them
-// and then has it, and the gateway's namespace is as before once they
-// are gone.
+// background: a new end that wants what they hold (the same id; the same
+// interface name and addresses in the same namespace; a route to the same
+// place there) waits for them and then has it, and the gateway's
+// namespace is as before once they are gone.
 func TestRemoveInTheBackground(t *testing.T) {
 	e2e.RequireRoot(t)
 	ns := namespace(t)
 	b, gw := backend(t)
 	before := hostLinks(t, gw)
-	end := dataplane.End{ID: "bg-1", NetNS: ns, Interface: "nsm0", Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.250.1/31")}}
+	end := dataplane.End{ID: "bg-1", NetNS: ns, Interface: "nsm0", Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.250.1/31")},
+		Routes: []dataplane.Route{{Prefix: netip.MustParsePrefix("172.31.249.0/24"), Via: netip.MustParseAddr("172.31.250.0")}}}
 	other := end
 	other.ID = "bg-2"
-	for _, next := range []dataplane.End{end, other} {
+	routed := dataplane.End{ID: "bg-3", NetNS: ns, Interface: "nsm1", Addrs: []netip.Prefix{netip.MustParsePrefix("172.31.251.1/31")},
+		Routes: []dataplane.Route{{Prefix: netip.MustParsePrefix("172.31.249.0/24"), Via: netip.MustParseAddr("172.31.251.0")}}}
+	for _, next := range []dataplane.End{end, other, routed} {
 		if err := b.Apply(context.Background(), end); err != nil {
 			t.Fatal(err)
 		}
@@ -278,8 +281,8 @@ func TestRemoveInTheBackground(t *testing.T) {
 		if err := b.Apply(context.Background(), next); err != nil {
 			t.Fatalf("applying %s right after: %v", next.ID, err)
 		}
-		show := ip(t, "-n", ns, "addr", "show", "nsm0")
-		if !strings.Contains(show, "172.31.250.1/31") || !strings.Contains(show, "UP") {
+		show := ip(t, "-n", ns, "addr", "show", next.Interface)
+		if !strings.Contains(show, next.Addrs[0].String()) || !strings.Contains(show, "UP") {
 			t.Errorf("%s:\n%s", next.ID, show)
 		}
 		if err := b.Remove(context.Background(), next.ID); err != nil {

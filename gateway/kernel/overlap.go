@@ -161,7 +161,7 @@ func holding(s *nl.SocketHandle, skip map[int]bool) ([]held, error) {
 	if err := addrDump(s, 0, add); err != nil {
 		return nil, err
 	}
-	if err := mainRoutes(s, add); err != nil {
+	if err := mainRoutes(s, 0, add); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -164,7 +164,7 @@ func (w *watched) reread() error {
 	if err := addrDump(w.dumps, 0, add); err != nil {
 		return err
 	}
-	if err := mainRoutes(w.dumps, add); err != nil {
+	if err := mainRoutes(w.dumps, 0, add); err != nil {
 		return err
 	}
 	w.have, w.fresh = have, true
