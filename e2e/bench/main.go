@@ -112,6 +112,7 @@ var rows = []row{
 	{"kernel links per live vWire, each gateway", "NetnsScale", "client-links/vwire", "NetnsScale", "endpoint-links/vwire", "", nil, "in the gateway's namespace, growth / 1,000; yardstick: the endpoint's gateway"},
 	{"kernel routes per live vWire, each gateway", "NetnsScale", "client-routes/vwire", "NetnsScale", "endpoint-routes/vwire", "", nil, "IPv4 and IPv6, every table (IPv4 vWires: their veth halves have IPv6 off, so no link-local or multicast routes of their own); as above"},
 	{"kernel policy rules per live vWire, each gateway", "NetnsScale", "client-rules/vwire", "NetnsScale", "endpoint-rules/vwire", "", nil, "as above"},
+	{"nftables objects per live vWire, each gateway", "NetnsScale", "client-nft/vwire", "NetnsScale", "endpoint-nft/vwire", "", nil, "tables, chains and rules in the gateway's namespace (the MSS clamping table is one for all vWires); as above"},
 	{"all 1,000 vWires pass again after the client's domain restarts", "NetnsScale", "restart-all-pass-ms", "NetnsScale", "restart-ms", "< restart + 2000 ms",
 		func(v, y float64) bool { return v < y+2000 }, "SIGKILL of the client's vwire domain to every one of the 1,000 vWires answering a ping again (WireGuard devices die with the process); yardstick: kill to ready again; the restarted gateway's links, routes and rules are checked to be as before the kill"},
 	{"closing 1,000 live vWires", "NetnsScale", "close-all-s", "", "", "< 10 s",

@@ -37,7 +37,7 @@ func quick() bool { return os.Getenv("BENCH") == "quick" }
 // benchWorld is two federated domains with svc (IP) and l2 (Ethernet)
 // applied in b, an endpoint of each in b and one of svc in a.
 func benchWorld(b *testing.B) *world {
-	e2e.RequireRoot(b, "ping", "iperf3")
+	e2e.RequireRoot(b, "ping", "iperf3", "nft")
 	w := newWorld(b, vwireBin, "a.example", "b.example")
 	os.WriteFile(filepath.Join(w.dir, "svc.yaml"), []byte(ipService), 0o600)
 	for _, d := range []string{"a.example", "b.example"} {
