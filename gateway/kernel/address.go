@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
+	"sync/atomic"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -101,14 +104,11 @@ type heldKey struct {
 // values of their own, which for the thousands of a namespace with a
 // thousand ends costs more than the kernel's dump (see checkOverlap).
 func addrDump(s *nl.SocketHandle, index int, f func(heldKey)) error {
-	req := &nl.NetlinkRequest{
-		NlMsghdr: unix.NlMsghdr{Len: unix.SizeofNlMsghdr, Type: unix.RTM_GETADDR, Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP},
-		Sockets:  map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: s},
-	}
+	req := &nl.NetlinkRequest{NlMsghdr: unix.NlMsghdr{Type: unix.RTM_GETADDR, Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP}}
 	msg := nl.NewIfAddrmsg(unix.AF_UNSPEC)
 	msg.Index = uint32(index)
 	req.AddData(msg)
-	return dumpKeys(req, unix.RTM_NEWADDR, func(k heldKey) {
+	return dumpKeys(s, req, unix.RTM_NEWADDR, func(k heldKey) {
 		if index == 0 || k.link == index { // (a kernel that does not filter)
 			f(k)
 		}
@@ -119,45 +119,115 @@ func addrDump(s *nl.SocketHandle, index int, f func(heldKey)) error {
 // routes, of the link with index oif (0: of every link), through a
 // dumpSocket, with what addrDump says of netlink's decoding.
 func mainRoutes(s *nl.SocketHandle, oif int, f func(heldKey)) error {
-	req := &nl.NetlinkRequest{
-		NlMsghdr: unix.NlMsghdr{Len: unix.SizeofNlMsghdr, Type: unix.RTM_GETROUTE, Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP},
-		Sockets:  map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: s},
-	}
+	req := &nl.NetlinkRequest{NlMsghdr: unix.NlMsghdr{Type: unix.RTM_GETROUTE, Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP}}
 	req.AddData(&nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_UNSPEC, Table: unix.RT_TABLE_MAIN}})
 	if oif != 0 {
 		req.AddData(nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(oif))))
 	}
-	return dumpKeys(req, unix.RTM_NEWROUTE, func(k heldKey) {
+	return dumpKeys(s, req, unix.RTM_NEWROUTE, func(k heldKey) {
 		if oif == 0 || k.link == oif { // (a kernel that does not filter)
 			f(k)
 		}
 	})
 }
 
-// dumpKeys runs dump req, whose answers are messages of type kind, and
-// calls f with each one's key (parseHeld) once the whole dump is read:
-// one the kernel interrupts is asked again.
-func dumpKeys(req *nl.NetlinkRequest, kind uint16, f func(heldKey)) error {
+// dumpKeys runs dump req on socket s (a dumpSocket), whose answers are
+// messages of type kind, and calls f with each one's key (parseHeld) once
+// the whole dump is read: one the kernel interrupts is asked again. It
+// reads the socket itself, into one buffer, and walks each message's
+// attributes where they lie: netlink's reader and attribute parser
+// allocate for every message and attribute, and with a thousand ends in a
+// namespace that was two thirds of a dump's cost (BenchmarkHolding).
+func dumpKeys(s *nl.SocketHandle, req *nl.NetlinkRequest, kind uint16, f func(heldKey)) error {
+	buf := dumpBuffers.Get().(*[]byte)
+	defer dumpBuffers.Put(buf)
 	keys, err := dump(func() ([]heldKey, error) {
+		req.Seq = dumpSeq.Add(1)
+		fd := s.Socket.GetFd()
+		if err := unix.Sendto(fd, req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			return nil, err
+		}
 		var out []heldKey
-		var bad error
-		err := req.ExecuteIter(unix.NETLINK_ROUTE, kind, func(m []byte) bool {
-			k, ok, err := parseHeld(kind, m)
+		interrupted := false
+		for {
+			n, _, err := unix.Recvfrom(fd, *buf, unix.MSG_TRUNC)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
 			if err != nil {
-				bad = err
-				return false
+				return nil, err
 			}
-			if ok {
-				out = append(out, k)
+			if n > len(*buf) {
+				return nil, fmt.Errorf("a netlink answer of %d bytes, more than %d", n, len(*buf))
 			}
-			return true
-		})
-		return out, errors.Join(err, bad)
+			for b := (*buf)[:n]; len(b) > 0; {
+				if len(b) < unix.SizeofNlMsghdr {
+					return nil, fmt.Errorf("a netlink message cut short (%d bytes)", len(b))
+				}
+				h := (*unix.NlMsghdr)(unsafe.Pointer(&b[0]))
+				l := int(h.Len)
+				if l < unix.SizeofNlMsghdr || l > len(b) {
+					return nil, fmt.Errorf("a netlink message of %d bytes in %d", l, len(b))
+				}
+				body := b[unix.SizeofNlMsghdr:l]
+				b = b[min(nlmAlign(l), len(b)):]
+				if h.Seq != req.Seq {
+					continue // (an answer to an earlier request)
+				}
+				interrupted = interrupted || h.Flags&unix.NLM_F_DUMP_INTR != 0
+				switch h.Type {
+				case unix.NLMSG_DONE, unix.NLMSG_ERROR:
+					if len(body) >= 4 {
+						if errno := int32(nl.NativeEndian().Uint32(body)); errno < 0 {
+							return nil, unix.Errno(-errno)
+						}
+					}
+					if interrupted {
+						return nil, netlink.ErrDumpInterrupted
+					}
+					return out, nil
+				case kind:
+					k, ok, err := parseHeld(kind, body)
+					if err != nil {
+						return nil, err
+					}
+					if ok {
+						out = append(out, k)
+					}
+				}
+			}
+		}
 	})
 	for _, k := range keys {
 		f(k)
 	}
 	return err
+}
+
+// dumpBuffers hold a netlink answer each (the kernel sends a dump's
+// messages in answers of at most 32 KB).
+var dumpBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// dumpSeq numbers dumpKeys's requests.
+var dumpSeq atomic.Uint32
+
+func nlmAlign(l int) int { return (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
+
+// eachAttr calls f with the type and value of each route attribute in b,
+// where they lie.
+func eachAttr(b []byte, f func(typ uint16, v []byte)) error {
+	for len(b) > 0 {
+		if len(b) < unix.SizeofRtAttr {
+			return fmt.Errorf("an attribute cut short (%d bytes)", len(b))
+		}
+		l := int(nl.NativeEndian().Uint16(b))
+		if l < unix.SizeofRtAttr || l > len(b) {
+			return fmt.Errorf("an attribute of %d bytes in %d", l, len(b))
+		}
+		f(nl.NativeEndian().Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER), b[unix.SizeofRtAttr:l])
+		b = b[min(nlmAlign(l), len(b)):]
+	}
+	return nil
 }
 
 // parseHeld reads the key of m, the body of a netlink message of type
@@ -170,17 +240,16 @@ func parseHeld(kind uint16, m []byte) (k heldKey, ok bool, err error) {
 			return k, false, fmt.Errorf("an address message of %d bytes", len(m))
 		}
 		ifa := nl.DeserializeIfAddrmsg(m)
-		attrs, err := nl.ParseRouteAttr(m[ifa.Len():])
-		if err != nil {
-			return k, false, err
-		}
 		var ip []byte
-		for _, a := range attrs {
+		err := eachAttr(m[ifa.Len():], func(typ uint16, v []byte) {
 			// An IPv4 address's own is IFA_LOCAL (IFA_ADDRESS is the
 			// peer's on a point-to-point link); IPv6 has IFA_ADDRESS.
-			if a.Attr.Type == unix.IFA_LOCAL || (a.Attr.Type == unix.IFA_ADDRESS && ip == nil) {
-				ip = a.Value
+			if typ == unix.IFA_LOCAL || (typ == unix.IFA_ADDRESS && ip == nil) {
+				ip = v
 			}
+		})
+		if err != nil {
+			return k, false, err
 		}
 		addr, ok := netip.AddrFromSlice(ip)
 		if !ok || int(ifa.Prefixlen) > addr.Unmap().BitLen() {
@@ -195,32 +264,31 @@ func parseHeld(kind uint16, m []byte) (k heldKey, ok bool, err error) {
 	if rt.Flags&unix.RTM_F_CLONED != 0 || (rt.Family != unix.AF_INET && rt.Family != unix.AF_INET6) {
 		return k, false, nil // a cached route, not one set; multicast or MPLS
 	}
-	attrs, err := nl.ParseRouteAttr(m[rt.Len():])
-	if err != nil {
-		return k, false, err
-	}
 	table := uint32(rt.Table)
 	var dst []byte
 	k = heldKey{route: true, tos: rt.Tos, typ: rt.Type}
-	for _, a := range attrs {
-		switch a.Attr.Type {
+	err = eachAttr(m[rt.Len():], func(typ uint16, v []byte) {
+		switch typ {
 		case unix.RTA_DST:
-			dst = a.Value
+			dst = v
 		case unix.RTA_OIF:
-			if len(a.Value) == 4 {
-				k.link = int(nl.NativeEndian().Uint32(a.Value))
+			if len(v) == 4 {
+				k.link = int(nl.NativeEndian().Uint32(v))
 			}
 		case unix.RTA_TABLE:
-			if len(a.Value) == 4 {
-				table = nl.NativeEndian().Uint32(a.Value)
+			if len(v) == 4 {
+				table = nl.NativeEndian().Uint32(v)
 			}
 		case unix.RTA_PRIORITY:
-			if len(a.Value) == 4 {
-				k.prio = nl.NativeEndian().Uint32(a.Value)
+			if len(v) == 4 {
+				k.prio = nl.NativeEndian().Uint32(v)
 			}
 		case unix.RTA_GATEWAY:
-			k.gw, _ = netip.AddrFromSlice(a.Value)
+			k.gw, _ = netip.AddrFromSlice(v)
 		}
+	})
+	if err != nil {
+		return k, false, err
 	}
 	if table != unix.RT_TABLE_MAIN || dst == nil { // (no destination: a default route)
 		return k, false, nil
