@@ -160,41 +160,36 @@ func dumpKeys(s *nl.SocketHandle, req *nl.NetlinkRequest, kind uint16, f func(he
 			if n > len(*buf) {
 				return nil, fmt.Errorf("a netlink answer of %d bytes, more than %d", n, len(*buf))
 			}
-			for b := (*buf)[:n]; len(b) > 0; {
-				if len(b) < unix.SizeofNlMsghdr {
-					return nil, fmt.Errorf("a netlink message cut short (%d bytes)", len(b))
-				}
-				h := (*unix.NlMsghdr)(unsafe.Pointer(&b[0]))
-				l := int(h.Len)
-				if l < unix.SizeofNlMsghdr || l > len(b) {
-					return nil, fmt.Errorf("a netlink message of %d bytes in %d", l, len(b))
-				}
-				body := b[unix.SizeofNlMsghdr:l]
-				b = b[min(nlmAlign(l), len(b)):]
-				if h.Seq != req.Seq {
-					continue // (an answer to an earlier request)
+			done := false
+			err = eachMessage((*buf)[:n], func(h *unix.NlMsghdr, body []byte) error {
+				if h.Seq != req.Seq || done {
+					return nil // (an answer to an earlier request)
 				}
 				interrupted = interrupted || h.Flags&unix.NLM_F_DUMP_INTR != 0
 				switch h.Type {
 				case unix.NLMSG_DONE, unix.NLMSG_ERROR:
+					done = true
 					if len(body) >= 4 {
 						if errno := int32(nl.NativeEndian().Uint32(body)); errno < 0 {
-							return nil, unix.Errno(-errno)
+							return unix.Errno(-errno)
 						}
 					}
 					if interrupted {
-						return nil, netlink.ErrDumpInterrupted
+						return netlink.ErrDumpInterrupted
 					}
-					return out, nil
 				case kind:
 					k, ok, err := parseHeld(kind, body)
 					if err != nil {
-						return nil, err
+						return err
 					}
 					if ok {
 						out = append(out, k)
 					}
 				}
+				return nil
+			})
+			if err != nil || done {
+				return out, err
 			}
 		}
 	})
@@ -212,6 +207,36 @@ var dumpBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return 
 var dumpSeq atomic.Uint32
 
 func nlmAlign(l int) int { return (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
+
+// eachMessage calls f with the header and body of each netlink message in
+// b (what one read of a netlink socket returned), where they lie, until f
+// returns an error.
+func eachMessage(b []byte, f func(h *unix.NlMsghdr, body []byte) error) error {
+	for len(b) > 0 {
+		if len(b) < unix.SizeofNlMsghdr {
+			return fmt.Errorf("a netlink message cut short (%d bytes)", len(b))
+		}
+		h := (*unix.NlMsghdr)(unsafe.Pointer(&b[0]))
+		l := int(h.Len)
+		if l < unix.SizeofNlMsghdr || l > len(b) {
+			return fmt.Errorf("a netlink message of %d bytes in %d", l, len(b))
+		}
+		if err := f(h, b[unix.SizeofNlMsghdr:l]); err != nil {
+			return err
+		}
+		b = b[min(nlmAlign(l), len(b)):]
+	}
+	return nil
+}
+
+// eachHeld calls f with every address and main-table route of the
+// namespace of dumpSocket s.
+func eachHeld(s *nl.SocketHandle, f func(heldKey)) error {
+	if err := addrDump(s, 0, f); err != nil {
+		return err
+	}
+	return mainRoutes(s, 0, f)
+}
 
 // eachAttr calls f with the type and value of each route attribute in b,
 // where they lie.

@@ -153,18 +153,12 @@ func ownLinks(h *netlink.Handle, alias string, own ...string) map[int]bool {
 // skip.
 func holding(s *nl.SocketHandle, skip map[int]bool) ([]held, error) {
 	var out []held
-	add := func(k heldKey) {
+	err := eachHeld(s, func(k heldKey) {
 		if o, ok := k.held(); ok && !skip[k.link] {
 			out = append(out, o)
 		}
-	}
-	if err := addrDump(s, 0, add); err != nil {
-		return nil, err
-	}
-	if err := mainRoutes(s, 0, add); err != nil {
-		return nil, err
-	}
-	return out, nil
+	})
+	return out, err
 }
 
 // held is what k counts as in an overlap check (ok false: nothing).

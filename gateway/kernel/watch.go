@@ -3,7 +3,6 @@ package kernel
 import (
 	"errors"
 	"fmt"
-	"syscall"
 
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
@@ -104,35 +103,29 @@ func (w *watched) sync() error {
 		case err != nil:
 			return fmt.Errorf("reading address and route changes: %w", err)
 		}
-		msgs, err := syscall.ParseNetlinkMessage(w.buf[:n])
-		if err != nil {
+		if err := eachMessage(w.buf[:n], w.apply); err != nil {
 			return w.reread()
-		}
-		for _, m := range msgs {
-			if err := w.apply(m); err != nil {
-				return w.reread()
-			}
 		}
 	}
 }
 
 // apply is one notification.
-func (w *watched) apply(m syscall.NetlinkMessage) error {
-	switch t := m.Header.Type; t {
+func (w *watched) apply(h *unix.NlMsghdr, body []byte) error {
+	switch t := h.Type; t {
 	case unix.RTM_DELLINK:
-		if len(m.Data) < unix.SizeofIfInfomsg {
-			return fmt.Errorf("a link message of %d bytes", len(m.Data))
+		if len(body) < unix.SizeofIfInfomsg {
+			return fmt.Errorf("a link message of %d bytes", len(body))
 		}
 		// The link's routes and addresses went with it (IPv4's routes
 		// without a notification).
-		gone := int(nl.DeserializeIfInfomsg(m.Data).Index)
+		gone := int(nl.DeserializeIfInfomsg(body).Index)
 		for k := range w.have {
 			if k.link == gone {
 				delete(w.have, k)
 			}
 		}
 	case unix.RTM_NEWADDR, unix.RTM_DELADDR, unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
-		k, ok, err := parseHeld(t, m.Data)
+		k, ok, err := parseHeld(t, body)
 		switch {
 		case err != nil:
 			return err
@@ -160,11 +153,7 @@ func (w *watched) reread() error {
 		}
 	}
 	have := map[heldKey]bool{}
-	add := func(k heldKey) { have[k] = true }
-	if err := addrDump(w.dumps, 0, add); err != nil {
-		return err
-	}
-	if err := mainRoutes(w.dumps, 0, add); err != nil {
+	if err := eachHeld(w.dumps, func(k heldKey) { have[k] = true }); err != nil {
 		return err
 	}
 	w.have, w.fresh = have, true
