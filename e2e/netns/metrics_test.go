@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/kernel"
@@ -86,6 +87,15 @@ func TestMetricsMove(t *testing.T) {
 	}
 	for name, m := range map[string]e2e.Metrics{"a": ma, "b": mb, "b2": mb2} {
 		t.Run("promtool "+name, func(t *testing.T) { m.Promtool(t) })
+	}
+	// A peer's bundle age is served once its bundle came from the bundle
+	// endpoint, not only the bootstrap one: a's first fetch may have met
+	// b restarting, and its retry comes a moment later.
+	for deadline := time.Now().Add(30 * time.Second); !ma.Has("vwire_federation_bundle_age_seconds"); time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a has not fetched b's bundle from its bundle endpoint in 30 s")
+		}
+		ma = scrape(a)
 	}
 	t.Run("the Grafana dashboard uses these metrics only", func(t *testing.T) {
 		raw, err := os.ReadFile("../../deploy/grafana/vwire.json")
