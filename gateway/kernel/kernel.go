@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -42,7 +43,21 @@ const (
 // Backend programs vWire ends in the kernel. It works from the network
 // namespace it was created in (the gateway's).
 type Backend struct {
-	mu   sync.Mutex // one change at a time: interface names are shared
+	// gate keeps what must see the gateway with no end half made apart
+	// from the changes: routed and tunnelled veth ends are applied, and
+	// ends removed, under its read lock, at once (claims keep the ends
+	// that could meet apart); List, Close and the Ethernet and bridged
+	// ends (which share bridges and a tunnel's inner routes) take it
+	// whole.
+	gate sync.RWMutex
+	// mu guards claims and removing, and is never held across a netlink
+	// round trip.
+	mu sync.Mutex
+	// claims has the ends being applied, by id: an end that could meet
+	// one (see busy.meets) waits for it, then checks the kernel.
+	claims map[string]*busy
+	// tmu guards tables and clamped.
+	tmu  sync.Mutex
 	host *netlink.Handle
 	// routes reads the gateway's routes (see strict), host the rest:
 	// the kernel refuses rule and neighbour dumps on a strict socket.
@@ -57,7 +72,7 @@ type Backend struct {
 	// clamped says the MSS clamping table is in place: installed before
 	// the first routed end, kept while the gateway runs (installing it
 	// takes some 10 ms, a vWire's whole set-up), removed on Close when no
-	// end is left (under mu).
+	// end is left.
 	clamped bool
 	// tables is each gateway half's routing table as its rules say, read
 	// once and kept as the backend adds and removes rules (nil: not read
@@ -66,7 +81,7 @@ type Backend struct {
 	nsFD   int // the gateway's namespace for nftables; -1: the process's
 	// removing has the ends whose links the kernel is deleting in the
 	// background (Remove), by id; pending counts them for Close.
-	removing map[string]*removal
+	removing map[string]*busy
 	pending  sync.WaitGroup
 }
 
@@ -86,7 +101,7 @@ func New() (*Backend, error) {
 // open returns a backend with its netlink sockets in namespace nsh
 // (netns.None(): the thread's own).
 func open(nsh netns.NsHandle) (b *Backend, err error) {
-	b = &Backend{nsFD: -1, removing: map[string]*removal{}}
+	b = &Backend{nsFD: -1, removing: map[string]*busy{}, claims: map[string]*busy{}}
 	defer func() {
 		if err != nil {
 			b.closeSockets()
@@ -141,6 +156,8 @@ func enable(path, key string) func() error {
 // without nftables gets a warning, not a refusal: the vWires' own ends
 // have the right MTU.
 func (b *Backend) clamp() {
+	b.tmu.Lock()
+	defer b.tmu.Unlock()
 	if b.clamped {
 		return
 	}
@@ -152,7 +169,7 @@ func (b *Backend) clamp() {
 }
 
 // unclamp removes the MSS clamping table if no gateway half is left
-// (also one that a killed gateway left behind).
+// (also one that a killed gateway left behind); b.gate is held whole.
 func (b *Backend) unclamp() {
 	links, err := dump(func() ([]netlink.Link, error) { return b.host.LinkList() })
 	if err != nil {
@@ -342,7 +359,7 @@ func (b *Backend) tableOf(id string) (int, error) {
 	return endTables(rules)[hostName(id)], nil
 }
 
-// tablesLocked is each gateway half's table (see Backend.tables); b.mu
+// tablesLocked is each gateway half's table (see Backend.tables); b.tmu
 // is held.
 func (b *Backend) tablesLocked() (map[string]int, error) {
 	if b.tables == nil {
@@ -458,13 +475,14 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	if err := checkIfName(e.Interface); err != nil {
 		return err
 	}
-	b.mu.Lock()
-	for r := b.blocking(e); r != nil; r = b.blocking(e) {
-		b.mu.Unlock()
-		<-r.done
-		b.mu.Lock()
+	if e.VXLAN != nil || e.Bridge != "" {
+		b.gate.Lock()
+		defer b.gate.Unlock()
+	} else {
+		b.gate.RLock()
+		defer b.gate.RUnlock()
 	}
-	defer b.mu.Unlock()
+	defer b.claim(e)()
 	nsh, err := OpenNS(e.NetNS)
 	if err != nil {
 		return err
@@ -497,7 +515,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	if mine && werr != nil {
 		// The workload's half is gone (its namespace was recreated), or
 		// the end changed its tunnel: start it again.
-		b.removeLocked(host, e.ID, e.NetNS)
+		b.remove(host, e.ID, e.NetNS)
 		err = werr
 	}
 	if err != nil {
@@ -506,7 +524,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 		}
 		defer func() {
 			if err != nil { // a new end is all or nothing
-				b.removeLocked(host, e.ID, e.NetNS)
+				b.remove(host, e.ID, e.NetNS)
 			}
 		}()
 	} else if host.Attrs().Alias != hostAlias(e) {
@@ -836,13 +854,9 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 		return err
 	}
 	device := wg.Attrs().Name
-	tables, err := b.tablesLocked()
+	table, err := b.tableFor(host.Attrs().Name)
 	if err != nil {
 		return err
-	}
-	table, ok := tables[host.Attrs().Name]
-	if !ok {
-		table = freeTable(tables)
 	}
 	// The far side, in the end's table.
 	have, err := dump(func() ([]netlink.Route, error) {
@@ -873,7 +887,6 @@ func (b *Backend) setWireGuard(host netlink.Link, e dataplane.End) error {
 		if err := b.host.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("rule for %s: %w", host.Attrs().Name, err)
 		}
-		tables[host.Attrs().Name] = table
 	}
 	return b.routeBack(host, e)
 }
@@ -969,6 +982,24 @@ func (b *Backend) routeBack(host netlink.Link, e dataplane.End) error {
 	return nil
 }
 
+// tableFor is the routing table of gateway half name: the one it holds,
+// or the lowest free one, which it holds from now on (ends applied at
+// once take different tables).
+func (b *Backend) tableFor(name string) (int, error) {
+	b.tmu.Lock()
+	defer b.tmu.Unlock()
+	tables, err := b.tablesLocked()
+	if err != nil {
+		return 0, err
+	}
+	table, ok := tables[name]
+	if !ok {
+		table = freeTable(tables)
+		tables[name] = table
+	}
+	return table, nil
+}
+
 // removeWireGuard removes an end's rule and table (its routes on the
 // gateway half go with the half).
 func (b *Backend) removeWireGuard(id string) {
@@ -977,12 +1008,11 @@ func (b *Backend) removeWireGuard(id string) {
 			b.tunnels.log.Warn("releasing a WireGuard peer failed", "id", id, "err", err)
 		}
 	}
+	b.tmu.Lock()
 	tables, err := b.tablesLocked()
-	if err != nil {
-		return
-	}
 	table, ok := tables[hostName(id)]
-	if !ok {
+	b.tmu.Unlock()
+	if err != nil || !ok {
 		return
 	}
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
@@ -990,7 +1020,6 @@ func (b *Backend) removeWireGuard(id string) {
 		rule.IifName, rule.Table, rule.Priority, rule.Family = hostName(id), table, rulePriority, fam
 		_ = b.host.RuleDel(rule) // (none of a family the end did not have)
 	}
-	delete(tables, hostName(id))
 	if routes, err := dump(func() ([]netlink.Route, error) {
 		return b.routes.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
 	}); err == nil {
@@ -998,6 +1027,10 @@ func (b *Backend) removeWireGuard(id string) {
 			_ = b.host.RouteDel(&r)
 		}
 	}
+	// Free once its routes are gone: the next end to take it keeps its own.
+	b.tmu.Lock()
+	delete(b.tables, hostName(id))
+	b.tmu.Unlock()
 }
 
 // bridge is end id's bridge, made and tagged if it is not there yet.
@@ -1152,78 +1185,96 @@ func setRoutes(h *netlink.Handle, link netlink.Link, want []dataplane.Route) err
 
 // Remove implements dataplane.Backend.
 func (b *Backend) Remove(_ context.Context, id string) error {
-	b.mu.Lock()
+	b.gate.RLock()
+	defer b.gate.RUnlock()
 	host, err := b.host.LinkByName(hostName(id))
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
-		b.mu.Unlock()
 		return nil
 	}
 	if err != nil {
-		b.mu.Unlock()
 		return err
 	}
 	got, ns, ok := parseHostAlias(host.Attrs().Alias)
 	if !ok || got != id {
-		b.mu.Unlock()
 		return fmt.Errorf("%s belongs to %q, not to end %q", host.Attrs().Name, host.Attrs().Alias, id)
 	}
-	if b.removing[id] != nil {
-		b.mu.Unlock()
-		return nil // going already
-	}
+	b.mu.Lock()
+	going := b.removing[id] != nil
 	b.mu.Unlock()
+	if going {
+		return nil
+	}
 	// The kernel answers a link's deletion only after RCU grace periods,
 	// some 20 ms for a veth: a close waited for two (one per side) and
 	// was four times as long as a set-up. A veth end's pair goes in the
 	// background; what a new end could want of it (its id, its
-	// workload's interface name and addresses) waits for it. What it
-	// holds is read outside the lock (the caller keeps other changes to
-	// this end away).
-	var r *removal
+	// workload's interface name and addresses) waits for it. (The caller
+	// keeps other changes to this end away.)
+	var r *busy
 	if !isTag(host) {
 		r, err = b.removalOf(host, id, ns)
 	}
+	if r == nil {
+		if err != nil {
+			slog.Debug("removing a vWire's links while its close waits", "id", id, "err", err)
+		}
+		return b.remove(host, id, ns)
+	}
 	b.mu.Lock()
-	b.detachLocked(id)
-	if r != nil {
-		b.removing[id] = r
-		b.pending.Add(1)
-		b.mu.Unlock()
-		go func() {
-			defer b.pending.Done()
-			if err := b.unlink(host, id, ns); err != nil {
-				slog.Warn("removing a closed vWire's links failed; the reconciler tries again", "id", id, "err", err)
-			}
-			b.mu.Lock()
-			delete(b.removing, id)
-			b.mu.Unlock()
-			close(r.done)
-		}()
-		return nil
-	}
-	if err != nil {
-		slog.Debug("removing a vWire's links while its close waits", "id", id, "err", err)
-	}
+	b.removing[id] = r
 	b.mu.Unlock()
-	// The links go outside the lock (the caller keeps other changes to
-	// this end away), while the other ends' changes go on.
-	return b.unlink(host, id, ns)
+	b.detach(id)
+	b.pending.Add(1)
+	go func() {
+		defer b.pending.Done()
+		if err := b.unlink(host, id, ns); err != nil {
+			slog.Warn("removing a closed vWire's links failed; the reconciler tries again", "id", id, "err", err)
+		}
+		b.mu.Lock()
+		delete(b.removing, id)
+		b.mu.Unlock()
+		close(r.done)
+	}()
+	return nil
 }
 
-// removal is a veth end whose links the kernel is deleting in the
-// background: its workload half's namespace and name, and what it holds
-// there (its addresses, the destinations of its routes), which a new end
-// may not have until done is closed.
-type removal struct {
-	done          chan struct{}
-	ns, name      string
-	addrs, routes []netip.Prefix
+// busy is an end being applied (a claim) or whose links the kernel is
+// deleting in the background (a removal), and what it holds or is taking
+// (its id; its workload half's namespace and name; its addresses, and
+// those with the destinations of its routes there), which an end that
+// could meet it may not have until done is closed.
+type busy struct {
+	done        chan struct{}
+	id, ns, ifc string
+	addrs, held []netip.Prefix
+}
+
+// footprint is what end e takes, as a busy end.
+func footprint(e dataplane.End) *busy {
+	f := &busy{done: make(chan struct{}), id: e.ID, ns: e.NetNS, ifc: e.Interface, addrs: e.Addrs}
+	f.held = slices.Clone(e.Addrs)
+	for _, r := range workloadRoutes(e) {
+		f.held = append(f.held, r.Prefix)
+	}
+	return f
+}
+
+// meets says whether ends f and g could not both be had, or could not be
+// checked apart: the same id; addresses that overlap (the gateway's
+// routes to them are shared); in one namespace, the same interface or
+// overlapping addresses or routes.
+func (f *busy) meets(g *busy) bool {
+	overlaps := func(ps, qs []netip.Prefix) bool {
+		return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return slices.ContainsFunc(qs, p.Overlaps) })
+	}
+	return f.id == g.id || overlaps(f.addrs, g.addrs) ||
+		f.ns == g.ns && (f.ifc == g.ifc || overlaps(f.held, g.held))
 }
 
 // removalOf reads what veth end id (whose gateway half is host) holds in
 // its workload's namespace ns.
-func (b *Backend) removalOf(host netlink.Link, id, ns string) (*removal, error) {
+func (b *Backend) removalOf(host netlink.Link, id, ns string) (*busy, error) {
 	peer := host.Attrs().ParentIndex
 	if peer == 0 || host.Attrs().NetNsID < 0 {
 		return nil, errors.New("the workload's half is not in another namespace")
@@ -1247,37 +1298,47 @@ func (b *Backend) removalOf(host netlink.Link, id, ns string) (*removal, error) 
 	if err != nil || l.Attrs().Alias != aliasPrefix+id {
 		return nil, fmt.Errorf("link %d in %q is not end %q's (%v)", peer, ns, id, err)
 	}
-	r := &removal{done: make(chan struct{}), ns: ns, name: l.Attrs().Name}
+	r := &busy{done: make(chan struct{}), id: id, ns: ns, ifc: l.Attrs().Name}
 	if r.addrs, err = linkAddrs(s, peer); err != nil {
 		return nil, err
 	}
-	if err := mainRoutes(s, peer, func(k heldKey) { r.routes = append(r.routes, k.p) }); err != nil {
+	r.held = slices.Clone(r.addrs)
+	if err := mainRoutes(s, peer, func(k heldKey) { r.held = append(r.held, k.p) }); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
-// blocking is a removal that end e must wait for (nil: none): of the same
-// id; holding an address that overlaps e's (the gateway's routes to them
-// are shared); in e's namespace, of the same interface, or holding an
-// address or route that overlaps e's addresses or routes. b.mu is held.
-func (b *Backend) blocking(e dataplane.End) *removal {
-	if r := b.removing[e.ID]; r != nil || len(b.removing) == 0 {
-		return r
+// claim waits until no end being applied or removed could meet end e,
+// then claims what e takes until the returned release is called: two
+// ends that could meet are programmed one after the other, and the
+// second's overlap check sees what the first holds.
+func (b *Backend) claim(e dataplane.End) (release func()) {
+	f := footprint(e)
+	b.mu.Lock()
+	for g := b.blocking(f); g != nil; g = b.blocking(f) {
+		b.mu.Unlock()
+		<-g.done
+		b.mu.Lock()
 	}
-	wants := slices.Clone(e.Addrs)
-	for _, r := range workloadRoutes(e) {
-		wants = append(wants, r.Prefix)
+	b.claims[e.ID] = f
+	b.mu.Unlock()
+	return func() {
+		b.mu.Lock()
+		delete(b.claims, e.ID)
+		b.mu.Unlock()
+		close(f.done)
 	}
-	overlaps := func(ps, qs []netip.Prefix) bool {
-		return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return slices.ContainsFunc(qs, p.Overlaps) })
-	}
-	for _, r := range b.removing {
-		if overlaps(e.Addrs, r.addrs) {
-			return r
-		}
-		if r.ns == e.NetNS && (r.name == e.Interface || overlaps(wants, r.addrs) || overlaps(wants, r.routes)) {
-			return r
+}
+
+// blocking is an end being removed or applied that f could meet (nil:
+// none); b.mu is held.
+func (b *Backend) blocking(f *busy) *busy {
+	for _, busy := range []map[string]*busy{b.removing, b.claims} {
+		for _, g := range busy {
+			if f.meets(g) {
+				return g
+			}
 		}
 	}
 	return nil
@@ -1286,24 +1347,20 @@ func (b *Backend) blocking(e dataplane.End) *removal {
 // settle waits until the links of the ends removed so far are gone.
 func (b *Backend) settle() { b.pending.Wait() }
 
-// removeLocked removes end id's halves: host, the gateway's (a veth,
-// whose workload half goes with it, or a VXLAN end's tag, whose VXLAN
-// device in namespace ns is removed by name), and what routes or bridges
-// it.
-func (b *Backend) removeLocked(host netlink.Link, id, ns string) error {
-	b.detachLocked(id)
+// remove removes end id's halves: host, the gateway's (a veth, whose
+// workload half goes with it, or a VXLAN end's tag, whose VXLAN device in
+// namespace ns is removed by name), and what routes or bridges it.
+func (b *Backend) remove(host netlink.Link, id, ns string) error {
+	b.detach(id)
 	return b.unlink(host, id, ns)
 }
 
-// detachLocked removes what routes or bridges end id; b.mu is held.
-func (b *Backend) detachLocked(id string) {
+// detach removes what routes or bridges end id.
+func (b *Backend) detach(id string) {
 	b.removeBridge(id)
 	b.removeWireGuard(id)
 }
 
-// unlink removes end id's halves, host and (for a VXLAN end's tag) the
-// VXLAN device in namespace ns, each on a netlink socket of its own: a
-// deletion holds its socket until the kernel is done with it.
 // ownHandle is a netlink socket of its own in the gateway's namespace,
 // for work done outside the backend's lock.
 func (b *Backend) ownHandle() (*netlink.Handle, error) {
@@ -1320,6 +1377,9 @@ func (b *Backend) ownHandle() (*netlink.Handle, error) {
 	return h, nil
 }
 
+// unlink removes end id's halves, host and (for a VXLAN end's tag) the
+// VXLAN device in namespace ns, each on a netlink socket of its own: a
+// deletion holds its socket until the kernel is done with it.
 func (b *Backend) unlink(host netlink.Link, id, ns string) error {
 	if isTag(host) {
 		if h, err := handleIn(ns); err == nil {
@@ -1342,8 +1402,11 @@ func (b *Backend) unlink(host netlink.Link, id, ns string) error {
 
 // List implements dataplane.Backend.
 func (b *Backend) List(context.Context) ([]dataplane.End, error) {
+	b.gate.Lock()
+	defer b.gate.Unlock()
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	removing := maps.Clone(b.removing)
+	b.mu.Unlock()
 	links, err := dump(func() ([]netlink.Link, error) { return b.host.LinkList() })
 	if err != nil {
 		return nil, err
@@ -1353,7 +1416,9 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 		return nil, fmt.Errorf("listing the policy rules: %w", err)
 	}
 	tables := endTables(rules)
+	b.tmu.Lock()
 	b.tables = tables // as the kernel has them now
+	b.tmu.Unlock()
 	// Every table's routes in one dump, and each namespace read once: a
 	// dump per end would be a thousand dumps of a thousand ends' routes.
 	all, err := dump(func() ([]netlink.Route, error) {
@@ -1374,7 +1439,7 @@ func (b *Backend) List(context.Context) ([]dataplane.End, error) {
 	var out []dataplane.End
 	for _, l := range links {
 		id, ns, ok := parseHostAlias(l.Attrs().Alias)
-		if !ok || b.removing[id] != nil {
+		if !ok || removing[id] != nil {
 			continue
 		}
 		e := dataplane.End{ID: id, NetNS: ns, MTU: l.Attrs().MTU}
@@ -1510,8 +1575,8 @@ func (v *nsView) workloadSide(e *dataplane.End) error {
 // data plane).
 func (b *Backend) Close() error {
 	b.settle()
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.gate.Lock()
+	defer b.gate.Unlock()
 	b.unclamp()
 	if b.nsFD >= 0 {
 		unix.Close(b.nsFD)

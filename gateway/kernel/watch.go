@@ -3,6 +3,7 @@ package kernel
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
@@ -25,6 +26,7 @@ import (
 // Notifications the socket dropped (its buffer full) make it read
 // everything again.
 type watched struct {
+	mu    sync.Mutex        // one check at a time
 	sub   *nl.NetlinkSocket // subscribed to links, addresses and routes
 	dumps *nl.SocketHandle  // the namespace's dumpSocket, for full reads
 	have  map[heldKey]bool
@@ -56,6 +58,8 @@ func (w *watched) Close() { w.sub.Close() }
 // was not just read in full, the namespace is read in full and f runs
 // again: its second answer stands.
 func (w *watched) check(skip map[int]bool, f func([]held) error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	reread := !w.fresh
 	if err := w.sync(); err != nil {
 		return fmt.Errorf("reading the gateway's network namespace: %w", err)
