@@ -3,11 +3,14 @@ package kernel
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"sync"
 	"testing"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/dataplane"
@@ -158,5 +161,51 @@ func TestEndsAtOnce(t *testing.T) {
 	p.bA.settle()
 	if out := ip(t, "-n", p.gA, "rule", "show"); strings.Contains(out, "lookup 1000") {
 		t.Errorf("rules left after every end was removed:\n%s", out)
+	}
+}
+
+// BenchmarkApplyBeside: an IP end through a peer gateway's tunnel set up
+// and removed, into a workload namespace and through a gateway that hold
+// live such ends already (one, which keeps the tunnel, or 1,000: the
+// scale benchmark's loaded set-ups, without the control plane). With
+// -cpuprofile the kernel's time shows under the system calls that spent
+// it.
+func BenchmarkApplyBeside(b *testing.B) {
+	e2e.RequireRoot(b)
+	for _, live := range []int{1, 1000} {
+		b.Run(fmt.Sprintf("live=%d", live), func(b *testing.B) {
+			gw, wl := namespace(b), namespace(b)
+			be := backendAt(b, gw)
+			key, _ := wgtypes.GeneratePrivateKey()
+			peer, _ := wgtypes.GeneratePrivateKey()
+			tun := NewTunnels(key, 1420, slog.Default())
+			b.Cleanup(tun.Close)
+			be.WithTunnels(tun)
+			end := func(i int) dataplane.End {
+				a := netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1})
+				far := netip.AddrFrom4([4]byte{10, 128 + byte(i>>8), byte(i), 1})
+				return dataplane.End{ID: fmt.Sprintf("live-%d", i), NetNS: wl, Interface: fmt.Sprintf("l%d", i), MTU: 1420,
+					Addrs: []netip.Prefix{netip.PrefixFrom(a, 32)},
+					WireGuard: &dataplane.WireGuard{Peer: peer.PublicKey().String(), Remote: []netip.Prefix{netip.PrefixFrom(far, 32)}}}
+			}
+			apply := func(e dataplane.End) {
+				if err := Do(gw, func() error { return be.Apply(context.Background(), e) }); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for i := range live {
+				apply(end(i))
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				e := end(2000 + i%2000)
+				apply(e)
+				if err := be.Remove(context.Background(), e.ID); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			be.settle()
+		})
 	}
 }

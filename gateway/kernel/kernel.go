@@ -64,6 +64,9 @@ type Backend struct {
 	routes  *netlink.Handle
 	dumps   *nl.SocketHandle // addresses and routes, read lean (dumpSocket)
 	watch   *watched         // what the namespace holds, for overlap checks
+	// workloads watches the workload namespaces ends were set up in
+	// lately, for their overlap checks.
+	workloads workloads
 	tunnels *Tunnels         // the WireGuard devices of ends that name a Peer
 	// forwarding turns on IPv4 forwarding in the gateway's namespace
 	// before the first routed end, and forwarding6 IPv6's before the first
@@ -508,7 +511,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	// it (a gateway restarted under a thousand ends reprograms each, and
 	// the check reads every address and route of both namespaces).
 	if !mine || werr != nil || !holdsAlready(inNS, dumps, e) {
-		if err := b.checkOverlap(inNS, dumps, e); err != nil {
+		if err := b.checkOverlap(inNS, nsh, e); err != nil {
 			return err
 		}
 	}
@@ -1578,6 +1581,7 @@ func (b *Backend) Close() error {
 	b.gate.Lock()
 	defer b.gate.Unlock()
 	b.unclamp()
+	b.workloads.Close()
 	if b.nsFD >= 0 {
 		unix.Close(b.nsFD)
 	}

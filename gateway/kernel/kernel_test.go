@@ -21,7 +21,7 @@ import (
 )
 
 // namespace creates a throw-away network namespace and removes it after.
-func namespace(t *testing.T) string {
+func namespace(t testing.TB) string {
 	t.Helper()
 	b := make([]byte, 4)
 	rand.Read(b)
@@ -103,7 +103,7 @@ func backend(t *testing.T) (*Backend, string) {
 }
 
 // backendAt is a backend for the gateway namespace gw, closed after the test.
-func backendAt(t *testing.T, gw string) *Backend {
+func backendAt(t testing.TB, gw string) *Backend {
 	t.Helper()
 	b, err := NewAt(gw)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/vwire/vwire/gateway/dataplane"
@@ -35,21 +36,23 @@ type held struct {
 // may: the host routes to the end's addresses are the gateway's to keep.
 // Default routes, link-local and loopback addresses, and the end's own
 // links do not count.
-func (b *Backend) checkOverlap(inNS *netlink.Handle, dumps *nl.SocketHandle, e dataplane.End) error {
-	inWorkload, err := holding(dumps, ownLinks(inNS, aliasPrefix+e.ID, e.Interface))
-	if err != nil {
-		return fmt.Errorf("reading network namespace %q: %w", e.NetNS, err)
-	}
+func (b *Backend) checkOverlap(inNS *netlink.Handle, nsh netns.NsHandle, e dataplane.End) error {
 	where := fmt.Sprintf("in network namespace %q", e.NetNS)
-	for _, p := range e.Addrs {
-		if err := clash("address "+p.String(), p.Masked(), inNS, inWorkload, e.Accept, where); err != nil {
-			return err
+	err := b.workloads.check(e.NetNS, nsh, ownLinks(inNS, aliasPrefix+e.ID, e.Interface), func(inWorkload []held) error {
+		for _, p := range e.Addrs {
+			if err := clash("address "+p.String(), p.Masked(), inNS, inWorkload, e.Accept, where); err != nil {
+				return err
+			}
 		}
-	}
-	for _, r := range workloadRoutes(e) {
-		if err := clash("route "+r.Prefix.String(), r.Prefix.Masked(), inNS, inWorkload, e.Accept, where); err != nil {
-			return err
+		for _, r := range workloadRoutes(e) {
+			if err := clash("route "+r.Prefix.String(), r.Prefix.Masked(), inNS, inWorkload, e.Accept, where); err != nil {
+				return err
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if e.VXLAN != nil {
 		return b.checkInner(e)

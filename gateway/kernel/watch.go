@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
@@ -27,6 +28,7 @@ import (
 // everything again.
 type watched struct {
 	mu    sync.Mutex        // one check at a time
+	what  string            // the namespace, for errors
 	sub   *nl.NetlinkSocket // subscribed to links, addresses and routes
 	dumps *nl.SocketHandle  // the namespace's dumpSocket, for full reads
 	have  map[heldKey]bool
@@ -48,7 +50,7 @@ func watch(nsh netns.NsHandle, dumps *nl.SocketHandle) (*watched, error) {
 	if err := unix.SetsockoptInt(sub.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20); err != nil {
 		_ = unix.SetsockoptInt(sub.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
 	}
-	return &watched{sub: sub, dumps: dumps, buf: make([]byte, 1<<16)}, nil
+	return &watched{what: "the gateway's network namespace", sub: sub, dumps: dumps, buf: make([]byte, 1<<16)}, nil
 }
 
 func (w *watched) Close() { w.sub.Close() }
@@ -62,14 +64,14 @@ func (w *watched) check(skip map[int]bool, f func([]held) error) error {
 	defer w.mu.Unlock()
 	reread := !w.fresh
 	if err := w.sync(); err != nil {
-		return fmt.Errorf("reading the gateway's network namespace: %w", err)
+		return fmt.Errorf("reading %s: %w", w.what, err)
 	}
 	if err := f(w.held(skip)); err == nil || reread {
 		return err
 	}
 	w.fresh = false
 	if err := w.sync(); err != nil {
-		return fmt.Errorf("reading the gateway's network namespace: %w", err)
+		return fmt.Errorf("reading %s: %w", w.what, err)
 	}
 	return f(w.held(skip))
 }
@@ -163,4 +165,120 @@ func (w *watched) reread() error {
 	w.have, w.fresh = have, true
 	w.reads++
 	return nil
+}
+
+// watchIdle is how long a workload namespace's watch outlives the last
+// change in it. A watch keeps its namespace alive (its sockets hold it):
+// a pod's namespace deleted meanwhile, with the vWire halves in it, goes
+// that much later. A namespace's watch pays for itself from the second
+// end set up in it within that time, which a namespace that holds many
+// ends (an endpoint's, taking clients) sees most.
+const watchIdle = 2 * time.Second
+
+// workloads are the watches of workload namespaces that ends were set up
+// in lately, by name.
+type workloads struct {
+	mu sync.Mutex
+	m  map[string]*nsWatch
+}
+
+// nsWatch is a workload namespace's watch, with the namespace it is of
+// (device and inode: a namespace of the same name made anew is another),
+// its users, and the timer that closes it once they have been gone for
+// watchIdle.
+type nsWatch struct {
+	*watched
+	dumps    *nl.SocketHandle
+	dev, ino uint64
+	users    int
+	idle     *time.Timer
+}
+
+// check runs f (see watched.check) with what workload namespace name,
+// open as nsh, holds, from its watch: the one kept, or a new one.
+func (ws *workloads) check(name string, nsh netns.NsHandle, skip map[int]bool, f func([]held) error) error {
+	w, err := ws.get(name, nsh)
+	if err != nil {
+		return fmt.Errorf("watching network namespace %q: %w", name, err)
+	}
+	defer ws.put(name, w)
+	return w.check(skip, f)
+}
+
+func (ws *workloads) get(name string, nsh netns.NsHandle) (*nsWatch, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(nsh), &st); err != nil {
+		return nil, err
+	}
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	w := ws.m[name]
+	if w != nil && (w.dev != st.Dev || w.ino != st.Ino) {
+		delete(ws.m, name) // another namespace now: the last user closes it
+		w.idle.Stop()
+		if w.users == 0 {
+			w.close()
+		}
+		w = nil
+	}
+	if w == nil {
+		dumps, err := dumpSocket(nsh)
+		if err != nil {
+			return nil, err
+		}
+		watched, err := watch(nsh, dumps)
+		if err != nil {
+			dumps.Close()
+			return nil, err
+		}
+		watched.what = fmt.Sprintf("network namespace %q", name)
+		w = &nsWatch{watched: watched, dumps: dumps, dev: st.Dev, ino: st.Ino}
+		w.idle = time.AfterFunc(time.Hour, func() { ws.expire(name, w) })
+		if ws.m == nil {
+			ws.m = map[string]*nsWatch{}
+		}
+		ws.m[name] = w
+	}
+	w.idle.Stop()
+	w.users++
+	return w, nil
+}
+
+func (ws *workloads) put(name string, w *nsWatch) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	w.users--
+	switch {
+	case w.users > 0:
+	case ws.m[name] == w:
+		w.idle.Reset(watchIdle)
+	default: // replaced while in use
+		w.close()
+	}
+}
+
+// expire closes w if it is still name's and unused.
+func (ws *workloads) expire(name string, w *nsWatch) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.m[name] == w && w.users == 0 {
+		delete(ws.m, name)
+		w.close()
+	}
+}
+
+// Close closes every watch (none is in use).
+func (ws *workloads) Close() {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	for name, w := range ws.m {
+		w.idle.Stop()
+		w.close()
+		delete(ws.m, name)
+	}
+}
+
+func (w *nsWatch) close() {
+	w.watched.Close()
+	w.dumps.Close()
 }

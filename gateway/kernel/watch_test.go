@@ -1,16 +1,19 @@
 package kernel
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/vwire/vwire/e2e"
+	"github.com/vwire/vwire/gateway/dataplane"
 )
 
 // A namespace's watch holds what a full read finds, through every kind of
@@ -121,4 +124,50 @@ func TestWatchKeepsWhatTheNamespaceHolds(t *testing.T) {
 	if err := w.check(ownLinks(h, "", "va"), overlaps(netip.MustParsePrefix("10.6.1.1/32"))); err != nil {
 		t.Errorf("a route on a link skipped: %v", err)
 	}
+}
+
+// A workload namespace is watched only while ends are set up in it: the
+// watch follows the workload's own changes between two ends, a namespace
+// made anew under the same name is read anew, and a namespace deleted with
+// a vWire in it (a pod gone) takes the vWire's links with it once the
+// watch has been idle for watchIdle (a watch keeps its namespace alive).
+func TestWorkloadWatch(t *testing.T) {
+	e2e.RequireRoot(t)
+	b, gw := backend(t)
+	ns := namespace(t)
+	end := func(id, ifc, addr string) dataplane.End {
+		return dataplane.End{ID: id, NetNS: ns, Interface: ifc, MTU: 1400, Addrs: []netip.Prefix{netip.MustParsePrefix(addr)}}
+	}
+	apply := func(e dataplane.End) error { return b.Apply(context.Background(), e) }
+	if err := apply(end("w-1", "w1", "172.30.1.1/32")); err != nil {
+		t.Fatal(err)
+	}
+	// The workload routes 172.30.2.0/24 itself, after the watch began.
+	ip(t, "-n", ns, "link", "set", "lo", "up")
+	ip(t, "-n", ns, "route", "add", "172.30.2.0/24", "dev", "lo")
+	if err := apply(end("w-2", "w2", "172.30.2.9/32")); err == nil || !strings.Contains(err.Error(), "overlaps route 172.30.2.0/24") {
+		t.Fatalf("an end inside the workload's own route, set up while its namespace is watched: %v", err)
+	}
+	// The namespace made anew under its name, with that route: the watch
+	// of the one before does not count.
+	ip(t, "netns", "del", ns)
+	ip(t, "netns", "add", ns)
+	ip(t, "-n", ns, "link", "set", "lo", "up")
+	ip(t, "-n", ns, "route", "add", "172.30.3.0/24", "dev", "lo")
+	if err := apply(end("w-3", "w3", "172.30.3.9/32")); err == nil || !strings.Contains(err.Error(), "overlaps route 172.30.3.0/24") {
+		t.Fatalf("an end inside a route of the namespace made anew: %v", err)
+	}
+	if err := apply(end("w-4", "w4", "172.30.4.1/32")); err != nil {
+		t.Fatal(err)
+	}
+	// The pod is gone: its namespace and w-4's links with it.
+	ip(t, "netns", "del", ns)
+	deadline := time.Now().Add(watchIdle + 10*time.Second)
+	for slices.Contains(hostLinks(t, gw), hostName("w-4")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still in the gateway's namespace %v after its workload's namespace was deleted", hostName("w-4"), time.Since(deadline.Add(-watchIdle-10*time.Second)))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.Remove(context.Background(), "w-1")
 }
