@@ -2,11 +2,11 @@ package kernel
 
 import (
 	"fmt"
+	"iter"
 	"net/netip"
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -38,7 +38,7 @@ type held struct {
 // links do not count.
 func (b *Backend) checkOverlap(inNS *netlink.Handle, nsh netns.NsHandle, e dataplane.End) error {
 	where := fmt.Sprintf("in network namespace %q", e.NetNS)
-	err := b.workloads.check(e.NetNS, nsh, ownLinks(inNS, aliasPrefix+e.ID, e.Interface), func(inWorkload []held) error {
+	err := b.workloads.check(e.NetNS, nsh, ownLinks(inNS, aliasPrefix+e.ID, e.Interface), func(inWorkload iter.Seq[held]) error {
 		for _, p := range e.Addrs {
 			if err := clash("address "+p.String(), p.Masked(), inNS, inWorkload, e.Accept, where); err != nil {
 				return err
@@ -60,7 +60,7 @@ func (b *Backend) checkOverlap(inNS *netlink.Handle, nsh netns.NsHandle, e datap
 	if e.WireGuard == nil && len(e.Routed) == 0 {
 		return nil // the gateway routes nothing to the end's addresses
 	}
-	return b.watch.check(ownLinks(b.routes, "", hostName(e.ID)), func(onHost []held) error {
+	return b.watch.check(ownLinks(b.routes, "", hostName(e.ID)), func(onHost iter.Seq[held]) error {
 		for _, p := range e.Addrs {
 			host := netip.PrefixFrom(p.Addr(), p.Addr().BitLen())
 			if err := clash("address "+p.Addr().String(), host, b.routes, onHost, nil, "on the gateway"); err != nil {
@@ -92,7 +92,7 @@ func (b *Backend) checkInner(e dataplane.End) error {
 	// (The tunnel's own routes are on it or on its Ethernet TUN, which an
 	// idle tunnel keeps.)
 	device := b.tunnels.deviceName(key)
-	return b.watch.check(ownLinks(b.routes, "", device, ethernetName(device)), func(onHost []held) error {
+	return b.watch.check(ownLinks(b.routes, "", device, ethernetName(device)), func(onHost iter.Seq[held]) error {
 		for _, p := range w.Remote {
 			if err := clash("peer gateway's inner address "+p.Addr().String(), p, b.routes, onHost, nil, "on the gateway"); err != nil {
 				return err
@@ -105,8 +105,8 @@ func (b *Backend) checkInner(e dataplane.End) error {
 // clash says why p (named what) cannot be programmed beside held (in the
 // namespace of h): it equals one of them, or overlaps one outside the
 // prefixes accepted.
-func clash(what string, p netip.Prefix, h *netlink.Handle, held []held, accept []netip.Prefix, where string) error {
-	for _, o := range held {
+func clash(what string, p netip.Prefix, h *netlink.Handle, held iter.Seq[held], accept []netip.Prefix, where string) error {
+	for o := range held {
 		switch {
 		case !p.Overlaps(o.p):
 		case p == o.p:
@@ -149,19 +149,6 @@ func ownLinks(h *netlink.Handle, alias string, own ...string) map[int]bool {
 		}
 	}
 	return skip
-}
-
-// holding lists the addresses (as their subnets) and main-table routes of
-// a namespace, read through its dumpSocket s, but those on the links in
-// skip.
-func holding(s *nl.SocketHandle, skip map[int]bool) ([]held, error) {
-	var out []held
-	err := eachHeld(s, func(k heldKey) {
-		if o, ok := k.held(); ok && !skip[k.link] {
-			out = append(out, o)
-		}
-	})
-	return out, err
 }
 
 // held is what k counts as in an overlap check (ok false: nothing).

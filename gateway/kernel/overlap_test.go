@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 
 	"github.com/vwire/vwire/e2e"
 	"github.com/vwire/vwire/gateway/dataplane"
@@ -215,4 +216,17 @@ func BenchmarkHolding(b *testing.B) {
 			b.Fatalf("%d held, %v", len(held), err)
 		}
 	}
+}
+
+// holding lists the addresses (as their subnets) and main-table routes of
+// a namespace, read through its dumpSocket s, but those on the links in
+// skip.
+func holding(s *nl.SocketHandle, skip map[int]bool) ([]held, error) {
+	var out []held
+	err := eachHeld(s, func(k heldKey) {
+		if o, ok := k.held(); ok && !skip[k.link] {
+			out = append(out, o)
+		}
+	})
+	return out, err
 }

@@ -3,6 +3,7 @@ package kernel
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"sync"
 	"time"
 
@@ -59,36 +60,36 @@ func (w *watched) Close() { w.sub.Close() }
 // brought up to date. If f finds fault with what it was given, and that
 // was not just read in full, the namespace is read in full and f runs
 // again: its second answer stands.
-func (w *watched) check(skip map[int]bool, f func([]held) error) error {
+func (w *watched) check(skip map[int]bool, f func(iter.Seq[held]) error) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	reread := !w.fresh
 	if err := w.sync(); err != nil {
 		return fmt.Errorf("reading %s: %w", w.what, err)
 	}
-	if err := f(w.held(skip)); err == nil || reread {
+	if err := f(w.each(skip)); err == nil || reread {
 		return err
 	}
 	w.fresh = false
 	if err := w.sync(); err != nil {
 		return fmt.Errorf("reading %s: %w", w.what, err)
 	}
-	return f(w.held(skip))
+	return f(w.each(skip))
 }
 
-// held lists what the namespace holds but on the links in skip: its
+// each yields what the namespace holds but on the links in skip: its
 // addresses first, as a full read does (an error names the first overlap
-// it meets).
-func (w *watched) held(skip map[int]bool) []held {
-	out := make([]held, 0, len(w.have))
-	for _, routes := range []bool{false, true} {
-		for k := range w.have {
-			if o, ok := k.held(); ok && k.route == routes && !skip[k.link] {
-				out = append(out, o)
+// it meets). (Not a list: at a thousand ends one would be 150 KB a check.)
+func (w *watched) each(skip map[int]bool) iter.Seq[held] {
+	return func(yield func(held) bool) {
+		for _, routes := range []bool{false, true} {
+			for k := range w.have {
+				if o, ok := k.held(); ok && k.route == routes && !skip[k.link] && !yield(o) {
+					return
+				}
 			}
 		}
 	}
-	return out
 }
 
 // sync applies the notifications queued since the last, or (if have is
@@ -196,7 +197,7 @@ type nsWatch struct {
 
 // check runs f (see watched.check) with what workload namespace name,
 // open as nsh, holds, from its watch: the one kept, or a new one.
-func (ws *workloads) check(name string, nsh netns.NsHandle, skip map[int]bool, f func([]held) error) error {
+func (ws *workloads) check(name string, nsh netns.NsHandle, skip map[int]bool, f func(iter.Seq[held]) error) error {
 	w, err := ws.get(name, nsh)
 	if err != nil {
 		return fmt.Errorf("watching network namespace %q: %w", name, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"slices"
 	"strings"
@@ -57,7 +58,7 @@ func TestWatchKeepsWhatTheNamespaceHolds(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, want := names(w.held(nil)), names(full)
+		got, want := names(slices.Collect(w.each(nil))), names(full)
 		missing := slices.DeleteFunc(slices.Clone(want), func(s string) bool { return slices.Contains(got, s) })
 		if len(missing) > 0 || (exact && !slices.Equal(got, want)) {
 			t.Errorf("%s: the watch holds\n%s\na full read finds\n%s", step, strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -94,17 +95,17 @@ func TestWatchKeepsWhatTheNamespaceHolds(t *testing.T) {
 	if w.reads != reads+1 {
 		t.Errorf("%d full reads after notifications were lost, want 1", w.reads-reads)
 	}
-	if full, _ := holding(dumps, nil); len(w.held(nil)) < 200 || len(full) < 200 {
-		t.Fatalf("the watch holds %d, a full read %d", len(w.held(nil)), len(full))
+	if full, _ := holding(dumps, nil); len(slices.Collect(w.each(nil))) < 200 || len(full) < 200 {
+		t.Fatalf("the watch holds %d, a full read %d", len(slices.Collect(w.each(nil))), len(full))
 	}
 
 	// What only the watch holds is read again before it counts; what the
 	// namespace holds counts.
 	stale := heldKey{route: true, p: netip.MustParsePrefix("10.7.0.0/16"), link: 1}
 	w.have[stale] = true
-	overlaps := func(p netip.Prefix) func([]held) error {
-		return func(hs []held) error {
-			for _, h := range hs {
+	overlaps := func(p netip.Prefix) func(iter.Seq[held]) error {
+		return func(hs iter.Seq[held]) error {
+			for h := range hs {
 				if h.p.Overlaps(p) {
 					return errors.New("overlaps " + h.as.String())
 				}
