@@ -521,7 +521,8 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 		b.remove(host, e.ID, e.NetNS)
 		err = werr
 	}
-	if err != nil {
+	made := err != nil
+	if made {
 		if host, err = b.create(inNS, nsh, e); err != nil {
 			return err
 		}
@@ -533,7 +534,7 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 	} else if host.Attrs().Alias != hostAlias(e) {
 		return fmt.Errorf("%s exists but belongs to %q, not to end %q in %q", hostName(e.ID), host.Attrs().Alias, e.ID, e.NetNS)
 	}
-	return b.configure(inNS, nsh, dumps, host, e)
+	return b.configure(inNS, nsh, dumps, host, e, made)
 }
 
 // needsIPv6 says whether routed end e carries IPv6: its addresses, the
@@ -738,8 +739,9 @@ func (b *Backend) createVXLAN(inNS *netlink.Handle, nsh netns.NsHandle, e datapl
 // isTag says whether host is the tag of a VXLAN end, not a veth half.
 func isTag(host netlink.Link) bool { return host.Type() == "bridge" }
 
-// configure brings both halves to the end's MTU, addresses and routes.
-func (b *Backend) configure(inNS *netlink.Handle, nsh netns.NsHandle, dumps *nl.SocketHandle, host netlink.Link, e dataplane.End) error {
+// configure brings both halves to the end's MTU, addresses and routes
+// (made: just made, so the workload's half has none to remove).
+func (b *Backend) configure(inNS *netlink.Handle, nsh netns.NsHandle, dumps *nl.SocketHandle, host netlink.Link, e dataplane.End, made bool) error {
 	link, err := workloadLink(inNS, e.ID, e.Interface)
 	if err != nil {
 		return err
@@ -757,13 +759,13 @@ func (b *Backend) configure(inNS *netlink.Handle, nsh netns.NsHandle, dumps *nl.
 			return fmt.Errorf("MTU %d on %s: %w", e.MTU, e.Interface, err)
 		}
 	}
-	if err := setAddrs(inNS, dumps, link, e.Addrs); err != nil {
+	if err := setAddrs(inNS, dumps, link, e.Addrs, made); err != nil {
 		return fmt.Errorf("addresses of %s in %q: %w", e.Interface, e.NetNS, err)
 	}
 	if err := inNS.LinkSetUp(link); err != nil {
 		return err
 	}
-	if err := setRoutes(inNS, link, workloadRoutes(e)); err != nil {
+	if err := setRoutes(inNS, link, workloadRoutes(e), made); err != nil {
 		return fmt.Errorf("routes of %s in %q: %w", e.Interface, e.NetNS, err)
 	}
 	if isTag(host) {
@@ -1130,10 +1132,16 @@ func workloadLink(inNS *netlink.Handle, id, name string) (netlink.Link, error) {
 	return nil, fmt.Errorf("end %q has no interface in its namespace (it was moved or deleted)", id)
 }
 
-func setAddrs(h *netlink.Handle, dumps *nl.SocketHandle, link netlink.Link, want []netip.Prefix) error {
-	have, err := linkAddrs(dumps, link.Attrs().Index)
-	if err != nil {
-		return err
+// setAddrs gives link the addresses want and no others but link-local
+// ones (made: it has none yet; reading them costs a walk over every
+// address of the namespace).
+func setAddrs(h *netlink.Handle, dumps *nl.SocketHandle, link netlink.Link, want []netip.Prefix, made bool) error {
+	var have []netip.Prefix
+	var err error
+	if !made {
+		if have, err = linkAddrs(dumps, link.Attrs().Index); err != nil {
+			return err
+		}
 	}
 	wanted := map[netip.Prefix]bool{}
 	for _, p := range want {
@@ -1152,11 +1160,18 @@ func setAddrs(h *netlink.Handle, dumps *nl.SocketHandle, link netlink.Link, want
 	return nil
 }
 
-func setRoutes(h *netlink.Handle, link netlink.Link, want []dataplane.Route) error {
-	have, err := dump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: routeProtocol},
-			netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
-	})
+// setRoutes gives link vwire's routes want and no other of vwire's (made:
+// it has none yet; reading them costs a walk over every route of the
+// namespace).
+func setRoutes(h *netlink.Handle, link netlink.Link, want []dataplane.Route, made bool) error {
+	var have []netlink.Route
+	var err error
+	if !made {
+		have, err = dump(func() ([]netlink.Route, error) {
+			return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: routeProtocol},
+				netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+		})
+	}
 	if err != nil {
 		return err
 	}
