@@ -185,7 +185,7 @@ func BenchmarkApplyBeside(b *testing.B) {
 				a := netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1})
 				far := netip.AddrFrom4([4]byte{10, 128 + byte(i>>8), byte(i), 1})
 				return dataplane.End{ID: fmt.Sprintf("live-%d", i), NetNS: wl, Interface: fmt.Sprintf("l%d", i), MTU: 1420,
-					Addrs: []netip.Prefix{netip.PrefixFrom(a, 32)},
+					Addrs:     []netip.Prefix{netip.PrefixFrom(a, 32)},
 					WireGuard: &dataplane.WireGuard{Peer: peer.PublicKey().String(), Remote: []netip.Prefix{netip.PrefixFrom(far, 32)}}}
 			}
 			apply := func(e dataplane.End) {

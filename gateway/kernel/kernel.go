@@ -64,10 +64,10 @@ type Backend struct {
 	routes  *netlink.Handle
 	dumps   *nl.SocketHandle // addresses and routes, read lean (dumpSocket)
 	watch   *watched         // what the namespace holds, for overlap checks
+	tunnels *Tunnels         // the WireGuard devices of ends that name a Peer
 	// workloads watches the workload namespaces ends were set up in
 	// lately, for their overlap checks.
 	workloads workloads
-	tunnels *Tunnels         // the WireGuard devices of ends that name a Peer
 	// forwarding turns on IPv4 forwarding in the gateway's namespace
 	// before the first routed end, and forwarding6 IPv6's before the first
 	// with IPv6 addresses (nil for NewAt: a test's namespace).
