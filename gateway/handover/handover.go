@@ -206,12 +206,27 @@ func CheckPath(ns string) error {
 	return notOwn(st, fmt.Sprintf("network namespace %q", ns))
 }
 
+// ownNS is the gateway's network namespace, read as the process starts:
+// later /proc/self/ns/net is the main thread's, which the Go runtime lends
+// to goroutines that enter a workload's namespace for a moment (kernel.Do)
+// — read then, a workload's namespace was "the gateway's own".
+var ownNS, ownNSErr = stat("/proc/thread-self/ns/net")
+
+func stat(path string) (st unix.Stat_t, err error) {
+	err = unix.Stat(path, &st)
+	return st, err
+}
+
 func notOwn(st unix.Stat_t, what string) error {
-	for _, p := range []struct{ path, whose string }{{"/proc/self/ns/net", "the gateway's own"}, {"/proc/1/ns/net", "the host's (PID 1's)"}} {
-		var o unix.Stat_t
-		if unix.Stat(p.path, &o) == nil && o.Dev == st.Dev && o.Ino == st.Ino {
+	host, hostErr := stat("/proc/1/ns/net")
+	for _, o := range []struct {
+		st    unix.Stat_t
+		err   error
+		whose string
+	}{{ownNS, ownNSErr, "the gateway's own"}, {host, hostErr, "the host's (PID 1's)"}} {
+		if o.err == nil && o.st.Dev == st.Dev && o.st.Ino == st.Ino {
 			return fmt.Errorf("%w: %s is %s network namespace; a vWire's interface goes into the workload's (run vwire connect or vwire endpoint inside it, or give --netns)",
-				ErrForeignNamespace, what, p.whose)
+				ErrForeignNamespace, what, o.whose)
 		}
 	}
 	return nil
