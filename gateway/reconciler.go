@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vwire/vwire/gateway/dataplane"
@@ -257,6 +258,9 @@ func (r *Reconciler) Run(ctx context.Context) {
 	}
 }
 
+// reconcileWorkers is how many ends a reconcile pass applies at once.
+const reconcileWorkers = 4
+
 // Reconcile makes one pass and returns how many ends failed.
 func (r *Reconciler) Reconcile(ctx context.Context) (failed int) {
 	actual, err := r.backend.List(ctx)
@@ -269,24 +273,36 @@ func (r *Reconciler) Reconcile(ctx context.Context) (failed int) {
 	for _, e := range actual {
 		have[e.ID] = e
 	}
+	// A few ends at once: after a restart each of a thousand is applied
+	// again (its tunnel's routes died with the process), and one after
+	// another they took some 2 s.
+	var wg sync.WaitGroup
+	var applyFailed atomic.Int64
+	workers := make(chan struct{}, reconcileWorkers)
 	for _, snap := range r.Desired() {
-		unlock := r.lockEnd(snap.ID)
-		want, ok := r.Get(snap.ID) // as it is now, not as the pass began
-		if !ok || (have[want.ID].ID != "" && equal(have[want.ID], want)) {
+		workers <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-workers }()
+			unlock := r.lockEnd(snap.ID)
+			want, ok := r.Get(snap.ID) // as it is now, not as the pass began
+			if !ok || (have[want.ID].ID != "" && equal(have[want.ID], want)) {
+				unlock()
+				return
+			}
+			err := r.backend.Apply(ctx, want)
 			unlock()
-			continue
-		}
-		err := r.backend.Apply(ctx, want)
-		unlock()
-		if err != nil {
-			r.log.Warn("programming a vWire end failed; retrying", "id", want.ID, "err", err)
-			r.fail(want.ID, err)
-			failed++
-			continue
-		}
-		r.fail(want.ID, nil)
-		r.log.Info("vWire end programmed", "id", want.ID)
+			if err != nil {
+				r.log.Warn("programming a vWire end failed; retrying", "id", want.ID, "err", err)
+				r.fail(want.ID, err)
+				applyFailed.Add(1)
+				return
+			}
+			r.fail(want.ID, nil)
+			r.log.Info("vWire end programmed", "id", want.ID)
+		})
 	}
+	wg.Wait()
+	failed = int(applyFailed.Load())
 	for id := range have {
 		unlock := r.lockEnd(id)
 		if _, ok := r.Get(id); ok {
