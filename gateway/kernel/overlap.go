@@ -2,7 +2,6 @@ package kernel
 
 import (
 	"fmt"
-	"iter"
 	"net/netip"
 	"strings"
 
@@ -38,7 +37,7 @@ type held struct {
 // links do not count.
 func (b *Backend) checkOverlap(inNS *netlink.Handle, nsh netns.NsHandle, e dataplane.End) error {
 	where := fmt.Sprintf("in network namespace %q", e.NetNS)
-	err := b.workloads.check(e.NetNS, nsh, ownLinks(inNS, aliasPrefix+e.ID, e.Interface), func(inWorkload iter.Seq[held]) error {
+	err := b.workloads.check(e.NetNS, nsh, ownLinks(inNS, aliasPrefix+e.ID, e.Interface), func(inWorkload meeting) error {
 		for _, p := range e.Addrs {
 			if err := clash("address "+p.String(), p.Masked(), inNS, inWorkload, e.Accept, where); err != nil {
 				return err
@@ -60,7 +59,7 @@ func (b *Backend) checkOverlap(inNS *netlink.Handle, nsh netns.NsHandle, e datap
 	if e.WireGuard == nil && len(e.Routed) == 0 {
 		return nil // the gateway routes nothing to the end's addresses
 	}
-	return b.watch.check(ownLinks(b.routes, "", hostName(e.ID)), func(onHost iter.Seq[held]) error {
+	return b.watch.check(ownLinks(b.routes, "", hostName(e.ID)), func(onHost meeting) error {
 		for _, p := range e.Addrs {
 			host := netip.PrefixFrom(p.Addr(), p.Addr().BitLen())
 			if err := clash("address "+p.Addr().String(), host, b.routes, onHost, nil, "on the gateway"); err != nil {
@@ -92,7 +91,7 @@ func (b *Backend) checkInner(e dataplane.End) error {
 	// (The tunnel's own routes are on it or on its Ethernet TUN, which an
 	// idle tunnel keeps.)
 	device := b.tunnels.deviceName(key)
-	return b.watch.check(ownLinks(b.routes, "", device, ethernetName(device)), func(onHost iter.Seq[held]) error {
+	return b.watch.check(ownLinks(b.routes, "", device, ethernetName(device)), func(onHost meeting) error {
 		for _, p := range w.Remote {
 			if err := clash("peer gateway's inner address "+p.Addr().String(), p, b.routes, onHost, nil, "on the gateway"); err != nil {
 				return err
@@ -102,11 +101,11 @@ func (b *Backend) checkInner(e dataplane.End) error {
 	})
 }
 
-// clash says why p (named what) cannot be programmed beside held (in the
-// namespace of h): it equals one of them, or overlaps one outside the
-// prefixes accepted.
-func clash(what string, p netip.Prefix, h *netlink.Handle, held iter.Seq[held], accept []netip.Prefix, where string) error {
-	for o := range held {
+// clash says why p (named what) cannot be programmed beside what held
+// finds meeting it (in the namespace of h): it equals one of them, or
+// overlaps one outside the prefixes accepted.
+func clash(what string, p netip.Prefix, h *netlink.Handle, held meeting, accept []netip.Prefix, where string) error {
+	for o := range held(p) {
 		switch {
 		case !p.Overlaps(o.p):
 		case p == o.p:

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,6 +35,10 @@ type watched struct {
 	sub   *nl.NetlinkSocket // subscribed to links, addresses and routes
 	dumps *nl.SocketHandle  // the namespace's dumpSocket, for full reads
 	have  map[heldKey]bool
+	// under has have's entries by the prefix each counts as (held.p): a
+	// host address meets only entries at one of its 33 (129) prefixes,
+	// looked up instead of walking a thousand ends' entries.
+	under map[netip.Prefix][]heldKey
 	fresh bool // have is what the namespace holds (false: read it again)
 	reads int  // full reads so far
 	buf   []byte
@@ -56,25 +62,83 @@ func watch(nsh netns.NsHandle, dumps *nl.SocketHandle) (*watched, error) {
 
 func (w *watched) Close() { w.sub.Close() }
 
+// meeting yields what a namespace holds (but on the links to skip) that
+// overlaps a prefix: see watched.meeting.
+type meeting func(p netip.Prefix) iter.Seq[held]
+
 // check runs f with what the namespace holds but on the links in skip,
 // brought up to date. If f finds fault with what it was given, and that
 // was not just read in full, the namespace is read in full and f runs
 // again: its second answer stands.
-func (w *watched) check(skip map[int]bool, f func(iter.Seq[held]) error) error {
+func (w *watched) check(skip map[int]bool, f func(meeting) error) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	reread := !w.fresh
 	if err := w.sync(); err != nil {
 		return fmt.Errorf("reading %s: %w", w.what, err)
 	}
-	if err := f(w.each(skip)); err == nil || reread {
+	meets := func(p netip.Prefix) iter.Seq[held] { return w.meeting(p, skip) }
+	if err := f(meets); err == nil || reread {
 		return err
 	}
 	w.fresh = false
 	if err := w.sync(); err != nil {
 		return fmt.Errorf("reading %s: %w", w.what, err)
 	}
-	return f(w.each(skip))
+	return f(meets)
+}
+
+// meeting yields what the namespace holds but on the links in skip that
+// overlaps p, addresses first (see each). For a single address only the
+// entries at its prefixes are looked at.
+func (w *watched) meeting(p netip.Prefix, skip map[int]bool) iter.Seq[held] {
+	if !p.IsSingleIP() {
+		return func(yield func(held) bool) {
+			for o := range w.each(skip) {
+				if o.p.Overlaps(p) && !yield(o) {
+					return
+				}
+			}
+		}
+	}
+	return func(yield func(held) bool) {
+		for _, routes := range []bool{false, true} {
+			for bits := range p.Bits() + 1 {
+				q, _ := p.Addr().Prefix(bits)
+				for _, k := range w.under[q] {
+					if o, _ := k.held(); k.route == routes && !skip[k.link] && !yield(o) {
+						return
+					}
+				}
+			}
+		}
+	}
+}
+
+// add and del keep k in have and under.
+func (w *watched) add(k heldKey) {
+	if w.have[k] {
+		return
+	}
+	w.have[k] = true
+	if o, ok := k.held(); ok {
+		w.under[o.p] = append(w.under[o.p], k)
+	}
+}
+
+func (w *watched) del(k heldKey) {
+	if !w.have[k] {
+		return
+	}
+	delete(w.have, k)
+	if o, ok := k.held(); ok {
+		ks := slices.DeleteFunc(w.under[o.p], func(h heldKey) bool { return h == k })
+		if len(ks) == 0 {
+			delete(w.under, o.p)
+		} else {
+			w.under[o.p] = ks
+		}
+	}
 }
 
 // each yields what the namespace holds but on the links in skip: its
@@ -128,7 +192,7 @@ func (w *watched) apply(h *unix.NlMsghdr, body []byte) error {
 		gone := int(nl.DeserializeIfInfomsg(body).Index)
 		for k := range w.have {
 			if k.link == gone {
-				delete(w.have, k)
+				w.del(k)
 			}
 		}
 	case unix.RTM_NEWADDR, unix.RTM_DELADDR, unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
@@ -138,9 +202,9 @@ func (w *watched) apply(h *unix.NlMsghdr, body []byte) error {
 			return err
 		case !ok:
 		case t == unix.RTM_NEWADDR || t == unix.RTM_NEWROUTE:
-			w.have[k] = true
+			w.add(k)
 		default:
-			delete(w.have, k)
+			w.del(k)
 		}
 	}
 	return nil
@@ -159,11 +223,12 @@ func (w *watched) reread() error {
 			return fmt.Errorf("reading address and route changes: %w", err)
 		}
 	}
-	have := map[heldKey]bool{}
-	if err := eachHeld(w.dumps, func(k heldKey) { have[k] = true }); err != nil {
+	w.have, w.under = map[heldKey]bool{}, map[netip.Prefix][]heldKey{}
+	if err := eachHeld(w.dumps, w.add); err != nil {
+		w.fresh = false
 		return err
 	}
-	w.have, w.fresh = have, true
+	w.fresh = true
 	w.reads++
 	return nil
 }
@@ -197,7 +262,7 @@ type nsWatch struct {
 
 // check runs f (see watched.check) with what workload namespace name,
 // open as nsh, holds, from its watch: the one kept, or a new one.
-func (ws *workloads) check(name string, nsh netns.NsHandle, skip map[int]bool, f func(iter.Seq[held]) error) error {
+func (ws *workloads) check(name string, nsh netns.NsHandle, skip map[int]bool, f func(meeting) error) error {
 	w, err := ws.get(name, nsh)
 	if err != nil {
 		return fmt.Errorf("watching network namespace %q: %w", name, err)

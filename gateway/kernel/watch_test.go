@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"iter"
 	"net/netip"
 	"slices"
 	"strings"
@@ -63,6 +62,21 @@ func TestWatchKeepsWhatTheNamespaceHolds(t *testing.T) {
 		if len(missing) > 0 || (exact && !slices.Equal(got, want)) {
 			t.Errorf("%s: the watch holds\n%s\na full read finds\n%s", step, strings.Join(got, "\n"), strings.Join(want, "\n"))
 		}
+		// Its index finds each entry by an address inside it, and holds
+		// nothing the watch dropped.
+		for _, o := range full {
+			a := o.p.Addr()
+			if !slices.Contains(slices.Collect(w.meeting(netip.PrefixFrom(a, a.BitLen()), nil)), o) {
+				t.Errorf("%s: the index does not find %s %s on link %d by %s", step, o.kind, o.as, o.link, a)
+			}
+		}
+		indexed := 0
+		for _, ks := range w.under {
+			indexed += len(ks)
+		}
+		if n := len(slices.Collect(w.each(nil))); indexed != n {
+			t.Errorf("%s: the index has %d entries, the watch %d", step, indexed, n)
+		}
 	}
 	same("first read", true)
 	run("addr add 10.9.0.1 peer 10.9.0.2/32 dev va", "addr add fd00::1/64 dev va nodad",
@@ -102,10 +116,10 @@ func TestWatchKeepsWhatTheNamespaceHolds(t *testing.T) {
 	// What only the watch holds is read again before it counts; what the
 	// namespace holds counts.
 	stale := heldKey{route: true, p: netip.MustParsePrefix("10.7.0.0/16"), link: 1}
-	w.have[stale] = true
-	overlaps := func(p netip.Prefix) func(iter.Seq[held]) error {
-		return func(hs iter.Seq[held]) error {
-			for h := range hs {
+	w.add(stale)
+	overlaps := func(p netip.Prefix) func(meeting) error {
+		return func(meets meeting) error {
+			for h := range meets(p) {
 				if h.p.Overlaps(p) {
 					return errors.New("overlaps " + h.as.String())
 				}
