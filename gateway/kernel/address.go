@@ -150,12 +150,15 @@ func dumpKeys(s *nl.SocketHandle, req *nl.NetlinkRequest, kind uint16, f func(he
 		var out []heldKey
 		interrupted := false
 		for {
-			n, _, err := unix.Recvfrom(fd, *buf, unix.MSG_TRUNC)
+			n, from, err := unix.Recvfrom(fd, *buf, unix.MSG_TRUNC)
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
 			if err != nil {
 				return nil, err
+			}
+			if !fromKernel(from) {
+				continue
 			}
 			if n > len(*buf) {
 				return nil, fmt.Errorf("a netlink answer of %d bytes, more than %d", n, len(*buf))
@@ -197,6 +200,14 @@ func dumpKeys(s *nl.SocketHandle, req *nl.NetlinkRequest, kind uint16, f func(he
 		f(k)
 	}
 	return err
+}
+
+// fromKernel says whether a netlink message came from the kernel: in a
+// workload's namespace another socket may send to ours (a workload with
+// CAP_NET_ADMIN there), and what it says of the namespace is not taken.
+func fromKernel(from unix.Sockaddr) bool {
+	sa, ok := from.(*unix.SockaddrNetlink)
+	return ok && sa.Pid == 0
 }
 
 // dumpBuffers hold a netlink answer each (the kernel sends a dump's

@@ -163,11 +163,13 @@ func (w *watched) sync() error {
 		return w.reread()
 	}
 	for {
-		n, _, err := unix.Recvfrom(w.sub.GetFd(), w.buf, unix.MSG_DONTWAIT)
+		n, from, err := unix.Recvfrom(w.sub.GetFd(), w.buf, unix.MSG_DONTWAIT)
 		switch {
 		case errors.Is(err, unix.EAGAIN):
 			return nil
 		case errors.Is(err, unix.EINTR):
+			continue
+		case err == nil && !fromKernel(from):
 			continue
 		case errors.Is(err, unix.ENOBUFS): // some were dropped
 			return w.reread()

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/vwire/vwire/e2e"
@@ -185,4 +187,69 @@ func TestWorkloadWatch(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	b.Remove(context.Background(), "w-1")
+}
+
+// Only the kernel speaks for a namespace: a message sent to the watch's
+// socket by another socket there (a workload with CAP_NET_ADMIN in its
+// own namespace can send one) is dropped. A forged deletion once made the
+// watch hold less than the namespace, and an overlap go unseen.
+func TestWatchTakesOnlyTheKernelsWord(t *testing.T) {
+	e2e.RequireRoot(t)
+	ns := namespace(t)
+	nsh, dumps, _ := sockets(t, ns)
+	ip(t, "-n", ns, "link", "add", "va", "type", "veth", "peer", "name", "vb")
+	ip(t, "-n", ns, "link", "set", "va", "up")
+	ip(t, "-n", ns, "route", "add", "10.8.0.0/16", "dev", "va")
+	w, err := watch(nsh, dumps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.sync(); err != nil {
+		t.Fatal(err)
+	}
+	route := netip.MustParsePrefix("10.8.0.0/16")
+	holds := func() bool {
+		return slices.ContainsFunc(slices.Collect(w.each(nil)), func(h held) bool { return h.p == route })
+	}
+	if !holds() {
+		t.Fatal("the watch does not hold 10.8.0.0/16 after its first read")
+	}
+	// The kernel's own notification of that route, as a deletion, from
+	// another socket in the namespace to the watch's.
+	sa, err := unix.Getsockname(w.sub.GetFd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var forged []byte
+	if err := Do(ns, func() error {
+		va, err := netlink.LinkByName("va")
+		if err != nil {
+			return err
+		}
+		req := nl.NewNetlinkRequest(unix.RTM_DELROUTE, 0)
+		req.AddData(&nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_INET, Dst_len: 16, Table: unix.RT_TABLE_MAIN,
+			Protocol: unix.RTPROT_BOOT, Scope: unix.RT_SCOPE_LINK, Type: unix.RTN_UNICAST}})
+		req.AddData(nl.NewRtAttr(unix.RTA_TABLE, nl.Uint32Attr(unix.RT_TABLE_MAIN)))
+		req.AddData(nl.NewRtAttr(unix.RTA_DST, route.Addr().AsSlice()))
+		req.AddData(nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(va.Attrs().Index))))
+		forged = req.Serialize()
+		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, forged, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Pid: sa.(*unix.SockaddrNetlink).Pid})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if k, ok, err := parseHeld(unix.RTM_DELROUTE, forged[unix.SizeofNlMsghdr:]); err != nil || !ok || !w.have[k] {
+		t.Fatalf("the forged message is not the deletion of the route the watch holds (%v, %v, %v)", k, ok, err)
+	}
+	if err := w.sync(); err != nil {
+		t.Fatal(err)
+	}
+	if !holds() {
+		t.Error("a message from another socket deleted 10.8.0.0/16 from the watch; the namespace still has it")
+	}
 }
