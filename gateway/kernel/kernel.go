@@ -264,6 +264,45 @@ func strict(h *netlink.Handle, err error) (*netlink.Handle, error) {
 	return h, nil
 }
 
+// nsSockets are a workload namespace, open, with a netlink handle (strict:
+// no rule or neighbour dumps) and a dumpSocket in it.
+type nsSockets struct {
+	nsh   netns.NsHandle
+	h     *netlink.Handle
+	dumps *nl.SocketHandle
+}
+
+// openIn opens namespace ns (a name or path) and its sockets.
+func openIn(ns string) (in *nsSockets, err error) {
+	in = &nsSockets{}
+	if in.nsh, err = OpenNS(ns); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			in.Close()
+		}
+	}()
+	if in.h, err = strict(netlink.NewHandleAt(in.nsh, unix.NETLINK_ROUTE)); err != nil {
+		return nil, fmt.Errorf("network namespace %q: %w", ns, err)
+	}
+	if in.dumps, err = dumpSocket(in.nsh); err != nil {
+		return nil, fmt.Errorf("network namespace %q: %w", ns, err)
+	}
+	return in, nil
+}
+
+// Close closes what is open of in.
+func (in *nsSockets) Close() {
+	if in.dumps != nil {
+		in.dumps.Close()
+	}
+	if in.h != nil {
+		in.h.Close()
+	}
+	in.nsh.Close()
+}
+
 // handleIn is a netlink handle for namespace ns (a name or path).
 func handleIn(ns string) (*netlink.Handle, error) {
 	nsh, err := OpenNS(ns)
@@ -486,21 +525,12 @@ func (b *Backend) Apply(_ context.Context, e dataplane.End) (err error) {
 		defer b.gate.RUnlock()
 	}
 	defer b.claim(e)()
-	nsh, err := OpenNS(e.NetNS)
+	in, err := openIn(e.NetNS)
 	if err != nil {
 		return err
 	}
-	defer nsh.Close()
-	inNS, err := strict(netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)) // (no rule or neighbour dumps in it)
-	if err != nil {
-		return fmt.Errorf("network namespace %q: %w", e.NetNS, err)
-	}
-	defer inNS.Close()
-	dumps, err := dumpSocket(nsh)
-	if err != nil {
-		return fmt.Errorf("network namespace %q: %w", e.NetNS, err)
-	}
-	defer dumps.Close()
+	defer in.Close()
+	nsh, inNS, dumps := in.nsh, in.h, in.dumps
 	host, err := b.host.LinkByName(hostName(e.ID))
 	mine := err == nil && host.Attrs().Alias == hostAlias(e)
 	var werr error
@@ -1297,22 +1327,13 @@ func (b *Backend) removalOf(host netlink.Link, id, ns string) (*busy, error) {
 	if peer == 0 || host.Attrs().NetNsID < 0 {
 		return nil, errors.New("the workload's half is not in another namespace")
 	}
-	nsh, err := OpenNS(ns)
+	in, err := openIn(ns)
 	if err != nil {
 		return nil, err
 	}
-	defer nsh.Close()
-	s, err := dumpSocket(nsh)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	l, err := h.LinkByIndex(peer)
+	defer in.Close()
+	s := in.dumps
+	l, err := in.h.LinkByIndex(peer)
 	if err != nil || l.Attrs().Alias != aliasPrefix+id {
 		return nil, fmt.Errorf("link %d in %q is not end %q's (%v)", peer, ns, id, err)
 	}

@@ -60,22 +60,12 @@ func hostLinks(t *testing.T, gw string) []string {
 // in it, all closed when tb ends.
 func sockets(tb testing.TB, ns string) (netns.NsHandle, *nl.SocketHandle, *netlink.Handle) {
 	tb.Helper()
-	nsh, err := OpenNS(ns)
+	in, err := openIn(ns)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { nsh.Close() })
-	s, err := dumpSocket(nsh)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(s.Close)
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(h.Close)
-	return nsh, s, h
+	tb.Cleanup(in.Close)
+	return in.nsh, in.dumps, in.h
 }
 
 // backend is a gateway's backend in a namespace of its own (so that tests
