@@ -255,8 +255,7 @@ type workloads struct {
 // its users, and the timer that closes it once they have been gone for
 // watchIdle.
 type nsWatch struct {
-	*watched
-	dumps    *nl.SocketHandle
+	*watched // with its own dumpSocket
 	dev, ino uint64
 	users    int
 	idle     *time.Timer
@@ -300,8 +299,9 @@ func (ws *workloads) get(name string, nsh netns.NsHandle) (*nsWatch, error) {
 			return nil, err
 		}
 		watched.what = fmt.Sprintf("network namespace %q", name)
-		w = &nsWatch{watched: watched, dumps: dumps, dev: st.Dev, ino: st.Ino}
-		w.idle = time.AfterFunc(time.Hour, func() { ws.expire(name, w) })
+		w = &nsWatch{watched: watched, dev: st.Dev, ino: st.Ino}
+		// (Stopped below: it runs only while no end uses the watch.)
+		w.idle = time.AfterFunc(watchIdle, func() { ws.expire(name, w) })
 		if ws.m == nil {
 			ws.m = map[string]*nsWatch{}
 		}
@@ -348,5 +348,5 @@ func (ws *workloads) Close() {
 
 func (w *nsWatch) close() {
 	w.watched.Close()
-	w.dumps.Close()
+	w.watched.dumps.Close()
 }
