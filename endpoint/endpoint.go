@@ -33,7 +33,7 @@ type Endpoint struct {
 	mu    sync.Mutex
 	byID  map[string]int // connection id → pair
 	taken map[int]string
-	next  int // the pair to try first (0: the first)
+	last  int // the pair handed out last (0: none yet)
 }
 
 // New returns an endpoint handing out pairs from cidr in network namespace
@@ -106,11 +106,10 @@ func (e *Endpoint) Request(_ context.Context, req *proxypb.NetworkServiceRequest
 		// a pair just freed comes back only once the others are in use,
 		// as its vWire's links may still be going (a gateway makes a new
 		// end that wants its addresses wait for them).
-		for k := range e.pairs - 1 {
-			j := (e.next+k)%(e.pairs-1) + 1
+		for k := range e.pairs - 1 { // pairs 1 to pairs-1, from last+1 round
+			j := (e.last+k)%(e.pairs-1) + 1
 			if _, used := e.taken[j]; !used {
-				i = j
-				e.next = j % (e.pairs - 1)
+				i, e.last = j, j
 				break
 			}
 		}
