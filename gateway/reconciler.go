@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/vwire/vwire/gateway/dataplane"
 	"github.com/vwire/vwire/internal/atomicfile"
 )
@@ -276,18 +278,16 @@ func (r *Reconciler) Reconcile(ctx context.Context) (failed int) {
 	// A few ends at once: after a restart each of a thousand is applied
 	// again (its tunnel's routes died with the process), and one after
 	// another they took some 2 s.
-	var wg sync.WaitGroup
+	var applies errgroup.Group
+	applies.SetLimit(reconcileWorkers)
 	var applyFailed atomic.Int64
-	workers := make(chan struct{}, reconcileWorkers)
 	for _, snap := range r.Desired() {
-		workers <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-workers }()
+		applies.Go(func() error {
 			unlock := r.lockEnd(snap.ID)
 			want, ok := r.Get(snap.ID) // as it is now, not as the pass began
 			if !ok || (have[want.ID].ID != "" && equal(have[want.ID], want)) {
 				unlock()
-				return
+				return nil
 			}
 			err := r.backend.Apply(ctx, want)
 			unlock()
@@ -295,13 +295,14 @@ func (r *Reconciler) Reconcile(ctx context.Context) (failed int) {
 				r.log.Warn("programming a vWire end failed; retrying", "id", want.ID, "err", err)
 				r.fail(want.ID, err)
 				applyFailed.Add(1)
-				return
+				return nil // (the others go on)
 			}
 			r.fail(want.ID, nil)
 			r.log.Info("vWire end programmed", "id", want.ID)
+			return nil
 		})
 	}
-	wg.Wait()
+	applies.Wait()
 	failed = int(applyFailed.Load())
 	for id := range have {
 		unlock := r.lockEnd(id)
