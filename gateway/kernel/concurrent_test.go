@@ -115,14 +115,12 @@ func TestEndsAtOnce(t *testing.T) {
 	clashes := []clash{{"end 0's address", func(i int) dataplane.End {
 		return end(fmt.Sprintf("clash-%d", i), wC, fmt.Sprintf("x%d", i), devA, addrA(0), "172.29.0.2")
 	}, 0}}
-	var taken []string
 	for r := range 8 {
 		clashes = append(clashes, clash{fmt.Sprintf("new address %d", r), func(i int) dataplane.End {
-			id := fmt.Sprintf("new-%d-%d", r, i)
-			taken = append(taken, id)
-			return end(id, wC, fmt.Sprintf("y%d-%d", r, i), devA, fmt.Sprintf("172.29.%d.1", r+1), fmt.Sprintf("172.28.%d.%d", r, i+1))
+			return end(fmt.Sprintf("new-%d-%d", r, i), wC, fmt.Sprintf("y%d-%d", r, i), devA, fmt.Sprintf("172.29.%d.1", r+1), fmt.Sprintf("172.28.%d.%d", r, i+1))
 		}, 1})
 	}
+	var won []string // the ends that got an address, removed at the end
 	for _, tc := range clashes {
 		var ends []dataplane.End
 		for i := range 6 {
@@ -133,6 +131,7 @@ func TestEndsAtOnce(t *testing.T) {
 			switch {
 			case err == nil:
 				got++
+				won = append(won, ends[i].ID)
 			case !strings.Contains(err.Error(), "is already held"):
 				t.Errorf("%s: end %d: %v, want a refusal that says the address is held", tc.name, i, err)
 			}
@@ -150,8 +149,10 @@ func TestEndsAtOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, id := range taken {
-		p.bA.Remove(context.Background(), id)
+	for _, id := range won {
+		if err := p.bA.Remove(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, e := range server {
 		if err := p.bB.Remove(context.Background(), e.ID); err != nil {
