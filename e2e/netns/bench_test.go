@@ -1,18 +1,23 @@
 package netns
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -112,8 +117,9 @@ func BenchmarkNetnsSetup(b *testing.B) {
 // from their --debug-listen) while the caller loads them, with where their
 // goroutines waited on contended locks in those 3 s, and once done is
 // called their allocations since start, and writes each as the top of
-// `go tool pprof` into dir as NAME-DOMAIN-{cpu,mutex,allocs}.txt: the
-// profiles kept with the bench numbers.
+// `go tool pprof` into dir as NAME-DOMAIN-{cpu,mutex,allocs}.txt; and the
+// whole machine's until done, as NAME-machine.txt: the profiles kept with
+// the bench numbers.
 func profileDomains(b *testing.B, dir, name string, hosts ...*host) (done func()) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
@@ -141,12 +147,156 @@ func profileDomains(b *testing.B, dir, name string, hosts ...*host) (done func()
 		wg.Go(func() { fetch(h, "/debug/pprof/profile?seconds=3", "cpu") })
 		wg.Go(func() { fetch(h, "/debug/pprof/mutex?seconds=3", "mutex") })
 	}
+	machine := profileMachine(b, filepath.Join(dir, name+"-machine.txt"), hosts)
 	return func() {
+		machine()
 		wg.Wait()
 		for _, h := range hosts {
 			fetch(h, "/debug/pprof/allocs", "allocs")
 		}
 	}
+}
+
+// profileMachine starts recording where the whole machine's CPU goes
+// (perf, system-wide: the domains, the kernel, the clients, idle) until
+// stop, which writes it to path: shares by process, then by symbol. A
+// domain's own CPU profile shows its share alone; this shows what bounds
+// the machine.
+func profileMachine(b *testing.B, path string, hosts []*host) (stop func()) {
+	if _, err := exec.LookPath("perf"); err != nil {
+		b.Logf("no machine-wide profile: perf is not installed (Debian: linux-perf)")
+		os.WriteFile(path, []byte("not recorded: perf is not installed (Debian: linux-perf)\n"), 0o644)
+		return func() {}
+	}
+	dir := b.TempDir()
+	data, ctl, ack := filepath.Join(dir, "perf.data"), filepath.Join(dir, "ctl"), filepath.Join(dir, "ack")
+	var out bytes.Buffer
+	// perf takes a while to start recording the whole machine: it starts
+	// with its events off, and the phase begins once it says they are on.
+	rec := exec.Command("perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-a", "-g", "-D", "-1", "--control", "fifo:"+ctl+","+ack, "-o", data)
+	rec.Stdout, rec.Stderr = &out, &out
+	for _, f := range []string{ctl, ack} {
+		if err := syscall.Mkfifo(f, 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := rec.Start(); err != nil {
+		b.Fatalf("perf record: %v", err)
+	}
+	enabled := make(chan error, 1)
+	go func() {
+		c, err := os.OpenFile(ctl, os.O_RDWR, 0) // RDWR: opening does not wait for perf
+		if err == nil {
+			defer c.Close()
+			_, err = c.WriteString("enable\n")
+		}
+		var a *os.File
+		if err == nil {
+			a, err = os.OpenFile(ack, os.O_RDWR, 0)
+		}
+		if err == nil {
+			defer a.Close()
+			_, err = a.Read(make([]byte, 8))
+		}
+		enabled <- err
+	}()
+	select {
+	case err := <-enabled:
+		if err != nil {
+			rec.Process.Kill()
+			rec.Wait()
+			b.Fatalf("enabling perf's events: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		rec.Process.Kill()
+		rec.Wait()
+		b.Fatalf("perf record did not enable its events within 30 s\n%s", out.Bytes())
+	}
+	begin, cpu0 := time.Now(), readCPUTimes(b)
+	return func() {
+		cpu1 := readCPUTimes(b)
+		rec.Process.Signal(os.Interrupt)
+		if err := rec.Wait(); err != nil && !strings.Contains(err.Error(), "interrupt") {
+			b.Errorf("perf record: %v\n%s", err, out.Bytes())
+			return
+		}
+		names := map[string]string{"0": "swapper: idle, and the softirqs it met"}
+		for _, h := range hosts {
+			names[strconv.Itoa(h.proc.Cmd.Process.Pid)] = h.name + "'s vwire domain"
+		}
+		samples, err := exec.Command("perf", "script", "-i", data, "-F", "pid,comm").Output()
+		if err != nil {
+			b.Errorf("perf script: %v", err)
+			return
+		}
+		byProcess, total := map[string]int{}, 0
+		for l := range strings.Lines(string(samples)) {
+			f := strings.Fields(l) // comm (may hold spaces), pid
+			if len(f) < 2 {
+				continue
+			}
+			pid, comm := f[len(f)-1], strings.Join(f[:len(f)-1], " ")
+			name := names[pid]
+			if name == "" {
+				name = comm
+			}
+			byProcess[name]++
+			total++
+		}
+		var text bytes.Buffer
+		fmt.Fprintf(&text, "perf record -e cpu-clock -a: %.1f s, %d samples on %d CPUs. /proc/stat over the same time: %.1f %% idle, %.1f %% in the kernel, %.1f %% in user space.\n\nby process (others by command name):\n",
+			time.Since(begin).Seconds(), total, runtime.NumCPU(), cpu1.share(cpu0, "idle"), cpu1.share(cpu0, "kernel"), cpu1.share(cpu0, "user"))
+		for _, name := range slices.SortedFunc(maps.Keys(byProcess), func(x, y string) int { return byProcess[y] - byProcess[x] }) {
+			if pct := 100 * float64(byProcess[name]) / float64(max(total, 1)); pct >= 0.5 {
+				fmt.Fprintf(&text, "%6.1f %%  %s\n", pct, name)
+			}
+		}
+		report, err := exec.Command("perf", "report", "-i", data, "--stdio", "--children", "--sort", "sym", "-g", "none", "--percent-limit", "2").CombinedOutput()
+		if err != nil {
+			b.Errorf("perf report: %v\n%s", err, report)
+			return
+		}
+		text.WriteString("\nby symbol (0.5 % and more; swapper is idle):\n")
+		for l := range strings.Lines(string(report)) {
+			if !strings.HasPrefix(l, "#") && strings.TrimSpace(l) != "" {
+				text.WriteString(l)
+			}
+		}
+		os.WriteFile(path, text.Bytes(), 0o644)
+	}
+}
+
+// cpuTimes is the machine's CPU time so far (/proc/stat's first line), in
+// ticks: user, nice, system, idle, iowait, irq, softirq, steal.
+type cpuTimes [8]uint64
+
+func readCPUTimes(b *testing.B) (t cpuTimes) {
+	stat, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(stat), "\n")
+	f := strings.Fields(line)
+	for i := range t {
+		if i+1 < len(f) {
+			t[i], _ = strconv.ParseUint(f[i+1], 10, 64)
+		}
+	}
+	return t
+}
+
+// share is the percentage of the CPU time since before that went to
+// kind: "user" (user, nice), "kernel" (system, irq, softirq) or "idle"
+// (idle, iowait); steal counts in the whole only.
+func (t cpuTimes) share(before cpuTimes, kind string) float64 {
+	var d [8]float64
+	var all float64
+	for i := range t {
+		d[i] = float64(t[i] - before[i])
+		all += d[i]
+	}
+	part := map[string]float64{"user": d[0] + d[1], "kernel": d[2] + d[5] + d[6], "idle": d[3] + d[4]}[kind]
+	return 100 * part / max(all, 1)
 }
 
 // setups asks for n vWires to service into namespace ns (interfaces
