@@ -163,9 +163,16 @@ func profileDomains(b *testing.B, dir, name string, hosts ...*host) (done func()
 // domain's own CPU profile shows its share alone; this shows what bounds
 // the machine.
 func profileMachine(b *testing.B, path string, hosts []*host) (stop func()) {
+	write := func(text []byte) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			b.Error(err)
+		} else if err := os.WriteFile(path, text, 0o644); err != nil {
+			b.Error(err)
+		}
+	}
 	if _, err := exec.LookPath("perf"); err != nil {
 		b.Logf("no machine-wide profile: perf is not installed (Debian: linux-perf)")
-		os.WriteFile(path, []byte("not recorded: perf is not installed (Debian: linux-perf)\n"), 0o644)
+		write([]byte("not recorded: perf is not installed (Debian: linux-perf)\n"))
 		return func() {}
 	}
 	dir := b.TempDir()
@@ -262,7 +269,7 @@ func profileMachine(b *testing.B, path string, hosts []*host) (stop func()) {
 				text.WriteString(l)
 			}
 		}
-		os.WriteFile(path, text.Bytes(), 0o644)
+		write(text.Bytes())
 	}
 }
 
