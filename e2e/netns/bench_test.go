@@ -251,7 +251,7 @@ func profileMachine(b *testing.B, path string, hosts []*host) (stop func()) {
 			total++
 		}
 		var text bytes.Buffer
-		fmt.Fprintf(&text, "perf record -e cpu-clock -a: %.1f s, %d samples on %d CPUs. /proc/stat over the same time: %.1f %% idle, %.1f %% in the kernel, %.1f %% in user space.\n\nby process (others by command name):\n",
+		fmt.Fprintf(&text, "perf record -e cpu-clock -a: %.1f s, %d samples on %d CPUs. /proc/stat over the same time: %.1f %% idle, %.1f %% in the kernel, %.1f %% in user space.\n\nby process (others by command name; trust /proc/stat's idle above: perf samples an idle CPU less often):\n",
 			time.Since(begin).Seconds(), total, runtime.NumCPU(), cpu1.share(cpu0, "idle"), cpu1.share(cpu0, "kernel"), cpu1.share(cpu0, "user"))
 		for _, name := range slices.SortedFunc(maps.Keys(byProcess), func(x, y string) int { return byProcess[y] - byProcess[x] }) {
 			if pct := 100 * float64(byProcess[name]) / float64(max(total, 1)); pct >= 0.5 {
