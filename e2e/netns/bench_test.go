@@ -103,7 +103,14 @@ func BenchmarkNetnsSetup(b *testing.B) {
 				done := profileDomains(b, profiles, "setup-8-clients", w.domains["a.example"], w.domains["b.example"])
 				defer done()
 			}
+			cpu0 := readCPUTimes(b)
 			times, closes, wall := setups(b, w.gatewayClient("a.example"), tc.service, w.fresh(fmt.Sprintf("s%d", k)), "vb", n, tc.clients)
+			cpu1 := readCPUTimes(b)
+			// What bounds a rate on this machine: its CPU time per set-up
+			// and close (both gateways, the kernel, the clients), and how
+			// much of the CPU was left.
+			b.ReportMetric(cpu1.busyMS(cpu0)/float64(n), "cpu-ms/setup")
+			b.ReportMetric(cpu1.share(cpu0, "idle"), "idle-%")
 			b.ReportMetric(ms(times[len(times)/2]), "p50-ms")
 			b.ReportMetric(ms(closes[len(closes)/2]), "close-p50-ms")
 			b.ReportMetric(ms(times[len(times)*99/100]), "p99-ms")
@@ -304,6 +311,18 @@ func (t cpuTimes) share(before cpuTimes, kind string) float64 {
 	}
 	part := map[string]float64{"user": d[0] + d[1], "kernel": d[2] + d[5] + d[6], "idle": d[3] + d[4]}[kind]
 	return 100 * part / max(all, 1)
+}
+
+// busyMS is the CPU time since before that was not idle, in ms of one
+// CPU (/proc/stat counts in USER_HZ, 100 a second on Linux).
+func (t cpuTimes) busyMS(before cpuTimes) float64 {
+	var busy uint64
+	for i := range t {
+		if i != 3 && i != 4 { // idle, iowait
+			busy += t[i] - before[i]
+		}
+	}
+	return float64(busy) * 10
 }
 
 // setups asks for n vWires to service into namespace ns (interfaces
