@@ -119,7 +119,7 @@ func open(nsh netns.NsHandle) (b *Backend, err error) {
 	if b.dumps, err = dumpSocket(nsh); err != nil {
 		return nil, err
 	}
-	if b.watch, err = watch(nsh, b.dumps); err != nil {
+	if b.watch, err = watch(nsh, b.dumps, gatewayWatchBuffer); err != nil {
 		return nil, err
 	}
 	return b, nil

@@ -45,17 +45,16 @@ type watched struct {
 }
 
 // watch subscribes to the changes of namespace nsh (netns.None(): the
-// thread's own); dumps is a dumpSocket there.
-func watch(nsh netns.NsHandle, dumps *nl.SocketHandle) (*watched, error) {
+// thread's own), queueing up to rcvbuf bytes of them between two checks
+// (more only costs a full read); dumps is a dumpSocket there.
+func watch(nsh netns.NsHandle, dumps *nl.SocketHandle, rcvbuf int) (*watched, error) {
 	sub, err := nl.SubscribeAt(nsh, netns.None(), unix.NETLINK_ROUTE, unix.RTNLGRP_LINK,
 		unix.RTNLGRP_IPV4_IFADDR, unix.RTNLGRP_IPV6_IFADDR, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("subscribing to address and route changes: %w", err)
 	}
-	// Room for the changes of many ends between two checks; a smaller
-	// buffer only costs full reads.
-	if err := unix.SetsockoptInt(sub.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20); err != nil {
-		_ = unix.SetsockoptInt(sub.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
+	if err := unix.SetsockoptInt(sub.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); err != nil {
+		_ = unix.SetsockoptInt(sub.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf)
 	}
 	return &watched{what: "the gateway's network namespace", sub: sub, dumps: dumps, buf: make([]byte, 1<<16)}, nil
 }
@@ -243,6 +242,20 @@ func (w *watched) reread() error {
 // ends (an endpoint's, taking clients) sees most.
 const watchIdle = 2 * time.Second
 
+// Watch buffers: the gateway's namespace sees the changes of every end
+// between two checks; a workload's, those of its own ends (and of the
+// workload, which could fill it on purpose: then it is read in full).
+const (
+	gatewayWatchBuffer  = 8 << 20
+	workloadWatchBuffer = 1 << 20
+)
+
+// maxWorkloadWatches bounds the watches kept (a workload namespace's
+// costs its sockets, 64 KB of buffer and what the namespace holds, for
+// watchIdle after its last end): past it, a namespace's watch serves the
+// ends being set up in it and goes with the last of them.
+var maxWorkloadWatches = 64
+
 // workloads are the watches of workload namespaces that ends were set up
 // in lately, by name.
 type workloads struct {
@@ -293,7 +306,7 @@ func (ws *workloads) get(name string, nsh netns.NsHandle) (*nsWatch, error) {
 		if err != nil {
 			return nil, err
 		}
-		watched, err := watch(nsh, dumps)
+		watched, err := watch(nsh, dumps, workloadWatchBuffer)
 		if err != nil {
 			dumps.Close()
 			return nil, err
@@ -305,7 +318,9 @@ func (ws *workloads) get(name string, nsh netns.NsHandle) (*nsWatch, error) {
 		if ws.m == nil {
 			ws.m = map[string]*nsWatch{}
 		}
-		ws.m[name] = w
+		if len(ws.m) < maxWorkloadWatches {
+			ws.m[name] = w
+		} // else not kept: put closes it after its last user
 	}
 	w.idle.Stop()
 	w.users++
@@ -320,7 +335,7 @@ func (ws *workloads) put(name string, w *nsWatch) {
 	case w.users > 0:
 	case ws.m[name] == w:
 		w.idle.Reset(watchIdle)
-	default: // replaced while in use
+	default: // replaced while in use, or never kept
 		w.close()
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -35,7 +36,7 @@ func TestWatchKeepsWhatTheNamespaceHolds(t *testing.T) {
 		}
 	}
 	run("link add va type veth peer name vb", "link set va up", "link set vb up", "addr add 172.30.0.1/24 dev va")
-	w, err := watch(nsh, dumps)
+	w, err := watch(nsh, dumps, gatewayWatchBuffer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,6 +190,53 @@ func TestWorkloadWatch(t *testing.T) {
 	b.Remove(context.Background(), "w-1")
 }
 
+// The watches kept are bounded (maxWorkloadWatches): an end in a
+// namespace past the bound is checked as well, by a watch that goes with
+// it, and nothing of it stays open.
+func TestWorkloadWatchesAreBounded(t *testing.T) {
+	e2e.RequireRoot(t)
+	defer func(n int) { maxWorkloadWatches = n }(maxWorkloadWatches)
+	maxWorkloadWatches = 2
+	b, _ := backend(t)
+	apply := func(id, ns, addr string) error {
+		return b.Apply(context.Background(), dataplane.End{ID: id, NetNS: ns, Interface: "nsm0", MTU: 1400, Addrs: []netip.Prefix{netip.MustParsePrefix(addr)}})
+	}
+	for i := range 2 {
+		if err := apply(fmt.Sprintf("kept-%d", i), namespace(t), fmt.Sprintf("172.30.%d.1/32", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fds := func() int {
+		entries, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(entries)
+	}
+	before := fds()
+	past := namespace(t)
+	ip(t, "-n", past, "link", "set", "lo", "up")
+	ip(t, "-n", past, "route", "add", "172.30.9.0/24", "dev", "lo")
+	if err := apply("past", past, "172.30.9.9/32"); err == nil || !strings.Contains(err.Error(), "overlaps route 172.30.9.0/24") {
+		t.Fatalf("an end inside the workload's own route, in a namespace past the bound: %v", err)
+	}
+	if err := apply("past", past, "172.30.8.1/32"); err != nil {
+		t.Fatal(err)
+	}
+	b.workloads.mu.Lock()
+	kept := len(b.workloads.m)
+	b.workloads.mu.Unlock()
+	if kept != 2 {
+		t.Errorf("%d workload namespaces' watches kept, the bound is 2", kept)
+	}
+	if after := fds(); after != before {
+		t.Errorf("%d descriptors open after two ends in a namespace past the bound, %d before", after, before)
+	}
+	for _, id := range []string{"kept-0", "kept-1", "past"} {
+		b.Remove(context.Background(), id)
+	}
+}
+
 // Only the kernel speaks for a namespace: a message sent to the watch's
 // socket by another socket there (a workload with CAP_NET_ADMIN in its
 // own namespace can send one) is dropped. A forged deletion once made the
@@ -200,7 +248,7 @@ func TestWatchTakesOnlyTheKernelsWord(t *testing.T) {
 	ip(t, "-n", ns, "link", "add", "va", "type", "veth", "peer", "name", "vb")
 	ip(t, "-n", ns, "link", "set", "va", "up")
 	ip(t, "-n", ns, "route", "add", "10.8.0.0/16", "dev", "va")
-	w, err := watch(nsh, dumps)
+	w, err := watch(nsh, dumps, gatewayWatchBuffer)
 	if err != nil {
 		t.Fatal(err)
 	}
