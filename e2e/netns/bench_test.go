@@ -203,37 +203,30 @@ func profileMachine(b *testing.B, path string, hosts []*host) (stop func()) {
 			b.Fatal(err)
 		}
 	}
+	// (Opened read-write, neither open waits for perf; a fifo takes a
+	// read deadline.)
+	c, err := os.OpenFile(ctl, os.O_RDWR, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	a, err := os.OpenFile(ack, os.O_RDWR, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.Close()
 	if err := rec.Start(); err != nil {
 		b.Fatalf("perf record: %v", err)
 	}
-	enabled := make(chan error, 1)
-	go func() {
-		c, err := os.OpenFile(ctl, os.O_RDWR, 0) // RDWR: opening does not wait for perf
-		if err == nil {
-			defer c.Close()
-			_, err = c.WriteString("enable\n")
-		}
-		var a *os.File
-		if err == nil {
-			a, err = os.OpenFile(ack, os.O_RDWR, 0)
-		}
-		if err == nil {
-			defer a.Close()
-			_, err = a.Read(make([]byte, 8))
-		}
-		enabled <- err
-	}()
-	select {
-	case err := <-enabled:
-		if err != nil {
-			rec.Process.Kill()
-			rec.Wait()
-			b.Fatalf("enabling perf's events: %v", err)
-		}
-	case <-time.After(30 * time.Second):
+	a.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, err = c.WriteString("enable\n")
+	if err == nil {
+		_, err = a.Read(make([]byte, 8))
+	}
+	if err != nil {
 		rec.Process.Kill()
 		rec.Wait()
-		b.Fatalf("perf record did not enable its events within 30 s\n%s", out.Bytes())
+		b.Fatalf("perf record did not enable its events: %v\n%s", err, out.Bytes())
 	}
 	begin, cpu0 := time.Now(), readCPUTimes(b)
 	return func() {
@@ -243,50 +236,60 @@ func profileMachine(b *testing.B, path string, hosts []*host) (stop func()) {
 			b.Errorf("perf record: %v\n%s", err, out.Bytes())
 			return
 		}
-		names := map[string]string{"0": "swapper: idle, and the softirqs it met"}
-		for _, h := range hosts {
-			names[strconv.Itoa(h.proc.Cmd.Process.Pid)] = h.name + "'s vwire domain"
-		}
-		samples, err := exec.Command("perf", "script", "-i", data, "-F", "pid,comm").Output()
+		text, err := machineReport(data, hosts, time.Since(begin), cpu0, cpu1)
 		if err != nil {
-			b.Errorf("perf script: %v", err)
+			b.Error(err)
 			return
 		}
-		byProcess, total := map[string]int{}, 0
-		for l := range strings.Lines(string(samples)) {
-			f := strings.Fields(l) // comm (may hold spaces), pid
-			if len(f) < 2 {
-				continue
-			}
-			pid, comm := f[len(f)-1], strings.Join(f[:len(f)-1], " ")
-			name := names[pid]
-			if name == "" {
-				name = comm
-			}
-			byProcess[name]++
-			total++
-		}
-		var text bytes.Buffer
-		fmt.Fprintf(&text, "perf record -e cpu-clock -a: %.1f s, %d samples on %d CPUs. /proc/stat over the same time: %.1f %% idle, %.1f %% in the kernel, %.1f %% in user space.\n\nby process (others by command name; trust /proc/stat's idle above: perf samples an idle CPU less often):\n",
-			time.Since(begin).Seconds(), total, runtime.NumCPU(), cpu1.share(cpu0, "idle"), cpu1.share(cpu0, "kernel"), cpu1.share(cpu0, "user"))
-		for _, name := range slices.SortedFunc(maps.Keys(byProcess), func(x, y string) int { return byProcess[y] - byProcess[x] }) {
-			if pct := 100 * float64(byProcess[name]) / float64(max(total, 1)); pct >= 0.5 {
-				fmt.Fprintf(&text, "%6.1f %%  %s\n", pct, name)
-			}
-		}
-		report, err := exec.Command("perf", "report", "-i", data, "--stdio", "--children", "--sort", "sym", "-g", "none", "--percent-limit", "2").CombinedOutput()
-		if err != nil {
-			b.Errorf("perf report: %v\n%s", err, report)
-			return
-		}
-		text.WriteString("\nby symbol, with what it calls (2 % and more; the idle loop's are idle):\n")
-		for l := range strings.Lines(string(report)) {
-			if !strings.HasPrefix(l, "#") && strings.TrimSpace(l) != "" {
-				text.WriteString(l)
-			}
-		}
-		write(text.Bytes())
+		write(text)
 	}
+}
+
+// machineReport is what perf recorded in data over took, with /proc/stat's
+// times before and after: the split of the CPU time, the shares by
+// process (hosts' domains named) and by symbol.
+func machineReport(data string, hosts []*host, took time.Duration, cpu0, cpu1 cpuTimes) ([]byte, error) {
+	names := map[string]string{"0": "swapper: idle, and the softirqs it met"}
+	for _, h := range hosts {
+		names[strconv.Itoa(h.proc.Cmd.Process.Pid)] = h.name + "'s vwire domain"
+	}
+	samples, err := exec.Command("perf", "script", "-i", data, "-F", "pid,comm").Output()
+	if err != nil {
+		return nil, fmt.Errorf("perf script: %w", err)
+	}
+	byProcess, total := map[string]int{}, 0
+	for l := range strings.Lines(string(samples)) {
+		f := strings.Fields(l) // comm (may hold spaces), pid
+		if len(f) < 2 {
+			continue
+		}
+		pid, comm := f[len(f)-1], strings.Join(f[:len(f)-1], " ")
+		name := names[pid]
+		if name == "" {
+			name = comm
+		}
+		byProcess[name]++
+		total++
+	}
+	var text bytes.Buffer
+	fmt.Fprintf(&text, "perf record -e cpu-clock -a: %.1f s, %d samples on %d CPUs. /proc/stat over the same time: %.1f %% idle, %.1f %% in the kernel, %.1f %% in user space.\n\nby process (others by command name; trust /proc/stat's idle above: perf samples an idle CPU less often):\n",
+		took.Seconds(), total, runtime.NumCPU(), cpu1.share(cpu0, "idle"), cpu1.share(cpu0, "kernel"), cpu1.share(cpu0, "user"))
+	for _, name := range slices.SortedFunc(maps.Keys(byProcess), func(x, y string) int { return byProcess[y] - byProcess[x] }) {
+		if pct := 100 * float64(byProcess[name]) / float64(max(total, 1)); pct >= 0.5 {
+			fmt.Fprintf(&text, "%6.1f %%  %s\n", pct, name)
+		}
+	}
+	report, err := exec.Command("perf", "report", "-i", data, "--stdio", "--children", "--sort", "sym", "-g", "none", "--percent-limit", "2").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("perf report: %w\n%s", err, report)
+	}
+	text.WriteString("\nby symbol, with what it calls (2 % and more; the idle loop's are idle):\n")
+	for l := range strings.Lines(string(report)) {
+		if !strings.HasPrefix(l, "#") && strings.TrimSpace(l) != "" {
+			text.WriteString(l)
+		}
+	}
+	return text.Bytes(), nil
 }
 
 // cpuTimes is the machine's CPU time so far (/proc/stat's first line), in
@@ -318,7 +321,15 @@ func (t cpuTimes) share(before cpuTimes, kind string) float64 {
 		d[i] = float64(t[i] - before[i])
 		all += d[i]
 	}
-	part := map[string]float64{"user": d[0] + d[1], "kernel": d[2] + d[5] + d[6], "idle": d[3] + d[4]}[kind]
+	var part float64
+	switch kind {
+	case "user":
+		part = d[0] + d[1]
+	case "kernel":
+		part = d[2] + d[5] + d[6]
+	case "idle":
+		part = d[3] + d[4]
+	}
 	return 100 * part / max(all, 1)
 }
 
